@@ -1,0 +1,5 @@
+import sys
+
+from dnsd.cli import main
+
+sys.exit(main())

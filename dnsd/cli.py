@@ -1,0 +1,157 @@
+"""Command line: ``dnsd serve``, ``dnsd check-config``, ``dnsd version``.
+
+The only place that turns exceptions into exit codes: 0 ok, 2 bad configuration or a listen
+address that cannot be bound, 1 anything unexpected.  Every serve flag is also a ``DNSD_*``
+environment variable (see dnsd.config); flags win over the environment, which wins over the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from dnsd import __version__, logs
+from dnsd.config import SHORT_NAMES, Config, ConfigError, Overrides, load
+from dnsd.daemon import Daemon, StartupError
+from dnsd.sources.static import StaticSource
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dnsd", description="DNS service discovery for containers."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the DNS server",
+        description="Run the DNS server. Every flag can also be set as DNSD_<FLAG> "
+        "(e.g. DNSD_LISTEN=127.0.0.1:5353,[::1]:5353); flags win over the environment, "
+        "which wins over the config file.",
+    )
+    serve.add_argument("--config", help="TOML config file (env DNSD_CONFIG)")
+    serve.add_argument(
+        "--listen",
+        action="append",
+        metavar="ADDR:PORT",
+        help="address to serve UDP and TCP on; repeatable (default 127.0.0.1:5353)",
+    )
+    serve.add_argument(
+        "--zone",
+        action="append",
+        metavar="NAME",
+        help="zone dnsd owns; repeatable (default docker.)",
+    )
+    serve.add_argument(
+        "--hosts", action="append", metavar="FILE", help="hosts file 'IP name...'; repeatable"
+    )
+    serve.add_argument(
+        "--upstream",
+        action="append",
+        metavar="ADDR[:PORT]",
+        help="upstream resolver; repeatable (default: nameservers in /etc/resolv.conf)",
+    )
+    serve.add_argument(
+        "--no-forward",
+        action="store_true",
+        default=None,
+        help="answer only the zones; REFUSED for other names",
+    )
+    serve.add_argument("--log-format", choices=["text", "json"])
+    serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
+
+    check = commands.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("file")
+
+    commands.add_parser("version", help="print the version")
+    return parser
+
+
+def _flag_overrides(args: argparse.Namespace) -> Overrides:
+    overrides: Overrides = {}
+    for flag, target in SHORT_NAMES.items():
+        value = getattr(args, flag)
+        if value is not None:
+            overrides[target] = value
+    if args.no_forward:
+        overrides[("forward", "enabled")] = False
+    return overrides
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "version":
+        print(f"dnsd {__version__}")
+        return EXIT_OK
+    if args.command == "check-config":
+        return _check_config(args.file)
+    return _serve(args)
+
+
+def _check_config(path: str) -> int:
+    try:
+        config = load(path)
+        static = StaticSource(None, lambda: config, config)
+        owners = static.build(config)
+    except ConfigError as exc:
+        print(f"dnsd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if static.bad_lines:
+        print(
+            f"dnsd: {path}: {static.bad_lines} bad hosts-file line(s), see above", file=sys.stderr
+        )
+        return EXIT_CONFIG
+    count = sum(len(records) for records in owners.values())
+    print(f"{path}: ok ({count} static records)")
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    path = args.config or os.environ.get("DNSD_CONFIG")
+    flags = _flag_overrides(args)
+
+    def load_config() -> Config:
+        return load(path, os.environ, flags)
+
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        print(f"dnsd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    logs.setup(config.log.format, config.log.level)
+    try:
+        asyncio.run(_run(Daemon(config, load_config)))
+    except (StartupError, ConfigError) as exc:
+        logger.error("%s", exc)
+        print(f"dnsd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return EXIT_OK
+
+
+async def _run(daemon: Daemon) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+    try:
+        await daemon.start()
+        await stop.wait()
+        logger.info("shutting down")
+    finally:
+        await daemon.stop()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,290 @@
+"""Configuration: frozen dataclasses filled from defaults < TOML file < DNSD_* environment < flags.
+
+Every key of every section can be set in the file (``[server] listen = [...]``) and in the
+environment as ``DNSD_<SECTION>_<KEY>`` (lists comma-separated); the common ones also have short
+names shared with the command-line flags (``DNSD_LISTEN`` = ``--listen``).  An unknown key, an
+unknown ``DNSD_*`` variable or a bad value raises ``ConfigError`` naming the key and its origin.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dnsd.resolve.acl import DEFAULT_ALLOW_RECURSION
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LISTEN = "127.0.0.1:5353"
+ENV_PREFIX = "DNSD_"
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message names the key and where it came from."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
+    zones: list[str] = field(default_factory=lambda: ["docker."])
+    ttl: int = 5
+    negative_ttl: int = 5
+    max_udp_size: int = 1232
+    allow_recursion: list[str] = field(default_factory=lambda: list(DEFAULT_ALLOW_RECURSION))
+    tcp_idle_timeout: float = 10.0
+    tcp_max_connections: int = 256
+    answer_cache_size: int = 100_000
+
+
+@dataclass(frozen=True)
+class ForwardConfig:
+    enabled: bool = True
+    upstreams: list[str] = field(default_factory=list)  # empty: nameservers in resolv_conf
+    resolv_conf: str = "/etc/resolv.conf"
+    timeout: float = 2.0
+    cache_size: int = 10_000
+    max_ttl: int = 3600
+    max_negative_ttl: int = 900
+
+
+@dataclass(frozen=True)
+class StaticConfig:
+    hosts: list[str] = field(default_factory=list)
+    watch_interval: float = 1.0
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: str = "text"
+    level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    forward: ForwardConfig = field(default_factory=ForwardConfig)
+    static: StaticConfig = field(default_factory=StaticConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    path: str | None = None  # the file it was read from, if any
+
+
+SECTIONS: dict[str, type] = {
+    "server": ServerConfig,
+    "forward": ForwardConfig,
+    "static": StaticConfig,
+    "log": LogConfig,
+}
+
+# Short names shared by flags and the environment: name -> (section, key).
+SHORT_NAMES: dict[str, tuple[str, str]] = {
+    "listen": ("server", "listen"),
+    "zone": ("server", "zones"),
+    "hosts": ("static", "hosts"),
+    "upstream": ("forward", "upstreams"),
+    "log_format": ("log", "format"),
+    "log_level": ("log", "level"),
+}
+
+Overrides = dict[tuple[str, str], Any]
+
+
+def _field_types(section: str) -> dict[str, Any]:
+    hints = typing.get_type_hints(SECTIONS[section])
+    return {f.name: hints[f.name] for f in dataclasses.fields(SECTIONS[section])}
+
+
+def _coerce(value: Any, kind: Any, where: str) -> Any:
+    origin = typing.get_origin(kind)
+    if origin is list:
+        (item,) = typing.get_args(kind)
+        if isinstance(value, str) and typing.get_origin(item) is not dict:
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item, where) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        return value
+    if kind is bool:
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false"):
+            return value.lower() in ("1", "true", "yes", "on")
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, str):
+            value = _parse_number(value, int, where)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, str):
+            value = _parse_number(value, float, where)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif kind is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{where}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
+
+
+def _parse_number(text: str, kind: type, where: str) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"{where}: expected a number, got {text!r}") from None
+
+
+def read_file(path: str) -> Overrides:
+    try:
+        with open(path, "rb") as handle:
+            document = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    overrides: Overrides = {}
+    for section, table in document.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{path}: unknown section [{section}]")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [{section}] must be a table")
+        types = _field_types(section)
+        for key, value in table.items():
+            if key not in types:
+                raise ConfigError(f"{path}: unknown key '{section}.{key}'")
+            where = f"{path}: key '{section}.{key}'"
+            overrides[(section, key)] = _coerce(value, types[key], where)
+    return _relative_to(path, overrides)
+
+
+def _relative_to(path: str, overrides: Overrides) -> Overrides:
+    """Hosts files named in a config file are relative to that file's folder."""
+    base = Path(path).resolve().parent
+    hosts = overrides.get(("static", "hosts"))
+    if hosts:
+        overrides[("static", "hosts")] = [str(base / h) for h in hosts]
+    return overrides
+
+
+def read_environment(environ: Mapping[str, str]) -> Overrides:
+    long_names = {
+        f"{ENV_PREFIX}{section}_{key}".upper(): (section, key)
+        for section in SECTIONS
+        for key in _field_types(section)
+    }
+    short = {f"{ENV_PREFIX}{name}".upper(): target for name, target in SHORT_NAMES.items()}
+    overrides: Overrides = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in ("DNSD_CONFIG", "DNSD_NO_FORWARD"):
+            continue
+        target = short.get(name) or long_names.get(name)
+        if target is None:
+            raise ConfigError(f"environment: unknown variable {name}")
+        section, key = target
+        kind = _field_types(section)[key]
+        overrides[target] = _coerce(value, kind, f"environment: {name}")
+    if "DNSD_NO_FORWARD" in environ:
+        flag = _coerce(environ["DNSD_NO_FORWARD"], bool, "environment: DNSD_NO_FORWARD")
+        if flag:
+            overrides[("forward", "enabled")] = False
+    return overrides
+
+
+def build(*layers: Overrides, path: str | None = None) -> Config:
+    """Apply override layers (later wins) to the defaults and validate the result."""
+    merged: Overrides = {}
+    for layer in layers:
+        merged.update(layer)
+    sections: dict[str, Any] = {}
+    for section, cls in SECTIONS.items():
+        values = {key: v for (sec, key), v in merged.items() if sec == section}
+        sections[section] = cls(**values)
+    config = Config(**sections, path=path)
+    return validate(config, path or "flags/environment")
+
+
+def load(
+    path: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Overrides | None = None,
+) -> Config:
+    file_layer = read_file(path) if path else {}
+    env_layer = read_environment(environ or {})
+    return build(file_layer, env_layer, flags or {}, path=path)
+
+
+def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
+    """``1.2.3.4``, ``1.2.3.4:53``, ``::1``, ``[::1]:53`` -> (host, port)."""
+    text = text.strip()
+    host, port_text = text, ""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest.removeprefix(":") if rest.startswith(":") else rest
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    try:
+        ipaddress.ip_address(host)
+        port = int(port_text) if port_text else default_port
+    except ValueError:
+        raise ValueError(f"not an ADDR[:PORT]: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port out of range: {text!r}")
+    return host, port
+
+
+def normalize_zone(zone: str) -> str:
+    zone = zone.strip().lower()
+    return zone if zone.endswith(".") else zone + "."
+
+
+def validate(config: Config, origin: str) -> Config:
+    def fail(key: str, message: str) -> typing.NoReturn:
+        raise ConfigError(f"{origin}: key '{key}': {message}")
+
+    server, forward = config.server, config.forward
+    for entry in server.listen:
+        try:
+            parse_hostport(entry, 53)
+        except ValueError as exc:
+            fail("server.listen", str(exc))
+    if not server.listen:
+        fail("server.listen", "at least one address is needed")
+    for entry in forward.upstreams:
+        try:
+            parse_hostport(entry, 53)
+        except ValueError as exc:
+            fail("forward.upstreams", str(exc))
+    for network in server.allow_recursion:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            fail("server.allow_recursion", f"not a network: {network!r}")
+    if not server.zones:
+        fail("server.zones", "at least one zone is needed")
+    for zone in server.zones:
+        if not zone.strip() or ".." in normalize_zone(zone)[:-1] + ".":
+            fail("server.zones", f"not a domain name: {zone!r}")
+    for key in ("ttl", "negative_ttl", "tcp_max_connections", "answer_cache_size"):
+        if getattr(server, key) < (0 if "ttl" in key else 1):
+            fail(f"server.{key}", "must be positive")
+    if not 512 <= server.max_udp_size <= 65535:
+        fail("server.max_udp_size", "must be between 512 and 65535")
+    if forward.timeout <= 0 or server.tcp_idle_timeout <= 0:
+        fail("forward.timeout", "timeouts must be positive")
+    if forward.cache_size < 1:
+        fail("forward.cache_size", "must be positive")
+    if config.log.format not in LOG_FORMATS:
+        fail("log.format", f"must be one of {', '.join(LOG_FORMATS)}")
+    if config.log.level.upper() not in LOG_LEVELS:
+        fail("log.level", f"must be one of {', '.join(LOG_LEVELS)}")
+    zones = [normalize_zone(z) for z in server.zones]
+    return dataclasses.replace(config, server=dataclasses.replace(server, zones=zones))

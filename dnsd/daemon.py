@@ -1,0 +1,164 @@
+"""Wiring and lifecycle only: sources -> record store -> resolver chain -> wire (UDP, TCP).
+
+Startup reads like a table of contents; shutdown is ordered: stop reading -> drain in-flight
+answers with a timeout -> cancel the rest.  Raises ``StartupError`` for problems the operator
+must fix (a busy port); never calls sys.exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+from collections.abc import Callable
+
+from dnsd.config import Config, parse_hostport
+from dnsd.records import RecordStore
+from dnsd.resolve.acl import Acl
+from dnsd.resolve.cache import ForwardCache
+from dnsd.resolve.chain import ResolverChain
+from dnsd.resolve.forward import (
+    Forwarder,
+    Upstream,
+    parse_upstreams,
+    resolv_conf_upstreams,
+)
+from dnsd.resolve.local import LocalZone
+from dnsd.sources.static import StaticSource
+from dnsd.stats import Stats
+from dnsd.wire.answer_cache import AnswerCache
+from dnsd.wire.query import QueryHandler
+from dnsd.wire.tcp import TcpServer, bind_tcp
+from dnsd.wire.udp import UdpServer, bind_udp
+
+logger = logging.getLogger(__name__)
+
+DRAIN_TIMEOUT_S = 1.0
+
+
+class StartupError(Exception):
+    """dnsd cannot start as configured (the message says why)."""
+
+
+class Daemon:
+    def __init__(self, config: Config, load_config: Callable[[], Config]) -> None:
+        self.config = config
+        self.stats = Stats()
+        self.store = RecordStore()
+        self.static = StaticSource(self.store, load_config, config)
+        self.udp: list[UdpServer] = []
+        self.tcp: list[TcpServer] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        server = self.config.server
+        loaded = self.static.load()
+        logger.info("static records loaded: %d", loaded)
+        acl = Acl(server.allow_recursion)
+        answer_cache = AnswerCache(acl.allows, server.answer_cache_size)
+        self.store.subscribe(answer_cache.clear)
+        local = LocalZone(self.store, server.zones, negative_ttl=server.negative_ttl)
+        forward = self._forwarding()
+        chain = ResolverChain(local, forward, acl)
+        handler = QueryHandler(
+            chain,
+            self.stats,
+            answer_cache,
+            max_udp_size=server.max_udp_size,
+            recursion_available=forward is not None,
+        )
+        for entry in server.listen:
+            host, port = parse_hostport(entry, 53)
+            udp_sock, tcp_sock = _bind_pair(host, port)
+            udp = UdpServer(udp_sock, handler, answer_cache, self.stats)
+            tcp = TcpServer(
+                tcp_sock,
+                handler,
+                self.stats,
+                idle_timeout_s=server.tcp_idle_timeout,
+                max_connections=server.tcp_max_connections,
+            )
+            udp.start()
+            await tcp.start()
+            self.udp.append(udp)
+            self.tcp.append(tcp)
+            logger.info("listening on %s (udp+tcp)", _show(udp.address))
+        self._tasks.append(asyncio.create_task(self.static.watch()))
+
+    def _forwarding(self) -> ForwardCache | None:
+        forward = self.config.forward
+        if not forward.enabled:
+            logger.info("forwarding off: names outside the zones get REFUSED")
+            return None
+        upstreams = self._upstreams()
+        if not upstreams:
+            logger.warning("no upstream resolvers found: names outside the zones get REFUSED")
+            return None
+        logger.info("forwarding to %s", ", ".join(str(u) for u in upstreams))
+        forwarder = Forwarder(upstreams, self.stats, timeout_s=forward.timeout)
+        return ForwardCache(
+            forwarder,
+            self.stats,
+            max_entries=forward.cache_size,
+            max_ttl_s=forward.max_ttl,
+            max_negative_ttl_s=forward.max_negative_ttl,
+        )
+
+    def _upstreams(self) -> list[Upstream]:
+        forward = self.config.forward
+        if forward.upstreams:
+            return parse_upstreams(forward.upstreams)
+        own = {parse_hostport(entry, 53) for entry in self.config.server.listen}
+        try:
+            with open(forward.resolv_conf, encoding="utf-8") as handle:
+                return resolv_conf_upstreams(handle.read(), own)
+        except OSError as exc:
+            logger.warning("cannot read %s: %s", forward.resolv_conf, exc.strerror)
+            return []
+
+    def reload(self) -> None:
+        logger.info("reload requested")
+        self.stats.reloads += 1
+        if not self.static.reload():
+            self.stats.reload_errors += 1
+
+    async def stop(self) -> None:
+        for udp in self.udp:
+            udp.stop_reading()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(
+            *(udp.drain(DRAIN_TIMEOUT_S) for udp in self.udp),
+            *(tcp.close(DRAIN_TIMEOUT_S) for tcp in self.tcp),
+        )
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        logger.info("stopped")
+
+
+def _bind_pair(host: str, port: int) -> tuple[socket.socket, socket.socket]:
+    """UDP and TCP sockets on the same address (port 0: the kernel picks one for both)."""
+    try:
+        udp = bind_udp(host, port)
+    except OSError as exc:
+        raise StartupError(_bind_message(host, port, "udp", exc)) from None
+    port = udp.getsockname()[1]
+    try:
+        tcp = bind_tcp(host, port)
+    except OSError as exc:
+        udp.close()
+        raise StartupError(_bind_message(host, port, "tcp", exc)) from None
+    return udp, tcp
+
+
+def _bind_message(host: str, port: int, proto: str, exc: OSError) -> str:
+    reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+    return f"cannot listen on {_show((host, port))}/{proto}: {reason}"
+
+
+def _show(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

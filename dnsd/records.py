@@ -1,0 +1,204 @@
+"""The record store: the one in-memory name table every source writes and the resolver reads.
+
+Sources (static, docker, etcd) own their records, grouped by *owner* (a hosts file, a container,
+an etcd key).  Replacing one owner's or one source's records never touches anyone else's.
+Lookups are O(1) by (lower-cased name, type); a reverse index gives automatic PTR names for every
+A/AAAA held.  Identical records from several owners are merged, not duplicated.
+
+All mutation happens on the event-loop thread in one synchronous call, so a query never sees half
+an update.  Each change bumps ``generation`` and notifies listeners (the packed-answer cache).
+The store knows nothing about DNS wire format, zones or sockets.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
+
+logger = logging.getLogger(__name__)
+
+RECORD_TYPES = frozenset({"A", "AAAA", "CNAME", "PTR", "SRV", "TXT", "MX", "NS"})
+
+
+class SrvValue(NamedTuple):
+    priority: int
+    weight: int
+    port: int
+    target: str
+
+
+class MxValue(NamedTuple):
+    preference: int
+    exchange: str
+
+
+Value = str | tuple[str, ...] | SrvValue | MxValue
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One resource record. ``name`` is absolute and lower-case (``web.docker.``)."""
+
+    name: str
+    rtype: str
+    value: Value
+    ttl: int
+
+    def __post_init__(self) -> None:
+        if self.rtype not in RECORD_TYPES:
+            raise ValueError(f"unsupported record type {self.rtype!r}")
+        if not self.name.endswith(".") or self.name != self.name.lower():
+            raise ValueError(f"record name must be absolute and lower-case: {self.name!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Owned:
+    """A record together with who published it (for /records and debugging)."""
+
+    record: Record
+    source: str
+    owner: str
+
+
+def normalize_name(name: str) -> str:
+    """Lower-case and make absolute: ``Web.Docker`` -> ``web.docker.``."""
+    name = name.strip().lower()
+    return name if name.endswith(".") else name + "."
+
+
+def ancestors(name: str) -> Iterator[str]:
+    """``a.b.docker.`` -> ``a.b.docker.``, ``b.docker.``, ``docker.``, ``.``."""
+    while True:
+        yield name
+        if name == ".":
+            return
+        _, _, rest = name.partition(".")
+        name = rest or "."
+
+
+def reverse_name(address: str) -> str:
+    return ipaddress.ip_address(address).reverse_pointer + "."
+
+
+def _inc(counter: dict[str, int], key: str) -> None:
+    counter[key] = counter.get(key, 0) + 1
+
+
+def _dec(counter: dict[str, int], key: str) -> None:
+    left = counter[key] - 1
+    if left:
+        counter[key] = left
+    else:
+        del counter[key]
+
+
+class RecordStore:
+    def __init__(self) -> None:
+        self._owned: dict[tuple[str, str], frozenset[Record]] = {}
+        self._index: dict[tuple[str, str], dict[Record, int]] = {}
+        self._names: dict[str, int] = {}
+        self._reverse: dict[str, dict[str, int]] = {}
+        self._listeners: list[Callable[[], None]] = []
+        self.generation = 0
+
+    # --- reading -------------------------------------------------------------------------
+    def lookup(self, name: str, rtype: str) -> list[Record]:
+        found = self._index.get((name, rtype))
+        return list(found) if found else []
+
+    def exists(self, name: str) -> bool:
+        """True when the name holds records or is an ancestor of a name that does."""
+        return name in self._names or name in self._reverse
+
+    def reverse(self, ptr_name: str) -> list[str]:
+        """Target names for an automatic PTR (``4.3.2.1.in-addr.arpa.``)."""
+        found = self._reverse.get(ptr_name)
+        return list(found) if found else []
+
+    def owned(self) -> Iterator[Owned]:
+        for (source, owner), records in self._owned.items():
+            for record in records:
+                yield Owned(record, source, owner)
+
+    def count(self, source: str | None = None) -> int:
+        return sum(
+            len(records) for (src, _), records in self._owned.items() if source in (None, src)
+        )
+
+    def owners(self, source: str) -> list[str]:
+        return [owner for (src, owner) in self._owned if src == source]
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    # --- writing -------------------------------------------------------------------------
+    def replace_owner(self, source: str, owner: str, records: Iterable[Record]) -> bool:
+        """Set one owner's records; returns True when anything changed."""
+        changed = self._set((source, owner), frozenset(records))
+        if changed:
+            self._changed()
+        return changed
+
+    def remove_owner(self, source: str, owner: str) -> bool:
+        return self.replace_owner(source, owner, ())
+
+    def replace_source(self, source: str, owners: Mapping[str, Iterable[Record]]) -> bool:
+        """Set every owner of one source at once; owners not named are removed."""
+        wanted = {(source, owner): frozenset(recs) for owner, recs in owners.items()}
+        stale = [key for key in self._owned if key[0] == source and key not in wanted]
+        changed = False
+        for key in stale:
+            changed |= self._set(key, frozenset())
+        for key, records in wanted.items():
+            changed |= self._set(key, records)
+        if changed:
+            self._changed()
+        return changed
+
+    def _set(self, key: tuple[str, str], records: frozenset[Record]) -> bool:
+        old = self._owned.get(key, frozenset())
+        if old == records:
+            return False
+        for record in old - records:
+            self._unindex(record)
+        for record in records - old:
+            self._indexed(record)
+        if records:
+            self._owned[key] = records
+        else:
+            self._owned.pop(key, None)
+        return True
+
+    def _indexed(self, record: Record) -> None:
+        bucket = self._index.setdefault((record.name, record.rtype), {})
+        bucket[record] = bucket.get(record, 0) + 1
+        for name in ancestors(record.name):
+            _inc(self._names, name)
+        if record.rtype in ("A", "AAAA"):
+            _inc(self._reverse.setdefault(reverse_name(str(record.value)), {}), record.name)
+
+    def _unindex(self, record: Record) -> None:
+        key = (record.name, record.rtype)
+        bucket = self._index[key]
+        if bucket[record] == 1:
+            del bucket[record]
+            if not bucket:
+                del self._index[key]
+        else:
+            bucket[record] -= 1
+        for name in ancestors(record.name):
+            _dec(self._names, name)
+        if record.rtype in ("A", "AAAA"):
+            ptr = reverse_name(str(record.value))
+            targets = self._reverse[ptr]
+            _dec(targets, record.name)
+            if not targets:
+                del self._reverse[ptr]
+
+    def _changed(self) -> None:
+        self.generation += 1
+        for listener in self._listeners:
+            listener()

@@ -1,0 +1,1 @@
+"""Readers of the record store: local zone -> forwarding cache -> upstream forwarder."""

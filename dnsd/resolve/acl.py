@@ -1,0 +1,42 @@
+"""Who may recurse: client addresses matched against ``allow_recursion`` networks."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+DEFAULT_ALLOW_RECURSION = (
+    "127.0.0.0/8",
+    "::1/128",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "fc00::/7",
+    "fe80::/10",
+)
+_MEMO_ENTRIES = 4096
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Acl:
+    def __init__(self, networks: Iterable[str]) -> None:
+        self.networks: list[Network] = [ipaddress.ip_network(n, strict=False) for n in networks]
+        self._memo: dict[str, bool] = {}
+
+    def allows(self, client_ip: str) -> bool:
+        known = self._memo.get(client_ip)
+        if known is not None:
+            return known
+        try:
+            address = ipaddress.ip_address(client_ip.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        allowed = any(address in network for network in self.networks)
+        if len(self._memo) >= _MEMO_ENTRIES:
+            self._memo.clear()
+        self._memo[client_ip] = allowed
+        return allowed

@@ -1,0 +1,31 @@
+"""The value every resolver stage returns: an rcode and three sections of dnslib RRs.
+
+Stages (local zone, cache, forward) produce an ``Answer``; only the query handler turns it into
+bytes.  ``expires_in`` is how long the answer stays true.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+RR = Any  # dnslib.RR: dnslib has no type hints
+FOREVER = math.inf
+
+
+@dataclass(slots=True)
+class Answer:
+    rcode: int
+    authoritative: bool = False
+    answer: list[list[RR]] = field(default_factory=list)  # RRsets, each rotated as a unit
+    authority: list[RR] = field(default_factory=list)
+    additional: list[RR] = field(default_factory=list)
+    # Seconds the answer stays true: FOREVER for local answers (until the store changes), the
+    # remaining TTL for forwarded ones, 0 for answers that must not be cached (REFUSED, SERVFAIL).
+    expires_in: float = 0.0
+    recursive: bool = False  # came from forwarding: only for clients allowed to recurse
+
+    def rotations(self) -> int:
+        """How many distinct orderings rotating the answer RRsets gives."""
+        return max((len(rrset) for rrset in self.answer), default=1)

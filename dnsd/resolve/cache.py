@@ -1,0 +1,127 @@
+"""The forwarding cache: answers of the stage below (the forwarder), kept for their TTL.
+
+Positive answers live for their smallest TTL, negative ones (NXDOMAIN, NODATA) for
+min(SOA TTL, SOA MINIMUM) as RFC 2308 says; answers without a usable TTL, SERVFAIL and other
+errors are not kept.  Served TTLs count down.  Identical concurrent misses go upstream once.
+Bounded in entries (cachetools TLRU).  Knows nothing about upstreams, sockets or the local zone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from cachetools import TLRUCache
+from dnslib import QTYPE, RR
+
+from dnsd.resolve.answer import Answer
+from dnsd.stats import Stats
+from dnsd.wire.codec import RCODE_NOERROR, RCODE_NXDOMAIN
+
+logger = logging.getLogger(__name__)
+
+CACHE_ENTRIES = 10_000
+MAX_TTL_S = 3600
+MAX_NEGATIVE_TTL_S = 900
+
+Key = tuple[str, int, int]
+
+
+class NextStage(Protocol):
+    def resolve(self, qname: str, qtype: int, qclass: int) -> Awaitable[Answer]: ...
+
+
+@dataclass(slots=True)
+class _Entry:
+    answer: Answer
+    stored_at: float
+    expires_at: float
+
+
+def cache_ttl(answer: Answer) -> int:
+    """How long an upstream answer may be kept (0: not at all)."""
+    if answer.rcode not in (RCODE_NOERROR, RCODE_NXDOMAIN):
+        return 0
+    answers = [rr for rrset in answer.answer for rr in rrset]
+    if answers and answer.rcode == RCODE_NOERROR:
+        return min(rr.ttl for rr in answers + answer.authority)
+    soas = [rr for rr in answer.authority if rr.rtype == QTYPE.SOA]
+    if not soas:
+        return 0
+    return min(min(rr.ttl, rr.rdata.times[-1]) for rr in soas)
+
+
+def _aged(rr: RR, elapsed: int) -> RR:
+    return RR(rr.rname, rr.rtype, rr.rclass, max(rr.ttl - elapsed, 0), rr.rdata)
+
+
+class ForwardCache:
+    def __init__(
+        self,
+        next_stage: NextStage,
+        stats: Stats,
+        max_entries: int = CACHE_ENTRIES,
+        max_ttl_s: int = MAX_TTL_S,
+        max_negative_ttl_s: int = MAX_NEGATIVE_TTL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._next = next_stage
+        self._stats = stats
+        self._max_ttl_s = max_ttl_s
+        self._max_negative_ttl_s = max_negative_ttl_s
+        self._clock = clock
+        self._entries: TLRUCache[Key, _Entry] = TLRUCache(
+            maxsize=max_entries, ttu=lambda _k, entry, _now: entry.expires_at, timer=clock
+        )
+        self._inflight: dict[Key, asyncio.Task[Answer]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: Key) -> Answer | None:
+        """A cached answer with its TTLs counted down, or None."""
+        entry = self._entries.get(key)
+        if entry is None:
+            self._stats.forward_cache_misses += 1
+            return None
+        self._stats.forward_cache_hits += 1
+        now = self._clock()
+        elapsed = int(now - entry.stored_at)
+        cached = entry.answer
+        return Answer(
+            rcode=cached.rcode,
+            answer=[[_aged(rr, elapsed) for rr in rrset] for rrset in cached.answer],
+            authority=[_aged(rr, elapsed) for rr in cached.authority],
+            additional=[_aged(rr, elapsed) for rr in cached.additional],
+            expires_in=entry.expires_at - now,
+            recursive=True,
+        )
+
+    async def resolve(self, qname: str, qtype: int, qclass: int) -> Answer:
+        key = (qname, qtype, qclass)
+        hit = self.get(key)
+        if hit is not None:
+            return hit
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._fetch(key))
+            self._inflight[key] = task
+            task.add_done_callback(lambda _t: self._inflight.pop(key, None))
+        else:
+            self._stats.forward_coalesced += 1
+        return await asyncio.shield(task)
+
+    async def _fetch(self, key: Key) -> Answer:
+        answer = await self._next.resolve(*key)
+        ttl = cache_ttl(answer)
+        limit = self._max_ttl_s if answer.answer else self._max_negative_ttl_s
+        ttl = min(ttl, limit)
+        answer.expires_in = float(ttl)
+        if ttl > 0:
+            now = self._clock()
+            self._entries[key] = _Entry(answer, now, now + ttl)
+        return answer

@@ -1,0 +1,39 @@
+"""The resolver chain: local zone -> forwarding cache -> forwarder, and who may recurse.
+
+Returns an ``Answer`` directly when no I/O is needed (local names, cache hits, refusals) and an
+awaitable only when the question must go upstream.  Knows nothing about bytes or sockets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+
+from dnsd.resolve.acl import Acl
+from dnsd.resolve.answer import Answer
+from dnsd.resolve.cache import ForwardCache
+from dnsd.resolve.local import LocalZone
+from dnsd.wire.codec import RCODE_REFUSED
+
+CLASS_IN = 1
+CLASS_ANY = 255
+
+
+class ResolverChain:
+    def __init__(self, local: LocalZone, forward: ForwardCache | None, acl: Acl) -> None:
+        self.local = local
+        self.forward = forward
+        self.acl = acl
+
+    def resolve(
+        self, qname: str, qtype: int, qclass: int, spelled: str, client_ip: str
+    ) -> Answer | Awaitable[Answer]:
+        if qclass in (CLASS_IN, CLASS_ANY):
+            local = self.local.answer(qname, qtype, spelled)
+            if local is not None:
+                return local
+        if self.forward is None or not self.acl.allows(client_ip):
+            return Answer(RCODE_REFUSED)
+        hit = self.forward.get((qname, qtype, qclass))
+        if hit is not None:
+            return hit
+        return self.forward.resolve(qname, qtype, qclass)

@@ -1,0 +1,167 @@
+"""The forwarder: the last stage, asking upstream resolvers over UDP (TCP on truncation).
+
+Each upstream query gets a fresh random ID and a fresh socket (so a fresh random source port);
+replies are accepted only from the upstream asked, with the ID and question sent; anything else is
+dropped and counted.  Upstreams are tried in order of recent health with a per-upstream timeout;
+when every one fails the answer is SERVFAIL.  Knows nothing about caching or the local zone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dnslib import EDNS0, QTYPE, DNSHeader, DNSQuestion, DNSRecord
+
+from dnsd.resolve.answer import Answer
+from dnsd.stats import Stats
+from dnsd.wire.codec import RCODE_SERVFAIL
+
+logger = logging.getLogger(__name__)
+
+UPSTREAM_TIMEOUT_S = 2.0
+UPSTREAM_UDP_SIZE = 1232
+MAX_REPLY_BYTES = 65535
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    host: str
+    port: int = 53
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+class UpstreamError(Exception):
+    """An upstream did not give a usable reply."""
+
+
+class Forwarder:
+    def __init__(
+        self,
+        upstreams: list[Upstream],
+        stats: Stats,
+        timeout_s: float = UPSTREAM_TIMEOUT_S,
+        random_id: Callable[[], int] | None = None,
+    ) -> None:
+        if not upstreams:
+            raise ValueError("forwarding needs at least one upstream")
+        self.upstreams = list(upstreams)
+        self._stats = stats
+        self._timeout_s = timeout_s
+        self._random_id = random_id or (lambda: random.SystemRandom().getrandbits(16))
+        self._failures = dict.fromkeys(self.upstreams, 0)
+
+    async def resolve(self, qname: str, qtype: int, qclass: int) -> Answer:
+        # Healthy upstreams first; the order among equals stays as configured.
+        for upstream in sorted(self.upstreams, key=self._failures.__getitem__):
+            try:
+                reply = await self._ask(upstream, qname, qtype, qclass)
+            except (TimeoutError, OSError, UpstreamError) as exc:
+                self._failures[upstream] = min(self._failures[upstream] + 1, 100)
+                self._stats.upstream_errors += 1
+                logger.debug("upstream %s failed for %s: %r", upstream, qname, exc)
+                continue
+            self._failures[upstream] = 0
+            return _to_answer(reply)
+        logger.debug("every upstream failed for %s %s", qname, qtype)
+        return Answer(RCODE_SERVFAIL, recursive=True)
+
+    async def _ask(self, upstream: Upstream, qname: str, qtype: int, qclass: int) -> DNSRecord:
+        ident = self._random_id()
+        query = DNSRecord(DNSHeader(id=ident, rd=1), q=DNSQuestion(qname, qtype, qclass))
+        query.add_ar(EDNS0(udp_len=UPSTREAM_UDP_SIZE))
+        packet = query.pack()
+        async with asyncio.timeout(self._timeout_s):
+            reply = await self._ask_udp(upstream, packet, ident, qname, qtype, qclass)
+            if reply.header.tc:
+                reply = await self._ask_tcp(upstream, packet, ident, qname, qtype, qclass)
+        self._stats.upstream_queries += 1
+        return reply
+
+    async def _ask_udp(
+        self, upstream: Upstream, packet: bytes, ident: int, qname: str, qtype: int, qclass: int
+    ) -> DNSRecord:
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in upstream.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            # A connected UDP socket: the kernel drops datagrams from any other address.
+            sock.connect((upstream.host, upstream.port))
+            await loop.sock_sendall(sock, packet)
+            while True:
+                data = await loop.sock_recv(sock, MAX_REPLY_BYTES)
+                reply = _matching_reply(data, ident, qname, qtype, qclass)
+                if reply is not None:
+                    return reply
+                self._stats.upstream_mismatched += 1
+
+    async def _ask_tcp(
+        self, upstream: Upstream, packet: bytes, ident: int, qname: str, qtype: int, qclass: int
+    ) -> DNSRecord:
+        reader, writer = await asyncio.open_connection(upstream.host, upstream.port)
+        try:
+            writer.write(struct.pack("!H", len(packet)) + packet)
+            await writer.drain()
+            (length,) = struct.unpack("!H", await reader.readexactly(2))
+            data = await reader.readexactly(length)
+        except asyncio.IncompleteReadError as exc:
+            raise UpstreamError("connection closed mid-reply") from exc
+        finally:
+            writer.close()
+        reply = _matching_reply(data, ident, qname, qtype, qclass)
+        if reply is None:
+            self._stats.upstream_mismatched += 1
+            raise UpstreamError("TCP reply does not match the query")
+        return reply
+
+
+def _matching_reply(
+    data: bytes, ident: int, qname: str, qtype: int, qclass: int
+) -> DNSRecord | None:
+    try:
+        reply = DNSRecord.parse(data)
+    except Exception:
+        return None
+    if reply.header.id != ident or not reply.header.qr or len(reply.questions) != 1:
+        return None
+    question = reply.q
+    if str(question.qname).lower() != qname or question.qtype != qtype:
+        return None
+    return reply if question.qclass == qclass else None
+
+
+def _to_answer(reply: DNSRecord) -> Answer:
+    # Each upstream RR is its own "RRset" so rotation never reorders a CNAME chain.
+    return Answer(
+        rcode=reply.header.rcode,
+        authoritative=False,
+        answer=[[rr] for rr in reply.rr],
+        authority=list(reply.auth),
+        additional=[rr for rr in reply.ar if rr.rtype != QTYPE.OPT],
+        recursive=True,
+    )
+
+
+def parse_upstreams(entries: list[str]) -> list[Upstream]:
+    from dnsd.config import parse_hostport  # config imports resolve.acl; keep import local
+
+    return [Upstream(*parse_hostport(entry, 53)) for entry in entries]
+
+
+def resolv_conf_upstreams(text: str, own: set[tuple[str, int]]) -> list[Upstream]:
+    """``nameserver`` lines of a resolv.conf, minus dnsd's own listen addresses."""
+    found = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] == "nameserver":
+            upstream = Upstream(fields[1].split("%", 1)[0], 53)
+            if (upstream.host, upstream.port) not in own:
+                found.append(upstream)
+    return found

@@ -1,0 +1,185 @@
+"""The local zone: authoritative answers from the record store.
+
+Sits first in the resolver chain.  For a name inside an owned zone it always answers (records,
+NODATA or NXDOMAIN with the SOA, never forwarded); outside the zones it answers only what the
+store holds (automatic PTR, explicit records) and otherwise returns None so the next stage
+(cache -> forward) takes over.  Knows nothing about sockets, caches or forwarding.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from dnslib import AAAA, CNAME, MX, NS, PTR, QTYPE, RD, RR, SOA, SRV, TXT, A
+
+from dnsd.records import MxValue, Record, RecordStore, SrvValue
+from dnsd.resolve.answer import FOREVER, Answer
+from dnsd.wire.codec import RCODE_NOERROR, RCODE_NXDOMAIN
+
+logger = logging.getLogger(__name__)
+
+MAX_CNAME_CHAIN = 8
+QTYPE_ANY = 255
+_ADDRESS_TYPES = ("A", "AAAA")
+# RFC 8482: a minimal answer to ANY is one synthesized HINFO record.
+_RFC8482_HINFO = RD(b"\x07RFC8482\x00")
+
+
+def _rdata(record: Record) -> object:
+    value = record.value
+    match record.rtype:
+        case "A":
+            return A(value)
+        case "AAAA":
+            return AAAA(value)
+        case "CNAME":
+            return CNAME(value)
+        case "PTR":
+            return PTR(value)
+        case "NS":
+            return NS(value)
+        case "TXT":
+            assert isinstance(value, tuple)
+            return TXT([str(part).encode() for part in value])
+        case "SRV":
+            assert isinstance(value, SrvValue)
+            return SRV(value.priority, value.weight, value.port, value.target)
+        case "MX":
+            assert isinstance(value, MxValue)
+            return MX(value.exchange, value.preference)
+    raise ValueError(record.rtype)
+
+
+def to_rr(record: Record, qname: str | None = None) -> RR:
+    """A dnslib RR for ``record``; ``qname`` keeps the asker's spelling of the owner name."""
+    rtype = getattr(QTYPE, record.rtype)
+    return RR(qname or record.name, rtype, ttl=record.ttl, rdata=_rdata(record))
+
+
+def _rrset(records: list[Record], qname: str | None = None) -> list[RR]:
+    ttl = min(record.ttl for record in records)  # one TTL per RRset (RFC 2181 5.2)
+    rrs = [to_rr(record, qname) for record in records]
+    for rr in rrs:
+        rr.ttl = ttl
+    return rrs
+
+
+class LocalZone:
+    def __init__(
+        self,
+        store: RecordStore,
+        zones: list[str],
+        negative_ttl: int = 5,
+        soa_ttl: int = 60,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        # Longest zone first, so ``a.b.docker.`` matches ``b.docker.`` before ``docker.``.
+        self.zones = sorted(zones, key=len, reverse=True)
+        self._negative_ttl = negative_ttl
+        self._soa_ttl = soa_ttl
+        self._serial_base = int(wall_clock())
+
+    def zone_of(self, qname: str) -> str | None:
+        for zone in self.zones:
+            if qname == zone or qname.endswith("." + zone) or zone == ".":
+                return zone
+        return None
+
+    def answer(self, qname: str, qtype: int, spelled: str) -> Answer | None:
+        """Answer ``qname`` (lower-case, absolute) or None when it is not ours to answer.
+
+        ``spelled`` is the name as the client wrote it (its letter case is echoed).
+        """
+        found = self._answer(qname, qtype, spelled)
+        if found is not None:
+            found.expires_in = FOREVER  # true until the store changes
+        return found
+
+    def _answer(self, qname: str, qtype: int, spelled: str) -> Answer | None:
+        zone = self.zone_of(qname)
+        if zone is None:
+            return self._outside_zone(qname, qtype, spelled)
+        if qname == zone and qtype in (QTYPE.SOA, QTYPE.NS):
+            rr = self._soa(zone) if qtype == QTYPE.SOA else self._ns(zone)
+            return Answer(RCODE_NOERROR, True, [[rr]])
+        if qtype == QTYPE_ANY:
+            if qname == zone or self._store.exists(qname):
+                hinfo = RR(spelled, QTYPE.HINFO, ttl=self._negative_ttl, rdata=_RFC8482_HINFO)
+                return Answer(RCODE_NOERROR, True, [[hinfo]])
+            return self._negative(zone, RCODE_NXDOMAIN)
+        return self._lookup(zone, qname, qtype, spelled)
+
+    def _outside_zone(self, qname: str, qtype: int, spelled: str) -> Answer | None:
+        rtype = QTYPE.get(qtype, "")
+        records = self._store.lookup(qname, rtype)
+        if qtype == QTYPE.PTR:
+            explicit = {record.value for record in records}
+            automatic = [r for r in self._automatic_ptr(qname) if r.value not in explicit]
+            records += automatic
+        return Answer(RCODE_NOERROR, True, [_rrset(records, spelled)]) if records else None
+
+    def _lookup(self, zone: str, qname: str, qtype: int, spelled: str) -> Answer:
+        rtype = QTYPE.get(qtype, "")
+        answer: list[list[RR]] = []
+        name, owner_spelling = qname, spelled
+        seen: set[str] = set()
+        while True:
+            records = self._store.lookup(name, rtype)
+            if rtype == "PTR":
+                explicit = {record.value for record in records}
+                records += [r for r in self._automatic_ptr(name) if r.value not in explicit]
+            if records:
+                answer.append(_rrset(records, owner_spelling))
+                answer_result = Answer(RCODE_NOERROR, True, answer)
+                answer_result.additional = self._additional(records)
+                return answer_result
+            cname = self._store.lookup(name, "CNAME") if rtype != "CNAME" else []
+            if not cname or name in seen or len(seen) >= MAX_CNAME_CHAIN:
+                break
+            seen.add(name)
+            answer.append(_rrset(cname[:1], owner_spelling))
+            name = owner_spelling = str(cname[0].value)
+            target_zone = self.zone_of(name)
+            if target_zone is None:
+                # Outside our zones: the client's resolver (or the next query) chases it.
+                return Answer(RCODE_NOERROR, True, answer)
+            zone = target_zone
+        exists = name == zone or self._store.exists(name)
+        negative = self._negative(zone, RCODE_NOERROR if exists else RCODE_NXDOMAIN)
+        negative.answer = answer
+        return negative
+
+    def _automatic_ptr(self, name: str) -> list[Record]:
+        ttl = self._negative_ttl
+        return [Record(name, "PTR", target, ttl) for target in self._store.reverse(name)]
+
+    def _additional(self, records: list[Record]) -> list[RR]:
+        """Addresses of in-store SRV and MX targets."""
+        targets: dict[str, None] = {}
+        for record in records:
+            if isinstance(record.value, SrvValue):
+                targets[record.value.target] = None
+            elif isinstance(record.value, MxValue):
+                targets[record.value.exchange] = None
+        extra: list[RR] = []
+        for target in targets:
+            for rtype in _ADDRESS_TYPES:
+                extra.extend(to_rr(found) for found in self._store.lookup(target, rtype))
+        return extra
+
+    def _negative(self, zone: str, rcode: int) -> Answer:
+        return Answer(rcode, True, authority=[self._soa(zone, self._negative_ttl)])
+
+    def _soa(self, zone: str, ttl: int | None = None) -> RR:
+        serial = (self._serial_base + self._store.generation) % 2**32
+        label = "" if zone == "." else zone
+        times = (serial, 3600, 600, 86400, self._negative_ttl)
+        rdata = SOA("ns." + label, "hostmaster." + label, times)
+        return RR(zone, QTYPE.SOA, ttl=self._soa_ttl if ttl is None else ttl, rdata=rdata)
+
+    def _ns(self, zone: str) -> RR:
+        label = "" if zone == "." else zone
+        return RR(zone, QTYPE.NS, ttl=self._soa_ttl, rdata=NS("ns." + label))

@@ -1,0 +1,228 @@
+"""The static source: records from the config file and from hosts files.
+
+Writes the store under source ``static`` with one owner per origin (``config`` and each hosts
+file), all replaced in one atomic call.  Reloads on SIGHUP (``reload``) and when a watched file
+changes (``watch``); a reload that fails keeps the last good records.  Knows nothing about DNS
+wire format or the resolver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from dnsd.config import Config, ConfigError
+from dnsd.records import MxValue, Record, SrvValue, Value
+
+logger = logging.getLogger(__name__)
+
+SOURCE = "static"
+MAX_NAME_LEN = 253
+MAX_LABEL_LEN = 63
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_*")
+
+
+class Names:
+    """Turns user-written names into absolute ones: relative names belong to the first zone."""
+
+    def __init__(self, zones: list[str]) -> None:
+        self.zones = zones
+
+    def absolute(self, name: str) -> str:
+        name = name.strip().lower()
+        if not name:
+            raise ValueError("empty name")
+        if name.endswith("."):
+            absolute = name
+        elif any(name + "." == z or (name + ".").endswith("." + z) for z in self.zones):
+            absolute = name + "."
+        else:
+            absolute = f"{name}.{self.zones[0]}" if self.zones[0] != "." else name + "."
+        self._check(absolute)
+        return absolute
+
+    @staticmethod
+    def _check(name: str) -> None:
+        if len(name) > MAX_NAME_LEN + 1:
+            raise ValueError(f"name too long: {name!r}")
+        for label in name[:-1].split("."):
+            if not label or len(label) > MAX_LABEL_LEN or not set(label) <= _NAME_CHARS:
+                raise ValueError(f"not a valid DNS name: {name!r}")
+
+
+def _address(text: str, version: int) -> str:
+    try:
+        address = ipaddress.ip_address(text.strip())
+    except ValueError:
+        raise ValueError(f"not an IP address: {text!r}") from None
+    if address.version != version:
+        raise ValueError(f"not an IPv{version} address: {text!r}")
+    return str(address)
+
+
+def _ints(parts: list[str], count: int, what: str) -> list[int]:
+    try:
+        numbers = [int(p) for p in parts[:count]]
+    except ValueError:
+        raise ValueError(f"{what}: expected {count} numbers, got {parts[:count]}") from None
+    if len(numbers) != count or any(not 0 <= n <= 65535 for n in numbers):
+        raise ValueError(f"{what}: expected {count} numbers in 0..65535")
+    return numbers
+
+
+def parse_value(rtype: str, value: Any, names: Names) -> Value:
+    """Presentation-format rdata (``"10 50 8080 web"`` for SRV) -> a record value."""
+    if rtype == "TXT":
+        parts = [value] if isinstance(value, str) else value
+        if not isinstance(parts, list) or not all(isinstance(p, str) for p in parts):
+            raise ValueError("TXT value must be a string or a list of strings")
+        if any(len(p.encode()) > 255 for p in parts):
+            raise ValueError("TXT strings are at most 255 bytes each")
+        return tuple(parts)
+    if not isinstance(value, str):
+        raise ValueError(f"{rtype} value must be a string")
+    if rtype in ("A", "AAAA"):
+        return _address(value, 4 if rtype == "A" else 6)
+    if rtype in ("CNAME", "PTR", "NS"):
+        return names.absolute(value)
+    parts = value.split()
+    if rtype == "SRV":
+        if len(parts) != 4:
+            raise ValueError("SRV value is 'priority weight port target'")
+        priority, weight, port = _ints(parts, 3, "SRV")
+        return SrvValue(priority, weight, port, names.absolute(parts[3]))
+    if rtype == "MX":
+        if len(parts) != 2:
+            raise ValueError("MX value is 'preference exchange'")
+        (preference,) = _ints(parts, 1, "MX")
+        return MxValue(preference, names.absolute(parts[1]))
+    raise ValueError(f"unsupported record type {rtype!r}")
+
+
+def config_records(specs: list[dict[str, Any]], names: Names, default_ttl: int) -> list[Record]:
+    """``[[static.records]]`` tables -> records; a bad one raises ConfigError naming it."""
+    records = []
+    for index, spec in enumerate(specs):
+        where = f"static.records[{index}]"
+        unknown = set(spec) - {"name", "type", "value", "ttl"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+        try:
+            rtype = str(spec["type"]).upper()
+            ttl = spec.get("ttl", default_ttl)
+            if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 <= ttl < 2**31:
+                raise ValueError(f"bad ttl {ttl!r}")
+            name = names.absolute(str(spec["name"]))
+            records.append(Record(name, rtype, parse_value(rtype, spec["value"], names), ttl))
+        except KeyError as exc:
+            raise ConfigError(f"{where}: missing key {exc.args[0]!r}") from None
+        except ValueError as exc:
+            raise ConfigError(f"{where} ({spec.get('name')!r}): {exc}") from None
+    return records
+
+
+def parse_hosts(text: str, path: str, names: Names, ttl: int) -> tuple[list[Record], list[str]]:
+    """Hosts-file lines ``IP name [name...]`` -> (records, errors naming file:line)."""
+    records: list[Record] = []
+    errors: list[str] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        try:
+            if len(fields) < 2:
+                raise ValueError("expected 'IP name [name...]'")
+            address = ipaddress.ip_address(fields[0].split("%", 1)[0])
+            rtype = "A" if address.version == 4 else "AAAA"
+            for name in fields[1:]:
+                records.append(Record(names.absolute(name), rtype, str(address), ttl))
+        except ValueError as exc:
+            errors.append(f"{path}:{number}: {exc}")
+    return records, errors
+
+
+class StaticSource:
+    def __init__(
+        self,
+        store: Any,  # RecordStore; Any keeps this module free of a store import cycle
+        load_config: Callable[[], Config],
+        config: Config,
+    ) -> None:
+        self._store = store
+        self._load_config = load_config
+        self._config = config
+        self._stamps: dict[str, tuple[int, int, int] | None] = {}
+        self.bad_lines = 0
+
+    def build(self, config: Config) -> dict[str, list[Record]]:
+        """Every owner's records for ``config`` (raises ConfigError if the records are bad)."""
+        names = Names(config.server.zones)
+        ttl = config.server.ttl
+        owners = {"config": config_records(config.static.records, names, ttl)}
+        for path in config.static.hosts:
+            try:
+                with open(path, encoding="utf-8", errors="replace") as handle:
+                    text = handle.read()
+            except OSError as exc:
+                raise ConfigError(f"{path}: cannot read hosts file: {exc.strerror}") from None
+            records, errors = parse_hosts(text, path, names, ttl)
+            for error in errors:
+                logger.warning("skipping bad hosts line %s", error)
+            self.bad_lines += len(errors)
+            owners[path] = records
+        return owners
+
+    def load(self) -> int:
+        """First load: errors propagate (the daemon refuses to start on a bad config)."""
+        owners = self.build(self._config)
+        self._apply(self._config, owners)
+        return sum(len(r) for r in owners.values())
+
+    def reload(self) -> bool:
+        """Re-read the config file and hosts files; on any error keep the last good records."""
+        try:
+            config = self._load_config()
+            owners = self.build(config)
+        except ConfigError as exc:
+            logger.error("reload failed, keeping the last good records: %s", exc)
+            # Remember the bad files' state: retry when they change again, don't loop on them.
+            self._stamps = {path: _stamp(path) for path in self._stamps}
+            return False
+        self._apply(config, owners)
+        logger.info("static records reloaded: %d", sum(len(r) for r in owners.values()))
+        return True
+
+    def _apply(self, config: Config, owners: dict[str, list[Record]]) -> None:
+        self._config = config
+        self._stamps = {path: _stamp(path) for path in self._watched()}
+        self._store.replace_source(SOURCE, owners)
+
+    def _watched(self) -> list[str]:
+        paths = list(self._config.static.hosts)
+        if self._config.path:
+            paths.append(self._config.path)
+        return paths
+
+    def changed(self) -> bool:
+        return any(_stamp(path) != stamp for path, stamp in self._stamps.items())
+
+    async def watch(self) -> None:
+        """Poll the watched files; reload when one changes (until cancelled)."""
+        while True:
+            interval = self._config.static.watch_interval
+            await asyncio.sleep(interval if interval > 0 else 3600)
+            if interval > 0 and self.changed():
+                logger.info("a watched file changed, reloading")
+                self.reload()
+
+
+def _stamp(path: str) -> tuple[int, int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_mtime_ns, info.st_size, info.st_ino

@@ -1,0 +1,1 @@
+"""The only code that touches bytes and sockets: codec, packed-answer cache, UDP, TCP."""

@@ -1,0 +1,75 @@
+"""Byte-level helpers for DNS messages that must not build dnslib objects.
+
+Used by the hot path (question boundaries, the packed-answer key) and for answers to packets that
+dnslib cannot parse (FORMERR with the readable header, NOTIMP).  Every function is bounds-checked
+and returns ``None``/``-1`` instead of raising on short or malformed input.
+"""
+
+from __future__ import annotations
+
+import struct
+
+HEADER_LEN = 12
+MAX_NAME_WIRE_LEN = 255
+
+RCODE_NOERROR = 0
+RCODE_FORMERR = 1
+RCODE_SERVFAIL = 2
+RCODE_NXDOMAIN = 3
+RCODE_NOTIMP = 4
+RCODE_REFUSED = 5
+
+_HEADER = struct.Struct("!HHHHHH")
+_FLAG_QR = 0x8000
+_FLAG_RD = 0x0100
+_OPCODE_MASK = 0x7800
+
+
+def question_end(data: bytes) -> int:
+    """Index just past QTYPE/QCLASS of the first question, or -1 if it is not well-formed.
+
+    Only plain labels are allowed (no compression pointers in a question).
+    """
+    size = len(data)
+    pos = HEADER_LEN
+    while pos < size:
+        length = data[pos]
+        if length == 0:
+            end = pos + 5
+            return end if end <= size and end - HEADER_LEN <= MAX_NAME_WIRE_LEN + 4 else -1
+        if length > 63:
+            return -1
+        pos += length + 1
+    return -1
+
+
+def is_response(data: bytes) -> bool:
+    return len(data) >= 3 and bool(data[2] & 0x80)
+
+
+def opcode(data: bytes) -> int:
+    return (data[2] >> 3) & 0x0F
+
+
+def error_response(data: bytes, rcode: int, echo_question: bool = False) -> bytes | None:
+    """A bare reply to ``data`` with ``rcode``: same ID, opcode and RD; no records.
+
+    With ``echo_question`` the first question is copied when it is well-formed.  Returns None
+    when not even the header is readable (the caller drops and counts the packet).
+    """
+    if len(data) < HEADER_LEN:
+        return None
+    ident, flags, _, _, _, _ = _HEADER.unpack_from(data)
+    reply_flags = _FLAG_QR | (flags & (_OPCODE_MASK | _FLAG_RD)) | (rcode & 0x0F)
+    question = b""
+    if echo_question:
+        end = question_end(data)
+        if end > 0:
+            question = data[HEADER_LEN:end]
+    return _HEADER.pack(ident, reply_flags, 1 if question else 0, 0, 0, 0) + question
+
+
+def set_tc_only(data: bytes) -> bytes:
+    """A copy of the header of ``data`` with TC set and every count but QDCOUNT zeroed."""
+    ident, flags, qd, _, _, _ = _HEADER.unpack_from(data)
+    return _HEADER.pack(ident, flags | 0x0200, qd, 0, 0, 0)

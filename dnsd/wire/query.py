@@ -1,0 +1,164 @@
+"""The miss path: one query packet in, one response packet out (or None: drop).
+
+Parses with dnslib, checks the message (FORMERR / NOTIMP / BADVERS / drop are decided here and
+only here), asks the resolver chain, and packs the answer: RRsets rotated, EDNS0 echoed, TC=1
+when a UDP answer does not fit the client's size.  UDP answers are put in the packed-answer
+cache so the next identical question takes the hot path.  Knows nothing about sockets.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from dnslib import EDNS0, QTYPE, DNSHeader, DNSRecord
+
+from dnsd.resolve.answer import Answer
+from dnsd.resolve.chain import ResolverChain
+from dnsd.stats import Stats
+from dnsd.wire.answer_cache import FORWARDED_REFRESH_S, AnswerCache
+from dnsd.wire.codec import (
+    HEADER_LEN,
+    RCODE_FORMERR,
+    RCODE_NOTIMP,
+    RCODE_SERVFAIL,
+    error_response,
+)
+
+logger = logging.getLogger(__name__)
+
+CLASSIC_UDP_SIZE = 512
+DEFAULT_MAX_UDP_SIZE = 1232
+MAX_TCP_SIZE = 65535
+MAX_ROTATIONS = 8
+EDNS_BADVERS = 16
+
+Response = bytes | None | Coroutine[Any, Any, bytes | None]
+
+
+class QueryHandler:
+    def __init__(
+        self,
+        chain: ResolverChain,
+        stats: Stats,
+        answer_cache: AnswerCache | None = None,
+        max_udp_size: int = DEFAULT_MAX_UDP_SIZE,
+        recursion_available: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._chain = chain
+        self._stats = stats
+        self._answer_cache = answer_cache
+        self._max_udp_size = max(max_udp_size, CLASSIC_UDP_SIZE)
+        self._recursion_available = recursion_available
+        self._clock = clock
+        self._turn = 0
+
+    def handle(self, data: bytes, client_ip: str, udp: bool) -> Response:
+        """A response, None to drop, or a coroutine giving one (the question went upstream)."""
+        self._stats.queries_slow += 1
+        if len(data) < HEADER_LEN:
+            self._stats.drop("short")
+            return None
+        if data[2] & 0x80:
+            self._stats.drop("not a query")
+            return None
+        try:
+            query = DNSRecord.parse(data)
+        except Exception:  # dnslib raises more than DNSError on hostile input
+            self._stats.formerr += 1
+            return error_response(data, RCODE_FORMERR)
+        if query.header.opcode != 0:
+            self._stats.notimp += 1
+            return error_response(data, RCODE_NOTIMP, echo_question=True)
+        options = [rr for rr in query.ar if rr.rtype == QTYPE.OPT]
+        if len(query.questions) != 1 or len(options) > 1:
+            self._stats.formerr += 1
+            return error_response(data, RCODE_FORMERR)
+        edns = options[0] if options else None
+        if edns is not None and (edns.ttl >> 16) & 0xFF != 0:
+            return self._badvers(query)
+        limit = MAX_TCP_SIZE
+        if udp:
+            limit = CLASSIC_UDP_SIZE
+            if edns is not None:
+                limit = min(max(edns.rclass, CLASSIC_UDP_SIZE), self._max_udp_size)
+        question = query.q
+        spelled = str(question.qname)
+        result = self._chain.resolve(
+            spelled.lower(), question.qtype, question.qclass, spelled, client_ip
+        )
+        if isinstance(result, Answer):
+            return self._respond(data, query, result, edns is not None, limit, udp)
+        return self._respond_later(data, query, result, edns is not None, limit, udp)
+
+    async def _respond_later(
+        self,
+        data: bytes,
+        query: DNSRecord,
+        pending: Awaitable[Answer],
+        edns: bool,
+        limit: int,
+        udp: bool,
+    ) -> bytes | None:
+        try:
+            answer = await pending
+        except Exception:
+            logger.exception("resolving %s failed", query.q.qname)
+            answer = Answer(RCODE_SERVFAIL)
+        return self._respond(data, query, answer, edns, limit, udp)
+
+    def _respond(
+        self, data: bytes, query: DNSRecord, answer: Answer, edns: bool, limit: int, udp: bool
+    ) -> bytes:
+        self._turn += 1
+        cacheable = udp and self._answer_cache is not None and answer.expires_in > 0
+        if not cacheable:
+            return self._pack(query, answer, edns, limit, self._turn)
+        assert self._answer_cache is not None
+        rotations = min(answer.rotations(), MAX_ROTATIONS)
+        # Start where the last answer left off, so even uncached askers see the order rotate.
+        turns = range(self._turn, self._turn + rotations)
+        variants = [self._pack(query, answer, edns, limit, turn) for turn in turns]
+        expires = self._clock() + answer.expires_in
+        if answer.recursive or not math.isinf(answer.expires_in):
+            expires = min(expires, self._clock() + FORWARDED_REFRESH_S)
+        return self._answer_cache.put(data, variants, expires, answer.recursive)
+
+    def _pack(self, query: DNSRecord, answer: Answer, edns: bool, limit: int, turn: int) -> bytes:
+        header = DNSHeader(
+            id=query.header.id,
+            qr=1,
+            aa=answer.authoritative,
+            rd=query.header.rd,
+            ra=self._recursion_available,
+            rcode=answer.rcode,
+        )
+        reply = DNSRecord(header, q=query.q)
+        for rrset in answer.answer:
+            shift = turn % len(rrset)
+            for rr in rrset[shift:] + rrset[:shift]:
+                reply.add_answer(rr)
+        for rr in answer.authority:
+            reply.add_auth(rr)
+        for rr in answer.additional:
+            reply.add_ar(rr)
+        if edns:
+            reply.add_ar(EDNS0(udp_len=self._max_udp_size))
+        packed = bytes(reply.pack())
+        if len(packed) <= limit:
+            return packed
+        header.tc = 1
+        truncated = DNSRecord(header, q=query.q)
+        if edns:
+            truncated.add_ar(EDNS0(udp_len=self._max_udp_size))
+        return bytes(truncated.pack())
+
+    def _badvers(self, query: DNSRecord) -> bytes:
+        header = DNSHeader(id=query.header.id, qr=1, rd=query.header.rd, rcode=0)
+        reply = DNSRecord(header, q=query.q)
+        reply.add_ar(EDNS0(udp_len=self._max_udp_size, ext_rcode=EDNS_BADVERS >> 4))
+        return bytes(reply.pack())
