@@ -1,0 +1,156 @@
+"""Forwarding through a running dnsd to upstreams the test starts on 127.0.0.1."""
+
+from __future__ import annotations
+
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import dns.flags
+import dns.message
+import pytest
+from conftest import FakeUpstream, free_port, query, rcode
+
+
+def test_forwarded_answer_is_cached_and_counts_down(upstream: FakeUpstream, dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    dnsd = dnsd_factory("--upstream", f"127.0.0.1:{upstream.port}")
+    first = query(dnsd.port, "example.com", "A")
+    assert rcode(first) == "NOERROR"
+    assert [r.to_text() for r in first.answer[0]] == ["1.2.3.4"]
+    assert not first.flags & dns.flags.AA
+    assert first.answer[0].ttl == 300
+    for _ in range(5):
+        query(dnsd.port, "example.com", "A")
+        query(dnsd.port, "EXAMPLE.com", "A", tcp=True)
+    assert len(upstream.queries) == 1  # every later answer came from the cache
+    time.sleep(2.2)
+    later = query(dnsd.port, "example.com", "A")
+    assert 296 <= later.answer[0].ttl <= 298
+    assert len(upstream.queries) == 1
+
+
+def test_negative_answers_are_cached_per_rfc2308(upstream: FakeUpstream, dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    dnsd = dnsd_factory("--upstream", f"127.0.0.1:{upstream.port}")
+    reply = query(dnsd.port, "nxname.test", "A")
+    assert rcode(reply) == "NXDOMAIN"
+    assert reply.authority[0].ttl == 300  # as sent; kept for min(TTL, MINIMUM) = 30 s
+    query(dnsd.port, "nxname.test", "A")
+    assert len(upstream.queries) == 1
+
+
+def test_zero_ttl_is_not_cached(upstream: FakeUpstream, dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    upstream.ttl = 0
+    dnsd = dnsd_factory("--upstream", f"127.0.0.1:{upstream.port}")
+    query(dnsd.port, "example.com", "A")
+    query(dnsd.port, "example.com", "A")
+    assert len(upstream.queries) == 2
+
+
+def test_timeout_fails_over_to_the_next_upstream(dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    silent = FakeUpstream(mode="silent").start()
+    good = FakeUpstream(address="5.6.7.8").start()
+    try:
+        config = "[forward]\ntimeout = 0.5\n"
+        dnsd = dnsd_factory(
+            "--upstream", f"127.0.0.1:{silent.port}", "--upstream", f"127.0.0.1:{good.port}",
+            config=config,
+        )
+        reply = query(dnsd.port, "failover.example", "A", timeout=5)
+        assert [r.to_text() for r in reply.answer[0]] == ["5.6.7.8"]
+        assert len(silent.queries) == 1 and len(good.queries) == 1
+        # The failed upstream is tried last from now on: no new timeout.
+        started = time.monotonic()
+        query(dnsd.port, "second.example", "A", timeout=5)
+        assert time.monotonic() - started < 0.4
+        assert len(silent.queries) == 1
+    finally:
+        silent.stop()
+        good.stop()
+
+
+def test_every_upstream_down_is_servfail(dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    silent = FakeUpstream(mode="silent").start()
+    closed_port = free_port()  # nothing listens: ICMP port unreachable
+    try:
+        dnsd = dnsd_factory(
+            "--upstream", f"127.0.0.1:{silent.port}", "--upstream", f"127.0.0.1:{closed_port}",
+            config="[forward]\ntimeout = 0.3\n",
+        )
+        reply = query(dnsd.port, "down.example", "A", timeout=5)
+        assert rcode(reply) == "SERVFAIL"
+        assert dnsd.proc.poll() is None
+    finally:
+        silent.stop()
+
+
+def test_spoofed_reply_with_wrong_id_is_ignored(dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    spoofing = FakeUpstream(mode="spoof", address="9.9.9.9").start()
+    try:
+        dnsd = dnsd_factory("--upstream", f"127.0.0.1:{spoofing.port}")
+        reply = query(dnsd.port, "spoof.example", "A")
+        assert [r.to_text() for r in reply.answer[0]] == ["9.9.9.9"]
+        assert rcode(reply) == "NOERROR"
+    finally:
+        spoofing.stop()
+
+
+def test_truncated_upstream_answer_is_retried_over_tcp(dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    truncating = FakeUpstream(mode="truncate", answers_per_name=5).start()
+    try:
+        dnsd = dnsd_factory("--upstream", f"127.0.0.1:{truncating.port}")
+        reply = query(dnsd.port, "big.example", "A")
+        assert len(reply.answer[0]) == 5
+        assert [proto for proto, _, _ in truncating.queries] == ["udp", "tcp"]
+    finally:
+        truncating.stop()
+
+
+def test_identical_concurrent_misses_go_upstream_once(dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    slowish = FakeUpstream(mode="spoof").start()  # the spoofed first reply delays the answer 50 ms
+    try:
+        dnsd = dnsd_factory("--upstream", f"127.0.0.1:{slowish.port}")
+        with ThreadPoolExecutor(8) as pool:
+            replies = list(pool.map(lambda _: query(dnsd.port, "same.example", "A"), range(8)))
+        assert all(rcode(reply) == "NOERROR" for reply in replies)
+        assert len(slowish.queries) == 1
+    finally:
+        slowish.stop()
+
+
+def test_clients_outside_allow_recursion_are_refused(upstream: FakeUpstream, dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    config = '[server]\nallow_recursion = ["10.0.0.0/8"]\n'
+    dnsd = dnsd_factory("--upstream", f"127.0.0.1:{upstream.port}", config=config)
+    assert rcode(query(dnsd.port, "example.com", "A")) == "REFUSED"
+    assert rcode(query(dnsd.port, "example.com", "A")) == "REFUSED"
+    assert rcode(query(dnsd.port, "nope.docker", "A")) == "NXDOMAIN"  # own zone still answered
+    assert upstream.queries == []
+
+
+def test_cached_forwarded_answer_not_served_to_refused_client(upstream: FakeUpstream, dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    # 127.0.0.1 may recurse, 127.0.0.2 may not: the packed-answer cache must respect that.
+    config = '[server]\nallow_recursion = ["127.0.0.1/32"]\n'
+    dnsd = dnsd_factory("--upstream", f"127.0.0.1:{upstream.port}", config=config)
+    assert rcode(query(dnsd.port, "example.com", "A")) == "NOERROR"
+    message = dns.message.make_query("example.com", "A")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.2", 0))
+        sock.settimeout(2)
+        sock.sendto(message.to_wire(), ("127.0.0.1", dnsd.port))
+        reply = dns.message.from_wire(sock.recv(4096))
+    assert rcode(reply) == "REFUSED"
+
+
+def test_no_forward_refuses_outside_names(upstream: FakeUpstream, dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    dnsd = dnsd_factory("--upstream", f"127.0.0.1:{upstream.port}", "--no-forward")
+    assert rcode(query(dnsd.port, "example.com", "A")) == "REFUSED"
+    assert upstream.queries == []
+
+
+@pytest.mark.parametrize("rdtype", ["AAAA", "MX", "TXT"])
+def test_other_types_are_forwarded(upstream: FakeUpstream, dnsd_factory, rdtype: str) -> None:  # type: ignore[no-untyped-def]
+    dnsd = dnsd_factory("--upstream", f"127.0.0.1:{upstream.port}")
+    reply = query(dnsd.port, "example.com", rdtype)
+    assert rcode(reply) == "NOERROR"
+    assert upstream.queries == [("udp", "example.com.", rdtype)]
+
+

@@ -1,0 +1,361 @@
+"""A running dnsd process queried over real sockets with dnspython and dig."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import dns.flags
+import dns.message
+import dns.opcode
+import dns.rdatatype
+import dns.reversename
+import pytest
+from conftest import Dnsd, free_port, query, rcode, start_dnsd
+
+ZONE_CONFIG = """
+[server]
+zones = ["docker.", "svc.local."]
+negative_ttl = 7
+
+[static]
+hosts = ["hosts"]
+watch_interval = 0.2
+
+[[static.records]]
+name = "api"
+type = "A"
+value = "10.0.0.20"
+ttl = 30
+
+[[static.records]]
+name = "www"
+type = "CNAME"
+value = "web"
+
+[[static.records]]
+name = "loop1"
+type = "CNAME"
+value = "loop2"
+
+[[static.records]]
+name = "loop2"
+type = "CNAME"
+value = "loop1"
+
+[[static.records]]
+name = "_http._tcp.web"
+type = "SRV"
+value = "10 50 80 web"
+
+[[static.records]]
+name = "web"
+type = "TXT"
+value = "hello"
+"""
+
+HOSTS = """
+10.0.0.10 web
+10.0.0.11 web
+10.0.0.12 web
+fd00::10 web
+10.0.1.1 db.svc.local
+"""
+
+
+@pytest.fixture
+def zone_dnsd(tmp_path: Path, dnsd_factory) -> Dnsd:  # type: ignore[no-untyped-def]
+    (tmp_path / "hosts").write_text(HOSTS)
+    return dnsd_factory("--no-forward", config=ZONE_CONFIG)
+
+
+def addresses(message: dns.message.Message) -> list[str]:
+    return [item.to_text() for rrset in message.answer for item in rrset]
+
+
+def test_a_aaaa_and_relative_names(zone_dnsd: Dnsd) -> None:
+    reply = query(zone_dnsd.port, "web.docker", "A")
+    assert rcode(reply) == "NOERROR"
+    assert reply.flags & dns.flags.AA
+    assert sorted(addresses(reply)) == ["10.0.0.10", "10.0.0.11", "10.0.0.12"]
+    assert addresses(query(zone_dnsd.port, "web.docker", "AAAA")) == ["fd00::10"]
+    assert addresses(query(zone_dnsd.port, "db.svc.local", "A")) == ["10.0.1.1"]
+    assert reply.answer[0].ttl == 5  # the default TTL
+
+
+def test_tcp_answers_the_same(zone_dnsd: Dnsd) -> None:
+    reply = query(zone_dnsd.port, "api.docker", "A", tcp=True)
+    assert addresses(reply) == ["10.0.0.20"]
+    assert reply.answer[0].ttl == 30
+
+
+def test_several_queries_on_one_tcp_connection(zone_dnsd: Dnsd) -> None:
+    with socket.create_connection(("127.0.0.1", zone_dnsd.port), timeout=2) as conn:
+        for ident, name in enumerate(["web.docker", "api.docker", "nope.docker"], 1):
+            message = dns.message.make_query(name, "A")
+            message.id = ident
+            wire = message.to_wire()
+            conn.sendall(struct.pack("!H", len(wire)) + wire)
+        replies = {}
+        for _ in range(3):
+            (length,) = struct.unpack("!H", _recv_exact(conn, 2))
+            reply = dns.message.from_wire(_recv_exact(conn, length))
+            replies[reply.id] = reply
+    assert rcode(replies[3]) == "NXDOMAIN"
+    assert addresses(replies[2]) == ["10.0.0.20"]
+
+
+def _recv_exact(conn: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        assert chunk, "connection closed"
+        data += chunk
+    return data
+
+
+def test_rotation_between_queries(zone_dnsd: Dnsd) -> None:
+    firsts = {addresses(query(zone_dnsd.port, "web.docker"))[0] for _ in range(6)}
+    assert len(firsts) == 3
+
+
+def test_nxdomain_and_nodata_carry_the_soa(zone_dnsd: Dnsd) -> None:
+    missing = query(zone_dnsd.port, "nope.docker", "A")
+    assert rcode(missing) == "NXDOMAIN"
+    assert missing.authority[0].rdtype == dns.rdatatype.SOA
+    assert missing.authority[0].ttl == 7
+    assert missing.authority[0][0].minimum == 7
+    nodata = query(zone_dnsd.port, "api.docker", "MX")
+    assert rcode(nodata) == "NOERROR" and not nodata.answer
+    assert nodata.authority[0].rdtype == dns.rdatatype.SOA
+    # An empty non-terminal (parent of _http._tcp.web) exists: NODATA, not NXDOMAIN.
+    assert rcode(query(zone_dnsd.port, "_tcp.web.docker", "A")) == "NOERROR"
+
+
+def test_apex_soa_and_ns(zone_dnsd: Dnsd) -> None:
+    soa = query(zone_dnsd.port, "docker", "SOA")
+    assert soa.answer[0][0].mname.to_text() == "ns.docker."
+    ns = query(zone_dnsd.port, "svc.local", "NS")
+    assert addresses(ns) == ["ns.svc.local."]
+
+
+def test_names_in_zone_are_never_forwarded(zone_dnsd: Dnsd) -> None:
+    assert rcode(query(zone_dnsd.port, "deep.unknown.docker", "A")) == "NXDOMAIN"
+    assert rcode(query(zone_dnsd.port, "example.com", "A")) == "REFUSED"  # --no-forward
+
+
+def test_ptr_for_every_address(zone_dnsd: Dnsd) -> None:
+    assert addresses(query(zone_dnsd.port, "11.0.0.10.in-addr.arpa", "PTR")) == ["web.docker."]
+    six = query(zone_dnsd.port, dns.reversename.from_address("fd00::10").to_text(), "PTR")
+    assert addresses(six) == ["web.docker."]
+
+
+def test_cname_chase_and_loop(zone_dnsd: Dnsd) -> None:
+    reply = query(zone_dnsd.port, "www.docker", "A")
+    assert [rrset.rdtype for rrset in reply.answer] == [dns.rdatatype.CNAME, dns.rdatatype.A]
+    assert len(addresses(reply)) == 4
+    looped = query(zone_dnsd.port, "loop1.docker", "A")
+    assert rcode(looped) == "NOERROR"
+    assert all(rrset.rdtype == dns.rdatatype.CNAME for rrset in looped.answer)
+
+
+def test_srv_with_addresses_in_additional(zone_dnsd: Dnsd) -> None:
+    reply = query(zone_dnsd.port, "_http._tcp.web.docker", "SRV")
+    srv = reply.answer[0][0]
+    assert (srv.priority, srv.weight, srv.port, srv.target.to_text()) == (10, 50, 80, "web.docker.")
+    extra = sorted(item.to_text() for rrset in reply.additional for item in rrset)
+    assert extra == ["10.0.0.10", "10.0.0.11", "10.0.0.12", "fd00::10"]
+
+
+def test_case_is_echoed_on_every_path(zone_dnsd: Dnsd) -> None:
+    for _ in range(3):  # first: slow path, then packed-answer cache hits
+        reply = query(zone_dnsd.port, "WeB.DoCKer", "A")
+        assert reply.question[0].name.to_text() == "WeB.DoCKer."
+        assert reply.answer[0].name.to_text() == "WeB.DoCKer."
+    lower = query(zone_dnsd.port, "web.docker", "A")
+    assert lower.question[0].name.to_text() == "web.docker."
+
+
+def test_any_gets_a_minimal_answer(zone_dnsd: Dnsd) -> None:
+    reply = query(zone_dnsd.port, "web.docker", "ANY")
+    assert [rrset.rdtype for rrset in reply.answer] == [dns.rdatatype.HINFO]
+    assert rcode(query(zone_dnsd.port, "nope.docker", "ANY")) == "NXDOMAIN"
+
+
+def test_edns_is_echoed_and_size_honoured(zone_dnsd: Dnsd) -> None:
+    reply = query(zone_dnsd.port, "web.docker", "A", use_edns=0, payload=4096)
+    assert reply.edns == 0
+    assert reply.payload == 1232  # capped
+    plain = query(zone_dnsd.port, "web.docker", "A")
+    assert plain.edns == -1
+
+
+def test_badvers(zone_dnsd: Dnsd) -> None:
+    reply = query(zone_dnsd.port, "web.docker", "A", use_edns=1)
+    assert reply.rcode() == 16  # BADVERS
+
+
+def test_notimp_for_other_opcodes(zone_dnsd: Dnsd) -> None:
+    message = dns.message.make_query("web.docker", "A")
+    message.set_opcode(dns.opcode.NOTIFY)
+    reply = dns.query.udp(message, "127.0.0.1", port=zone_dnsd.port, timeout=2)
+    assert rcode(reply) == "NOTIMP"
+
+
+def test_formerr_for_two_questions_and_garbage(zone_dnsd: Dnsd) -> None:
+    header = struct.pack("!HHHHHH", 0x1234, 0x0100, 2, 0, 0, 0)
+    question = b"\x03web\x06docker\x00\x00\x01\x00\x01"
+    reply = _raw_udp(zone_dnsd.port, header + question * 2)
+    assert reply[:2] == b"\x12\x34" and reply[3] & 0x0F == 1  # FORMERR
+    garbage = struct.pack("!HHHHHH", 0x4321, 0x0100, 1, 0, 0, 0) + b"\x3fabc"
+    reply = _raw_udp(zone_dnsd.port, garbage)
+    assert reply[:2] == b"\x43\x21" and reply[3] & 0x0F == 1
+    with pytest.raises(TimeoutError):
+        _raw_udp(zone_dnsd.port, b"\x01\x02\x03", timeout=0.3)  # no header: dropped
+
+
+def _raw_udp(port: int, packet: bytes, timeout: float = 2.0) -> bytes:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(packet, ("127.0.0.1", port))
+        try:
+            return sock.recv(65535)
+        except TimeoutError:
+            raise
+        except OSError as exc:  # socket.timeout is TimeoutError on 3.11
+            raise TimeoutError from exc
+
+
+def test_big_answer_truncated_then_full_over_tcp(tmp_path: Path, dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    lines = [f"10.1.{i // 250}.{i % 250 + 1} host{i}" for i in range(60)]
+    (tmp_path / "hosts").write_text("\n".join(lines))
+    records = "".join(
+        f'[[static.records]]\nname = "_db._tcp.big"\ntype = "SRV"\n'
+        f'value = "10 10 {5000 + i} host{i}"\n'
+        for i in range(60)
+    )
+    dnsd = dnsd_factory("--no-forward", config=f'[static]\nhosts = ["hosts"]\n{records}')
+    small = query(dnsd.port, "_db._tcp.big.docker", "SRV")
+    assert small.flags & dns.flags.TC and not small.answer
+    full = query(dnsd.port, "_db._tcp.big.docker", "SRV", tcp=True)
+    assert len(full.answer[0]) == 60
+    assert sum(len(rrset) for rrset in full.additional) == 60  # each target's address
+    if shutil.which("dig"):
+        out = subprocess.run(
+            ["dig", "@127.0.0.1", "-p", str(dnsd.port), "+bufsize=512", "+noall", "+answer",
+             "_db._tcp.big.docker", "SRV"],
+            capture_output=True, text=True, timeout=10,
+        ).stdout
+        assert out.count("SRV") == 60  # dig saw TC=1 and retried over TCP
+        notrunc = subprocess.run(
+            ["dig", "@127.0.0.1", "-p", str(dnsd.port), "+bufsize=512", "+ignore",
+             "+comments", "_db._tcp.big.docker", "SRV"],
+            capture_output=True, text=True, timeout=10,
+        ).stdout
+        assert " tc" in notrunc.split("flags:")[1].split(";")[0]
+
+
+def test_dig_answers(zone_dnsd: Dnsd) -> None:
+    dig = shutil.which("dig")
+    assert dig, "bind9-dnsutils (dig) must be installed"
+    def run(*args: str) -> str:
+        result = subprocess.run(
+            [dig, "@127.0.0.1", "-p", str(zone_dnsd.port), "+short", *args],
+            capture_output=True, text=True, timeout=10,
+        )
+        return result.stdout
+    assert sorted(run("web.docker").split()) == ["10.0.0.10", "10.0.0.11", "10.0.0.12"]
+    assert run("+tcp", "api.docker").split() == ["10.0.0.20"]
+    assert run("-x", "10.0.0.20").split() == ["api.docker."]
+    assert run("web.docker", "TXT").split() == ['"hello"']
+    assert run("_http._tcp.web.docker", "SRV").split() == ["10", "50", "80", "web.docker."]
+
+
+def test_sighup_and_file_change_reload(tmp_path: Path, dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    hosts = tmp_path / "hosts"
+    hosts.write_text("10.0.0.1 one\n")
+    dnsd = dnsd_factory("--no-forward", config='[static]\nhosts = ["hosts"]\nwatch_interval = 0\n')
+    assert addresses(query(dnsd.port, "one.docker")) == ["10.0.0.1"]
+    hosts.write_text("10.0.0.2 one\n10.0.0.3 two\n")
+    time.sleep(0.3)
+    assert addresses(query(dnsd.port, "one.docker")) == ["10.0.0.1"]  # polling is off
+    dnsd.proc.send_signal(signal.SIGHUP)
+    _eventually(lambda: addresses(query(dnsd.port, "one.docker")) == ["10.0.0.2"])
+    assert addresses(query(dnsd.port, "two.docker")) == ["10.0.0.3"]
+
+
+def test_file_change_reload_and_bad_file_keeps_records(tmp_path: Path, dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    hosts = tmp_path / "hosts"
+    hosts.write_text("10.0.0.1 one\n")
+    config = '[static]\nhosts = ["hosts"]\nwatch_interval = 0.1\n'
+    dnsd = dnsd_factory("--no-forward", config=config)
+    assert addresses(query(dnsd.port, "one.docker")) == ["10.0.0.1"]
+    hosts.write_text("10.0.0.9 one\n")
+    _eventually(lambda: addresses(query(dnsd.port, "one.docker")) == ["10.0.0.9"])
+    # A broken config file: the reload fails, the last good records stay.
+    config_path = next(tmp_path.glob("dnsd-*.toml"))
+    config_path.write_text(config + "[[static.records]]\nname = 'x'\ntype = 'A'\nvalue = 'bad'\n")
+    _eventually(lambda: "reload failed" in dnsd.log())
+    assert addresses(query(dnsd.port, "one.docker")) == ["10.0.0.9"]
+    # Queries keep flowing while the file is rewritten many times.
+    for i in range(20):
+        hosts.write_text(f"10.0.1.{i} one\n")
+        assert rcode(query(dnsd.port, "one.docker")) == "NOERROR"
+        time.sleep(0.02)
+    assert dnsd.proc.poll() is None
+
+
+def _eventually(check, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def test_sigterm_drains_and_exits_zero_quickly(zone_dnsd: Dnsd) -> None:
+    with socket.create_connection(("127.0.0.1", zone_dnsd.port)):  # an idle TCP client
+        query(zone_dnsd.port, "web.docker")
+        started = time.monotonic()
+        zone_dnsd.proc.send_signal(signal.SIGTERM)
+        code = zone_dnsd.proc.wait(5)
+        elapsed = time.monotonic() - started
+    assert code == 0
+    assert elapsed < 2.0, elapsed
+
+
+def test_busy_port_is_a_clear_error(tmp_path: Path) -> None:
+    port = free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+        busy.bind(("127.0.0.1", port))
+        dnsd = start_dnsd(tmp_path, "--no-forward", port=port, wait=False)
+        code = dnsd.proc.wait(10)
+    assert code == 2
+    assert "address already in use" in dnsd.log()
+    assert f"127.0.0.1:{port}" in dnsd.log()
+
+
+def test_ipv6_listen(tmp_path: Path, dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    port = free_port()
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", port))
+    except OSError:
+        pytest.skip("::1 not available")
+    (tmp_path / "hosts").write_text("10.0.0.1 one\n")
+    dnsd = dnsd_factory(
+        "--no-forward", "--listen", f"[::1]:{port}", config='[static]\nhosts = ["hosts"]\n'
+    )
+    message = dns.message.make_query("one.docker", "A")
+    assert addresses(dns.query.udp(message, "::1", port=port, timeout=2)) == ["10.0.0.1"]
+    assert addresses(dns.query.tcp(message, "::1", port=port, timeout=2)) == ["10.0.0.1"]
+    assert addresses(query(dnsd.port, "one.docker")) == ["10.0.0.1"]
+
