@@ -52,7 +52,10 @@ def test_timeout_fails_over_to_the_next_upstream(dnsd_factory) -> None:  # type:
     try:
         config = "[forward]\ntimeout = 0.5\n"
         dnsd = dnsd_factory(
-            "--upstream", f"127.0.0.1:{silent.port}", "--upstream", f"127.0.0.1:{good.port}",
+            "--upstream",
+            f"127.0.0.1:{silent.port}",
+            "--upstream",
+            f"127.0.0.1:{good.port}",
             config=config,
         )
         reply = query(dnsd.port, "failover.example", "A", timeout=5)
@@ -73,7 +76,10 @@ def test_every_upstream_down_is_servfail(dnsd_factory) -> None:  # type: ignore[
     closed_port = free_port()  # nothing listens: ICMP port unreachable
     try:
         dnsd = dnsd_factory(
-            "--upstream", f"127.0.0.1:{silent.port}", "--upstream", f"127.0.0.1:{closed_port}",
+            "--upstream",
+            f"127.0.0.1:{silent.port}",
+            "--upstream",
+            f"127.0.0.1:{closed_port}",
             config="[forward]\ntimeout = 0.3\n",
         )
         reply = query(dnsd.port, "down.example", "A", timeout=5)
@@ -126,7 +132,9 @@ def test_clients_outside_allow_recursion_are_refused(upstream: FakeUpstream, dns
     assert upstream.queries == []
 
 
-def test_cached_forwarded_answer_not_served_to_refused_client(upstream: FakeUpstream, dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+def test_cached_forwarded_answer_not_served_to_refused_client(
+    upstream: FakeUpstream, dnsd_factory
+) -> None:  # type: ignore[no-untyped-def]
     # 127.0.0.1 may recurse, 127.0.0.2 may not: the packed-answer cache must respect that.
     config = '[server]\nallow_recursion = ["127.0.0.1/32"]\n'
     dnsd = dnsd_factory("--upstream", f"127.0.0.1:{upstream.port}", config=config)
@@ -152,5 +160,3 @@ def test_other_types_are_forwarded(upstream: FakeUpstream, dnsd_factory, rdtype:
     reply = query(dnsd.port, "example.com", rdtype)
     assert rcode(reply) == "NOERROR"
     assert upstream.queries == [("udp", "example.com.", rdtype)]
-
-

@@ -247,15 +247,37 @@ def test_big_answer_truncated_then_full_over_tcp(tmp_path: Path, dnsd_factory) -
     assert sum(len(rrset) for rrset in full.additional) == 60  # each target's address
     if shutil.which("dig"):
         out = subprocess.run(
-            ["dig", "@127.0.0.1", "-p", str(dnsd.port), "+bufsize=512", "+noall", "+answer",
-             "_db._tcp.big.docker", "SRV"],
-            capture_output=True, text=True, timeout=10,
+            [
+                "dig",
+                "@127.0.0.1",
+                "-p",
+                str(dnsd.port),
+                "+bufsize=512",
+                "+noall",
+                "+answer",
+                "_db._tcp.big.docker",
+                "SRV",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
         ).stdout
         assert out.count("SRV") == 60  # dig saw TC=1 and retried over TCP
         notrunc = subprocess.run(
-            ["dig", "@127.0.0.1", "-p", str(dnsd.port), "+bufsize=512", "+ignore",
-             "+comments", "_db._tcp.big.docker", "SRV"],
-            capture_output=True, text=True, timeout=10,
+            [
+                "dig",
+                "@127.0.0.1",
+                "-p",
+                str(dnsd.port),
+                "+bufsize=512",
+                "+ignore",
+                "+comments",
+                "_db._tcp.big.docker",
+                "SRV",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
         ).stdout
         assert " tc" in notrunc.split("flags:")[1].split(";")[0]
 
@@ -263,12 +285,16 @@ def test_big_answer_truncated_then_full_over_tcp(tmp_path: Path, dnsd_factory) -
 def test_dig_answers(zone_dnsd: Dnsd) -> None:
     dig = shutil.which("dig")
     assert dig, "bind9-dnsutils (dig) must be installed"
+
     def run(*args: str) -> str:
         result = subprocess.run(
             [dig, "@127.0.0.1", "-p", str(zone_dnsd.port), "+short", *args],
-            capture_output=True, text=True, timeout=10,
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
         return result.stdout
+
     assert sorted(run("web.docker").split()) == ["10.0.0.10", "10.0.0.11", "10.0.0.12"]
     assert run("+tcp", "api.docker").split() == ["10.0.0.20"]
     assert run("-x", "10.0.0.20").split() == ["api.docker."]
@@ -358,4 +384,3 @@ def test_ipv6_listen(tmp_path: Path, dnsd_factory) -> None:  # type: ignore[no-u
     assert addresses(dns.query.udp(message, "::1", port=port, timeout=2)) == ["10.0.0.1"]
     assert addresses(dns.query.tcp(message, "::1", port=port, timeout=2)) == ["10.0.0.1"]
     assert addresses(query(dnsd.port, "one.docker")) == ["10.0.0.1"]
-

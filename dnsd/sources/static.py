@@ -156,12 +156,13 @@ class StaticSource:
         self._load_config = load_config
         self._config = config
         self._stamps: dict[str, tuple[int, int, int] | None] = {}
-        self.bad_lines = 0
+        self.bad_lines: list[str] = []  # hosts-file errors of the last build, file:line
 
     def build(self, config: Config) -> dict[str, list[Record]]:
         """Every owner's records for ``config`` (raises ConfigError if the records are bad)."""
         names = Names(config.server.zones)
         ttl = config.server.ttl
+        self.bad_lines = []
         owners = {"config": config_records(config.static.records, names, ttl)}
         for path in config.static.hosts:
             try:
@@ -172,7 +173,7 @@ class StaticSource:
             records, errors = parse_hosts(text, path, names, ttl)
             for error in errors:
                 logger.warning("skipping bad hosts line %s", error)
-            self.bad_lines += len(errors)
+            self.bad_lines += errors
             owners[path] = records
         return owners
 

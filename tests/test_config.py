@@ -1,0 +1,128 @@
+"""Configuration: precedence, errors that name the key and file, and every file in conf/."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dnsd.cli import main
+from dnsd.config import ConfigError, load, parse_hostport
+from dnsd.sources.static import StaticSource
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "dnsd.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults() -> None:
+    config = load()
+    assert config.server.listen == ["127.0.0.1:5353"]
+    assert config.server.zones == ["docker."]
+    assert config.server.ttl == 5 and config.server.negative_ttl == 5
+    assert config.server.max_udp_size == 1232
+    assert config.forward.enabled
+
+
+def test_precedence_defaults_file_env_flags(tmp_path: Path) -> None:
+    path = write(tmp_path, '[server]\nlisten = ["127.0.0.1:1000"]\nttl = 9\nzones = ["a"]\n')
+    assert load(path).server.listen == ["127.0.0.1:1000"]
+    env = {"DNSD_LISTEN": "127.0.0.1:2000,[::1]:2000", "DNSD_SERVER_TTL": "11"}
+    from_env = load(path, env)
+    assert from_env.server.listen == ["127.0.0.1:2000", "[::1]:2000"]
+    assert from_env.server.ttl == 11
+    assert from_env.server.zones == ["a."]
+    flags = {("server", "listen"): ["127.0.0.1:3000"]}
+    assert load(path, env, flags).server.listen == ["127.0.0.1:3000"]
+    assert load(path, {"DNSD_NO_FORWARD": "1"}).forward.enabled is False
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("[server]\nlisen = []\n", "unknown key 'server.lisen'"),
+        ("[srever]\n", "unknown section [srever]"),
+        ("[server]\nttl = 'five'\n", "key 'server.ttl'"),
+        ('[server]\nlisten = ["localhost:53"]\n', "key 'server.listen'"),
+        ('[server]\nlisten = ["127.0.0.1:99999"]\n', "key 'server.listen'"),
+        ('[forward]\nupstreams = ["1.2.3"]\n', "key 'forward.upstreams'"),
+        ('[server]\nallow_recursion = ["10.0.0.0/33"]\n', "key 'server.allow_recursion'"),
+        ("[server]\nmax_udp_size = 100\n", "key 'server.max_udp_size'"),
+        ('[log]\nformat = "xml"\n', "key 'log.format'"),
+        ("[server\n", "not valid TOML"),
+    ],
+)
+def test_bad_config_names_key_and_file(tmp_path: Path, text: str, fragment: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert fragment in str(info.value)
+    assert path in str(info.value)
+
+
+def test_unknown_environment_variable() -> None:
+    with pytest.raises(ConfigError, match="DNSD_LISTN"):
+        load(None, {"DNSD_LISTN": "127.0.0.1:53"})
+    with pytest.raises(ConfigError, match="DNSD_SERVER_TTL"):
+        load(None, {"DNSD_SERVER_TTL": "x"})
+
+
+def test_parse_hostport() -> None:
+    assert parse_hostport("1.2.3.4", 53) == ("1.2.3.4", 53)
+    assert parse_hostport("1.2.3.4:5353", 53) == ("1.2.3.4", 5353)
+    assert parse_hostport("[::1]:5353", 53) == ("::1", 5353)
+    assert parse_hostport("::1", 53) == ("::1", 53)
+
+
+def test_every_file_in_conf_loads() -> None:
+    tomls = sorted((ROOT / "conf").glob("*.toml"))
+    assert tomls
+    for path in tomls:
+        config = load(str(path))
+        owners = StaticSource(None, lambda c=config: c, config).build(config)
+        assert sum(len(r) for r in owners.values()) > 0
+
+
+def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", str(ROOT / "conf" / "dnsd.toml")]) == 0
+    bad = write(tmp_path, '[[static.records]]\nname = "x"\ntype = "A"\nvalue = "10.0.0.300"\n')
+    assert main(["check-config", bad]) == 2
+    err = capsys.readouterr().err
+    assert "static.records[0]" in err and "10.0.0.300" in err
+    (tmp_path / "hosts").write_text("10.0.0.1 good\nnot-an-ip bad\n")
+    with_hosts = write(tmp_path, '[static]\nhosts = ["hosts"]\n')
+    assert main(["check-config", with_hosts]) == 2
+    assert "hosts:2" in capsys.readouterr().err
+
+
+def test_serve_with_bad_config_exits_2(tmp_path: Path) -> None:
+    path = write(tmp_path, "[server]\nbogus = 1\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "dnsd", "serve", "--config", path],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert result.returncode == 2
+    assert "unknown key 'server.bogus'" in result.stderr
+
+
+def test_help_and_version() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "dnsd", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    for flag in ("--listen", "--zone", "--hosts", "--upstream", "--no-forward", "--log-format"):
+        assert flag in result.stdout
+    version = subprocess.run(
+        [sys.executable, "-m", "dnsd", "version"], capture_output=True, text=True, timeout=20
+    )
+    assert version.stdout.startswith("dnsd ")

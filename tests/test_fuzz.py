@@ -1,0 +1,88 @@
+"""Hostile packets: random and mutated bytes never raise, never stall, never stop answers."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import dns.message
+import pytest
+from conftest import Dnsd, query, rcode
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dnsd.records import Record, RecordStore
+from dnsd.resolve.acl import Acl
+from dnsd.resolve.chain import ResolverChain
+from dnsd.resolve.local import LocalZone
+from dnsd.stats import Stats
+from dnsd.wire.answer_cache import AnswerCache
+from dnsd.wire.query import QueryHandler
+
+VALID = [
+    dns.message.make_query(name, rdtype).to_wire()
+    for name, rdtype in [("web.docker", "A"), ("x.docker", "SRV"), ("web.docker", "ANY")]
+] + [dns.message.make_query("web.docker", "A", use_edns=0, payload=700).to_wire()]
+
+
+def mutate(data: bytes, flips: list[tuple[int, int]], cut: int) -> bytes:
+    buf = bytearray(data)
+    for pos, value in flips:
+        buf[pos % len(buf)] = value
+    return bytes(buf[: max(cut, 0)] if cut < len(buf) else buf)
+
+
+packets = st.one_of(
+    st.binary(max_size=600),
+    st.builds(
+        mutate,
+        st.sampled_from(VALID),
+        st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=6),
+        st.integers(0, 80),
+    ),
+)
+
+
+def make_handler() -> tuple[QueryHandler, AnswerCache]:
+    store = RecordStore()
+    store.replace_owner("static", "t", [Record("web.docker.", "A", "10.0.0.1", 5)])
+    acl = Acl(["127.0.0.0/8"])
+    cache = AnswerCache(acl.allows)
+    chain = ResolverChain(LocalZone(store, ["docker."]), None, acl)
+    return QueryHandler(chain, Stats(), cache), cache
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(packets)
+def test_handler_never_raises(packet: bytes) -> None:
+    handler, cache = make_handler()
+    result = handler.handle(packet, "127.0.0.1", udp=True)
+    assert result is None or isinstance(result, bytes)  # no forwarding: never a coroutine
+    if isinstance(result, bytes):
+        assert result[:2] == packet[:2]  # same ID
+        assert result[2] & 0x80  # QR set
+        again = cache.answer(packet, "127.0.0.1", 0.0)
+        assert again is None or again[:2] == packet[:2]
+
+
+@pytest.mark.slow
+def test_running_server_survives_garbage(zone_dnsd_for_fuzz: Dnsd) -> None:
+    port = zone_dnsd_for_fuzz.port
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+
+        @settings(max_examples=600, deadline=None)
+        @given(packets)
+        def blast(packet: bytes) -> None:
+            sock.sendto(packet, ("127.0.0.1", port))
+
+        blast()
+    reply = query(port, "web.docker", "A")
+    assert rcode(reply) == "NOERROR"
+    assert zone_dnsd_for_fuzz.proc.poll() is None
+    assert "Traceback" not in zone_dnsd_for_fuzz.log()
+
+
+@pytest.fixture
+def zone_dnsd_for_fuzz(tmp_path: Path, dnsd_factory) -> Dnsd:  # type: ignore[no-untyped-def]
+    (tmp_path / "hosts").write_text("10.0.0.1 web\n")
+    return dnsd_factory("--no-forward", config='[static]\nhosts = ["hosts"]\n')

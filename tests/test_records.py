@@ -1,0 +1,105 @@
+"""RecordStore: owners are isolated, indexes stay consistent (checked against a dict model)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dnsd.records import Record, RecordStore, SrvValue, ancestors, reverse_name
+
+
+def a(name: str, ip: str, ttl: int = 5) -> Record:
+    return Record(name, "A", ip, ttl)
+
+
+def test_sources_and_owners_are_isolated() -> None:
+    store = RecordStore()
+    store.replace_owner("static", "hosts", [a("web.docker.", "10.0.0.1")])
+    store.replace_owner("docker", "c1", [a("web.docker.", "10.0.0.2")])
+    assert {r.value for r in store.lookup("web.docker.", "A")} == {"10.0.0.1", "10.0.0.2"}
+    store.replace_source("static", {})
+    assert [r.value for r in store.lookup("web.docker.", "A")] == ["10.0.0.2"]
+    assert store.count("docker") == 1 and store.count("static") == 0
+
+
+def test_identical_records_from_two_owners_are_merged_not_duplicated() -> None:
+    store = RecordStore()
+    store.replace_owner("docker", "local", [a("web.docker.", "10.0.0.1")])
+    store.replace_owner("etcd", "remote", [a("web.docker.", "10.0.0.1")])
+    assert len(store.lookup("web.docker.", "A")) == 1
+    store.remove_owner("docker", "local")
+    assert len(store.lookup("web.docker.", "A")) == 1  # still held by etcd
+    store.remove_owner("etcd", "remote")
+    assert store.lookup("web.docker.", "A") == []
+    assert not store.exists("web.docker.")
+
+
+def test_reverse_index_and_empty_non_terminals() -> None:
+    store = RecordStore()
+    srv = Record("_http._tcp.web.docker.", "SRV", SrvValue(10, 10, 80, "web.docker."), 5)
+    store.replace_owner("s", "o", [a("web.docker.", "10.0.0.1"), srv])
+    assert store.reverse("1.0.0.10.in-addr.arpa.") == ["web.docker."]
+    assert store.exists("_tcp.web.docker.")
+    assert not store.exists("other.docker.")
+
+
+def test_generation_and_listeners_only_on_change() -> None:
+    store = RecordStore()
+    calls: list[int] = []
+    store.subscribe(lambda: calls.append(store.generation))
+    store.replace_owner("s", "o", [a("x.docker.", "10.0.0.1")])
+    store.replace_owner("s", "o", [a("x.docker.", "10.0.0.1")])  # same: no change
+    store.replace_source("s", {"o": [a("x.docker.", "10.0.0.1")], "p": [a("y.docker.", "1.1.1.1")]})
+    assert calls == [1, 2]
+
+
+def test_bad_records_are_rejected() -> None:
+    for name, rtype in (("Web.docker.", "A"), ("web.docker", "A"), ("web.docker.", "HINFO")):
+        try:
+            Record(name, rtype, "10.0.0.1", 5)
+        except ValueError:
+            continue
+        raise AssertionError(f"{name} {rtype} accepted")
+
+
+def test_ancestors() -> None:
+    assert list(ancestors("a.b.docker.")) == ["a.b.docker.", "b.docker.", "docker.", "."]
+    assert reverse_name("fd00::1").endswith(".ip6.arpa.")
+
+
+names = st.sampled_from(["a.docker.", "b.docker.", "x.a.docker.", "c.svc."])
+ips = st.sampled_from(["10.0.0.1", "10.0.0.2", "fd00::1"])
+records = st.builds(lambda n, ip: Record(n, "AAAA" if ":" in ip else "A", ip, 5), names, ips)
+operations = st.lists(
+    st.tuples(
+        st.sampled_from(["static", "docker"]),
+        st.sampled_from(["o1", "o2", "o3"]),
+        st.frozensets(records, max_size=4),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(operations)
+def test_store_matches_a_dict_model(ops: list[tuple[str, str, frozenset[Record]]]) -> None:
+    store = RecordStore()
+    model: dict[tuple[str, str], frozenset[Record]] = {}
+    for source, owner, recs in ops:
+        store.replace_owner(source, owner, recs)
+        model[(source, owner)] = recs
+    held = {r for recs in model.values() for r in recs}
+    for name in ["a.docker.", "b.docker.", "x.a.docker.", "c.svc."]:
+        for rtype in ("A", "AAAA"):
+            expected = {r for r in held if r.name == name and r.rtype == rtype}
+            assert set(store.lookup(name, rtype)) == expected
+        assert (
+            store.exists(name) == any(r.name == name for r in held)
+            or name == "a.docker."
+            and (any(r.name == "x.a.docker." for r in held))
+        )
+    for ip in ["10.0.0.1", "10.0.0.2", "fd00::1"]:
+        expected_targets = {r.name for r in held if r.value == ip}
+        assert set(store.reverse(reverse_name(ip))) == expected_targets
+    assert sorted(store.owned(), key=repr) == sorted((o for o in store.owned()), key=repr)
+    assert store.count() == sum(len(v) for v in model.values())
