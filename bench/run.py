@@ -1,0 +1,237 @@
+"""Side-by-side benchmark: dnsd vs dnsmasq, same names, same dnsperf query files, one run.
+
+Servers are pinned to core 0 and dnsperf to core 1.  Prints, for both servers: queries/s,
+server CPU microseconds per query (from /proc), p99 latency at a fixed 5,000 queries/s, and
+the ratios dnsd/dnsmasq; for these mixes: local A, local SRV, A with 10 % NXDOMAIN, and a
+forwarded name (both forwarding to the same local upstream, warm caches).  Also dnsd's RSS
+holding 10,000 names.  Only loopback is used.  Usage: python bench/run.py [--duration S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NAMES = 1000
+BIG_NAMES = 10_000
+LATENCY_QPS = 5000
+SERVER_CORE = "0"
+CLIENT_CORE = "1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Result:
+    qps: float
+    cpu_us: float
+    completed: int
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    query = b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x01\x00\x01"
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.2)
+        while time.monotonic() < deadline:
+            sock.sendto(query, ("127.0.0.1", port))
+            try:
+                sock.recv(512)
+                return
+            except OSError:
+                continue
+    raise RuntimeError(f"server on port {port} did not come up")
+
+
+def dnsperf(port: int, queries: Path, duration: float, pid: int) -> Result:
+    before = cpu_ticks(pid)
+    out = subprocess.run(
+        ["taskset", "-c", CLIENT_CORE, "dnsperf", "-s", "127.0.0.1", "-p", str(port),
+         "-d", str(queries), "-l", str(duration), "-c", "10", "-q", "200"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    ticks = cpu_ticks(pid) - before
+    completed = int(re.search(r"Queries completed:\s+(\d+)", out).group(1))  # type: ignore[union-attr]
+    qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    cpu_us = ticks / CLK_TCK / max(completed, 1) * 1e6
+    if os.environ.get("BENCH_VERBOSE"):
+        print(out)
+    return Result(qps, cpu_us, completed)
+
+
+def p99_latency_ms(port: int, queries: Path, duration: float) -> float:
+    out = subprocess.run(
+        ["taskset", "-c", CLIENT_CORE, "dnsperf", "-s", "127.0.0.1", "-p", str(port),
+         "-d", str(queries), "-l", str(duration), "-Q", str(LATENCY_QPS), "-v"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    latencies = sorted(float(line.split()[-1]) for line in out.splitlines() if line.startswith(">"))
+    if not latencies:
+        return float("nan")
+    return latencies[int(len(latencies) * 0.99) - 1] * 1000
+
+
+class Servers:
+    """Starts and stops the processes of one benchmark run."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, argv: list[str], port: int) -> subprocess.Popen[bytes]:
+        log = open(self.work / f"server-{port}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(["taskset", "-c", SERVER_CORE, *argv], stdout=log, stderr=log)
+        self.procs.append(proc)
+        wait_port(port)
+        return proc
+
+    def dnsd(self, port: int, *args: str) -> subprocess.Popen[bytes]:
+        argv = [sys.executable, "-m", "dnsd", "serve", "--listen", f"127.0.0.1:{port}",
+                "--log-level", "WARNING", *args]
+        return self.start(argv, port)
+
+    def dnsmasq(self, port: int, *args: str) -> subprocess.Popen[bytes]:
+        argv = ["dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", "--port", str(port),
+                "--listen-address", "127.0.0.1", "--bind-interfaces", "--cache-size=10000",
+                "--pid-file", "--user=root", *args]
+        return self.start(argv, port)
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+
+
+def write_inputs(work: Path) -> dict[str, Path]:
+    hosts = work / "hosts"
+    hosts.write_text("".join(f"10.{i // 250 % 250}.{i % 250}.1 n{i}.docker\n" for i in range(NAMES)))
+    big = work / "hosts-big"
+    big.write_text(
+        "".join(f"10.{i // 250 % 250}.{i % 250}.{i // 62500 + 1} b{i}.docker\n" for i in range(BIG_NAMES))
+    )
+    upstream_hosts = work / "hosts-upstream"
+    upstream_hosts.write_text("".join(f"192.0.2.{i % 250 + 1} f{i}.example\n" for i in range(NAMES)))
+    files = {
+        "A": "".join(f"n{i}.docker A\n" for i in range(NAMES)),
+        "SRV": "".join(f"_http._tcp.n{i}.docker SRV\n" for i in range(NAMES)),
+        "NX10": "".join(
+            (f"missing{i}.docker A\n" if i % 10 == 0 else f"n{i}.docker A\n") for i in range(NAMES)
+        ),
+        "FWD": "".join(f"f{i}.example A\n" for i in range(NAMES)),
+    }
+    paths = {"hosts": hosts, "big": big, "upstream_hosts": upstream_hosts}
+    for mix, text in files.items():
+        path = work / f"queries-{mix}.txt"
+        path.write_text(text)
+        paths[mix] = path
+    srv_config = work / "dnsd.toml"
+    srv_config.write_text(
+        '[static]\nhosts = ["hosts"]\n'
+        + "".join(
+            f'[[static.records]]\nname = "_http._tcp.n{i}"\ntype = "SRV"\nvalue = "10 10 80 n{i}"\n'
+            for i in range(NAMES)
+        )
+    )
+    paths["config"] = srv_config
+    return paths
+
+
+def warm(port: int, queries: Path) -> None:
+    subprocess.run(
+        ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(queries), "-n", "1"],
+        capture_output=True, check=True,
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per dnsperf run")
+    args = parser.parse_args()
+    for tool in ("dnsperf", "dnsmasq", "taskset"):
+        if not shutil.which(tool):
+            print(f"bench: {tool} is missing (scripts/setup --system installs it)", file=sys.stderr)
+            return 2
+    with tempfile.TemporaryDirectory(prefix="dnsd-bench-") as tmp:
+        work = Path(tmp)
+        paths = write_inputs(work)
+        servers = Servers(work)
+        try:
+            return run(servers, paths, args.duration)
+        finally:
+            servers.stop_all()
+
+
+def run(servers: Servers, paths: dict[str, Path], duration: float) -> int:
+    upstream = free_port()
+    servers.dnsmasq(upstream, f"--addn-hosts={paths['upstream_hosts']}", "--local=/example/",
+                    "--local-ttl=300")
+    dnsd_port, peer_port, srv_peer_port = free_port(), free_port(), free_port()
+    dnsd = servers.dnsd(dnsd_port, "--config", str(paths["config"]), "--upstream",
+                        f"127.0.0.1:{upstream}")
+    peer_args = [f"--addn-hosts={paths['hosts']}", "--local=/docker/",
+                 f"--server=127.0.0.1#{upstream}"]
+    # dnsmasq scans --srv-host entries per query: give it SRV records only for the SRV case.
+    peer = servers.dnsmasq(peer_port, *peer_args)
+    srv_flags = [f"--srv-host=_http._tcp.n{i}.docker,n{i}.docker,80,10,10" for i in range(NAMES)]
+    srv_peer = servers.dnsmasq(srv_peer_port, *peer_args, *srv_flags)
+    print(f"{'case':<22}{'dnsd q/s':>12}{'dnsmasq q/s':>13}{'ratio':>8}"
+          f"{'dnsd µs/q':>11}{'dnsmasq µs/q':>14}{'ratio':>8}")
+    for mix in ("A", "SRV", "NX10", "FWD"):
+        their_port, their_pid = (srv_peer_port, srv_peer.pid) if mix == "SRV" else (peer_port, peer.pid)
+        warm(dnsd_port, paths[mix])
+        warm(their_port, paths[mix])
+        ours = dnsperf(dnsd_port, paths[mix], duration, dnsd.pid)
+        theirs = dnsperf(their_port, paths[mix], duration, their_pid)
+        print(f"{mix:<22}{ours.qps:>12.0f}{theirs.qps:>13.0f}{ours.qps / theirs.qps:>8.2f}"
+              f"{ours.cpu_us:>11.2f}{theirs.cpu_us:>14.2f}{ours.cpu_us / theirs.cpu_us:>8.2f}")
+    ours_p99 = p99_latency_ms(dnsd_port, paths["A"], min(duration, 5.0))
+    theirs_p99 = p99_latency_ms(peer_port, paths["A"], min(duration, 5.0))
+    print(f"p99 latency at {LATENCY_QPS} q/s: dnsd {ours_p99:.3f} ms, dnsmasq {theirs_p99:.3f} ms")
+    servers.stop_all()
+    big_port = free_port()
+    big = servers.dnsd(big_port, "--hosts", str(paths["big"]), "--no-forward")
+    big_queries = paths["big"].with_suffix(".queries")
+    big_queries.write_text("".join(f"b{i}.docker A\n" for i in range(BIG_NAMES)))
+    warm(big_port, big_queries)
+    big_result = dnsperf(big_port, big_queries, min(duration, 5.0), big.pid)
+    print(f"dnsd with {BIG_NAMES} names: RSS {rss_mb(big.pid):.1f} MB, "
+          f"{big_result.qps:.0f} q/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
