@@ -74,9 +74,27 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
 def dnsperf(port: int, queries: Path, duration: float, pid: int) -> Result:
     before = cpu_ticks(pid)
     out = subprocess.run(
-        ["taskset", "-c", CLIENT_CORE, "dnsperf", "-s", "127.0.0.1", "-p", str(port),
-         "-d", str(queries), "-l", str(duration), "-c", "10", "-q", "200"],
-        capture_output=True, text=True, check=True,
+        [
+            "taskset",
+            "-c",
+            CLIENT_CORE,
+            "dnsperf",
+            "-s",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-d",
+            str(queries),
+            "-l",
+            str(duration),
+            "-c",
+            "10",
+            "-q",
+            "200",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     ticks = cpu_ticks(pid) - before
     completed = int(re.search(r"Queries completed:\s+(\d+)", out).group(1))  # type: ignore[union-attr]
@@ -89,9 +107,26 @@ def dnsperf(port: int, queries: Path, duration: float, pid: int) -> Result:
 
 def p99_latency_ms(port: int, queries: Path, duration: float) -> float:
     out = subprocess.run(
-        ["taskset", "-c", CLIENT_CORE, "dnsperf", "-s", "127.0.0.1", "-p", str(port),
-         "-d", str(queries), "-l", str(duration), "-Q", str(LATENCY_QPS), "-v"],
-        capture_output=True, text=True, check=True,
+        [
+            "taskset",
+            "-c",
+            CLIENT_CORE,
+            "dnsperf",
+            "-s",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-d",
+            str(queries),
+            "-l",
+            str(duration),
+            "-Q",
+            str(LATENCY_QPS),
+            "-v",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     latencies = sorted(float(line.split()[-1]) for line in out.splitlines() if line.startswith(">"))
     if not latencies:
@@ -114,14 +149,35 @@ class Servers:
         return proc
 
     def dnsd(self, port: int, *args: str) -> subprocess.Popen[bytes]:
-        argv = [sys.executable, "-m", "dnsd", "serve", "--listen", f"127.0.0.1:{port}",
-                "--log-level", "WARNING", *args]
+        argv = [
+            sys.executable,
+            "-m",
+            "dnsd",
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "WARNING",
+            *args,
+        ]
         return self.start(argv, port)
 
     def dnsmasq(self, port: int, *args: str) -> subprocess.Popen[bytes]:
-        argv = ["dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", "--port", str(port),
-                "--listen-address", "127.0.0.1", "--bind-interfaces", "--cache-size=10000",
-                "--pid-file", "--user=root", *args]
+        argv = [
+            "dnsmasq",
+            "--no-daemon",
+            "--no-resolv",
+            "--no-hosts",
+            "--port",
+            str(port),
+            "--listen-address",
+            "127.0.0.1",
+            "--bind-interfaces",
+            "--cache-size=10000",
+            "--pid-file",
+            "--user=root",
+            *args,
+        ]
         return self.start(argv, port)
 
     def stop_all(self) -> None:
@@ -138,13 +194,20 @@ class Servers:
 
 def write_inputs(work: Path) -> dict[str, Path]:
     hosts = work / "hosts"
-    hosts.write_text("".join(f"10.{i // 250 % 250}.{i % 250}.1 n{i}.docker\n" for i in range(NAMES)))
+    hosts.write_text(
+        "".join(f"10.{i // 250 % 250}.{i % 250}.1 n{i}.docker\n" for i in range(NAMES))
+    )
     big = work / "hosts-big"
     big.write_text(
-        "".join(f"10.{i // 250 % 250}.{i % 250}.{i // 62500 + 1} b{i}.docker\n" for i in range(BIG_NAMES))
+        "".join(
+            f"10.{i // 250 % 250}.{i % 250}.{i // 62500 + 1} b{i}.docker\n"
+            for i in range(BIG_NAMES)
+        )
     )
     upstream_hosts = work / "hosts-upstream"
-    upstream_hosts.write_text("".join(f"192.0.2.{i % 250 + 1} f{i}.example\n" for i in range(NAMES)))
+    upstream_hosts.write_text(
+        "".join(f"192.0.2.{i % 250 + 1} f{i}.example\n" for i in range(NAMES))
+    )
     files = {
         "A": "".join(f"n{i}.docker A\n" for i in range(NAMES)),
         "SRV": "".join(f"_http._tcp.n{i}.docker SRV\n" for i in range(NAMES)),
@@ -173,7 +236,8 @@ def write_inputs(work: Path) -> dict[str, Path]:
 def warm(port: int, queries: Path) -> None:
     subprocess.run(
         ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(queries), "-n", "1"],
-        capture_output=True, check=True,
+        capture_output=True,
+        check=True,
     )
 
 
@@ -197,27 +261,38 @@ def main() -> int:
 
 def run(servers: Servers, paths: dict[str, Path], duration: float) -> int:
     upstream = free_port()
-    servers.dnsmasq(upstream, f"--addn-hosts={paths['upstream_hosts']}", "--local=/example/",
-                    "--local-ttl=300")
+    servers.dnsmasq(
+        upstream, f"--addn-hosts={paths['upstream_hosts']}", "--local=/example/", "--local-ttl=300"
+    )
     dnsd_port, peer_port, srv_peer_port = free_port(), free_port(), free_port()
-    dnsd = servers.dnsd(dnsd_port, "--config", str(paths["config"]), "--upstream",
-                        f"127.0.0.1:{upstream}")
-    peer_args = [f"--addn-hosts={paths['hosts']}", "--local=/docker/",
-                 f"--server=127.0.0.1#{upstream}"]
+    dnsd = servers.dnsd(
+        dnsd_port, "--config", str(paths["config"]), "--upstream", f"127.0.0.1:{upstream}"
+    )
+    peer_args = [
+        f"--addn-hosts={paths['hosts']}",
+        "--local=/docker/",
+        f"--server=127.0.0.1#{upstream}",
+    ]
     # dnsmasq scans --srv-host entries per query: give it SRV records only for the SRV case.
     peer = servers.dnsmasq(peer_port, *peer_args)
     srv_flags = [f"--srv-host=_http._tcp.n{i}.docker,n{i}.docker,80,10,10" for i in range(NAMES)]
     srv_peer = servers.dnsmasq(srv_peer_port, *peer_args, *srv_flags)
-    print(f"{'case':<22}{'dnsd q/s':>12}{'dnsmasq q/s':>13}{'ratio':>8}"
-          f"{'dnsd µs/q':>11}{'dnsmasq µs/q':>14}{'ratio':>8}")
+    print(
+        f"{'case':<22}{'dnsd q/s':>12}{'dnsmasq q/s':>13}{'ratio':>8}"
+        f"{'dnsd µs/q':>11}{'dnsmasq µs/q':>14}{'ratio':>8}"
+    )
     for mix in ("A", "SRV", "NX10", "FWD"):
-        their_port, their_pid = (srv_peer_port, srv_peer.pid) if mix == "SRV" else (peer_port, peer.pid)
+        their_port, their_pid = (
+            (srv_peer_port, srv_peer.pid) if mix == "SRV" else (peer_port, peer.pid)
+        )
         warm(dnsd_port, paths[mix])
         warm(their_port, paths[mix])
         ours = dnsperf(dnsd_port, paths[mix], duration, dnsd.pid)
         theirs = dnsperf(their_port, paths[mix], duration, their_pid)
-        print(f"{mix:<22}{ours.qps:>12.0f}{theirs.qps:>13.0f}{ours.qps / theirs.qps:>8.2f}"
-              f"{ours.cpu_us:>11.2f}{theirs.cpu_us:>14.2f}{ours.cpu_us / theirs.cpu_us:>8.2f}")
+        print(
+            f"{mix:<22}{ours.qps:>12.0f}{theirs.qps:>13.0f}{ours.qps / theirs.qps:>8.2f}"
+            f"{ours.cpu_us:>11.2f}{theirs.cpu_us:>14.2f}{ours.cpu_us / theirs.cpu_us:>8.2f}"
+        )
     ours_p99 = p99_latency_ms(dnsd_port, paths["A"], min(duration, 5.0))
     theirs_p99 = p99_latency_ms(peer_port, paths["A"], min(duration, 5.0))
     print(f"p99 latency at {LATENCY_QPS} q/s: dnsd {ours_p99:.3f} ms, dnsmasq {theirs_p99:.3f} ms")
@@ -228,8 +303,7 @@ def run(servers: Servers, paths: dict[str, Path], duration: float) -> int:
     big_queries.write_text("".join(f"b{i}.docker A\n" for i in range(BIG_NAMES)))
     warm(big_port, big_queries)
     big_result = dnsperf(big_port, big_queries, min(duration, 5.0), big.pid)
-    print(f"dnsd with {BIG_NAMES} names: RSS {rss_mb(big.pid):.1f} MB, "
-          f"{big_result.qps:.0f} q/s")
+    print(f"dnsd with {BIG_NAMES} names: RSS {rss_mb(big.pid):.1f} MB, {big_result.qps:.0f} q/s")
     return 0
 
 
