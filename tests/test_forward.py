@@ -160,3 +160,22 @@ def test_other_types_are_forwarded(upstream: FakeUpstream, dnsd_factory, rdtype:
     reply = query(dnsd.port, "example.com", rdtype)
     assert rcode(reply) == "NOERROR"
     assert upstream.queries == [("udp", "example.com.", rdtype)]
+
+
+def test_default_upstreams_come_from_resolv_conf(
+    upstream: FakeUpstream, tmp_path, dnsd_factory
+) -> None:  # type: ignore[no-untyped-def]
+    from dnsd.resolve.forward import Upstream, resolv_conf_upstreams
+
+    text = (
+        "# x\nnameserver 127.0.0.1\nnameserver 10.0.0.53\nsearch local\nnameserver fe80::1%eth0\n"
+    )
+    own = {("127.0.0.1", 53)}
+    assert resolv_conf_upstreams(text, own) == [Upstream("10.0.0.53"), Upstream("fe80::1")]
+    # A running dnsd with only resolv_conf set: our fake upstream on port 53 is not possible
+    # without root, so check the wiring with a resolv.conf naming nothing usable -> REFUSED.
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("search example\n")
+    dnsd = dnsd_factory(config=f'[forward]\nresolv_conf = "{resolv}"\n')
+    assert rcode(query(dnsd.port, "example.com", "A")) == "REFUSED"
+    assert "no upstream resolvers found" in dnsd.log()

@@ -384,3 +384,27 @@ def test_ipv6_listen(tmp_path: Path, dnsd_factory) -> None:  # type: ignore[no-u
     assert addresses(dns.query.udp(message, "::1", port=port, timeout=2)) == ["10.0.0.1"]
     assert addresses(dns.query.tcp(message, "::1", port=port, timeout=2)) == ["10.0.0.1"]
     assert addresses(query(dnsd.port, "one.docker")) == ["10.0.0.1"]
+
+
+def test_tcp_idle_timeout_and_connection_limit(tmp_path: Path, dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    config = "[server]\ntcp_idle_timeout = 0.5\ntcp_max_connections = 2\n"
+    dnsd = dnsd_factory("--no-forward", config=config)
+    held = [socket.create_connection(("127.0.0.1", dnsd.port), timeout=3) for _ in range(2)]
+    time.sleep(0.1)
+    with socket.create_connection(("127.0.0.1", dnsd.port), timeout=3) as third:
+        assert third.recv(10) == b""  # over the limit: closed at once
+    started = time.monotonic()
+    for conn in held:
+        assert conn.recv(10) == b""  # idle: closed by the server
+        conn.close()
+    assert time.monotonic() - started < 2.0
+    assert rcode(query(dnsd.port, "x.docker", "A", tcp=True)) == "NXDOMAIN"  # slots free again
+
+
+def test_json_logs(dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    dnsd = dnsd_factory("--no-forward", "--log-format", "json")
+    import json
+
+    lines = [json.loads(line) for line in dnsd.log().splitlines() if line.strip()]
+    listening = [line for line in lines if "listening on" in line["message"]]
+    assert listening and {"time", "level", "logger", "message"} <= set(listening[0])
