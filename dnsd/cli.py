@@ -68,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="answer only the zones; REFUSED for other names",
     )
+    serve.add_argument(
+        "--docker-url",
+        metavar="URL",
+        help="Docker Engine API (default: DOCKER_HOST, else unix:///var/run/docker.sock)",
+    )
+    serve.add_argument("--no-docker", action="store_true", default=None, help="do not watch Docker")
     serve.add_argument("--log-format", choices=["text", "json"])
     serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
 
@@ -86,6 +92,8 @@ def _flag_overrides(args: argparse.Namespace) -> Overrides:
             overrides[target] = value
     if args.no_forward:
         overrides[("forward", "enabled")] = False
+    if args.no_docker:
+        overrides[("docker", "enabled")] = False
     return overrides
 
 

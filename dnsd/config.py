@@ -64,6 +64,18 @@ class StaticConfig:
 
 
 @dataclass(frozen=True)
+class DockerConfig:
+    enabled: bool = True
+    url: str = ""  # empty: DOCKER_HOST, else unix:///var/run/docker.sock
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    zone: str = ""  # empty: the first of server.zones
+    resync_interval: float = 60.0
+    serve_starting: bool = True  # serve containers whose healthcheck is still "starting"
+
+
+@dataclass(frozen=True)
 class LogConfig:
     format: str = "text"
     level: str = "INFO"
@@ -74,6 +86,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     forward: ForwardConfig = field(default_factory=ForwardConfig)
     static: StaticConfig = field(default_factory=StaticConfig)
+    docker: DockerConfig = field(default_factory=DockerConfig)
     log: LogConfig = field(default_factory=LogConfig)
     path: str | None = None  # the file it was read from, if any
 
@@ -82,6 +95,7 @@ SECTIONS: dict[str, type] = {
     "server": ServerConfig,
     "forward": ForwardConfig,
     "static": StaticConfig,
+    "docker": DockerConfig,
     "log": LogConfig,
 }
 
@@ -91,8 +105,15 @@ SHORT_NAMES: dict[str, tuple[str, str]] = {
     "zone": ("server", "zones"),
     "hosts": ("static", "hosts"),
     "upstream": ("forward", "upstreams"),
+    "docker_url": ("docker", "url"),
     "log_format": ("log", "format"),
     "log_level": ("log", "level"),
+}
+
+# --no-X flags and their DNSD_NO_X variables switch a section off.
+NEGATIONS: dict[str, tuple[str, str]] = {
+    "DNSD_NO_FORWARD": ("forward", "enabled"),
+    "DNSD_NO_DOCKER": ("docker", "enabled"),
 }
 
 Overrides = dict[tuple[str, str], Any]
@@ -184,7 +205,7 @@ def read_environment(environ: Mapping[str, str]) -> Overrides:
     short = {f"{ENV_PREFIX}{name}".upper(): target for name, target in SHORT_NAMES.items()}
     overrides: Overrides = {}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name in ("DNSD_CONFIG", "DNSD_NO_FORWARD"):
+        if not name.startswith(ENV_PREFIX) or name in ("DNSD_CONFIG", *NEGATIONS):
             continue
         target = short.get(name) or long_names.get(name)
         if target is None:
@@ -192,10 +213,9 @@ def read_environment(environ: Mapping[str, str]) -> Overrides:
         section, key = target
         kind = _field_types(section)[key]
         overrides[target] = _coerce(value, kind, f"environment: {name}")
-    if "DNSD_NO_FORWARD" in environ:
-        flag = _coerce(environ["DNSD_NO_FORWARD"], bool, "environment: DNSD_NO_FORWARD")
-        if flag:
-            overrides[("forward", "enabled")] = False
+    for name, target in NEGATIONS.items():
+        if name in environ and _coerce(environ[name], bool, f"environment: {name}"):
+            overrides[target] = False
     return overrides
 
 
@@ -286,5 +306,14 @@ def validate(config: Config, origin: str) -> Config:
         fail("log.format", f"must be one of {', '.join(LOG_FORMATS)}")
     if config.log.level.upper() not in LOG_LEVELS:
         fail("log.level", f"must be one of {', '.join(LOG_LEVELS)}")
+    if config.docker.resync_interval <= 0:
+        fail("docker.resync_interval", "must be positive")
     zones = [normalize_zone(z) for z in server.zones]
-    return dataclasses.replace(config, server=dataclasses.replace(server, zones=zones))
+    docker_zone = normalize_zone(config.docker.zone) if config.docker.zone else zones[0]
+    if docker_zone not in zones:
+        fail("docker.zone", f"{docker_zone!r} is not one of server.zones")
+    return dataclasses.replace(
+        config,
+        server=dataclasses.replace(server, zones=zones),
+        docker=dataclasses.replace(config.docker, zone=docker_zone),
+    )

@@ -26,6 +26,8 @@ from dnsd.resolve.forward import (
     resolv_conf_upstreams,
 )
 from dnsd.resolve.local import LocalZone
+from dnsd.sources.docker import DockerSettings, DockerSource
+from dnsd.sources.docker_names import Naming
 from dnsd.sources.static import StaticSource
 from dnsd.stats import Stats
 from dnsd.wire.answer_cache import AnswerCache
@@ -48,6 +50,11 @@ class Daemon:
         self.stats = Stats()
         self.store = RecordStore()
         self.static = StaticSource(self.store, load_config, config)
+        self.docker: DockerSource | None = None
+        if config.docker.enabled:
+            self.docker = DockerSource(
+                self.store, _naming(config), _docker_settings(config), self.stats
+            )
         self.udp: list[UdpServer] = []
         self.tcp: list[TcpServer] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -86,6 +93,8 @@ class Daemon:
             self.tcp.append(tcp)
             logger.info("listening on %s (udp+tcp)", _show(udp.address))
         self._tasks.append(asyncio.create_task(self.static.watch()))
+        if self.docker is not None:
+            self._tasks.append(asyncio.create_task(self.docker.run()))
 
     def _forwarding(self) -> ForwardCache | None:
         forward = self.config.forward
@@ -137,6 +146,18 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         logger.info("stopped")
+
+
+def _naming(config: Config) -> Naming:
+    docker = config.docker
+    return Naming(docker.zone, config.server.ttl, docker.serve_starting)
+
+
+def _docker_settings(config: Config) -> DockerSettings:
+    docker = config.docker
+    return DockerSettings(
+        docker.url, docker.tls_ca, docker.tls_cert, docker.tls_key, docker.resync_interval
+    )
 
 
 def _bind_pair(host: str, port: int) -> tuple[socket.socket, socket.socket]:

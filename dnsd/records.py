@@ -46,6 +46,10 @@ class Record:
     rtype: str
     value: Value
     ttl: int
+    # The network (CIDR) an address lives on: clients inside it get only such addresses.
+    scope: str | None = None
+    # Whether this A/AAAA record gives its address an automatic PTR back to ``name``.
+    reverse: bool = True
 
     def __post_init__(self) -> None:
         if self.rtype not in RECORD_TYPES:
@@ -177,7 +181,7 @@ class RecordStore:
         bucket[record] = bucket.get(record, 0) + 1
         for name in ancestors(record.name):
             _inc(self._names, name)
-        if record.rtype in ("A", "AAAA"):
+        if record.reverse and record.rtype in ("A", "AAAA"):
             _inc(self._reverse.setdefault(reverse_name(str(record.value)), {}), record.name)
 
     def _unindex(self, record: Record) -> None:
@@ -191,7 +195,7 @@ class RecordStore:
             bucket[record] -= 1
         for name in ancestors(record.name):
             _dec(self._names, name)
-        if record.rtype in ("A", "AAAA"):
+        if record.reverse and record.rtype in ("A", "AAAA"):
             ptr = reverse_name(str(record.value))
             targets = self._reverse[ptr]
             _dec(targets, record.name)

@@ -26,6 +26,10 @@ class Stats:
     tcp_refused: int = 0
     reloads: int = 0
     reload_errors: int = 0
+    docker_events: int = 0
+    docker_reconnects: int = 0
+    docker_resyncs: int = 0
+    bad_labels: int = 0
 
     def drop(self, reason: str) -> None:
         self.dropped[reason] += 1

@@ -77,9 +77,12 @@ def start_dnsd(
     env: dict[str, str] | None = None,
     port: int | None = None,
     wait: bool = True,
+    docker: str | None = None,
 ) -> Dnsd:
+    """Start ``dnsd serve``; Docker is off unless ``docker`` gives the Engine's URL."""
     port = port or free_port()
     argv = [sys.executable, "-m", "dnsd", "serve", "--listen", f"127.0.0.1:{port}", *args]
+    argv += ["--docker-url", docker] if docker else ["--no-docker"]
     if config is not None:
         path = tmp_path / f"dnsd-{port}.toml"
         path.write_text(config)
@@ -219,3 +222,18 @@ def upstream() -> Iterator[FakeUpstream]:
 
 def rcode(message: dns.message.Message) -> str:
     return dns.rcode.to_text(message.rcode())
+
+
+@pytest.fixture(scope="session")
+def dockerd() -> Iterator[object]:
+    """A private Docker Engine for the whole session (see tests/testbed/dockerd.py)."""
+    from testbed import dockerd as testbed_dockerd
+
+    reason = testbed_dockerd.available()
+    if reason:
+        pytest.fail(f"real Docker tests need a private dockerd: {reason}")
+    testbed_dockerd.stop_leftovers()
+    daemon = testbed_dockerd.Dockerd().start()
+    daemon.import_busybox()
+    yield daemon
+    daemon.stop()

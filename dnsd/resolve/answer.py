@@ -25,6 +25,7 @@ class Answer:
     # remaining TTL for forwarded ones, 0 for answers that must not be cached (REFUSED, SERVFAIL).
     expires_in: float = 0.0
     recursive: bool = False  # came from forwarding: only for clients allowed to recurse
+    per_client: bool = False  # depends on the asker's network (network-aware answers)
 
     def rotations(self) -> int:
         """How many distinct orderings rotating the answer RRsets gives."""

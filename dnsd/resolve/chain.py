@@ -28,7 +28,7 @@ class ResolverChain:
         self, qname: str, qtype: int, qclass: int, spelled: str, client_ip: str
     ) -> Answer | Awaitable[Answer]:
         if qclass in (CLASS_IN, CLASS_ANY):
-            local = self.local.answer(qname, qtype, spelled)
+            local = self.local.answer(qname, qtype, spelled, client_ip)
             if local is not None:
                 return local
         if self.forward is None or not self.acl.allows(client_ip):

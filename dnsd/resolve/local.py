@@ -8,9 +8,11 @@ store holds (automatic PTR, explicit records) and otherwise returns None so the 
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
+from functools import lru_cache
 
 from dnslib import AAAA, CNAME, MX, NS, PTR, QTYPE, RD, RR, SOA, SRV, TXT, A
 
@@ -58,6 +60,32 @@ def to_rr(record: Record, qname: str | None = None) -> RR:
     return RR(qname or record.name, rtype, ttl=record.ttl, rdata=_rdata(record))
 
 
+@lru_cache(maxsize=4096)
+def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(cidr, strict=False)
+
+
+@lru_cache(maxsize=4096)
+def _client_address(client_ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(client_ip.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
+
+
+def nearest(records: list[Record], client_ip: str) -> list[Record]:
+    """Network-aware answers: a client inside one of the records' networks gets only the
+    addresses on that network; any other client gets them all."""
+    client = _client_address(client_ip)
+    if client is None:
+        return records
+    near = [r for r in records if r.scope is not None and client in _network(r.scope)]
+    return near or records
+
+
 def _rrset(records: list[Record], qname: str | None = None) -> list[RR]:
     ttl = min(record.ttl for record in records)  # one TTL per RRset (RFC 2181 5.2)
     rrs = [to_rr(record, qname) for record in records]
@@ -81,6 +109,8 @@ class LocalZone:
         self._negative_ttl = negative_ttl
         self._soa_ttl = soa_ttl
         self._serial_base = int(wall_clock())
+        self._client_ip = ""
+        self._per_client = False
 
     def zone_of(self, qname: str) -> str | None:
         for zone in self.zones:
@@ -88,15 +118,26 @@ class LocalZone:
                 return zone
         return None
 
-    def answer(self, qname: str, qtype: int, spelled: str) -> Answer | None:
+    def answer(self, qname: str, qtype: int, spelled: str, client_ip: str = "") -> Answer | None:
         """Answer ``qname`` (lower-case, absolute) or None when it is not ours to answer.
 
-        ``spelled`` is the name as the client wrote it (its letter case is echoed).
+        ``spelled`` is the name as the client wrote it (its letter case is echoed);
+        ``client_ip`` picks network-aware addresses.
         """
+        self._client_ip = client_ip
+        self._per_client = False
         found = self._answer(qname, qtype, spelled)
         if found is not None:
             found.expires_in = FOREVER  # true until the store changes
+            found.per_client = self._per_client
         return found
+
+    def _addresses(self, name: str, rtype: str) -> list[Record]:
+        records = self._store.lookup(name, rtype)
+        if rtype in _ADDRESS_TYPES and any(r.scope is not None for r in records):
+            self._per_client = True
+            return nearest(records, self._client_ip)
+        return records
 
     def _answer(self, qname: str, qtype: int, spelled: str) -> Answer | None:
         zone = self.zone_of(qname)
@@ -127,7 +168,7 @@ class LocalZone:
         name, owner_spelling = qname, spelled
         seen: set[str] = set()
         while True:
-            records = self._store.lookup(name, rtype)
+            records = self._addresses(name, rtype)
             if rtype == "PTR":
                 explicit = {record.value for record in records}
                 records += [r for r in self._automatic_ptr(name) if r.value not in explicit]
@@ -167,7 +208,7 @@ class LocalZone:
         extra: list[RR] = []
         for target in targets:
             for rtype in _ADDRESS_TYPES:
-                extra.extend(to_rr(found) for found in self._store.lookup(target, rtype))
+                extra.extend(to_rr(found) for found in self._addresses(target, rtype))
         return extra
 
     def _negative(self, zone: str, rcode: int) -> Answer:

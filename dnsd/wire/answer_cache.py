@@ -19,13 +19,24 @@ ANSWER_CACHE_ENTRIES = 100_000
 FORWARDED_REFRESH_S = 1.0
 
 
-class _Entry:
-    __slots__ = ("expires", "recursive", "variants")
+MAX_CLIENTS_PER_ENTRY = 1024
 
-    def __init__(self, variants: Iterator[bytes], expires: float, recursive: bool) -> None:
+
+class _Entry:
+    __slots__ = ("clients", "expires", "recursive", "variants")
+
+    def __init__(
+        self,
+        variants: Iterator[bytes],
+        expires: float,
+        recursive: bool,
+        clients: dict[str, Iterator[bytes]] | None = None,
+    ) -> None:
         self.variants = variants
         self.expires = expires
         self.recursive = recursive
+        # Network-aware answers differ per asker: their rotations are kept per client address.
+        self.clients = clients
 
 
 def _name_end(data: bytes) -> int:
@@ -59,8 +70,11 @@ class AnswerCache:
         if entry is not None:
             if entry.expires < now or (entry.recursive and not self._allows_recursion(client_ip)):
                 return None
+            variants = entry.variants if entry.clients is None else entry.clients.get(client_ip)
+            if variants is None:
+                return None
             self.hits += 1
-            return data[:2] + next(entry.variants)[2:]
+            return data[:2] + next(variants)[2:]
         qend = _name_end(data)
         if qend < 0:
             return None
@@ -71,12 +85,23 @@ class AnswerCache:
             or (entry.recursive and not self._allows_recursion(client_ip))
         ):
             return None
+        variants = entry.variants if entry.clients is None else entry.clients.get(client_ip)
+        if variants is None:
+            return None
         self.hits += 1
-        template = next(entry.variants)
+        template = next(variants)
         return data[:2] + template[2:HEADER_LEN] + data[HEADER_LEN:qend] + template[qend:]
 
-    def put(self, data: bytes, variants: list[bytes], expires: float, recursive: bool) -> bytes:
-        """Remember the responses to ``data``; returns the first one to send (as ``answer``)."""
+    def put(
+        self,
+        data: bytes,
+        variants: list[bytes],
+        expires: float,
+        recursive: bool,
+        client_ip: str | None = None,
+    ) -> bytes:
+        """Remember the responses to ``data`` (for ``client_ip`` only, when given); returns the
+        first one to send, as ``answer`` would."""
         qend = _name_end(data)
         lower = data[HEADER_LEN:qend].lower()
         if qend < 0 or any(v[HEADER_LEN:qend].lower() != lower for v in variants):
@@ -85,7 +110,18 @@ class AnswerCache:
             self._entries.clear()  # crude but O(1) amortised; refills from the resolver
         key = data[2:HEADER_LEN] + lower + data[qend:]
         templates = [v[:HEADER_LEN] + lower + v[qend:] for v in variants]
-        entry = _Entry(itertools.cycle(templates), expires, recursive)
-        self._entries[key] = entry
-        first = next(entry.variants)
+        cycle = itertools.cycle(templates)
+        if client_ip is None:
+            self._entries[key] = _Entry(cycle, expires, recursive)
+        else:
+            entry = self._entries.get(key)
+            if (
+                entry is None
+                or entry.clients is None
+                or len(entry.clients) >= MAX_CLIENTS_PER_ENTRY
+            ):
+                entry = self._entries[key] = _Entry(iter(()), expires, recursive, {})
+            assert entry.clients is not None
+            entry.clients[client_ip] = cycle
+        first = next(cycle)
         return data[:2] + first[2:HEADER_LEN] + data[HEADER_LEN:qend] + first[qend:]

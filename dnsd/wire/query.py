@@ -92,8 +92,8 @@ class QueryHandler:
             spelled.lower(), question.qtype, question.qclass, spelled, client_ip
         )
         if isinstance(result, Answer):
-            return self._respond(data, query, result, edns is not None, limit, udp)
-        return self._respond_later(data, query, result, edns is not None, limit, udp)
+            return self._respond(data, query, result, edns is not None, limit, udp, client_ip)
+        return self._respond_later(data, query, result, edns is not None, limit, udp, client_ip)
 
     async def _respond_later(
         self,
@@ -103,16 +103,24 @@ class QueryHandler:
         edns: bool,
         limit: int,
         udp: bool,
+        client_ip: str,
     ) -> bytes | None:
         try:
             answer = await pending
         except Exception:
             logger.exception("resolving %s failed", query.q.qname)
             answer = Answer(RCODE_SERVFAIL)
-        return self._respond(data, query, answer, edns, limit, udp)
+        return self._respond(data, query, answer, edns, limit, udp, client_ip)
 
     def _respond(
-        self, data: bytes, query: DNSRecord, answer: Answer, edns: bool, limit: int, udp: bool
+        self,
+        data: bytes,
+        query: DNSRecord,
+        answer: Answer,
+        edns: bool,
+        limit: int,
+        udp: bool,
+        client_ip: str,
     ) -> bytes:
         self._turn += 1
         cacheable = udp and self._answer_cache is not None and answer.expires_in > 0
@@ -126,7 +134,8 @@ class QueryHandler:
         expires = self._clock() + answer.expires_in
         if answer.recursive or not math.isinf(answer.expires_in):
             expires = min(expires, self._clock() + FORWARDED_REFRESH_S)
-        return self._answer_cache.put(data, variants, expires, answer.recursive)
+        client = client_ip if answer.per_client else None
+        return self._answer_cache.put(data, variants, expires, answer.recursive, client)
 
     def _pack(self, query: DNSRecord, answer: Answer, edns: bool, limit: int, turn: int) -> bytes:
         header = DNSHeader(

@@ -1,0 +1,302 @@
+"""The Docker source: keeps the store's ``docker`` records in step with the running containers.
+
+Two threads keep the blocking Docker SDK off the event loop:
+- the *reader* subscribes to container and network events, then asks for a full resync (so
+  nothing is lost between subscribing and listing), and queues every event; when the stream
+  ends or Docker is unreachable it reconnects with backoff;
+- the *worker* takes queued jobs in order (resync, event), inspects containers, turns them into
+  records (``docker_names``) and hands the result to the event loop, which writes the store.
+A periodic resync (default 60 s) heals anything missed.  While Docker is away the last known
+records stay; the resync after reconnecting adds what started and drops what went away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from dnsd.records import RecordStore
+from dnsd.sources.docker_names import Built, Naming, container_records, list_fingerprint
+from dnsd.stats import Stats
+
+logger = logging.getLogger(__name__)
+
+SOURCE = "docker"
+DEFAULT_URL = "unix:///var/run/docker.sock"
+API_TIMEOUT_S = 10
+BACKOFF_MIN_S = 0.2
+BACKOFF_MAX_S = 15.0
+RESYNC_INTERVAL_S = 60.0
+
+# Event actions that change what a container publishes (inspect it again) ...
+INSPECT_ACTIONS = frozenset({"start", "unpause", "rename", "restart", "update"})
+# ... and those after which it publishes nothing.
+REMOVE_ACTIONS = frozenset({"die", "stop", "destroy", "pause", "kill", "oom"})
+
+
+@dataclass(frozen=True)
+class DockerSettings:
+    url: str = ""
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    resync_interval_s: float = RESYNC_INTERVAL_S
+
+
+def make_client_factory(settings: DockerSettings) -> Callable[[], Any]:
+    def factory() -> Any:
+        import docker  # imported lazily: dnsd runs without the SDK when Docker is off
+
+        tls: Any = False
+        if settings.tls_cert or settings.tls_ca:
+            cert = (settings.tls_cert, settings.tls_key) if settings.tls_cert else None
+            tls = docker.tls.TLSConfig(
+                client_cert=cert, ca_cert=settings.tls_ca or None, verify=bool(settings.tls_ca)
+            )
+        url = settings.url or os.environ.get("DOCKER_HOST") or DEFAULT_URL
+        return docker.DockerClient(base_url=url, version="auto", timeout=API_TIMEOUT_S, tls=tls)
+
+    return factory
+
+
+class DockerSource:
+    def __init__(
+        self,
+        store: RecordStore,
+        naming: Naming,
+        settings: DockerSettings,
+        stats: Stats,
+        client_factory: Callable[[], Any] | None = None,
+    ) -> None:
+        self._store = store
+        self._naming = naming
+        self._settings = settings
+        self._stats = stats
+        self._client_factory = client_factory or make_client_factory(settings)
+        self._jobs: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._stopping = threading.Event()
+        self._stream: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._fingerprints: dict[str, tuple[Any, ...]] = {}
+        self._built: dict[str, Built] = {}
+        self._warned: dict[str, set[str]] = {}
+        self._resync_queued = False
+        self.state = "down"  # "ok" once the first resync after connecting has landed
+        self.reason = "not connected yet"
+        self.synced_at: float | None = None
+        self.events_applied = 0  # event-driven store updates (tests and benchmarks wait on it)
+        self.on_change: Callable[[str, str], None] | None = None  # (container id, reason)
+
+    # --- lifecycle (event loop) ----------------------------------------------------------
+    async def run(self) -> None:
+        """Start the threads and queue periodic resyncs until cancelled."""
+        self._loop = asyncio.get_running_loop()
+        threading.Thread(target=self._read_events, name="docker-events", daemon=True).start()
+        threading.Thread(target=self._work, name="docker-worker", daemon=True).start()
+        try:
+            while True:
+                await asyncio.sleep(self._settings.resync_interval_s)
+                self._queue_resync()
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._jobs.put(("stop", None))
+        self._close_stream()
+
+    # --- reader thread ---------------------------------------------------------------------
+    def _read_events(self) -> None:
+        backoff = BACKOFF_MIN_S
+        while not self._stopping.is_set():
+            try:
+                client = self._client_factory()
+                self._stream = client.events(
+                    decode=True, filters={"type": ["container", "network"]}
+                )
+            except Exception as exc:
+                self._lost(f"unreachable: {_reason(exc)}")
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                continue
+            backoff = BACKOFF_MIN_S
+            self._queue_resync()  # subscribed first, now list: nothing falls in between
+            try:
+                for event in self._stream:
+                    self._jobs.put(("event", event))
+            except Exception as exc:
+                logger.debug("docker event stream failed: %r", exc)
+            finally:
+                self._close_stream()
+                with contextlib.suppress(Exception):
+                    client.close()
+            if not self._stopping.is_set():
+                self._lost("event stream ended")
+                self._stats.docker_reconnects += 1
+                self._stopping.wait(backoff)
+
+    def _close_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.close()
+
+    def _queue_resync(self) -> None:
+        if not self._resync_queued:
+            self._resync_queued = True
+            self._jobs.put(("resync", None))
+
+    # --- worker thread -----------------------------------------------------------------------
+    def _work(self) -> None:
+        client = None
+        while True:
+            kind, payload = self._jobs.get()
+            if kind == "stop":
+                return
+            try:
+                client = client or self._client_factory()
+                if kind == "resync":
+                    self._resync_queued = False
+                    self._resync(client)
+                else:
+                    self._on_event(client, payload)
+            except Exception as exc:
+                client = None
+                if kind == "resync":
+                    self._lost(f"resync failed: {_reason(exc)}")
+                    self._close_stream()  # a hung stream (frozen daemon) reconnects too
+                else:
+                    logger.debug("docker event %s not handled: %r", payload, exc)
+
+    def _on_event(self, client: Any, event: dict[str, Any]) -> None:
+        self._stats.docker_events += 1
+        kind = event.get("Type")
+        action = str(event.get("Action") or event.get("status") or "")
+        actor = event.get("Actor") or {}
+        if kind == "network":
+            if action not in ("connect", "disconnect"):
+                return
+            container_id = (actor.get("Attributes") or {}).get("container")
+        elif kind == "container":
+            container_id = actor.get("ID") or event.get("id")
+        else:
+            return
+        if not container_id:
+            return
+        verb = action.split(":", 1)[0]
+        if kind == "container" and verb in REMOVE_ACTIONS:
+            self._hand(self._apply_one, container_id, None, verb)
+        elif kind == "network" or verb in INSPECT_ACTIONS or verb == "health_status":
+            self._hand(self._apply_one, container_id, self._inspect(client, container_id), verb)
+
+    def _inspect(self, client: Any, container_id: str) -> Built | None:
+        import docker.errors
+
+        try:
+            attrs = client.api.inspect_container(container_id)
+        except docker.errors.NotFound:
+            return None
+        return container_records(attrs, self._naming)
+
+    def _resync(self, client: Any) -> None:
+        import docker.errors
+
+        started = time.monotonic()
+        entries = client.api.containers()  # running containers only
+        owners: dict[str, Built] = {}
+        fingerprints: dict[str, tuple[Any, ...]] = {}
+        for entry in entries:
+            container_id = entry["Id"]
+            fingerprint = list_fingerprint(entry)
+            known = self._built.get(container_id)
+            if known is not None and self._fingerprints.get(container_id) == fingerprint:
+                owners[container_id] = known
+            else:
+                try:
+                    attrs = client.api.inspect_container(container_id)
+                except docker.errors.NotFound:
+                    continue
+                owners[container_id] = container_records(attrs, self._naming)
+            fingerprints[container_id] = fingerprint
+        self._fingerprints = fingerprints
+        self._hand(self._apply_all, owners, time.monotonic() - started)
+
+    def _hand(self, callback: Callable[..., None], *args: Any) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # loop closing during shutdown
+                self._loop.call_soon_threadsafe(callback, *args)
+
+    def _lost(self, reason: str) -> None:
+        self._hand(self._set_down, reason)
+
+    # --- event loop: the only place that writes the store ---------------------------------
+    def _set_down(self, reason: str) -> None:
+        if self.state != "down" or self.reason == "not connected yet":
+            logger.warning("docker %s; serving the last known containers, retrying", reason)
+        self.state, self.reason = "down", reason
+
+    def _apply_one(self, container_id: str, built: Built | None, reason: str) -> None:
+        if built is None:
+            self._built.pop(container_id, None)
+            self._store.remove_owner(SOURCE, container_id)
+        else:
+            self._built[container_id] = built
+            self._report(container_id, built)
+            self._store.replace_owner(SOURCE, container_id, built.records)
+        self.events_applied += 1
+        if self.on_change is not None:
+            self.on_change(container_id, reason)
+
+    def _apply_all(self, owners: dict[str, Built], took_s: float) -> None:
+        self._built = dict(owners)
+        for container_id, built in owners.items():
+            self._report(container_id, built)
+        self._warned = {cid: w for cid, w in self._warned.items() if cid in owners}
+        changed = self._store.replace_source(
+            SOURCE, {cid: built.records for cid, built in owners.items()}
+        )
+        self._stats.docker_resyncs += 1
+        self.synced_at = time.monotonic()
+        served = sum(1 for built in owners.values() if not built.withheld)
+        records = sum(len(built.records) for built in owners.values())
+        if self.state != "ok":
+            logger.info(
+                "docker connected: %d running containers (%d served), %d records, %.0f ms",
+                len(owners),
+                served,
+                records,
+                took_s * 1000,
+                extra={"event": "docker_synced", "source": SOURCE},
+            )
+        elif changed:
+            logger.info(
+                "docker resync changed records: %d containers, %d records", len(owners), records
+            )
+        self.state, self.reason = "ok", ""
+
+    def _report(self, container_id: str, built: Built) -> None:
+        """Log each problem of a container once (not at every resync) and count it."""
+        warned = self._warned.setdefault(container_id, set())
+        for problem in built.problems:
+            if problem not in warned:
+                warned.add(problem)
+                self._stats.bad_labels += 1
+                logger.warning(
+                    "container %s: %s (served with defaults)",
+                    built.name,
+                    problem,
+                    extra={"container": built.name, "source": SOURCE},
+                )
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]

@@ -1,0 +1,289 @@
+"""Docker naming: one container's inspect data -> the records it publishes.
+
+Pure functions, no I/O: the Docker source calls ``container_records`` for every inspected
+container and writes the result to the store.  Names (zone ``docker.`` by default):
+
+- ``<name>``, ``<hostname>`` (when set explicitly), ``<service>.<project>`` (compose),
+  ``<dnsd.service>``, every ``dnsd.name``: all the container's addresses, each tagged with its
+  network so a client on that network gets only that address;
+- ``<name>.<network>``, ``<alias>.<network>`` and ``<alias>``: the address on that network;
+- ``_<service>._<proto>.<owner>`` SRV for every exposed port, under the container name, the
+  compose name and the ``dnsd.service`` name, targeting the container's own name;
+- the automatic PTR of every address points to ``<name>``.
+
+Bad labels are reported in ``Built.problems`` and the container is still served with defaults.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from dnsd.records import Record, SrvValue
+
+LABEL_PREFIX = "dnsd."
+DEFAULT_PRIORITY = 10
+DEFAULT_WEIGHT = 10
+MAX_LABEL_LEN = 63
+
+# Port -> SRV service name (IANA service names) for the ports containers commonly expose.
+WELL_KNOWN_PORTS = {
+    21: "ftp", 22: "ssh", 25: "smtp", 53: "domain", 80: "http", 110: "pop3", 119: "nntp",
+    123: "ntp", 143: "imap", 161: "snmp", 389: "ldap", 443: "https", 465: "submissions",
+    514: "syslog", 587: "submission", 636: "ldaps", 873: "rsync", 993: "imaps", 995: "pop3s",
+    1433: "ms-sql-s", 1883: "mqtt", 2181: "zookeeper", 2379: "etcd-client",
+    2380: "etcd-server", 3306: "mysql", 3389: "ms-wbt-server", 4222: "nats", 5060: "sip",
+    5222: "xmpp-client", 5432: "postgresql", 5671: "amqps", 5672: "amqp", 5984: "couchdb",
+    6379: "redis", 6443: "sun-sr-https", 8883: "secure-mqtt", 9042: "cql", 9092: "kafka",
+    9200: "elasticsearch", 11211: "memcache", 27017: "mongodb",
+}  # fmt: skip
+
+_INVALID = re.compile(r"[^a-z0-9_-]+")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+_HEALTH = re.compile(r"\((healthy|unhealthy|health: starting)\)")
+
+
+@dataclass(frozen=True)
+class Naming:
+    zone: str = "docker."
+    ttl: int = 5
+    serve_starting: bool = True
+
+
+@dataclass
+class Built:
+    records: list[Record] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    withheld: str | None = None  # why the container is not served, if it is not
+    name: str = ""
+
+
+def dns_label(text: str) -> str:
+    """A DNS-safe label: lower case, runs of other characters become '-', at most 63."""
+    label = _INVALID.sub("-", text.strip().lower()).strip("-")
+    return label[:MAX_LABEL_LEN].rstrip("-")
+
+
+def dns_name(text: str) -> str:
+    """A relative multi-label name ("api.prod"), each label made DNS-safe; "" if unusable."""
+    labels = [dns_label(part) for part in text.strip().strip(".").split(".")]
+    return "" if not labels or not all(labels) else ".".join(labels)
+
+
+def _flag(labels: dict[str, str], key: str, problems: list[str]) -> bool:
+    value = labels.get(key)
+    if value is None:
+        return False
+    if value.strip().lower() in _TRUE:
+        return True
+    if value.strip().lower() not in _FALSE:
+        problems.append(f"label {key}: not a boolean: {value!r}")
+    return False
+
+
+def _number(labels: dict[str, str], key: str, default: int, top: int, problems: list[str]) -> int:
+    value = labels.get(key)
+    if value is None:
+        return default
+    try:
+        number = int(value.strip())
+    except ValueError:
+        number = -1
+    if not 0 <= number <= top:
+        problems.append(f"label {key}: not a number in 0..{top}: {value!r}")
+        return default
+    return number
+
+
+@dataclass
+class _Address:
+    ip: str
+    rtype: str
+    scope: str
+    network: str
+    aliases: list[str]
+
+
+def _addresses(networks: dict[str, Any]) -> list[_Address]:
+    found = []
+    for network, settings in sorted((networks or {}).items()):
+        settings = settings or {}
+        aliases = [dns_name(a) for a in settings.get("Aliases") or []]
+        for key, length_key, rtype in (
+            ("IPAddress", "IPPrefixLen", "A"),
+            ("GlobalIPv6Address", "GlobalIPv6PrefixLen", "AAAA"),
+        ):
+            ip = settings.get(key) or ""
+            if not ip:
+                continue
+            length = settings.get(length_key) or (32 if rtype == "A" else 128)
+            try:
+                scope = str(ipaddress.ip_network(f"{ip}/{length}", strict=False))
+            except ValueError:
+                continue
+            found.append(_Address(ip, rtype, scope, dns_label(network), [a for a in aliases if a]))
+    return found
+
+
+def health_of(attrs: dict[str, Any]) -> str | None:
+    return ((attrs.get("State") or {}).get("Health") or {}).get("Status")
+
+
+def _withheld(attrs: dict[str, Any], naming: Naming) -> str | None:
+    state = attrs.get("State") or {}
+    if not state.get("Running"):
+        return "not running"
+    if state.get("Paused"):
+        return "paused"
+    health = health_of(attrs)
+    if health == "unhealthy":
+        return "unhealthy"
+    if health == "starting" and not naming.serve_starting:
+        return "health starting"
+    return None
+
+
+def container_records(attrs: dict[str, Any], naming: Naming) -> Built:
+    built = Built()
+    config = attrs.get("Config") or {}
+    labels: dict[str, str] = {str(k): str(v) for k, v in (config.get("Labels") or {}).items()}
+    name = dns_label(str(attrs.get("Name", "")).lstrip("/"))
+    built.name = name
+    if not name:
+        built.problems.append(f"container name {attrs.get('Name')!r} has no DNS-safe letters")
+        built.withheld = "no usable name"
+        return built
+    if _flag(labels, LABEL_PREFIX + "ignore", built.problems):
+        built.withheld = "dnsd.ignore"
+        return built
+    built.withheld = _withheld(attrs, naming)
+    if built.withheld:
+        return built
+    zone = "" if naming.zone == "." else naming.zone
+    ttl = _number(labels, LABEL_PREFIX + "ttl", naming.ttl, 2**31 - 1, built.problems)
+    addresses = _addresses((attrs.get("NetworkSettings") or {}).get("Networks") or {})
+    group_names = _group_names(attrs, config, labels, name, built.problems)
+    records: set[Record] = set()
+    for address in addresses:
+
+        def add(owner: str, reverse: bool = False, address: _Address = address) -> None:
+            records.add(
+                Record(f"{owner}.{zone}", address.rtype, address.ip, ttl, address.scope, reverse)
+            )
+
+        add(name, reverse=True)
+        for group in group_names:
+            add(group)
+        if address.network:
+            add(f"{name}.{address.network}")
+            for alias in address.aliases:
+                add(alias)
+                add(f"{alias}.{address.network}")
+    if addresses:
+        canonical = f"{name}.{zone}"
+        owners = [name, *_srv_owners(attrs, labels)]
+        records.update(_srv_records(attrs, labels, owners, canonical, zone, ttl, built.problems))
+    built.records = sorted(records, key=lambda r: (r.name, r.rtype, str(r.value)))
+    return built
+
+
+def _group_names(
+    attrs: dict[str, Any],
+    config: dict[str, Any],
+    labels: dict[str, str],
+    name: str,
+    problems: list[str],
+) -> list[str]:
+    """Extra names carrying all the container's addresses."""
+    names: list[str] = []
+    hostname = str(config.get("Hostname") or "")
+    if hostname and not str(attrs.get("Id", "")).startswith(hostname):
+        names.append(dns_label(hostname))
+    names.extend(_srv_owners(attrs, labels))
+    for extra in (labels.get(LABEL_PREFIX + "name") or "").split(","):
+        if not extra.strip():
+            continue
+        cleaned = dns_name(extra)
+        if not cleaned:
+            problems.append(f"label dnsd.name: unusable name {extra.strip()!r}")
+            continue
+        names.append(cleaned)
+    return [n for n in dict.fromkeys(names) if n and n != name]
+
+
+def _srv_owners(attrs: dict[str, Any], labels: dict[str, str]) -> list[str]:
+    """Service names a container belongs to: compose service.project and dnsd.service."""
+    owners = []
+    service = dns_label(labels.get("com.docker.compose.service", ""))
+    project = dns_label(labels.get("com.docker.compose.project", ""))
+    if service and project:
+        owners.append(f"{service}.{project}")
+    grouped = dns_name(labels.get(LABEL_PREFIX + "service", ""))
+    if grouped:
+        owners.append(grouped)
+    return owners
+
+
+def exposed_ports(attrs: dict[str, Any]) -> list[tuple[int, str]]:
+    keys = set((attrs.get("Config") or {}).get("ExposedPorts") or {})
+    keys |= set((attrs.get("NetworkSettings") or {}).get("Ports") or {})
+    ports = set()
+    for key in keys:
+        number, _, proto = str(key).partition("/")
+        if number.isdigit() and 0 < int(number) < 65536 and proto in ("tcp", "udp", "sctp", ""):
+            ports.add((int(number), proto or "tcp"))
+    return sorted(ports)
+
+
+def _srv_records(
+    attrs: dict[str, Any],
+    labels: dict[str, str],
+    owners: list[str],
+    target: str,
+    zone: str,
+    ttl: int,
+    problems: list[str],
+) -> list[Record]:
+    priority = _number(labels, LABEL_PREFIX + "priority", DEFAULT_PRIORITY, 65535, problems)
+    weight = _number(labels, LABEL_PREFIX + "weight", DEFAULT_WEIGHT, 65535, problems)
+    records = []
+    for port, proto in exposed_ports(attrs):
+        service = WELL_KNOWN_PORTS.get(port, str(port))
+        custom = labels.get(f"{LABEL_PREFIX}srv.{port}")
+        if custom is not None:
+            if dns_label(custom.removeprefix("_")):
+                service = dns_label(custom.removeprefix("_"))
+            else:
+                problems.append(f"label dnsd.srv.{port}: unusable service name {custom!r}")
+        value = SrvValue(priority, weight, port, target)
+        for owner in dict.fromkeys(owners):
+            records.append(Record(f"_{service}._{proto}.{owner}.{zone}", "SRV", value, ttl))
+    for key in labels:
+        if key.startswith(LABEL_PREFIX + "srv."):
+            port_text = key.removeprefix(LABEL_PREFIX + "srv.")
+            if not port_text.isdigit() or all(p != int(port_text) for p, _ in exposed_ports(attrs)):
+                problems.append(f"label {key}: no such exposed port")
+    return records
+
+
+def list_fingerprint(entry: dict[str, Any]) -> tuple[Any, ...]:
+    """What /containers/json shows of a container: if it is unchanged, so are its records
+    (changes it cannot show, like aliases, come with events that re-inspect)."""
+    networks = (entry.get("NetworkSettings") or {}).get("Networks") or {}
+    health = _HEALTH.search(str(entry.get("Status", "")))
+    return (
+        tuple(entry.get("Names") or ()),
+        entry.get("State"),
+        health.group(1) if health else None,
+        tuple(sorted((entry.get("Labels") or {}).items())),
+        tuple(
+            sorted(
+                (net, s.get("EndpointID"), s.get("IPAddress"), s.get("GlobalIPv6Address"))
+                for net, s in networks.items()
+                if s
+            )
+        ),
+    )

@@ -1,0 +1,318 @@
+"""Docker discovery against a real, private Docker Engine (tests/testbed/dockerd.py)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import dns.message
+import dns.query
+import dns.rdatatype
+import dns.reversename
+import pytest
+from conftest import Dnsd, FakeUpstream, query, rcode, start_dnsd
+from testbed.dockerd import BRIDGE_IP, IMAGE, Dockerd
+
+NET_SUBNET = "172.29.1.0/24"
+NET_GATEWAY = "172.29.1.1"
+
+
+@pytest.fixture(scope="module")
+def net(dockerd: Dockerd) -> Iterator[str]:
+    name = "testnet"
+    dockerd.docker("network", "create", "--subnet", NET_SUBNET, "--gateway", NET_GATEWAY, name)
+    yield name
+    dockerd.remove_all_containers()
+    dockerd.docker("network", "rm", name, check=False)
+
+
+@pytest.fixture(scope="module")
+def module_upstream() -> Iterator[FakeUpstream]:
+    fake = FakeUpstream().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def dnsd(
+    dockerd: Dockerd,
+    net: str,
+    module_upstream: FakeUpstream,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Dnsd]:
+    """dnsd on loopback and on both bridge gateways (:53), the containers' resolver."""
+    server = start_dnsd(
+        tmp_path_factory.mktemp("dnsd"),
+        "--listen", f"{BRIDGE_IP}:53",
+        "--listen", f"{NET_GATEWAY}:53",
+        "--upstream", f"127.0.0.1:{module_upstream.port}",
+        docker=dockerd.url,
+    )  # fmt: skip
+    wait_for(lambda: "docker connected" in server.log())
+    yield server
+    server.stop()
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def addrs(port: int, name: str, rdtype: str = "A", source: str | None = None) -> list[str]:
+    message = dns.message.make_query(name, rdtype)
+    kwargs = {"source": source} if source else {}
+    reply = dns.query.udp(message, "127.0.0.1", port=port, timeout=2, **kwargs)
+    return sorted(item.to_text() for rrset in reply.answer for item in rrset)
+
+
+def run(dockerd: Dockerd, *args: str, cmd: tuple[str, ...] = ("sleep", "1000")) -> str:
+    """docker run -d --pull never ...; returns the container name."""
+    name = "c" + uuid.uuid4().hex[:8]
+    dockerd.docker("run", "-d", "--pull", "never", "--name", name, *args, IMAGE, *cmd)
+    return name
+
+
+def ip_of(dockerd: Dockerd, name: str, network: str = "bridge") -> str:
+    return dockerd.docker(
+        "inspect", "-f", f'{{{{(index .NetworkSettings.Networks "{network}").IPAddress}}}}', name
+    )
+
+
+def test_start_stop_kill_rm(dockerd: Dockerd, dnsd: Dnsd) -> None:
+    first, second = run(dockerd), run(dockerd)
+    ip = ip_of(dockerd, first)
+    wait_for(lambda: addrs(dnsd.port, f"{first}.docker") == [ip])
+    assert addrs(dnsd.port, f"{first}.docker", "PTR") == []  # PTR lives under in-addr.arpa
+    reverse = dns.reversename.from_address(ip).to_text()
+    assert addrs(dnsd.port, reverse, "PTR") == [f"{first}.docker."]
+    dockerd.docker("stop", "-t", "0", first)
+    wait_for(lambda: addrs(dnsd.port, f"{first}.docker") == [])
+    assert rcode(query(dnsd.port, f"{first}.docker")) == "NXDOMAIN"
+    dockerd.docker("start", first)
+    wait_for(lambda: addrs(dnsd.port, f"{first}.docker") != [])
+    dockerd.docker("kill", first)
+    wait_for(lambda: addrs(dnsd.port, f"{first}.docker") == [])
+    wait_for(lambda: addrs(dnsd.port, f"{second}.docker") != [])
+    dockerd.docker("rm", "-f", second)
+    wait_for(lambda: addrs(dnsd.port, f"{second}.docker") == [])
+
+
+def test_stopped_container_is_gone_at_once(dockerd: Dockerd, dnsd: Dnsd) -> None:
+    name = run(dockerd)
+    wait_for(lambda: addrs(dnsd.port, f"{name}.docker"))
+    for _ in range(20):  # warm the packed-answer cache
+        addrs(dnsd.port, f"{name}.docker")
+    dockerd.docker("kill", name)  # returns once the container is dead
+    wait_for(lambda: addrs(dnsd.port, f"{name}.docker") == [], timeout=1.0)
+
+
+def test_rename(dockerd: Dockerd, dnsd: Dnsd) -> None:
+    old = run(dockerd)
+    wait_for(lambda: addrs(dnsd.port, f"{old}.docker"))
+    new = old + "-renamed"
+    dockerd.docker("rename", old, new)
+    wait_for(lambda: addrs(dnsd.port, f"{new}.docker"))
+    assert addrs(dnsd.port, f"{old}.docker") == []
+
+
+def test_network_connect_disconnect_aliases(dockerd: Dockerd, dnsd: Dnsd, net: str) -> None:
+    name = run(dockerd)
+    wait_for(lambda: addrs(dnsd.port, f"{name}.docker"))
+    dockerd.docker("network", "connect", "--alias", "shared-db", net, name)
+    net_ip = ip_of(dockerd, name, net)
+    bridge_ip = ip_of(dockerd, name)
+    wait_for(lambda: addrs(dnsd.port, f"shared-db.{net}.docker") == [net_ip])
+    assert addrs(dnsd.port, "shared-db.docker") == [net_ip]
+    assert addrs(dnsd.port, f"{name}.{net}.docker") == [net_ip]
+    assert addrs(dnsd.port, f"{name}.bridge.docker") == [bridge_ip]
+    assert addrs(dnsd.port, f"{name}.docker") == sorted([net_ip, bridge_ip])
+    dockerd.docker("network", "disconnect", net, name)
+    wait_for(lambda: addrs(dnsd.port, "shared-db.docker") == [])
+    assert addrs(dnsd.port, f"{name}.docker") == [bridge_ip]
+
+
+def test_network_aware_answers(dockerd: Dockerd, dnsd: Dnsd, net: str) -> None:
+    """A client on one of the container's networks gets the address on that network only.
+
+    The askers are containers (Docker masquerades host traffic from a bridge address)."""
+    name = run(dockerd)
+    dockerd.docker("network", "connect", net, name)
+    net_ip, bridge_ip = ip_of(dockerd, name, net), ip_of(dockerd, name)
+    wait_for(lambda: len(addrs(dnsd.port, f"{name}.docker")) == 2)
+    for _ in range(2):  # the second round is served from the packed-answer cache
+        assert addrs(dnsd.port, f"{name}.docker") == sorted([net_ip, bridge_ip])
+        on_bridge = nslookup(dockerd, f"{name}.docker", BRIDGE_IP)
+        assert bridge_ip in on_bridge and net_ip not in on_bridge, on_bridge
+        on_net = nslookup(dockerd, f"{name}.docker", NET_GATEWAY, "--network", net)
+        assert net_ip in on_net and bridge_ip not in on_net, on_net
+
+
+def nslookup(dockerd: Dockerd, name: str, server: str, *args: str) -> str:
+    """busybox nslookup NAME SERVER in a throwaway container (A records only)."""
+    return dockerd.docker(
+        "run", "--rm", "--pull", "never", *args, IMAGE, "nslookup", "-type=a", name, server
+    )
+
+
+def test_compose_labels_group_replicas(dockerd: Dockerd, dnsd: Dnsd) -> None:
+    labels = ["-l", "com.docker.compose.service=api", "-l", "com.docker.compose.project=shop"]
+    replicas = [run(dockerd, *labels, "--expose", "5432") for _ in range(2)]
+    ips = sorted(ip_of(dockerd, r) for r in replicas)
+    wait_for(lambda: addrs(dnsd.port, "api.shop.docker") == ips)
+    srv = wait_for(lambda: addrs(dnsd.port, "_postgresql._tcp.api.shop.docker", "SRV"))
+    assert sorted(s.split()[-1] for s in srv) == sorted(f"{r}.docker." for r in replicas)
+    first = addrs(dnsd.port, "api.shop.docker")
+    assert first == ips
+    dockerd.docker("rm", "-f", replicas[0])
+    wait_for(lambda: addrs(dnsd.port, "api.shop.docker") == [ip_of(dockerd, replicas[1])])
+
+
+def test_every_label(dockerd: Dockerd, dnsd: Dnsd) -> None:
+    name = run(
+        dockerd,
+        "-l", "dnsd.name=alpha, beta.team",
+        "-l", "dnsd.ttl=42",
+        "-l", "dnsd.service=payments",
+        "-l", "dnsd.srv.8080=api",
+        "-l", "dnsd.priority=5",
+        "-l", "dnsd.weight=70",
+        "--expose", "8080", "--expose", "80", "--expose", "9999/udp",
+        "--hostname", "explicit-host",
+    )  # fmt: skip
+    ip = ip_of(dockerd, name)
+    wait_for(lambda: addrs(dnsd.port, "alpha.docker") == [ip])
+    for alias in ("beta.team.docker", "payments.docker", "explicit-host.docker"):
+        assert addrs(dnsd.port, alias) == [ip], alias
+    reply = query(dnsd.port, f"{name}.docker")
+    assert reply.answer[0].ttl == 42
+    srv = query(dnsd.port, f"_api._tcp.{name}.docker", "SRV")
+    record = srv.answer[0][0]
+    assert (record.priority, record.weight, record.port) == (5, 70, 8080)
+    assert record.target.to_text() == f"{name}.docker."
+    assert [item.to_text() for rrset in srv.additional for item in rrset] == [ip]
+    assert addrs(dnsd.port, f"_http._tcp.{name}.docker", "SRV") == [f"5 70 80 {name}.docker."]
+    assert addrs(dnsd.port, f"_9999._udp.{name}.docker", "SRV") == [f"5 70 9999 {name}.docker."]
+    assert addrs(dnsd.port, "_api._tcp.payments.docker", "SRV") == [f"5 70 8080 {name}.docker."]
+    ignored = run(dockerd, "-l", "dnsd.ignore=true")
+    time.sleep(0.5)
+    assert addrs(dnsd.port, f"{ignored}.docker") == []
+
+
+def test_bad_labels_are_counted_and_defaults_used(dockerd: Dockerd, dnsd: Dnsd) -> None:
+    name = run(
+        dockerd, "-l", "dnsd.ttl=soon", "-l", "dnsd.priority=-3", "-l", "dnsd.ignore=maybe",
+        "-l", "dnsd.name=!!!", "-l", "dnsd.srv.7=x", "--expose", "80",
+    )  # fmt: skip
+    ip = ip_of(dockerd, name)
+    wait_for(lambda: addrs(dnsd.port, f"{name}.docker") == [ip])
+    assert query(dnsd.port, f"{name}.docker").answer[0].ttl == 5
+    assert addrs(dnsd.port, f"_http._tcp.{name}.docker", "SRV") == [f"10 10 80 {name}.docker."]
+    log = wait_for(lambda: dnsd.log() if "dnsd.srv.7" in dnsd.log() else "")
+    for fragment in ("dnsd.ttl", "dnsd.priority", "dnsd.ignore", "dnsd.name"):
+        assert f"container {name}: label {fragment}" in log
+    assert dnsd.proc.poll() is None
+
+
+def test_invalid_names_are_mapped(dockerd: Dockerd, dnsd: Dnsd) -> None:
+    name = run(dockerd, "-l", "dnsd.name=Odd_Name.With.Dots")
+    wait_for(lambda: addrs(dnsd.port, "odd_name.with.dots.docker") == [ip_of(dockerd, name)])
+    under = "c" + uuid.uuid4().hex[:6] + "_x.y"
+    dockerd.docker("run", "-d", "--pull", "never", "--name", under, IMAGE, "sleep", "1000")
+    mapped = under.replace(".", "-")
+    wait_for(lambda: addrs(dnsd.port, f"{mapped}.docker") == [ip_of(dockerd, under)])
+
+
+def test_health_and_pause_withhold(dockerd: Dockerd, dnsd: Dnsd) -> None:
+    name = run(
+        dockerd,
+        "--health-cmd", "test -f /tmp/ok", "--health-interval", "1s", "--health-retries", "1",
+        "--health-timeout", "1s",
+        cmd=("sh", "-c", "touch /tmp/ok; exec sleep 1000"),
+    )  # fmt: skip
+    ip = ip_of(dockerd, name)
+    wait_for(lambda: addrs(dnsd.port, f"{name}.docker") == [ip])
+    wait_for(lambda: dockerd.docker("inspect", "-f", "{{.State.Health.Status}}", name) == "healthy")
+    dockerd.docker("exec", name, "rm", "/tmp/ok")
+    wait_for(lambda: addrs(dnsd.port, f"{name}.docker") == [], timeout=15)
+    dockerd.docker("exec", name, "touch", "/tmp/ok")
+    wait_for(lambda: addrs(dnsd.port, f"{name}.docker") == [ip], timeout=15)
+    dockerd.docker("pause", name)
+    wait_for(lambda: addrs(dnsd.port, f"{name}.docker") == [])
+    dockerd.docker("unpause", name)
+    wait_for(lambda: addrs(dnsd.port, f"{name}.docker") == [ip])
+
+
+def test_end_to_end_container_resolves_through_dnsd(
+    dockerd: Dockerd, dnsd: Dnsd, module_upstream: FakeUpstream
+) -> None:
+    """busybox nslookup in a container whose resolver (--dns) is dnsd on the bridge gateway."""
+    target = run(dockerd)
+    ip = ip_of(dockerd, target)
+    wait_for(lambda: addrs(dnsd.port, f"{target}.docker") == [ip])
+    out = dockerd.docker(
+        "run", "--rm", "--pull", "never", "--dns", BRIDGE_IP, IMAGE,
+        "nslookup", f"{target}.docker",
+    )  # fmt: skip
+    assert ip in out, out
+    outside = dockerd.docker(
+        "run", "--rm", "--pull", "never", "--dns", BRIDGE_IP, IMAGE,
+        "nslookup", "-type=a", "outside.example",
+    )  # fmt: skip
+    assert module_upstream.address in outside, outside
+    assert ("udp", "outside.example.", "A") in module_upstream.queries
+
+
+def test_docker_unreachable_then_appears(tmp_path: Path, dockerd: Dockerd) -> None:
+    """dnsd serves its static zone while Docker is away and picks Docker up later."""
+    (tmp_path / "hosts").write_text("10.0.0.1 static\n")
+    missing = f"unix://{tmp_path}/docker.sock"
+    server = start_dnsd(
+        tmp_path, "--no-forward", config='[static]\nhosts = ["hosts"]\n', docker=missing
+    )
+    try:
+        assert addrs(server.port, "static.docker") == ["10.0.0.1"]
+        time.sleep(1.0)
+        log = server.log()
+        assert log.count("docker unreachable") == 1  # said once, not per retry
+        (tmp_path / "docker.sock").symlink_to(dockerd.socket)
+        wait_for(lambda: "docker connected" in server.log(), timeout=20)
+        name = run(dockerd)
+        wait_for(lambda: addrs(server.port, f"{name}.docker") == [ip_of(dockerd, name)])
+    finally:
+        server.stop()
+
+
+def test_dockerd_restart(dockerd: Dockerd, dnsd: Dnsd) -> None:
+    keeper = run(dockerd, "--restart", "always")
+    doomed = run(dockerd)
+    wait_for(lambda: addrs(dnsd.port, f"{keeper}.docker") and addrs(dnsd.port, f"{doomed}.docker"))
+    dockerd.kill()
+    time.sleep(0.5)
+    assert addrs(dnsd.port, f"{doomed}.docker")  # last known answers stay while Docker is away
+    wait_for(
+        lambda: "docker event stream ended" in dnsd.log() or "docker unreachable" in dnsd.log()
+    )
+    dockerd.restart()  # without live-restore, containers that were running are stopped ...
+    newcomer = run(dockerd)  # ... and one is created before dnsd has reconnected
+    wait_for(lambda: addrs(dnsd.port, f"{newcomer}.docker"), timeout=30)
+    wait_for(lambda: addrs(dnsd.port, f"{doomed}.docker") == [], timeout=30)
+    wait_for(lambda: addrs(dnsd.port, f"{keeper}.docker") == [ip_of(dockerd, keeper)], timeout=30)
+    assert dnsd.proc.poll() is None
+
+
+def test_burst_of_containers(dockerd: Dockerd, dnsd: Dnsd) -> None:
+    names = [run(dockerd) for _ in range(8)]
+    for name in names:
+        wait_for(lambda name=name: addrs(dnsd.port, f"{name}.docker"))
+    dockerd.docker("rm", "-f", *names)
+    for name in names:
+        wait_for(lambda name=name: addrs(dnsd.port, f"{name}.docker") == [])
