@@ -1,0 +1,186 @@
+"""The Docker source at its seams: naming rules (pure) and the event/resync machinery against
+a scripted Engine API (tests/testbed/fake_engine.py).  The real engine is in test_docker.py."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Dnsd, query, rcode, start_dnsd
+from testbed.fake_engine import FakeEngine, container
+
+from dnsd.records import SrvValue
+from dnsd.sources.docker_names import (
+    Naming,
+    container_records,
+    dns_label,
+    dns_name,
+    exposed_ports,
+    list_fingerprint,
+)
+
+
+def names_of(attrs: dict[str, Any], naming: Naming | None = None) -> dict[str, set[str]]:
+    built = container_records(attrs, naming or Naming())
+    found: dict[str, set[str]] = {}
+    for record in built.records:
+        found.setdefault(record.name, set()).add(str(record.value))
+    return found
+
+
+def test_dns_labels() -> None:
+    assert dns_label("My_App.1") == "my_app-1"
+    assert dns_label("--x--") == "x"
+    assert dns_label("ü") == ""
+    assert len(dns_label("a" * 100)) == 63
+    assert dns_name("api.Prod") == "api.prod"
+    assert dns_name("a..b") == ""
+
+
+@pytest.mark.parametrize(
+    ("state", "health", "withheld"),
+    [
+        ({"Running": True}, None, None),
+        ({"Running": False}, None, "not running"),
+        ({"Running": True, "Paused": True}, None, "paused"),
+        ({"Running": True}, "unhealthy", "unhealthy"),
+        ({"Running": True}, "healthy", None),
+        ({"Running": True}, "starting", None),
+    ],
+)
+def test_state_and_health(state: dict[str, Any], health: str | None, withheld: str | None) -> None:
+    attrs = container("a" * 64, "web", "172.17.0.2")
+    attrs["State"] = dict(state, Health={"Status": health} if health else None)
+    built = container_records(attrs, Naming())
+    assert built.withheld == withheld
+    assert bool(built.records) == (withheld is None)
+
+
+def test_starting_can_be_withheld() -> None:
+    attrs = container("a" * 64, "web", "172.17.0.2")
+    attrs["State"]["Health"] = {"Status": "starting"}
+    assert container_records(attrs, Naming(serve_starting=False)).withheld == "health starting"
+
+
+def test_names_ptr_flags_and_scopes() -> None:
+    attrs = container("b" * 64, "web", "172.17.0.2", labels={"dnsd.name": "api"})
+    built = container_records(attrs, Naming(zone="docker."))
+    by_name = {(r.name, r.reverse, r.scope) for r in built.records if r.rtype == "A"}
+    assert ("web.docker.", True, "172.17.0.0/16") in by_name
+    assert ("api.docker.", False, "172.17.0.0/16") in by_name
+    assert ("web.bridge.docker.", False, "172.17.0.0/16") in by_name
+
+
+def test_srv_names_and_well_known_ports() -> None:
+    attrs = container(
+        "c" * 64, "db", "172.17.0.3", ports=("5432/tcp", "8080/tcp", "53/udp", "junk"),
+        labels={"com.docker.compose.service": "pg", "com.docker.compose.project": "shop"},
+    )  # fmt: skip
+    found = names_of(attrs)
+    assert found["_postgresql._tcp.db.docker."] == {str(SrvValue(10, 10, 5432, "db.docker."))}
+    assert "_8080._tcp.db.docker." in found
+    assert "_domain._udp.db.docker." in found
+    assert "_postgresql._tcp.pg.shop.docker." in found
+    assert exposed_ports(attrs) == [(53, "udp"), (5432, "tcp"), (8080, "tcp")]
+
+
+def test_hostile_inspect_data_never_raises() -> None:
+    hostile: list[dict[str, Any]] = [
+        {},
+        {"Name": None, "State": None, "Config": None, "NetworkSettings": None},
+        {"Name": "/x", "State": {"Running": True}, "Config": {"Labels": None}},
+        {"Name": "/x", "State": {"Running": True},
+         "NetworkSettings": {"Networks": {"n": None, "m": {"IPAddress": "not-an-ip"}}}},
+        {"Name": "/x", "State": {"Running": True}, "Config": {"Labels": {"dnsd.ttl": "9" * 40}},
+         "NetworkSettings": {"Networks": {"n": {"IPAddress": "10.0.0.1", "IPPrefixLen": 99}}}},
+    ]  # fmt: skip
+    for attrs in hostile:
+        built = container_records(attrs, Naming())
+        assert isinstance(built.records, list)
+    assert list_fingerprint({}) == list_fingerprint({"Names": None})
+
+
+# --- the source machinery against the fake engine -------------------------------------------
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[FakeEngine]:
+    fake = FakeEngine(str(tmp_path / "engine.sock")).start()
+    yield fake
+    fake.stop()
+
+
+def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+def a_records(server: Dnsd, name: str) -> list[str]:
+    reply = query(server.port, name, "A")
+    return sorted(item.to_text() for rrset in reply.answer for item in rrset)
+
+
+def test_events_then_stream_end_reconnect_and_resync(engine: FakeEngine, tmp_path: Path) -> None:
+    engine.containers["a" * 64] = container("a" * 64, "first", "10.1.0.1")
+    server = start_dnsd(tmp_path, "--no-forward", docker=engine.url)
+    try:
+        eventually(lambda: a_records(server, "first.docker") == ["10.1.0.1"])
+        assert engine.requests.index("/events") < engine.requests.index("/containers/json")
+        engine.containers["b" * 64] = container("b" * 64, "second", "10.1.0.2")
+        engine.emit("start", "b" * 64)
+        eventually(lambda: a_records(server, "second.docker") == ["10.1.0.2"])
+        # The daemon goes away: the stream ends. Meanwhile "first" stops (no event reaches us)
+        # and "third" starts; the resync after reconnecting must show both.
+        del engine.containers["a" * 64]
+        engine.containers["c" * 64] = container("c" * 64, "third", "10.1.0.3")
+        engine.end_streams()
+        eventually(lambda: a_records(server, "third.docker") == ["10.1.0.3"])
+        eventually(lambda: a_records(server, "first.docker") == [])
+        assert a_records(server, "second.docker") == ["10.1.0.2"]
+        assert server.log().count("event stream ended") == 1
+    finally:
+        server.stop()
+
+
+def test_periodic_resync_heals_a_missed_event(engine: FakeEngine, tmp_path: Path) -> None:
+    engine.containers["a" * 64] = container("a" * 64, "ghost", "10.2.0.1")
+    config = "[docker]\nresync_interval = 0.3\n"
+    server = start_dnsd(tmp_path, "--no-forward", config=config, docker=engine.url)
+    try:
+        eventually(lambda: a_records(server, "ghost.docker") == ["10.2.0.1"])
+        del engine.containers["a" * 64]  # and no "die" event is ever sent
+        eventually(lambda: rcode(query(server.port, "ghost.docker")) == "NXDOMAIN")
+        # Unchanged containers are not inspected again at each resync.
+        engine.containers["b" * 64] = container("b" * 64, "steady", "10.2.0.2")
+        eventually(lambda: a_records(server, "steady.docker") == ["10.2.0.2"])
+        inspected = engine.requests.count(f"/containers/{'b' * 64}/json")
+        time.sleep(1.0)
+        assert engine.requests.count(f"/containers/{'b' * 64}/json") == inspected
+    finally:
+        server.stop()
+
+
+def test_events_for_vanished_containers_and_junk_events(engine: FakeEngine, tmp_path: Path) -> None:
+    server = start_dnsd(tmp_path, "--no-forward", docker=engine.url)
+    try:
+        eventually(lambda: engine.subscriber_count() == 1)
+        engine.emit("start", "f" * 64)  # inspect -> 404: nothing to add
+        engine.emit("exec_start: sh", "f" * 64)
+        engine.emit("connect", "f" * 64, kind="network")
+        engine.containers["d" * 64] = container("d" * 64, "late", "10.3.0.1")
+        engine.emit("start", "d" * 64)
+        eventually(lambda: a_records(server, "late.docker") == ["10.3.0.1"])
+        engine.emit("die", "d" * 64)
+        eventually(lambda: a_records(server, "late.docker") == [])
+        assert server.proc.poll() is None
+        assert "Traceback" not in server.log()
+    finally:
+        server.stop()
