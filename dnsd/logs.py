@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 # Extra fields a caller may attach with ``extra={...}``; copied into JSON lines when present.
 CONTEXT_FIELDS = ("event", "name", "container", "source", "node")
+NOISY_LIBRARIES = ("urllib3", "docker")
 
 
 class JsonFormatter(logging.Formatter):
@@ -37,3 +38,5 @@ def setup(fmt: str, level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for noisy in NOISY_LIBRARIES:  # one line per HTTP request to the Docker Engine
+        logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))

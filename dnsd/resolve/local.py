@@ -134,7 +134,8 @@ class LocalZone:
 
     def _addresses(self, name: str, rtype: str) -> list[Record]:
         records = self._store.lookup(name, rtype)
-        if rtype in _ADDRESS_TYPES and any(r.scope is not None for r in records):
+        # Only addresses on two or more networks make the answer depend on the asker.
+        if rtype in _ADDRESS_TYPES and len({r.scope for r in records}) > 1:
             self._per_client = True
             return nearest(records, self._client_ip)
         return records

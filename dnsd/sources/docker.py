@@ -20,6 +20,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,11 +36,13 @@ API_TIMEOUT_S = 10
 BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 15.0
 RESYNC_INTERVAL_S = 60.0
+INSPECT_WORKERS = 8
 
 # Event actions that change what a container publishes (inspect it again) ...
 INSPECT_ACTIONS = frozenset({"start", "unpause", "rename", "restart", "update"})
-# ... and those after which it publishes nothing.
-REMOVE_ACTIONS = frozenset({"die", "stop", "destroy", "pause", "kill", "oom"})
+# ... and those after which it publishes nothing. ("kill" is not one: `docker kill -s HUP`
+# only signals; a container that does stop also sends "die".)
+REMOVE_ACTIONS = frozenset({"die", "stop", "destroy", "pause"})
 
 
 @dataclass(frozen=True)
@@ -207,27 +210,46 @@ class DockerSource:
         return container_records(attrs, self._naming)
 
     def _resync(self, client: Any) -> None:
-        import docker.errors
-
         started = time.monotonic()
         entries = client.api.containers()  # running containers only
         owners: dict[str, Built] = {}
-        fingerprints: dict[str, tuple[Any, ...]] = {}
-        for entry in entries:
-            container_id = entry["Id"]
-            fingerprint = list_fingerprint(entry)
+        fingerprints = {entry["Id"]: list_fingerprint(entry) for entry in entries}
+        stale = []
+        for container_id, fingerprint in fingerprints.items():
             known = self._built.get(container_id)
             if known is not None and self._fingerprints.get(container_id) == fingerprint:
                 owners[container_id] = known
             else:
-                try:
-                    attrs = client.api.inspect_container(container_id)
-                except docker.errors.NotFound:
-                    continue
-                owners[container_id] = container_records(attrs, self._naming)
-            fingerprints[container_id] = fingerprint
-        self._fingerprints = fingerprints
+                stale.append(container_id)
+        # Inspect what changed, several at a time (the Engine serves them concurrently).
+        with ThreadPoolExecutor(INSPECT_WORKERS, thread_name_prefix="docker-inspect") as pool:
+            results = list(pool.map(lambda cid: self._try_inspect(client, cid), stale))
+        failed = 0
+        for container_id, result in zip(stale, results, strict=True):
+            if isinstance(result, Exception):
+                failed += 1
+                known = self._built.get(container_id)
+                if known is not None:  # keep what we had; the next resync inspects it again
+                    owners[container_id] = known
+                fingerprints.pop(container_id, None)
+            elif result is not None:
+                owners[container_id] = result
+        if failed and failed == len(stale):
+            raise RuntimeError(f"inspecting {failed} containers failed")
+        if failed:
+            logger.warning(
+                "docker resync: %d of %d inspections failed, retried at the next",
+                failed,
+                len(stale),
+            )
+        self._fingerprints = {cid: fingerprints[cid] for cid in owners if cid in fingerprints}
         self._hand(self._apply_all, owners, time.monotonic() - started)
+
+    def _try_inspect(self, client: Any, container_id: str) -> Built | Exception | None:
+        try:
+            return self._inspect(client, container_id)
+        except Exception as exc:
+            return exc
 
     def _hand(self, callback: Callable[..., None], *args: Any) -> None:
         if self._loop is not None and not self._loop.is_closed():
@@ -260,13 +282,21 @@ class DockerSource:
         for container_id, built in owners.items():
             self._report(container_id, built)
         self._warned = {cid: w for cid, w in self._warned.items() if cid in owners}
+        applying = time.monotonic()
         changed = self._store.replace_source(
             SOURCE, {cid: built.records for cid, built in owners.items()}
         )
+        took_s += time.monotonic() - applying
         self._stats.docker_resyncs += 1
         self.synced_at = time.monotonic()
         served = sum(1 for built in owners.values() if not built.withheld)
         records = sum(len(built.records) for built in owners.values())
+        logger.debug(
+            "docker resync: %d containers, %d records, %.1f ms (list, inspect, store)",
+            len(owners),
+            records,
+            took_s * 1000,
+        )
         if self.state != "ok":
             logger.info(
                 "docker connected: %d running containers (%d served), %d records, %.0f ms",

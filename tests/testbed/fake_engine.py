@@ -58,6 +58,7 @@ def container(
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+    request_queue_size = 512  # dockerd's backlog is large too
     engine: FakeEngine
 
 
