@@ -74,6 +74,17 @@ def _parser() -> argparse.ArgumentParser:
         help="Docker Engine API (default: DOCKER_HOST, else unix:///var/run/docker.sock)",
     )
     serve.add_argument("--no-docker", action="store_true", default=None, help="do not watch Docker")
+    serve.add_argument(
+        "--etcd",
+        metavar="ENDPOINTS",
+        help="share containers through etcd: comma-separated HOST:PORT list (turns etcd on)",
+    )
+    serve.add_argument("--node-id", help="this host's name in etcd keys (default: hostname)")
+    serve.add_argument(
+        "--advertise-ip",
+        metavar="IP",
+        help="publish this host address with published host ports (default: container addresses)",
+    )
     serve.add_argument("--log-format", choices=["text", "json"])
     serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
 
@@ -94,6 +105,9 @@ def _flag_overrides(args: argparse.Namespace) -> Overrides:
         overrides[("forward", "enabled")] = False
     if args.no_docker:
         overrides[("docker", "enabled")] = False
+    if args.etcd:
+        overrides[("etcd", "endpoints")] = [e.strip() for e in args.etcd.split(",") if e.strip()]
+        overrides[("etcd", "enabled")] = True
     return overrides
 
 

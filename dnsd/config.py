@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+import socket
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -76,6 +77,23 @@ class DockerConfig:
 
 
 @dataclass(frozen=True)
+class EtcdConfig:
+    enabled: bool = False
+    endpoints: list[str] = field(default_factory=lambda: ["127.0.0.1:2379"])
+    prefix: str = "/skydns"
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    user: str = ""
+    password: str = ""
+    node_id: str = ""  # empty: the host name
+    lease_ttl: int = 10
+    publish: bool = True  # write this node's containers (needs Docker on)
+    advertise: str = "container"  # "container": container addresses; "host": advertise_ip
+    advertise_ip: str = ""
+
+
+@dataclass(frozen=True)
 class LogConfig:
     format: str = "text"
     level: str = "INFO"
@@ -87,6 +105,7 @@ class Config:
     forward: ForwardConfig = field(default_factory=ForwardConfig)
     static: StaticConfig = field(default_factory=StaticConfig)
     docker: DockerConfig = field(default_factory=DockerConfig)
+    etcd: EtcdConfig = field(default_factory=EtcdConfig)
     log: LogConfig = field(default_factory=LogConfig)
     path: str | None = None  # the file it was read from, if any
 
@@ -96,6 +115,7 @@ SECTIONS: dict[str, type] = {
     "forward": ForwardConfig,
     "static": StaticConfig,
     "docker": DockerConfig,
+    "etcd": EtcdConfig,
     "log": LogConfig,
 }
 
@@ -106,6 +126,9 @@ SHORT_NAMES: dict[str, tuple[str, str]] = {
     "hosts": ("static", "hosts"),
     "upstream": ("forward", "upstreams"),
     "docker_url": ("docker", "url"),
+    "etcd": ("etcd", "endpoints"),
+    "node_id": ("etcd", "node_id"),
+    "advertise_ip": ("etcd", "advertise_ip"),
     "log_format": ("log", "format"),
     "log_level": ("log", "level"),
 }
@@ -213,6 +236,8 @@ def read_environment(environ: Mapping[str, str]) -> Overrides:
         section, key = target
         kind = _field_types(section)[key]
         overrides[target] = _coerce(value, kind, f"environment: {name}")
+    if environ.get("DNSD_ETCD"):
+        overrides[("etcd", "enabled")] = True
     for name, target in NEGATIONS.items():
         if name in environ and _coerce(environ[name], bool, f"environment: {name}"):
             overrides[target] = False
@@ -306,14 +331,35 @@ def validate(config: Config, origin: str) -> Config:
         fail("log.format", f"must be one of {', '.join(LOG_FORMATS)}")
     if config.log.level.upper() not in LOG_LEVELS:
         fail("log.level", f"must be one of {', '.join(LOG_LEVELS)}")
+    etcd = config.etcd
+    if etcd.lease_ttl < 2:
+        fail("etcd.lease_ttl", "must be at least 2 seconds")
+    if etcd.advertise not in ("container", "host"):
+        fail("etcd.advertise", "must be 'container' or 'host'")
+    if etcd.advertise == "host" or etcd.advertise_ip:
+        try:
+            ipaddress.ip_address(etcd.advertise_ip)
+        except ValueError:
+            fail(
+                "etcd.advertise_ip", f"advertise 'host' needs an IP address: {etcd.advertise_ip!r}"
+            )
+    if not etcd.prefix.startswith("/"):
+        fail("etcd.prefix", "must start with '/'")
+    for endpoint in etcd.endpoints:
+        host_port = endpoint.split("://", 1)[-1]
+        if ":" not in host_port or not host_port.rsplit(":", 1)[1].rstrip("/").isdigit():
+            fail("etcd.endpoints", f"not HOST:PORT: {endpoint!r}")
     if config.docker.resync_interval <= 0:
         fail("docker.resync_interval", "must be positive")
     zones = [normalize_zone(z) for z in server.zones]
     docker_zone = normalize_zone(config.docker.zone) if config.docker.zone else zones[0]
     if docker_zone not in zones:
         fail("docker.zone", f"{docker_zone!r} is not one of server.zones")
+    node_id = etcd.node_id or socket.gethostname()
+    advertise = "host" if etcd.advertise_ip else etcd.advertise
     return dataclasses.replace(
         config,
         server=dataclasses.replace(server, zones=zones),
         docker=dataclasses.replace(config.docker, zone=docker_zone),
+        etcd=dataclasses.replace(etcd, node_id=node_id, advertise=advertise),
     )

@@ -28,6 +28,9 @@ from dnsd.resolve.forward import (
 from dnsd.resolve.local import LocalZone
 from dnsd.sources.docker import DockerSettings, DockerSource
 from dnsd.sources.docker_names import Naming
+from dnsd.sources.etcd import EtcdSource
+from dnsd.sources.etcd_client import EtcdSettings, make_client
+from dnsd.sources.etcd_publish import Publisher, PublishSettings
 from dnsd.sources.static import StaticSource
 from dnsd.stats import Stats
 from dnsd.wire.answer_cache import AnswerCache
@@ -55,9 +58,30 @@ class Daemon:
             self.docker = DockerSource(
                 self.store, _naming(config), _docker_settings(config), self.stats
             )
+        self.etcd: EtcdSource | None = None
+        self.publisher: Publisher | None = None
+        if config.etcd.enabled:
+            self._wire_etcd()
         self.udp: list[UdpServer] = []
         self.tcp: list[TcpServer] = []
         self._tasks: list[asyncio.Task[None]] = []
+
+    def _wire_etcd(self) -> None:
+        etcd = self.config.etcd
+        settings = EtcdSettings(
+            tuple(etcd.endpoints), etcd.prefix, etcd.ca, etcd.cert, etcd.key, etcd.user,
+            etcd.password,
+        )  # fmt: skip
+        server = self.config.server
+        self.etcd = EtcdSource(self.store, settings, server.zones, server.ttl, self.stats)
+        if etcd.publish and self.docker is not None:
+            publish = PublishSettings(
+                etcd.node_id, etcd.lease_ttl, etcd.advertise, etcd.advertise_ip
+            )
+            self.publisher = Publisher(
+                lambda: make_client(settings), etcd.prefix, publish, self.stats
+            )
+            self.docker.subscribers.append(self.publisher.update)
 
     async def start(self) -> None:
         server = self.config.server
@@ -95,6 +119,10 @@ class Daemon:
         self._tasks.append(asyncio.create_task(self.static.watch()))
         if self.docker is not None:
             self._tasks.append(asyncio.create_task(self.docker.run()))
+        if self.etcd is not None:
+            self._tasks.append(asyncio.create_task(self.etcd.run()))
+        if self.publisher is not None:
+            self.publisher.start()
 
     def _forwarding(self) -> ForwardCache | None:
         forward = self.config.forward
@@ -136,6 +164,8 @@ class Daemon:
     async def stop(self) -> None:
         for udp in self.udp:
             udp.stop_reading()
+        if self.publisher is not None:
+            await asyncio.to_thread(self.publisher.stop, DRAIN_TIMEOUT_S)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(

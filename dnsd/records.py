@@ -149,6 +149,19 @@ class RecordStore:
     def remove_owner(self, source: str, owner: str) -> bool:
         return self.replace_owner(source, owner, ())
 
+    def update_owners(self, source: str, owners: Mapping[str, Iterable[Record]]) -> bool:
+        """Set several owners of one source at once (an empty list removes one); one change."""
+        changed = False
+        for owner, records in owners.items():
+            changed |= self._set((source, owner), frozenset(records))
+        if changed:
+            self._changed()
+        return changed
+
+    def names(self) -> Iterator[str]:
+        """Every name holding records (for wildcard matching)."""
+        return (name for name, _ in self._index)
+
     def replace_source(self, source: str, owners: Mapping[str, Iterable[Record]]) -> bool:
         """Set every owner of one source at once; owners not named are removed."""
         wanted = {(source, owner): frozenset(recs) for owner, recs in owners.items()}

@@ -30,6 +30,11 @@ class Stats:
     docker_reconnects: int = 0
     docker_resyncs: int = 0
     bad_labels: int = 0
+    etcd_bad_keys: int = 0
+    etcd_updates: int = 0
+    etcd_published: int = 0
+    etcd_lease_grants: int = 0
+    etcd_lease_renewals: int = 0
 
     def drop(self, reason: str) -> None:
         self.dropped[reason] += 1

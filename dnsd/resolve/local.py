@@ -76,6 +76,13 @@ def _client_address(client_ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Add
     return address
 
 
+_WILDCARDS = ("*", "any")
+
+
+def _is_wildcard(name: str) -> bool:
+    return any(label in _WILDCARDS for label in name.split("."))
+
+
 def nearest(records: list[Record], client_ip: str) -> list[Record]:
     """Network-aware answers: a client inside one of the records' networks gets only the
     addresses on that network; any other client gets them all."""
@@ -88,6 +95,8 @@ def nearest(records: list[Record], client_ip: str) -> list[Record]:
 
 def _rrset(records: list[Record], qname: str | None = None) -> list[RR]:
     ttl = min(record.ttl for record in records)  # one TTL per RRset (RFC 2181 5.2)
+    # The same data from several sources (local Docker and its etcd copy) is answered once.
+    records = list({(r.rtype, r.value): r for r in records}.values())
     rrs = [to_rr(record, qname) for record in records]
     for rr in rrs:
         rr.ttl = ttl
@@ -134,6 +143,8 @@ class LocalZone:
 
     def _addresses(self, name: str, rtype: str) -> list[Record]:
         records = self._store.lookup(name, rtype)
+        if not records and _is_wildcard(name):
+            records = self._wildcard(name, rtype)
         # Only addresses on two or more networks make the answer depend on the asker.
         if rtype in _ADDRESS_TYPES and len({r.scope for r in records}) > 1:
             self._per_client = True
@@ -193,6 +204,16 @@ class LocalZone:
         negative = self._negative(zone, RCODE_NOERROR if exists else RCODE_NXDOMAIN)
         negative.answer = answer
         return negative
+
+    def _wildcard(self, pattern: str, rtype: str) -> list[Record]:
+        """SkyDNS wildcards: a ``*`` or ``any`` label matches any one label."""
+        wanted = pattern.split(".")
+        found: list[Record] = []
+        for name in {n for n in self._store.names() if n.count(".") == pattern.count(".")}:
+            labels = name.split(".")
+            if all(w in _WILDCARDS or w == label for w, label in zip(wanted, labels, strict=True)):
+                found.extend(self._store.lookup(name, rtype))
+        return found
 
     def _automatic_ptr(self, name: str) -> list[Record]:
         ttl = self._negative_ttl

@@ -96,7 +96,8 @@ class DockerSource:
         self.reason = "not connected yet"
         self.synced_at: float | None = None
         self.events_applied = 0  # event-driven store updates (tests and benchmarks wait on it)
-        self.on_change: Callable[[str, str], None] | None = None  # (container id, reason)
+        # Called on the event loop after every change with all containers' records (publisher).
+        self.subscribers: list[Callable[[dict[str, Built]], None]] = []
 
     # --- lifecycle (event loop) ----------------------------------------------------------
     async def run(self) -> None:
@@ -274,8 +275,7 @@ class DockerSource:
             self._report(container_id, built)
             self._store.replace_owner(SOURCE, container_id, built.records)
         self.events_applied += 1
-        if self.on_change is not None:
-            self.on_change(container_id, reason)
+        self._notify()
 
     def _apply_all(self, owners: dict[str, Built], took_s: float) -> None:
         self._built = dict(owners)
@@ -289,6 +289,7 @@ class DockerSource:
         took_s += time.monotonic() - applying
         self._stats.docker_resyncs += 1
         self.synced_at = time.monotonic()
+        self._notify()
         served = sum(1 for built in owners.values() if not built.withheld)
         records = sum(len(built.records) for built in owners.values())
         logger.debug(
@@ -311,6 +312,13 @@ class DockerSource:
                 "docker resync changed records: %d containers, %d records", len(owners), records
             )
         self.state, self.reason = "ok", ""
+
+    def _notify(self) -> None:
+        for subscriber in self.subscribers:
+            try:
+                subscriber(self._built)
+            except Exception:
+                logger.exception("docker subscriber failed")
 
     def _report(self, container_id: str, built: Built) -> None:
         """Log each problem of a container once (not at every resync) and count it."""

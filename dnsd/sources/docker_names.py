@@ -59,6 +59,10 @@ class Built:
     problems: list[str] = field(default_factory=list)
     withheld: str | None = None  # why the container is not served, if it is not
     name: str = ""
+    # Names that only make sense on this host (``<name>.<network>``): never published.
+    local_names: set[str] = field(default_factory=set)
+    # (container port, proto) -> host port, for ports published on the host (-p).
+    published: dict[tuple[int, str], int] = field(default_factory=dict)
 
 
 def dns_label(text: str) -> str:
@@ -179,15 +183,31 @@ def container_records(attrs: dict[str, Any], naming: Naming) -> Built:
             add(group)
         if address.network:
             add(f"{name}.{address.network}")
+            built.local_names.add(f"{name}.{address.network}.{zone}")
             for alias in address.aliases:
                 add(alias)
                 add(f"{alias}.{address.network}")
+                built.local_names.add(f"{alias}.{address.network}.{zone}")
     if addresses:
         canonical = f"{name}.{zone}"
         owners = [name, *_srv_owners(attrs, labels)]
         records.update(_srv_records(attrs, labels, owners, canonical, zone, ttl, built.problems))
     built.records = sorted(records, key=lambda r: (r.name, r.rtype, str(r.value)))
+    built.published = published_ports(attrs)
     return built
+
+
+def published_ports(attrs: dict[str, Any]) -> dict[tuple[int, str], int]:
+    found: dict[tuple[int, str], int] = {}
+    ports = (attrs.get("NetworkSettings") or {}).get("Ports") or {}
+    for key, bindings in ports.items():
+        number, _, proto = str(key).partition("/")
+        for binding in bindings or []:
+            host_port = str((binding or {}).get("HostPort") or "")
+            if number.isdigit() and host_port.isdigit():
+                found[(int(number), proto or "tcp")] = int(host_port)
+                break
+    return found
 
 
 def _group_names(

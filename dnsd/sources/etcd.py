@@ -1,0 +1,300 @@
+"""The etcd source: an in-memory mirror of every SkyDNS-format key under the prefix.
+
+A thread lists the prefix once, then watches it from the next revision; watch responses are
+applied in batches.  After any disconnect it re-watches from the last revision seen (nothing
+missed); when that revision has been compacted it lists again.  While etcd is unreachable the
+mirror keeps its last content (state ``degraded``) and answers go on.  etcd is never read on
+the query path: the mirror turns keys into records (``skydns``) and writes them to the store,
+one owner per name (a name answers for its whole subtree, below the zone apex).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from dnsd.records import Record, RecordStore, ancestors
+from dnsd.sources.etcd_client import EtcdSettings, make_client
+from dnsd.sources.skydns import Service, key_to_name, parse_value, ptr_record, records_for
+from dnsd.stats import Stats
+
+logger = logging.getLogger(__name__)
+
+SOURCE = "etcd"
+BACKOFF_MIN_S = 0.2
+BACKOFF_MAX_S = 5.0
+BATCH_WAIT_S = 0.005  # gather a burst of watch events into one store update
+
+
+class Mirror:
+    """Keys -> services -> records per name.  Runs on the event loop thread only."""
+
+    def __init__(self, store: RecordStore, prefix: str, zones: list[str], ttl: int) -> None:
+        self._store = store
+        self._prefix = prefix.rstrip("/")
+        self._zones = zones
+        self._ttl = ttl
+        self.services: dict[str, Service] = {}
+        self._subtree: dict[str, set[str]] = {}  # name -> keys at or below it
+        self.bad_keys: dict[str, str] = {}  # key -> why it was skipped
+
+    def _owner_names(self, name: str) -> list[str]:
+        """The name and its ancestors down to (not including) its zone's apex."""
+        zone = next((z for z in self._zones if name == z or name.endswith("." + z)), None)
+        if zone is None:
+            return [name]
+        found = []
+        for ancestor in ancestors(name):
+            if ancestor == zone or len(ancestor) < len(zone):
+                break
+            found.append(ancestor)
+        return found
+
+    def replace_all(self, entries: Iterable[tuple[str, bytes, int]]) -> int:
+        old_names = set(self._subtree)
+        self.services.clear()
+        self._subtree.clear()
+        self.bad_keys.clear()
+        for key, value, lease_ttl in entries:
+            self._put(key, value, lease_ttl)
+        self._publish(old_names | set(self._subtree), replace=True)
+        return len(self.services)
+
+    def apply(self, changes: Iterable[tuple[str, bytes | None, int]]) -> None:
+        """(key, value or None for a delete, lease TTL) in revision order."""
+        touched: set[str] = set()
+        for key, value, lease_ttl in changes:
+            touched.update(self._delete(key))
+            if value is not None:
+                touched.update(self._put(key, value, lease_ttl))
+        self._publish(touched)
+
+    def _put(self, key: str, value: bytes, lease_ttl: int) -> list[str]:
+        key = key.rstrip("/")
+        name = key_to_name(key, self._prefix)
+        try:
+            service = parse_value(key, name, value, lease_ttl)
+        except ValueError as exc:
+            if self.bad_keys.get(key) != str(exc):
+                logger.warning("etcd key %s skipped: %s", key, exc, extra={"source": SOURCE})
+            self.bad_keys[key] = str(exc)
+            return []
+        self.bad_keys.pop(key, None)
+        self.services[key] = service
+        owners = self._owner_names(name)
+        for owner in owners:
+            self._subtree.setdefault(owner, set()).add(key)
+        return owners
+
+    def _delete(self, key: str) -> list[str]:
+        key = key.rstrip("/")
+        self.bad_keys.pop(key, None)
+        service = self.services.pop(key, None)
+        if service is None:
+            return []
+        owners = self._owner_names(service.name)
+        for owner in owners:
+            keys = self._subtree.get(owner)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._subtree[owner]
+        return owners
+
+    def _records(self, name: str) -> list[Record]:
+        services = [self.services[k] for k in self._subtree.get(name, ())]
+        records = records_for(name, services, self._ttl)
+        for service in services:
+            if service.name == name:
+                ptr = ptr_record(service, self._ttl)
+                if ptr is not None:
+                    records.append(ptr)
+        return records
+
+    def _publish(self, names: set[str], replace: bool = False) -> None:
+        owners = {name: self._records(name) for name in names}
+        if replace:
+            self._store.replace_source(SOURCE, {n: r for n, r in owners.items() if r})
+        else:
+            self._store.update_owners(SOURCE, owners)
+
+
+class EtcdSource:
+    def __init__(
+        self,
+        store: RecordStore,
+        settings: EtcdSettings,
+        zones: list[str],
+        ttl: int,
+        stats: Stats,
+        client_factory: Callable[[], Any] | None = None,
+    ) -> None:
+        self.mirror = Mirror(store, settings.prefix, zones, ttl)
+        self._settings = settings
+        self._stats = stats
+        self._client_factory = client_factory or (lambda: make_client(settings))
+        self._stopping = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lease_ttls: dict[int, int] = {}
+        self.state = "down"
+        self.reason = "not connected yet"
+        self.revision = 0
+        self.reconnects = 0
+        self.via = ""
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        thread = threading.Thread(target=self._follow, name="etcd-watch", daemon=True)
+        thread.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self._stopping.set()
+
+    # --- watch thread ----------------------------------------------------------------------
+    def _follow(self) -> None:
+        backoff = BACKOFF_MIN_S
+        listed = False
+        while not self._stopping.is_set():
+            client = None
+            try:
+                client = self._client_factory()
+                if not listed:
+                    self._list(client)
+                    listed = True
+                events: queue.Queue[Any] = queue.Queue()
+                watch_id = client.add_watch_prefix_callback(
+                    self._settings.prefix, events.put, start_revision=self.revision + 1
+                )
+                endpoint = getattr(client, "endpoint_in_use", None)
+                self._hand(self._set_state, "ok", f"via {getattr(endpoint, 'netloc', '?')}")
+                backoff = BACKOFF_MIN_S
+                try:
+                    self._consume(client, events)
+                finally:
+                    with contextlib.suppress(Exception):
+                        client.cancel_watch(watch_id)
+            except Exception as exc:
+                if type(exc).__name__ == "RevisionCompactedError":
+                    logger.info("etcd revision %d compacted: listing again", self.revision)
+                    listed = False
+                    continue
+                self.reconnects += 1
+                self._hand(self._set_state, "degraded", _reason(exc))
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+            finally:
+                if client is not None:
+                    with contextlib.suppress(Exception):
+                        client.close()
+
+    def _list(self, client: Any) -> None:
+        response = client.get_prefix_response(self._settings.prefix)
+        entries = [
+            (kv.key.decode(errors="replace"), kv.value, self._lease_ttl(client, kv.lease))
+            for kv in response.kvs
+        ]
+        self.revision = response.header.revision
+        self._hand(self._replace_all, entries)
+
+    def _consume(self, client: Any, events: queue.Queue[Any]) -> None:
+        while not self._stopping.is_set():
+            try:
+                first = events.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            batch = [first]
+            deadline = time.monotonic() + BATCH_WAIT_S
+            while time.monotonic() < deadline:
+                try:
+                    batch.append(events.get(timeout=max(deadline - time.monotonic(), 0)))
+                except queue.Empty:
+                    break
+            changes: list[tuple[str, bytes | None, int]] = []
+            for response in batch:
+                if isinstance(response, Exception):
+                    if changes:
+                        self._hand(self._apply, changes)
+                    raise response
+                for event in response.events:
+                    key = event.key.decode(errors="replace")
+                    if type(event).__name__ == "DeleteEvent":
+                        changes.append((key, None, 0))
+                    else:
+                        lease = getattr(event, "lease", 0) or 0
+                        changes.append((key, event.value, self._lease_ttl(client, lease)))
+                self.revision = max(self.revision, response.header.revision)
+            if changes:
+                self._hand(self._apply, changes)
+
+    def _lease_ttl(self, client: Any, lease_id: int) -> int:
+        if not lease_id:
+            return 0
+        known = self._lease_ttls.get(lease_id)
+        if known is None:
+            try:
+                known = int(client.get_lease_info(lease_id).grantedTTL)
+            except Exception:
+                known = 0
+            if len(self._lease_ttls) > 10_000:
+                self._lease_ttls.clear()
+            self._lease_ttls[lease_id] = known
+        return known
+
+    def _hand(self, callback: Callable[..., None], *args: Any) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(callback, *args)
+
+    # --- event loop --------------------------------------------------------------------------
+    def _replace_all(self, entries: list[tuple[str, bytes, int]]) -> None:
+        count = self.mirror.replace_all(entries)
+        self._stats.etcd_bad_keys = len(self.mirror.bad_keys)
+        logger.info(
+            "etcd listed: %d keys (%d skipped), revision %d",
+            count,
+            len(self.mirror.bad_keys),
+            self.revision,
+            extra={"source": SOURCE},
+        )
+
+    def _apply(self, changes: list[tuple[str, bytes | None, int]]) -> None:
+        self.mirror.apply(changes)
+        self._stats.etcd_bad_keys = len(self.mirror.bad_keys)
+        self._stats.etcd_updates += len(changes)
+
+    def _set_state(self, state: str, detail: str) -> None:
+        """``detail``: for "ok" the member in use, otherwise why not."""
+        if state == "ok":
+            if state != self.state or detail != self.via:
+                logger.info(
+                    "etcd watching %s from revision %d %s",
+                    self._settings.prefix,
+                    self.revision + 1,
+                    detail,
+                    extra={"source": SOURCE},
+                )
+            self.via, self.reason = detail, ""
+        elif state != self.state:
+            logger.warning(
+                "etcd %s: %s; answering from the last mirror, retrying",
+                state,
+                detail,
+                extra={"source": SOURCE},
+            )
+            self.reason = detail
+        self.state = state
+
+
+def _reason(exc: BaseException) -> str:
+    code, details = getattr(exc, "code", None), getattr(exc, "details", None)
+    if callable(code) and callable(details):  # a gRPC error: say it the short way
+        return f"{code()}: {details()}"
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]

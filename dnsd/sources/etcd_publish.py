@@ -1,0 +1,222 @@
+"""The publisher: writes this node's containers to etcd in the SkyDNS format, under one lease.
+
+Keys are ``<prefix>/<name reversed>/<node>-<container id prefix>[-<n>]`` (DNS-safe instance
+labels), for every name a container answers to except host-local ones (``<name>.<network>``),
+and for its SRV names with the port.  Every key hangs on this node's lease, kept alive every
+TTL/3: a crashed host's keys vanish everywhere within the lease TTL.  On start, keys an earlier
+run of the same node left are deleted.  While etcd is unreachable the publisher keeps trying;
+on return it re-grants the lease if it expired and publishes everything again.
+Advertise mode ``container`` publishes container addresses (routed/overlay networks);
+``host`` publishes ``advertise_ip`` with the host ports of published (-p) ports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dnsd.records import SrvValue
+from dnsd.sources.docker_names import Built, dns_label
+from dnsd.sources.skydns import name_to_key
+from dnsd.stats import Stats
+
+logger = logging.getLogger(__name__)
+
+TXN_OPS = 100  # etcd allows 128 operations per transaction by default
+RETRY_S = 1.0
+
+
+@dataclass(frozen=True)
+class PublishSettings:
+    node_id: str
+    lease_ttl: int = 10
+    advertise: str = "container"  # or "host"
+    advertise_ip: str = ""
+
+
+def instance_label(node: str, container_id: str, index: int) -> str:
+    label = f"{dns_label(node)}-{container_id[:12]}"
+    return f"{label}-{index}" if index else label
+
+
+def desired_keys(
+    built: Mapping[str, Built], settings: PublishSettings, prefix: str
+) -> dict[str, bytes]:
+    """Every key this node should hold, with its JSON value."""
+    keys: dict[str, bytes] = {}
+    host_mode = settings.advertise == "host"
+    for container_id, box in built.items():
+        if box.withheld:
+            continue
+        addresses = sorted({str(r.value) for r in box.records if r.rtype in ("A", "AAAA")})
+        if host_mode:
+            addresses = [settings.advertise_ip] if addresses else []
+        for record in box.records:
+            if record.name in box.local_names:
+                continue
+            if record.rtype in ("A", "AAAA") and not host_mode:
+                index = addresses.index(str(record.value))
+                value = {"host": str(record.value), "ttl": record.ttl}
+            elif record.rtype in ("A", "AAAA"):
+                index, value = 0, {"host": settings.advertise_ip, "ttl": record.ttl}
+            elif isinstance(record.value, SrvValue):
+                srv = record.value
+                port = srv.port
+                if host_mode:
+                    proto = record.name.split(".")[1].lstrip("_")
+                    port = box.published.get((srv.port, proto), 0)
+                    if not port:
+                        continue
+                for index, address in enumerate(addresses):
+                    key = f"{name_to_key(record.name, prefix)}/"
+                    key += instance_label(settings.node_id, container_id, index)
+                    keys[key] = json.dumps(
+                        {"host": address, "port": port, "priority": srv.priority,
+                         "weight": srv.weight, "ttl": record.ttl}
+                    ).encode()  # fmt: skip
+                continue
+            else:
+                continue
+            key = f"{name_to_key(record.name, prefix)}/"
+            key += instance_label(settings.node_id, container_id, index)
+            keys[key] = json.dumps(value).encode()
+    return keys
+
+
+class Publisher:
+    def __init__(
+        self,
+        client_factory: Callable[[], Any],
+        prefix: str,
+        settings: PublishSettings,
+        stats: Stats,
+    ) -> None:
+        self._client_factory = client_factory
+        self._prefix = prefix.rstrip("/")
+        self._settings = settings
+        self._stats = stats
+        self._wanted: dict[str, bytes] = {}
+        self._published: dict[str, bytes] = {}
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self.state = "down"
+        self.reason = "not connected yet"
+        self._thread: threading.Thread | None = None
+
+    def update(self, built: Mapping[str, Built]) -> None:
+        """New desired state (event loop thread); the publisher thread writes the difference."""
+        wanted = desired_keys(built, self._settings, self._prefix)
+        with self._lock:
+            self._wanted = wanted
+        self._wake.set()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="etcd-publish", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 1.0) -> None:
+        """Stop and withdraw this node's keys (revoke the lease), waiting up to timeout_s."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    # --- publisher thread ---------------------------------------------------------------------
+    def _run(self) -> None:
+        client: Any = None
+        lease: Any = None
+        cleaned = False
+        refresh_s = max(self._settings.lease_ttl / 3, 0.5)
+        while not self._stopping.is_set():
+            try:
+                if client is None:
+                    client = self._client_factory()
+                    if lease is not None:
+                        lease.etcd_client = client  # keep the lease across reconnects
+                if not cleaned:
+                    self._remove_earlier_run(client)
+                    cleaned = True
+                if lease is None or not self._alive(lease):
+                    lease = client.lease(self._settings.lease_ttl)
+                    self._published = {}
+                    self._stats.etcd_lease_grants += 1
+                    logger.info(
+                        "etcd lease %x granted (%d s) for node %s",
+                        lease.id,
+                        self._settings.lease_ttl,
+                        self._settings.node_id,
+                    )
+                self._sync(client, lease)
+                self._set_state("ok", "")
+                self._wake.wait(refresh_s)
+                self._wake.clear()
+            except Exception as exc:
+                self._set_state("degraded", _reason(exc))
+                with contextlib.suppress(Exception):
+                    client.close()
+                client = None
+                self._stopping.wait(RETRY_S)
+        if lease is not None:
+            with contextlib.suppress(Exception):
+                lease.revoke()  # a clean stop withdraws at once
+
+    def _alive(self, lease: Any) -> bool:
+        responses = lease.refresh()
+        self._stats.etcd_lease_renewals += 1
+        return bool(responses) and responses[0].TTL > 0
+
+    def _remove_earlier_run(self, client: Any) -> None:
+        mine = dns_label(self._settings.node_id) + "-"
+        stale = [
+            meta.key
+            for _, meta in client.get_prefix(self._prefix, keys_only=True)
+            if meta.key.decode(errors="replace").rsplit("/", 1)[-1].startswith(mine)
+        ]
+        for start in range(0, len(stale), TXN_OPS):
+            chunk = stale[start : start + TXN_OPS]
+            client.transaction([], [client.transactions.delete(k) for k in chunk], [])
+        if stale:
+            logger.info(
+                "etcd: removed %d keys an earlier run of node %s left",
+                len(stale),
+                self._settings.node_id,
+            )
+
+    def _sync(self, client: Any, lease: Any) -> None:
+        with self._lock:
+            wanted = dict(self._wanted)
+        puts = [(k, v) for k, v in wanted.items() if self._published.get(k) != v]
+        deletes = [k for k in self._published if k not in wanted]
+        ops = [client.transactions.put(k, v, lease=lease) for k, v in puts]
+        ops += [client.transactions.delete(k) for k in deletes]
+        for start in range(0, len(ops), TXN_OPS):
+            client.transaction([], ops[start : start + TXN_OPS], [])
+        for key, value in puts:
+            self._published[key] = value
+        for key in deletes:
+            self._published.pop(key, None)
+        if puts or deletes:
+            self._stats.etcd_published = len(self._published)
+            logger.debug("etcd: published %d keys, withdrew %d", len(puts), len(deletes))
+
+    def _set_state(self, state: str, reason: str) -> None:
+        if state != self.state:
+            if state == "ok":
+                logger.info("etcd publishing as node %s", self._settings.node_id)
+            else:
+                logger.warning("etcd publishing %s: %s; retrying", state, reason)
+        self.state, self.reason = state, reason
+
+
+def _reason(exc: BaseException) -> str:
+    code, details = getattr(exc, "code", None), getattr(exc, "details", None)
+    if callable(code) and callable(details):  # a gRPC error: say it the short way
+        return f"{code()}: {details()}"
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]

@@ -1,0 +1,350 @@
+"""Multi-host discovery through a real etcd (tests/testbed/etcd.py), SkyDNS record format."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import dns.flags
+import pytest
+from conftest import Dnsd, query, rcode, start_dnsd
+from testbed.etcd import Etcd, Member, available
+from testbed.fake_engine import FakeEngine, container
+
+from dnsd.sources.skydns import Service, group_filter, key_to_name, name_to_key, parse_value
+
+
+@pytest.fixture(scope="module")
+def etcd() -> Iterator[Etcd]:
+    reason = available()
+    if reason:
+        pytest.fail(f"real etcd tests need etcd-server: {reason}")
+    server = Etcd(1).start()
+    yield server
+    server.stop()
+
+
+def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def answers(port: int, name: str, rdtype: str = "A") -> list[str]:
+    reply = query(port, name, rdtype)
+    return sorted(item.to_text() for rrset in reply.answer for item in rrset)
+
+
+def zone() -> str:
+    """A fresh zone per test so tests sharing one etcd do not see each other's keys."""
+    return "z" + uuid.uuid4().hex[:6]
+
+
+# --- the format, unit level ------------------------------------------------------------------
+
+
+def test_key_name_round_trip() -> None:
+    assert key_to_name("/skydns/docker/prod/web", "/skydns") == "web.prod.docker."
+    assert name_to_key("web.prod.docker.", "/skydns") == "/skydns/docker/prod/web"
+    assert key_to_name("/skydns/Docker/WEB/", "/skydns") == "web.docker."
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"not json", b"[1]", b'{"host": "10.0.0.1", "port": "8080"}', b'{"host": 5}',
+     b'{"host": "10.0.0.1", "port": 70000}', b'{"port": 80}', b'{"host": "a b.c"}',
+     b'{"host": "10.0.0.1", "ttl": true}', b"\xff\xfe"],
+)  # fmt: skip
+def test_malformed_values_raise_value_error(raw: bytes) -> None:
+    with pytest.raises(ValueError):
+        parse_value("/skydns/x", "x.", raw)
+
+
+def test_unknown_fields_are_ignored() -> None:
+    service = parse_value("/k", "k.", b'{"host": "10.0.0.1", "color": "blue", "port": 8}')
+    assert (service.host, service.port) == ("10.0.0.1", 8)
+
+
+def test_group_filter_follows_coredns() -> None:
+    def svc(key: str, group: str) -> Service:
+        return Service(key=key, name="n.", host="10.0.0.1", group=group)
+
+    same = [svc("/s/a/1", "g1"), svc("/s/a/2", "g1"), svc("/s/a/b/3", "g2"), svc("/s/a/b/4", "")]
+    assert [s.key for s in group_filter(same)] == ["/s/a/1", "/s/a/2", "/s/a/b/4"]
+    disagree = [svc("/s/a/1", "g1"), svc("/s/a/2", "g2")]
+    assert group_filter(disagree) == disagree
+
+
+# --- a running dnsd mirroring a real etcd -----------------------------------------------------
+
+
+@pytest.fixture
+def mirror(etcd: Etcd, tmp_path: Path) -> Iterator[tuple[Dnsd, str]]:
+    name = zone()
+    server = start_dnsd(tmp_path, "--no-forward", "--zone", name, "--etcd", etcd.endpoints)
+    eventually(lambda: "etcd watching" in server.log())
+    yield server, name
+    server.stop()
+
+
+def test_skydns_records_from_etcdctl(etcd: Etcd, mirror: tuple[Dnsd, str]) -> None:
+    server, z = mirror
+    put = etcd.put
+    put(f"/skydns/{z}/prod/web/x1", '{"host": "10.1.0.1", "port": 8080}')
+    put(f"/skydns/{z}/prod/web/x2", '{"host": "10.1.0.2", "port": 8080, "weight": 300}')
+    put(f"/skydns/{z}/prod/web/x3", '{"host": "fd00::3", "port": 8080, "priority": 20}')
+    put(f"/skydns/{z}/prod/alias", '{"host": "web.prod.' + z + '"}')
+    put(f"/skydns/{z}/prod/info", '{"text": "hello"}')
+    put(f"/skydns/{z}/mail/mx1", '{"host": "mx1.example.com", "mail": true, "priority": 5}')
+    put("/skydns/arpa/in-addr/10/9/9/9", '{"host": "named.' + z + '"}')
+    eventually(lambda: answers(server.port, f"web.prod.{z}") == ["10.1.0.1", "10.1.0.2"])
+    assert answers(server.port, f"web.prod.{z}", "AAAA") == ["fd00::3"]
+    assert answers(server.port, f"x1.web.prod.{z}") == ["10.1.0.1"]
+    srv = query(server.port, f"web.prod.{z}", "SRV")
+    weights = sorted((r.priority, r.weight, r.target.to_text()) for rs in srv.answer for r in rs)
+    assert weights == [
+        (10, 25, f"x1.web.prod.{z}."),
+        (10, 75, f"x2.web.prod.{z}."),
+        (20, 100, f"x3.web.prod.{z}."),
+    ]
+    additional = sorted(r.to_text() for rs in srv.additional for r in rs)
+    assert additional == ["10.1.0.1", "10.1.0.2", "fd00::3"]
+    cname = query(server.port, f"alias.prod.{z}", "A")
+    assert cname.answer[0][0].to_text() == f"web.prod.{z}."
+    assert answers(server.port, f"info.prod.{z}", "TXT") == ['"hello"']
+    assert answers(server.port, f"mail.{z}", "MX") == ["5 mx1.example.com."]
+    assert answers(server.port, f"*.web.prod.{z}") == ["10.1.0.1", "10.1.0.2"]
+    assert answers(server.port, f"any.prod.{z}") == ["10.1.0.1", "10.1.0.2"]
+    assert answers(server.port, "9.9.9.10.in-addr.arpa", "PTR") == [f"named.{z}."]
+    assert answers(server.port, "2.0.1.10.in-addr.arpa", "PTR") == [f"x2.web.prod.{z}."]
+    reply = query(server.port, f"x1.web.prod.{z}")
+    assert reply.flags & dns.flags.AA and reply.answer[0].ttl == 5
+
+
+def test_groups(etcd: Etcd, mirror: tuple[Dnsd, str]) -> None:
+    server, z = mirror
+    etcd.put(f"/skydns/{z}/dom/a", '{"host": "127.0.0.1", "group": "g1"}')
+    etcd.put(f"/skydns/{z}/dom/b", '{"host": "127.0.0.2", "group": "g1"}')
+    etcd.put(f"/skydns/{z}/dom/sub/c", '{"host": "127.0.0.3", "group": "g2"}')
+    etcd.put(f"/skydns/{z}/dom/sub/d", '{"host": "127.0.0.4", "group": "g2"}')
+    eventually(lambda: answers(server.port, f"dom.{z}") == ["127.0.0.1", "127.0.0.2"])
+    eventually(lambda: answers(server.port, f"sub.dom.{z}") == ["127.0.0.3", "127.0.0.4"])
+    assert answers(server.port, f"dom.{z}") == ["127.0.0.1", "127.0.0.2"]
+
+
+def test_malformed_key_is_skipped_not_the_name(etcd: Etcd, mirror: tuple[Dnsd, str]) -> None:
+    server, z = mirror
+    etcd.put(f"/skydns/{z}/svc/good", '{"host": "10.2.0.1"}')
+    etcd.put(f"/skydns/{z}/svc/bad", '{"host": "10.2.0.2", "port": "8080"}')
+    etcd.put(f"/skydns/{z}/svc/junk", "{{{")
+    eventually(lambda: answers(server.port, f"svc.{z}") == ["10.2.0.1"])
+    assert "port' must be a number" in server.log()
+    assert rcode(query(server.port, f"bad.svc.{z}")) == "NXDOMAIN"
+    etcd.put(f"/skydns/{z}/svc/bad", '{"host": "10.2.0.2", "port": 8080}')  # fixed
+    eventually(lambda: answers(server.port, f"svc.{z}") == ["10.2.0.1", "10.2.0.2"])
+
+
+def test_ttl_is_capped_by_the_lease(etcd: Etcd, mirror: tuple[Dnsd, str]) -> None:
+    server, z = mirror
+    lease = etcd.ctl("lease", "grant", "3").stdout.split()[1]
+    etcd.ctl("put", f"/skydns/{z}/leased/a", '{"host": "10.3.0.1", "ttl": 60}', "--lease", lease)
+    etcd.put(f"/skydns/{z}/plain/a", '{"host": "10.3.0.2", "ttl": 60}')
+    eventually(lambda: answers(server.port, f"a.leased.{z}") == ["10.3.0.1"])
+    eventually(lambda: answers(server.port, f"a.plain.{z}") == ["10.3.0.2"])
+    assert query(server.port, f"a.leased.{z}").answer[0].ttl == 3
+    assert query(server.port, f"a.plain.{z}").answer[0].ttl == 60
+    eventually(lambda: answers(server.port, f"a.leased.{z}") == [], timeout=10)  # lease expired
+
+
+# --- publishing: two dnsd "hosts" sharing one etcd --------------------------------------------
+
+
+def host(tmp: Path, etcd: Etcd, node: str, z: str, *extra: str) -> tuple[Dnsd, FakeEngine]:
+    engine = FakeEngine(str(tmp / f"{node}.sock")).start()
+    config = tmp / f"{node}.toml"
+    config.write_text("[etcd]\nlease_ttl = 3\n")
+    server = start_dnsd(
+        tmp, "--no-forward", "--zone", z, "--etcd", etcd.endpoints, "--node-id", node,
+        "--config", str(config), *extra, docker=engine.url,
+    )  # fmt: skip
+    eventually(lambda: "etcd publishing" in server.log())
+    return server, engine
+
+
+def test_two_hosts_share_containers_and_a_crash_withdraws(etcd: Etcd, tmp_path: Path) -> None:
+    z = zone()
+    a, engine_a = host(tmp_path, etcd, "hosta", z)
+    b, engine_b = host(tmp_path, etcd, "hostb", z)
+    try:
+        engine_a.containers["a" * 64] = container(
+            "a" * 64, "web", "10.7.0.1", ports=("80/tcp",),
+            labels={"com.docker.compose.service": "api", "com.docker.compose.project": "shop"},
+        )  # fmt: skip
+        engine_a.emit("start", "a" * 64)
+        engine_b.containers["b" * 64] = container("b" * 64, "db", "10.7.0.2")
+        engine_b.emit("start", "b" * 64)
+        eventually(lambda: answers(b.port, f"web.{z}") == ["10.7.0.1"])
+        eventually(lambda: answers(a.port, f"db.{z}") == ["10.7.0.2"])
+        assert answers(b.port, f"api.shop.{z}") == ["10.7.0.1"]
+        srv = answers(b.port, f"_http._tcp.web.{z}", "SRV")
+        assert srv == [f"10 100 80 hosta-{'a' * 12}._http._tcp.web.{z}."]
+        assert answers(a.port, f"web.{z}") == ["10.7.0.1"]  # local + etcd copy: merged
+        keys = etcd.ctl("get", f"/skydns/{z}", "--prefix", "--keys-only").stdout.split()
+        assert f"/skydns/{z}/web/hosta-{'a' * 12}" in keys
+        assert all(k.rsplit("/", 1)[1].startswith(("hosta-", "hostb-")) for k in keys)
+        # A crash (SIGKILL): no withdrawal; the lease (3 s) expires; gone within TTL + 2 s.
+        a.proc.send_signal(signal.SIGKILL)
+        a.proc.wait()
+        started = time.monotonic()
+        eventually(lambda: answers(b.port, f"web.{z}") == [], timeout=6)
+        assert time.monotonic() - started <= 3 + 2
+        # Back after a restart.
+        a2 = start_dnsd(
+            tmp_path, "--no-forward", "--zone", z, "--etcd", etcd.endpoints, "--node-id",
+            "hosta", "--config", str(tmp_path / "hosta.toml"), docker=engine_a.url,
+        )  # fmt: skip
+        try:
+            eventually(lambda: answers(b.port, f"web.{z}") == ["10.7.0.1"])
+        finally:
+            a2.stop()
+        # A clean stop withdraws at once (the lease is revoked).
+        eventually(lambda: answers(b.port, f"web.{z}") == [], timeout=2)
+    finally:
+        for server in (a, b):
+            server.stop()
+        engine_a.stop()
+        engine_b.stop()
+
+
+def test_earlier_run_leftovers_are_removed(etcd: Etcd, tmp_path: Path) -> None:
+    z = zone()
+    etcd.put(f"/skydns/{z}/ghost/hostc-000000000000", '{"host": "10.8.0.1"}')
+    etcd.put(f"/skydns/{z}/other/hostd-000000000000", '{"host": "10.8.0.2"}')
+    c, engine = host(tmp_path, etcd, "hostc", z)
+    try:
+        eventually(lambda: answers(c.port, f"ghost.{z}") == [])
+        assert answers(c.port, f"other.{z}") == ["10.8.0.2"]  # another node's key stays
+    finally:
+        c.stop()
+        engine.stop()
+
+
+def test_advertise_host_ip_with_published_ports(etcd: Etcd, tmp_path: Path) -> None:
+    z = zone()
+    e, engine = host(tmp_path, etcd, "hoste", z, "--advertise-ip", "192.0.2.10")
+    observer = start_dnsd(tmp_path, "--no-forward", "--zone", z, "--etcd", etcd.endpoints)
+    try:
+        attrs = container("e" * 64, "shop", "172.17.0.9", ports=("80/tcp", "9000/tcp"))
+        attrs["NetworkSettings"]["Ports"] = {
+            "80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}], "9000/tcp": None,
+        }  # fmt: skip
+        engine.containers["e" * 64] = attrs
+        engine.emit("start", "e" * 64)
+        eventually(lambda: answers(observer.port, f"shop.{z}") == ["192.0.2.10"])
+        srv = answers(observer.port, f"_http._tcp.shop.{z}", "SRV")
+        assert [s.split()[2] for s in srv] == ["8080"]
+        assert answers(observer.port, f"_9000._tcp.shop.{z}", "SRV") == []  # not published
+    finally:
+        observer.stop()
+        e.stop()
+        engine.stop()
+
+
+# --- a 3-member cluster: failover, freezing, total loss ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Etcd]:
+    reason = available()
+    if reason:
+        pytest.fail(reason)
+    server = Etcd(3).start()
+    yield server
+    server.stop()
+
+
+def test_cluster_failover_loses_no_update(cluster: Etcd, tmp_path: Path) -> None:
+    z = zone()
+    server = start_dnsd(tmp_path, "--no-forward", "--zone", z, "--etcd", cluster.endpoints)
+
+    def watched() -> Member:
+        via = server.log().rsplit("etcd watching", 1)[1].split("via ", 1)[1].split()[0]
+        return next(m for m in cluster.members if m.endpoint == via)
+
+    def put_and_see(label: str, ip: str, avoid: Member, timeout: float = 30) -> None:
+        via = next(m for m in cluster.members if m is not avoid and m.proc.poll() is None)
+        cluster.put(f"/skydns/{z}/{label}", json.dumps({"host": ip}), endpoints=via.endpoint)
+        eventually(lambda: answers(server.port, f"{label}.{z}") == [ip], timeout=timeout)
+
+    try:
+        eventually(lambda: "etcd watching" in server.log())
+        put_and_see("before", "10.9.0.1", watched())
+        # 1. The member the watch runs through dies.
+        victim = watched()
+        victim.kill()
+        put_and_see("after-kill", "10.9.0.2", victim)
+        assert watched() is not victim
+        cluster.restart(victim)
+        cluster.wait_healthy()
+        # 2. The leader dies.
+        leader = cluster.leader()
+        leader.kill()
+        put_and_see("after-leader", "10.9.0.3", leader)
+        cluster.restart(leader)
+        cluster.wait_healthy()
+        # 3. The member the watch runs through freezes (SIGSTOP): keepalive notices.
+        frozen = watched()
+        frozen.freeze()
+        try:
+            put_and_see("after-freeze", "10.9.0.4", frozen)
+            assert watched() is not frozen
+        finally:
+            frozen.thaw()
+        for label, ip in (("before", "10.9.0.1"), ("after-kill", "10.9.0.2")):
+            assert answers(server.port, f"{label}.{z}") == [ip]
+    finally:
+        server.stop()
+
+
+def test_all_of_etcd_down_keeps_last_answers(tmp_path: Path) -> None:
+    solo = Etcd(1).start()
+    z = zone()
+    try:
+        solo.put(f"/skydns/{z}/kept", '{"host": "10.10.0.1"}')
+        server = start_dnsd(tmp_path, "--no-forward", "--zone", z, "--etcd", solo.endpoints)
+        try:
+            eventually(lambda: answers(server.port, f"kept.{z}") == ["10.10.0.1"])
+            solo.members[0].kill()
+            eventually(lambda: "etcd degraded" in server.log())
+            for _ in range(5):
+                assert answers(server.port, f"kept.{z}") == ["10.10.0.1"]
+                time.sleep(0.2)
+            solo.restart(solo.members[0])
+            solo.wait_healthy()
+            solo.put(f"/skydns/{z}/new", '{"host": "10.10.0.2"}')
+            eventually(lambda: answers(server.port, f"new.{z}") == ["10.10.0.2"], timeout=20)
+        finally:
+            server.stop()
+    finally:
+        solo.stop()
+
+
+def test_compaction_relists(etcd: Etcd, mirror: tuple[Dnsd, str]) -> None:
+    server, z = mirror
+    etcd.put(f"/skydns/{z}/c/one", '{"host": "10.11.0.1"}')
+    eventually(lambda: answers(server.port, f"one.c.{z}") == ["10.11.0.1"])
+    revision = json.loads(etcd.ctl("get", "/", "-w", "json").stdout)["header"]["revision"]
+    etcd.ctl("compact", str(revision))
+    etcd.put(f"/skydns/{z}/c/two", '{"host": "10.11.0.2"}')
+    eventually(lambda: answers(server.port, f"two.c.{z}") == ["10.11.0.2"])
+    assert server.proc.poll() is None
