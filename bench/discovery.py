@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from run import dnsperf, free_port, wait_port  # noqa: E402
 from testbed import dockerd as testbed  # noqa: E402
+from testbed import etcd as testbed_etcd  # noqa: E402
 from testbed.fake_engine import FakeEngine, container  # noqa: E402
 
 
@@ -210,15 +211,170 @@ def scale(duration: float) -> None:
     print(f"queries/s ratio 10,000 / 1,000 containers: {big[2] / small[2]:.2f}")
 
 
+def serve(work: Path, name: str, *args: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    log = open(work / f"{name}.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        ["taskset", "-c", "0", sys.executable, "-m", "dnsd", "serve", "--listen",
+         f"127.0.0.1:{port}", "--no-forward", "--log-level", "WARNING", *args],
+        stdout=log, stderr=log,
+    )  # fmt: skip
+    log.close()
+    wait_port(port)
+    return proc, port
+
+
+def all_answered(port: int, names: list[str], want: bool, timeout: float = 120) -> int:
+    """time.time_ns() when every name has (or lacks) an answer."""
+    pending = list(names)
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        pending = [n for n in pending if not _answered_once(port, n, want)]
+    if pending:
+        raise TimeoutError(f"{len(pending)} names still pending")
+    return time.time_ns()
+
+
+def _answered_once(port: int, name: str, want: bool) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.5)
+        sock.sendto(_query(name, 7), ("127.0.0.1", port))
+        try:
+            reply = sock.recv(4096)
+        except OSError:
+            return False
+    return (int.from_bytes(reply[6:8], "big") > 0) == want
+
+
+def propagation(count: int, duration: float) -> None:
+    """Host A (dnsd + Docker) publishes through etcd; host B (dnsd, etcd only) answers."""
+    import docker
+
+    reason = testbed.available() or testbed_etcd.available()
+    if reason:
+        print(f"propagation: skipped ({reason})")
+        return
+    etcd = testbed_etcd.Etcd(1).start()
+    testbed.stop_leftovers()
+    daemon = testbed.Dockerd().start()
+    daemon.import_busybox()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            a, _ = serve(work, "a", "--docker-url", daemon.url, "--etcd", etcd.endpoints,
+                         "--node-id", "hosta")  # fmt: skip
+            b, port_b = serve(work, "b", "--no-docker", "--etcd", etcd.endpoints)
+            procs += [a, b]
+            client = docker.DockerClient(base_url=daemon.url, version="auto")
+            events: dict[tuple[str, str], int] = {}
+            stream = client.events(decode=True, filters={"type": "container"})
+
+            def record() -> None:
+                for event in stream:
+                    events[(event.get("Action", ""), event.get("id", ""))] = event["timeNano"]
+
+            threading.Thread(target=record, daemon=True).start()
+            boxes = [
+                client.containers.create(testbed.IMAGE, ["sleep", "1000"], name=f"prop{i}")
+                for i in range(count)
+            ]
+            appear = []
+            for i, box in enumerate(boxes):
+                threading.Thread(target=box.start, daemon=True).start()
+                seen = poll_until(port_b, f"prop{i}.docker", want_answer=True)
+                time.sleep(0.05)
+                appear.append((seen - events[("start", box.id)]) / 1e6)
+            stream.close()
+            print(
+                f"propagation over {count} containers, start on A -> answered on B: "
+                f"p50 {statistics.median(appear):.1f} ms, p99 {percentile(appear, 0.99):.1f} ms"
+            )
+            for box in boxes:
+                box.remove(force=True)
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait()
+        daemon.stop()
+        etcd.stop()
+    bulk(duration)
+
+
+def bulk(duration: float) -> None:
+    """Publish and withdraw 1,000 containers; then 10,000 remote vs local records."""
+    etcd = testbed_etcd.Etcd(1).start()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            engine = FakeEngine(str(work / "engine.sock")).start()
+            b, port_b = serve(work, "b", "--no-docker", "--etcd", etcd.endpoints)
+            procs.append(b)
+            boxes = synthetic(1000)
+            for attrs in boxes:
+                engine.containers[attrs["Id"]] = attrs
+            names = [f"box{i}.docker" for i in range(0, 1000, 10)]
+            started = time.time_ns()
+            a, _ = serve(work, "a", "--docker-url", engine.url, "--etcd", etcd.endpoints,
+                         "--node-id", "hosta")  # fmt: skip
+            procs.append(a)
+            published = all_answered(port_b, names, True)
+            engine.containers.clear()
+            withdraw_started = time.time_ns()
+            engine.end_streams()  # A reconnects, resyncs, finds none, withdraws all
+            withdrawn = all_answered(port_b, names, False)
+            print(
+                f"1,000 containers: published and answerable on B in "
+                f"{(published - started) / 1e6:.0f} ms (from A's start), withdrawn in "
+                f"{(withdrawn - withdraw_started) / 1e6:.0f} ms"
+            )
+            for proc in procs:
+                proc.terminate()
+                proc.wait()
+            procs.clear()
+            for attrs in synthetic(10_000):
+                engine.containers[attrs["Id"]] = attrs
+            b, port_b = serve(work, "b2", "--no-docker", "--etcd", etcd.endpoints)
+            a, port_a = serve(work, "a2", "--docker-url", engine.url, "--etcd", etcd.endpoints,
+                              "--node-id", "hosta")  # fmt: skip
+            procs += [a, b]
+            all_answered(port_b, [f"box{i}.docker" for i in range(0, 10_000, 500)], True)
+            queries = work / "queries-10k.txt"
+            queries.write_text("".join(f"box{i}.docker A\n" for i in range(10_000)))
+            for port in (port_a, port_b):
+                subprocess.run(
+                    ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(queries), "-n", "1"],
+                    capture_output=True,
+                    check=True,
+                )
+            local = dnsperf(port_a, queries, duration, a.pid)
+            remote = dnsperf(port_b, queries, duration, b.pid)
+            print(
+                f"10,000 names: local (Docker) {local.qps:.0f} q/s, remote (etcd mirror) "
+                f"{remote.qps:.0f} q/s, ratio {remote.qps / local.qps:.2f}"
+            )
+            engine.stop()
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait()
+        etcd.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--containers", type=int, default=100, help="freshness sample size")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per dnsperf run")
     parser.add_argument("--skip-freshness", action="store_true")
+    parser.add_argument("--only", choices=["freshness", "scale", "etcd"])
     args = parser.parse_args()
-    if not args.skip_freshness:
+    if args.only in (None, "freshness") and not args.skip_freshness:
         freshness(args.containers)
-    scale(args.duration)
+    if args.only in (None, "scale"):
+        scale(args.duration)
+    if args.only in (None, "etcd"):
+        propagation(args.containers, args.duration)
     return 0
 
 
