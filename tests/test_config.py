@@ -126,3 +126,28 @@ def test_help_and_version() -> None:
         [sys.executable, "-m", "dnsd", "version"], capture_output=True, text=True, timeout=20
     )
     assert version.stdout.startswith("dnsd ")
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ('[etcd]\nadvertise = "sideways"\n', "key 'etcd.advertise'"),
+        ('[etcd]\nadvertise = "host"\n', "key 'etcd.advertise_ip'"),
+        ("[etcd]\nlease_ttl = 1\n", "key 'etcd.lease_ttl'"),
+        ('[etcd]\nendpoints = ["nohost"]\n', "key 'etcd.endpoints'"),
+        ('[etcd]\nprefix = "skydns"\n', "key 'etcd.prefix'"),
+        ('[docker]\nzone = "other."\n', "key 'docker.zone'"),
+        ("[docker]\nresync_interval = 0\n", "key 'docker.resync_interval'"),
+    ],
+)
+def test_bad_docker_and_etcd_settings(tmp_path: Path, text: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        load(write(tmp_path, text))
+
+
+def test_etcd_flags_turn_etcd_on() -> None:
+    config = load(
+        None, {"DNSD_ETCD": "10.0.0.1:2379,10.0.0.2:2379", "DNSD_ADVERTISE_IP": "192.0.2.1"}
+    )
+    assert config.etcd.enabled and config.etcd.endpoints == ["10.0.0.1:2379", "10.0.0.2:2379"]
+    assert config.etcd.advertise == "host" and config.etcd.node_id

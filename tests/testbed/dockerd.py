@@ -79,7 +79,11 @@ def stop_leftovers() -> None:
 
 
 class Dockerd:
-    def __init__(self, extra_args: list[str] | None = None) -> None:
+    def __init__(
+        self, extra_args: list[str] | None = None, netns: str | None = None, bip: str = BRIDGE_CIDR
+    ) -> None:
+        self.netns = netns  # run inside this network namespace (a separate "host")
+        self.bip = bip
         self.root = Path(tempfile.mkdtemp(prefix="dnsd-dockerd-", dir="/tmp"))
         self.socket = self.root / "docker.sock"
         self.url = f"unix://{self.socket}"
@@ -97,16 +101,18 @@ class Dockerd:
     def start(self) -> Dockerd:
         (self.root / "daemon.json").write_text("{}")
         log = open(self.root / "dockerd.log", "ab")  # noqa: SIM115
+        enter = ["nsenter", f"--net=/run/netns/{self.netns}"] if self.netns else []
         self.proc = subprocess.Popen(
             [
+                *enter,
                 "dockerd",
                 "--data-root", str(self.root / "data"),
                 "--exec-root", str(self.root / "exec"),
                 "-H", self.url,
                 "--pidfile", str(self.root / "docker.pid"),
                 "--config-file", str(self.root / "daemon.json"),
-                "--bip", BRIDGE_CIDR,
-                "--dns", BRIDGE_IP,
+                "--bip", self.bip,
+                "--dns", self.bip.split("/")[0],
                 *self.extra_args,
             ],
             stdout=log,

@@ -21,8 +21,9 @@ def _free_port() -> int:
 
 
 class Member:
-    def __init__(self, name: str, root: Path) -> None:
+    def __init__(self, name: str, root: Path, extra_hosts: tuple[str, ...] = ()) -> None:
         self.name = name
+        self.extra_hosts = extra_hosts  # also listen for clients on these addresses
         self.dir = root / name
         self.client_port = _free_port()
         self.peer_port = _free_port()
@@ -42,7 +43,9 @@ class Member:
         self.proc = subprocess.Popen(
             [
                 "etcd", "--name", self.name, "--data-dir", str(self.dir / "data"),
-                "--listen-client-urls", f"http://{self.endpoint}",
+                "--listen-client-urls", ",".join(
+                    f"http://{h}:{self.client_port}" for h in ("127.0.0.1", *self.extra_hosts)
+                ),
                 "--advertise-client-urls", f"http://{self.endpoint}",
                 "--listen-peer-urls", self.peer_url,
                 "--initial-advertise-peer-urls", self.peer_url,
@@ -68,9 +71,9 @@ class Member:
 
 
 class Etcd:
-    def __init__(self, members: int = 1) -> None:
+    def __init__(self, members: int = 1, extra_hosts: tuple[str, ...] = ()) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="dnsd-etcd-"))
-        self.members = [Member(f"m{i + 1}", self.root) for i in range(members)]
+        self.members = [Member(f"m{i + 1}", self.root, extra_hosts) for i in range(members)]
         self.cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
 
     @property
