@@ -343,6 +343,8 @@ def validate(config: Config, origin: str) -> Config:
             fail(
                 "etcd.advertise_ip", f"advertise 'host' needs an IP address: {etcd.advertise_ip!r}"
             )
+    if etcd.user and not etcd.ca:
+        fail("etcd.user", "a user and password are only sent over TLS: set etcd.ca too")
     if not etcd.prefix.startswith("/"):
         fail("etcd.prefix", "must start with '/'")
     for endpoint in etcd.endpoints:

@@ -12,6 +12,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -232,8 +233,18 @@ def dockerd() -> Iterator[object]:
     reason = testbed_dockerd.available()
     if reason:
         pytest.fail(f"real Docker tests need a private dockerd: {reason}")
+    from testbed import certs as testbed_certs
+
     testbed_dockerd.stop_leftovers()
-    daemon = testbed_dockerd.Dockerd().start()
+    certs = testbed_certs.make(Path(tempfile.mkdtemp(prefix="dnsd-certs-")))
+    tls_port = free_port()
+    tls = [
+        "-H", f"tcp://127.0.0.1:{tls_port}", "--tlsverify", "--tlscacert", str(certs.ca),
+        "--tlscert", str(certs.server_cert), "--tlskey", str(certs.server_key),
+    ]  # fmt: skip
+    daemon = testbed_dockerd.Dockerd(tls).start()
+    daemon.tls_url = f"tcp://127.0.0.1:{tls_port}"  # type: ignore[attr-defined]
+    daemon.certs = certs  # type: ignore[attr-defined]
     daemon.import_busybox()
     yield daemon
     daemon.stop()

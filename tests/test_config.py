@@ -136,6 +136,7 @@ def test_help_and_version() -> None:
         ("[etcd]\nlease_ttl = 1\n", "key 'etcd.lease_ttl'"),
         ('[etcd]\nendpoints = ["nohost"]\n', "key 'etcd.endpoints'"),
         ('[etcd]\nprefix = "skydns"\n', "key 'etcd.prefix'"),
+        ('[etcd]\nuser = "root"\npassword = "x"\n', "key 'etcd.user'"),
         ('[docker]\nzone = "other."\n', "key 'docker.zone'"),
         ("[docker]\nresync_interval = 0\n", "key 'docker.resync_interval'"),
     ],

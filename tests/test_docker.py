@@ -316,3 +316,29 @@ def test_burst_of_containers(dockerd: Dockerd, dnsd: Dnsd) -> None:
     dockerd.docker("rm", "-f", *names)
     for name in names:
         wait_for(lambda name=name: addrs(dnsd.port, f"{name}.docker") == [])
+
+
+def test_tls_engine(dockerd: Dockerd, tmp_path: Path) -> None:
+    """A tcp:// Engine with --tlsverify: dnsd connects with the client certificate only."""
+    certs = dockerd.certs  # type: ignore[attr-defined]
+    url = dockerd.tls_url  # type: ignore[attr-defined]
+    name = run(dockerd)
+    ip = ip_of(dockerd, name)
+    config = (
+        f'[docker]\nurl = "{url}"\ntls_ca = "{certs.ca}"\n'
+        f'tls_cert = "{certs.client_cert}"\ntls_key = "{certs.client_key}"\n'
+    )
+    server = start_dnsd(tmp_path, "--no-forward", config=config, docker=url)
+    try:
+        wait_for(lambda: addrs(server.port, f"{name}.docker") == [ip])
+    finally:
+        server.stop()
+    # Without a client certificate the Engine refuses: dnsd says so once and keeps serving.
+    bare = start_dnsd(
+        tmp_path, "--no-forward", config=f'[docker]\ntls_ca = "{certs.ca}"\n', docker=url
+    )
+    try:
+        wait_for(lambda: "docker unreachable" in bare.log())
+        assert addrs(bare.port, f"{name}.docker") == []
+    finally:
+        bare.stop()

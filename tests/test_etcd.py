@@ -348,3 +348,71 @@ def test_compaction_relists(etcd: Etcd, mirror: tuple[Dnsd, str]) -> None:
     etcd.put(f"/skydns/{z}/c/two", '{"host": "10.11.0.2"}')
     eventually(lambda: answers(server.port, f"two.c.{z}") == ["10.11.0.2"])
     assert server.proc.poll() is None
+
+
+def test_tls_and_authentication(tmp_path: Path) -> None:
+    """etcd over TLS with client certificates, then with a user and password as well
+    (gRPC sends credentials only over TLS, so dnsd requires etcd.ca for a user)."""
+    from testbed.certs import make
+
+    certs = make(tmp_path / "certs")
+    secure = Etcd(1, certs=certs).start()
+    tls = f'ca = "{certs.ca}"\ncert = "{certs.client_cert}"\nkey = "{certs.client_key}"\n'
+
+    def serve(z: str, extra: str) -> Dnsd:
+        config = tmp_path / f"{uuid.uuid4().hex}.toml"
+        config.write_text(f"[etcd]\n{tls}{extra}")
+        return start_dnsd(
+            tmp_path, "--no-forward", "--zone", z, "--etcd", secure.endpoints,
+            "--config", str(config),
+        )  # fmt: skip
+
+    try:
+        z = zone()
+        secure.put(f"/skydns/{z}/tls", '{"host": "10.12.0.1"}')
+        server = serve(z, "")
+        try:
+            eventually(lambda: answers(server.port, f"tls.{z}") == ["10.12.0.1"])
+        finally:
+            server.stop()
+        secure.ctl("user", "add", "root:rootpw")
+        secure.ctl("user", "add", "reader:readerpw")
+        secure.ctl("role", "add", "skydns-read")
+        secure.ctl("role", "grant-permission", "skydns-read", "--prefix=true", "read", "/skydns")
+        secure.ctl("user", "grant-role", "reader", "skydns-read")
+        secure.ctl("auth", "enable")
+        secure.auth = ["--user", "root:rootpw"]
+        secure.put(f"/skydns/{z}/auth", '{"host": "10.12.0.2"}')
+        server = serve(z, 'user = "reader"\npassword = "readerpw"\npublish = false\n')
+        try:
+            eventually(lambda: answers(server.port, f"auth.{z}") == ["10.12.0.2"])
+        finally:
+            server.stop()
+        refused = serve(z, 'user = "reader"\npassword = "wrong"\n')
+        try:
+            eventually(lambda: "etcd degraded" in refused.log())
+            assert answers(refused.port, f"auth.{z}") == []
+        finally:
+            refused.stop()
+    finally:
+        secure.stop()
+
+
+def test_lease_lost_is_regranted_and_republished(etcd: Etcd, tmp_path: Path) -> None:
+    z = zone()
+    node, engine = host(tmp_path, etcd, "hostf", z)
+    try:
+        engine.containers["f" * 64] = container("f" * 64, "phoenix", "10.13.0.1")
+        engine.emit("start", "f" * 64)
+        key = f"/skydns/{z}/phoenix/hostf-{'f' * 12}"
+        eventually(lambda: key in etcd.ctl("get", key, "--keys-only").stdout)
+        leases = etcd.ctl("lease", "list").stdout.splitlines()[1:]
+        lease = next(
+            lid for lid in leases if key in etcd.ctl("lease", "timetolive", lid, "--keys").stdout
+        )
+        etcd.ctl("lease", "revoke", lease)  # as if it had expired while etcd was away
+        eventually(lambda: key in etcd.ctl("get", key, "--keys-only").stdout, timeout=10)
+        assert "lease" in node.log() and node.log().count("granted") >= 2
+    finally:
+        node.stop()
+        engine.stop()

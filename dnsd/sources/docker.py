@@ -58,6 +58,16 @@ def make_client_factory(settings: DockerSettings) -> Callable[[], Any]:
     def factory() -> Any:
         import docker  # imported lazily: dnsd runs without the SDK when Docker is off
 
+        class EngineAPI(docker.APIClient):
+            """requests lets REQUESTS_CA_BUNDLE replace a session's own CA file: for the Engine
+            the configured CA must win."""
+
+            def merge_environment_settings(self, *args: Any) -> Any:
+                merged = super().merge_environment_settings(*args)
+                if isinstance(self.verify, str):
+                    merged["verify"] = self.verify
+                return merged
+
         tls: Any = False
         if settings.tls_cert or settings.tls_ca:
             cert = (settings.tls_cert, settings.tls_key) if settings.tls_cert else None
@@ -65,7 +75,9 @@ def make_client_factory(settings: DockerSettings) -> Callable[[], Any]:
                 client_cert=cert, ca_cert=settings.tls_ca or None, verify=bool(settings.tls_ca)
             )
         url = settings.url or os.environ.get("DOCKER_HOST") or DEFAULT_URL
-        return docker.DockerClient(base_url=url, version="auto", timeout=API_TIMEOUT_S, tls=tls)
+        client = docker.DockerClient.__new__(docker.DockerClient)
+        client.api = EngineAPI(base_url=url, version="auto", timeout=API_TIMEOUT_S, tls=tls)
+        return client
 
     return factory
 

@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 
 def _free_port() -> int:
@@ -21,8 +22,12 @@ def _free_port() -> int:
 
 
 class Member:
-    def __init__(self, name: str, root: Path, extra_hosts: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, name: str, root: Path, extra_hosts: tuple[str, ...] = (), certs: Any = None
+    ) -> None:
         self.name = name
+        self.certs = certs  # testbed.certs.Certs: serve clients over TLS and require a cert
+        self.scheme = "https" if certs else "http"
         self.extra_hosts = extra_hosts  # also listen for clients on these addresses
         self.dir = root / name
         self.client_port = _free_port()
@@ -44,9 +49,11 @@ class Member:
             [
                 "etcd", "--name", self.name, "--data-dir", str(self.dir / "data"),
                 "--listen-client-urls", ",".join(
-                    f"http://{h}:{self.client_port}" for h in ("127.0.0.1", *self.extra_hosts)
+                    f"{self.scheme}://{h}:{self.client_port}"
+                    for h in ("127.0.0.1", *self.extra_hosts)
                 ),
-                "--advertise-client-urls", f"http://{self.endpoint}",
+                "--advertise-client-urls", f"{self.scheme}://{self.endpoint}",
+                *self._tls_flags(),
                 "--listen-peer-urls", self.peer_url,
                 "--initial-advertise-peer-urls", self.peer_url,
                 "--initial-cluster", cluster, "--initial-cluster-state", state,
@@ -55,6 +62,14 @@ class Member:
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         log.close()
+
+    def _tls_flags(self) -> list[str]:
+        if not self.certs:
+            return []
+        return [
+            "--cert-file", str(self.certs.server_cert), "--key-file", str(self.certs.server_key),
+            "--trusted-ca-file", str(self.certs.ca), "--client-cert-auth",
+        ]  # fmt: skip
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -71,9 +86,13 @@ class Member:
 
 
 class Etcd:
-    def __init__(self, members: int = 1, extra_hosts: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, members: int = 1, extra_hosts: tuple[str, ...] = (), certs: Any = None
+    ) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="dnsd-etcd-"))
-        self.members = [Member(f"m{i + 1}", self.root, extra_hosts) for i in range(members)]
+        self.certs = certs
+        self.members = [Member(f"m{i + 1}", self.root, extra_hosts, certs) for i in range(members)]
+        self.auth: list[str] = []  # etcdctl --user ROOT:PW once auth is on
         self.cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
 
     @property
@@ -102,8 +121,12 @@ class Etcd:
         self, *args: str, endpoints: str | None = None, check: bool = True, timeout: float = 10
     ) -> subprocess.CompletedProcess[str]:
         env = dict(os.environ, ETCDCTL_API="3")
+        tls = []
+        if self.certs:
+            tls = ["--cacert", str(self.certs.ca), "--cert", str(self.certs.client_cert),
+                   "--key", str(self.certs.client_key)]  # fmt: skip
         return subprocess.run(
-            ["etcdctl", "--endpoints", endpoints or self.endpoints, *args],
+            ["etcdctl", "--endpoints", endpoints or self.endpoints, *tls, *self.auth, *args],
             capture_output=True, text=True, env=env, check=check, timeout=timeout,
         )  # fmt: skip
 
