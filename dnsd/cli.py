@@ -1,4 +1,4 @@
-"""Command line: ``dnsd serve``, ``dnsd check-config``, ``dnsd version``.
+"""Command line: ``dnsd serve``, ``check-config``, ``records``, ``query``, ``version``.
 
 The only place that turns exceptions into exit codes: 0 ok, 2 bad configuration or a listen
 address that cannot be bound, 1 anything unexpected.  Every serve flag is also a ``DNSD_*``
@@ -15,7 +15,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from dnsd import __version__, logs
+from dnsd import __version__, logs, tools
 from dnsd.config import SHORT_NAMES, Config, ConfigError, Overrides, load
 from dnsd.daemon import Daemon, StartupError
 from dnsd.sources.static import StaticSource
@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_CONFIG = 2
+DEFAULT_HTTP = "127.0.0.1:9153"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,11 +86,37 @@ def _parser() -> argparse.ArgumentParser:
         metavar="IP",
         help="publish this host address with published host ports (default: container addresses)",
     )
+    serve.add_argument(
+        "--http",
+        metavar="ADDR:PORT",
+        help="serve /health /ready /metrics /records here (off by default; /records shows "
+        "the whole name table, keep it on loopback)",
+    )
     serve.add_argument("--log-format", choices=["text", "json"])
     serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
 
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file")
+
+    records = commands.add_parser(
+        "records", help="print the name table of a running dnsd (needs its --http endpoint)"
+    )
+    records.add_argument(
+        "--http",
+        default=DEFAULT_HTTP,
+        metavar="ADDR:PORT",
+        help=f"the daemon's HTTP endpoint (default {DEFAULT_HTTP})",
+    )
+    records.add_argument("--name", default="", metavar="PATTERN", help="glob, e.g. 'web*'")
+    records.add_argument("--source", default="", help="static, docker or etcd")
+    records.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    ask = commands.add_parser("query", help="ask a DNS server one question (a small dig)")
+    ask.add_argument("name")
+    ask.add_argument("type", nargs="?", default="A")
+    ask.add_argument("--server", default="127.0.0.1:5353", metavar="ADDR:PORT")
+    ask.add_argument("--tcp", action="store_true")
+    ask.add_argument("--timeout", type=float, default=2.0)
 
     commands.add_parser("version", help="print the version")
     return parser
@@ -118,6 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     if args.command == "check-config":
         return _check_config(args.file)
+    if args.command == "records":
+        return tools.print_records(args.http, args.name, args.source, args.json)
+    if args.command == "query":
+        return tools.query(args.name, args.type, args.server, args.tcp, args.timeout)
     return _serve(args)
 
 

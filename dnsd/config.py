@@ -94,6 +94,11 @@ class EtcdConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    listen: str = ""  # "ADDR:PORT" serves /health /ready /metrics /records; empty: off
+
+
+@dataclass(frozen=True)
 class LogConfig:
     format: str = "text"
     level: str = "INFO"
@@ -106,6 +111,7 @@ class Config:
     static: StaticConfig = field(default_factory=StaticConfig)
     docker: DockerConfig = field(default_factory=DockerConfig)
     etcd: EtcdConfig = field(default_factory=EtcdConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     log: LogConfig = field(default_factory=LogConfig)
     path: str | None = None  # the file it was read from, if any
 
@@ -116,6 +122,7 @@ SECTIONS: dict[str, type] = {
     "static": StaticConfig,
     "docker": DockerConfig,
     "etcd": EtcdConfig,
+    "http": HttpConfig,
     "log": LogConfig,
 }
 
@@ -129,6 +136,7 @@ SHORT_NAMES: dict[str, tuple[str, str]] = {
     "etcd": ("etcd", "endpoints"),
     "node_id": ("etcd", "node_id"),
     "advertise_ip": ("etcd", "advertise_ip"),
+    "http": ("http", "listen"),
     "log_format": ("log", "format"),
     "log_level": ("log", "level"),
 }
@@ -343,6 +351,11 @@ def validate(config: Config, origin: str) -> Config:
             fail(
                 "etcd.advertise_ip", f"advertise 'host' needs an IP address: {etcd.advertise_ip!r}"
             )
+    if config.http.listen:
+        try:
+            parse_hostport(config.http.listen, 0)
+        except ValueError as exc:
+            fail("http.listen", str(exc))
     if etcd.user and not etcd.ca:
         fail("etcd.user", "a user and password are only sent over TLS: set etcd.ca too")
     if not etcd.prefix.startswith("/"):

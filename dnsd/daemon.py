@@ -15,6 +15,8 @@ import socket
 from collections.abc import Callable
 
 from dnsd.config import Config, parse_hostport
+from dnsd.http import HttpServer
+from dnsd.metrics import Metrics
 from dnsd.records import RecordStore
 from dnsd.resolve.acl import Acl
 from dnsd.resolve.cache import ForwardCache
@@ -51,7 +53,9 @@ class Daemon:
     def __init__(self, config: Config, load_config: Callable[[], Config]) -> None:
         self.config = config
         self.stats = Stats()
+        self.metrics = Metrics(self.stats)
         self.store = RecordStore()
+        self.http: HttpServer | None = None
         self.static = StaticSource(self.store, load_config, config)
         self.docker: DockerSource | None = None
         if config.docker.enabled:
@@ -99,7 +103,12 @@ class Daemon:
             answer_cache,
             max_udp_size=server.max_udp_size,
             recursion_available=forward is not None,
+            latency=self.metrics.latency,
         )
+        collector = self.metrics.collector
+        collector.answer_cells = lambda: answer_cache.cells
+        collector.records_by_source = self._records_by_source
+        collector.extra = self._extra_metrics
         for entry in server.listen:
             host, port = parse_hostport(entry, 53)
             udp_sock, tcp_sock = _bind_pair(host, port)
@@ -116,6 +125,15 @@ class Daemon:
             self.udp.append(udp)
             self.tcp.append(tcp)
             logger.info("listening on %s (udp+tcp)", _show(udp.address))
+        if self.config.http.listen:
+            http_host, http_port = parse_hostport(self.config.http.listen, 9153)
+            self.http = HttpServer(self, http_host, http_port)
+            try:
+                await self.http.start()
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot serve http on {self.config.http.listen}: {exc.strerror}"
+                ) from None
         self._tasks.append(asyncio.create_task(self.static.watch()))
         if self.docker is not None:
             self._tasks.append(asyncio.create_task(self.docker.run()))
@@ -134,7 +152,9 @@ class Daemon:
             logger.warning("no upstream resolvers found: names outside the zones get REFUSED")
             return None
         logger.info("forwarding to %s", ", ".join(str(u) for u in upstreams))
-        forwarder = Forwarder(upstreams, self.stats, timeout_s=forward.timeout)
+        forwarder = Forwarder(
+            upstreams, self.stats, timeout_s=forward.timeout, latency=self.metrics.upstream_latency
+        )
         return ForwardCache(
             forwarder,
             self.stats,
@@ -155,6 +175,21 @@ class Daemon:
             logger.warning("cannot read %s: %s", forward.resolv_conf, exc.strerror)
             return []
 
+    def _records_by_source(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for owned in self.store.owned():
+            counts[owned.source] = counts.get(owned.source, 0) + 1
+        return counts
+
+    def _extra_metrics(self) -> dict[str, float]:
+        extra: dict[str, float] = {}
+        if self.etcd is not None:
+            extra["dnsd_etcd_revision"] = self.etcd.revision
+            extra["dnsd_etcd_reconnects"] = self.etcd.reconnects
+        if self.publisher is not None:
+            extra["dnsd_etcd_published_keys"] = self.stats.etcd_published
+        return extra
+
     def reload(self) -> None:
         logger.info("reload requested")
         self.stats.reloads += 1
@@ -172,6 +207,8 @@ class Daemon:
             *(udp.drain(DRAIN_TIMEOUT_S) for udp in self.udp),
             *(tcp.close(DRAIN_TIMEOUT_S) for tcp in self.tcp),
         )
+        if self.http is not None:
+            await self.http.stop()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task

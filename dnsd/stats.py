@@ -16,6 +16,8 @@ class Stats:
     formerr: int = 0
     notimp: int = 0
     dropped: Counter[str] = field(default_factory=Counter)  # reason -> packets
+    # (qtype, rcode, transport) -> answers given on the miss path
+    answers: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     upstream_queries: int = 0
     upstream_errors: int = 0
     upstream_mismatched: int = 0

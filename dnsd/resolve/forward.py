@@ -13,8 +13,10 @@ import logging
 import random
 import socket
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from dnslib import EDNS0, QTYPE, DNSHeader, DNSQuestion, DNSRecord
 
@@ -49,7 +51,9 @@ class Forwarder:
         stats: Stats,
         timeout_s: float = UPSTREAM_TIMEOUT_S,
         random_id: Callable[[], int] | None = None,
+        latency: Any = None,
     ) -> None:
+        self._latency = latency  # prometheus Histogram, or None
         if not upstreams:
             raise ValueError("forwarding needs at least one upstream")
         self.upstreams = list(upstreams)
@@ -78,11 +82,14 @@ class Forwarder:
         query = DNSRecord(DNSHeader(id=ident, rd=1), q=DNSQuestion(qname, qtype, qclass))
         query.add_ar(EDNS0(udp_len=UPSTREAM_UDP_SIZE))
         packet = query.pack()
+        started = time.monotonic()
         async with asyncio.timeout(self._timeout_s):
             reply = await self._ask_udp(upstream, packet, ident, qname, qtype, qclass)
             if reply.header.tc:
                 reply = await self._ask_tcp(upstream, packet, ident, qname, qtype, qclass)
         self._stats.upstream_queries += 1
+        if self._latency is not None:
+            self._latency.observe(time.monotonic() - started)
         return reply
 
     async def _ask_udp(

@@ -111,6 +111,11 @@ class DockerSource:
         # Called on the event loop after every change with all containers' records (publisher).
         self.subscribers: list[Callable[[dict[str, Built]], None]] = []
 
+    @property
+    def built(self) -> dict[str, Built]:
+        """Every running container's records and state, by container id (event loop only)."""
+        return self._built
+
     # --- lifecycle (event loop) ----------------------------------------------------------
     async def run(self) -> None:
         """Start the threads and queue periodic resyncs until cancelled."""

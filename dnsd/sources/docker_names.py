@@ -63,6 +63,7 @@ class Built:
     local_names: set[str] = field(default_factory=set)
     # (container port, proto) -> host port, for ports published on the host (-p).
     published: dict[tuple[int, str], int] = field(default_factory=dict)
+    health: str | None = None  # healthcheck status, if the container has one
 
 
 def dns_label(text: str) -> str:
@@ -151,7 +152,7 @@ def _withheld(attrs: dict[str, Any], naming: Naming) -> str | None:
 
 
 def container_records(attrs: dict[str, Any], naming: Naming) -> Built:
-    built = Built()
+    built = Built(health=health_of(attrs))
     config = attrs.get("Config") or {}
     labels: dict[str, str] = {str(k): str(v) for k, v in (config.get("Labels") or {}).items()}
     name = dns_label(str(attrs.get("Name", "")).lstrip("/"))

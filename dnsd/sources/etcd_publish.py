@@ -108,6 +108,7 @@ class Publisher:
         self.state = "down"
         self.reason = "not connected yet"
         self._thread: threading.Thread | None = None
+        self.synced = False  # published at least once
 
     def update(self, built: Mapping[str, Built]) -> None:
         """New desired state (event loop thread); the publisher thread writes the difference."""
@@ -153,6 +154,7 @@ class Publisher:
                         self._settings.node_id,
                     )
                 self._sync(client, lease)
+                self.synced = True
                 self._set_state("ok", "")
                 self._wake.wait(refresh_s)
                 self._wake.clear()

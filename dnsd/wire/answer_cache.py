@@ -23,16 +23,18 @@ MAX_CLIENTS_PER_ENTRY = 1024
 
 
 class _Entry:
-    __slots__ = ("clients", "expires", "recursive", "variants")
+    __slots__ = ("cell", "clients", "expires", "recursive", "variants")
 
     def __init__(
         self,
         variants: Iterator[bytes],
         expires: float,
         recursive: bool,
+        cell: list[int],
         clients: dict[str, Iterator[bytes]] | None = None,
     ) -> None:
         self.variants = variants
+        self.cell = cell  # hit counter shared by every entry with the same (type, rcode)
         self.expires = expires
         self.recursive = recursive
         # Network-aware answers differ per asker: their rotations are kept per client address.
@@ -56,7 +58,12 @@ class AnswerCache:
         self._entries: dict[bytes, _Entry] = {}
         self._allows_recursion = allows_recursion
         self._max_entries = max_entries
-        self.hits = 0
+        # (qtype, rcode) -> [hits]: counted here so the hot path never calls a metrics library.
+        self.cells: dict[tuple[str, str], list[int]] = {}
+
+    @property
+    def hits(self) -> int:
+        return sum(cell[0] for cell in self.cells.values())
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -73,7 +80,7 @@ class AnswerCache:
             variants = entry.variants if entry.clients is None else entry.clients.get(client_ip)
             if variants is None:
                 return None
-            self.hits += 1
+            entry.cell[0] += 1
             return data[:2] + next(variants)[2:]
         qend = _name_end(data)
         if qend < 0:
@@ -88,7 +95,7 @@ class AnswerCache:
         variants = entry.variants if entry.clients is None else entry.clients.get(client_ip)
         if variants is None:
             return None
-        self.hits += 1
+        entry.cell[0] += 1
         template = next(variants)
         return data[:2] + template[2:HEADER_LEN] + data[HEADER_LEN:qend] + template[qend:]
 
@@ -99,6 +106,7 @@ class AnswerCache:
         expires: float,
         recursive: bool,
         client_ip: str | None = None,
+        label: tuple[str, str] = ("", ""),
     ) -> bytes:
         """Remember the responses to ``data`` (for ``client_ip`` only, when given); returns the
         first one to send, as ``answer`` would."""
@@ -111,8 +119,9 @@ class AnswerCache:
         key = data[2:HEADER_LEN] + lower + data[qend:]
         templates = [v[:HEADER_LEN] + lower + v[qend:] for v in variants]
         cycle = itertools.cycle(templates)
+        cell = self.cells.setdefault(label, [0])
         if client_ip is None:
-            self._entries[key] = _Entry(cycle, expires, recursive)
+            self._entries[key] = _Entry(cycle, expires, recursive, cell)
         else:
             entry = self._entries.get(key)
             if (
@@ -120,7 +129,7 @@ class AnswerCache:
                 or entry.clients is None
                 or len(entry.clients) >= MAX_CLIENTS_PER_ENTRY
             ):
-                entry = self._entries[key] = _Entry(iter(()), expires, recursive, {})
+                entry = self._entries[key] = _Entry(iter(()), expires, recursive, cell, {})
             assert entry.clients is not None
             entry.clients[client_ip] = cycle
         first = next(cycle)

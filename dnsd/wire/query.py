@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from dnslib import EDNS0, QTYPE, DNSHeader, DNSRecord
+from dnslib import EDNS0, QTYPE, RCODE, DNSHeader, DNSRecord
 
 from dnsd.resolve.answer import Answer
 from dnsd.resolve.chain import ResolverChain
@@ -48,7 +48,9 @@ class QueryHandler:
         max_udp_size: int = DEFAULT_MAX_UDP_SIZE,
         recursion_available: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        latency: Any = None,
     ) -> None:
+        self._latency = latency  # prometheus Histogram with a "transport" label, or None
         self._chain = chain
         self._stats = stats
         self._answer_cache = answer_cache
@@ -59,6 +61,13 @@ class QueryHandler:
 
     def handle(self, data: bytes, client_ip: str, udp: bool) -> Response:
         """A response, None to drop, or a coroutine giving one (the question went upstream)."""
+        started = self._clock()
+        result = self._handle(data, client_ip, udp)
+        if self._latency is not None and isinstance(result, bytes):
+            self._latency.labels("udp" if udp else "tcp").observe(self._clock() - started)
+        return result
+
+    def _handle(self, data: bytes, client_ip: str, udp: bool) -> Response:
         self._stats.queries_slow += 1
         if len(data) < HEADER_LEN:
             self._stats.drop("short")
@@ -105,12 +114,16 @@ class QueryHandler:
         udp: bool,
         client_ip: str,
     ) -> bytes | None:
+        started = self._clock()
         try:
             answer = await pending
         except Exception:
             logger.exception("resolving %s failed", query.q.qname)
             answer = Answer(RCODE_SERVFAIL)
-        return self._respond(data, query, answer, edns, limit, udp, client_ip)
+        response = self._respond(data, query, answer, edns, limit, udp, client_ip)
+        if self._latency is not None:
+            self._latency.labels("udp" if udp else "tcp").observe(self._clock() - started)
+        return response
 
     def _respond(
         self,
@@ -123,6 +136,8 @@ class QueryHandler:
         client_ip: str,
     ) -> bytes:
         self._turn += 1
+        label = (QTYPE.get(query.q.qtype, str(query.q.qtype)), RCODE.get(answer.rcode, "?"))
+        self._stats.answers[(*label, "udp" if udp else "tcp")] += 1
         cacheable = udp and self._answer_cache is not None and answer.expires_in > 0
         if not cacheable:
             return self._pack(query, answer, edns, limit, self._turn)
@@ -135,7 +150,7 @@ class QueryHandler:
         if answer.recursive or not math.isinf(answer.expires_in):
             expires = min(expires, self._clock() + FORWARDED_REFRESH_S)
         client = client_ip if answer.per_client else None
-        return self._answer_cache.put(data, variants, expires, answer.recursive, client)
+        return self._answer_cache.put(data, variants, expires, answer.recursive, client, label)
 
     def _pack(self, query: DNSRecord, answer: Answer, edns: bool, limit: int, turn: int) -> bytes:
         header = DNSHeader(

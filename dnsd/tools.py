@@ -1,0 +1,67 @@
+"""Operator tools behind ``dnsd records`` and ``dnsd query``: clients of a running dnsd.
+
+They print to stdout, errors to stderr, and return exit codes (0 ok, 1 not reachable or no
+answer); they never start anything."""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+from dnslib import DNSRecord
+
+from dnsd.config import parse_hostport
+
+COLUMNS = ("name", "type", "value", "ttl", "source", "container", "health")
+
+
+def fetch_records(http: str, name: str = "", source: str = "") -> list[dict[str, Any]]:
+    query = urllib.parse.urlencode({k: v for k, v in (("name", name), ("source", source)) if v})
+    url = f"http://{http}/records" + (f"?{query}" if query else "")
+    with urllib.request.urlopen(url, timeout=5) as response:
+        rows: list[dict[str, Any]] = json.load(response)
+    return rows
+
+
+def print_records(http: str, name: str, source: str, as_json: bool) -> int:
+    try:
+        rows = fetch_records(http, name, source)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(f"dnsd: cannot reach dnsd's HTTP endpoint at {http}: {reason} "
+              "(is it running with --http / [http] listen?)", file=sys.stderr)  # fmt: skip
+        return 1
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = [[str(row.get(c) if row.get(c) is not None else "-") for c in COLUMNS] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in table)]) for i, c in enumerate(COLUMNS)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(COLUMNS, widths, strict=True)).rstrip())
+    for row in table:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    print(f"{len(rows)} records", file=sys.stderr)
+    return 0
+
+
+def query(name: str, rtype: str, server: str, tcp: bool, timeout: float) -> int:
+    try:
+        host, port = parse_hostport(server, 53)
+        question = DNSRecord.question(name, rtype.upper())
+    except (ValueError, AttributeError, KeyError) as exc:
+        print(f"dnsd: {exc}", file=sys.stderr)
+        return 1
+    try:
+        raw = question.send(host, port, tcp=tcp, timeout=timeout, ipv6=":" in host)
+        reply = DNSRecord.parse(raw)
+    except (TimeoutError, OSError) as exc:
+        print(f"dnsd: no answer from {server}: {exc or 'timed out'}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # an unparsable reply
+        print(f"dnsd: bad reply from {server}: {exc}", file=sys.stderr)
+        return 1
+    print(reply)
+    return 0

@@ -1,0 +1,158 @@
+"""Operating dnsd: the HTTP endpoint (/health /ready /metrics /records) and the CLI tools."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from conftest import free_port, query, start_dnsd
+from testbed.fake_engine import FakeEngine, container
+
+HOSTS = "10.0.0.10 web\n10.0.0.11 web\n10.0.0.20 api\n"
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dnsd", *args], capture_output=True, text=True, timeout=30
+    )
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} {labels} not in metrics")
+
+
+def test_health_ready_metrics_records(tmp_path: Path) -> None:
+    (tmp_path / "hosts").write_text(HOSTS)
+    http = free_port()
+    server = start_dnsd(
+        tmp_path, "--no-forward", "--http", f"127.0.0.1:{http}",
+        config='[static]\nhosts = ["hosts"]\n',
+    )  # fmt: skip
+    try:
+        assert get(http, "/health") == (200, '{"status": "ok"}')
+        code, body = get(http, "/ready")
+        assert code == 200 and json.loads(body)["sources"]["static"]["status"] == "ok"
+        for _ in range(3):
+            query(server.port, "web.docker")
+        query(server.port, "nope.docker")
+        query(server.port, "api.docker", tcp=True)
+        code, text = get(http, "/metrics")
+        assert code == 200
+        labels = {"type": "A", "rcode": "NOERROR", "transport": "udp"}
+        assert metric(text, "dnsd_queries_total", **labels, path="resolver") == 1
+        assert metric(text, "dnsd_queries_total", **labels, path="cache") == 2
+        assert metric(text, "dnsd_queries_total", rcode="NXDOMAIN", path="resolver") == 1
+        assert metric(text, "dnsd_queries_total", transport="tcp", path="resolver") == 1
+        assert metric(text, "dnsd_answer_cache_hits_total") == 2
+        assert metric(text, "dnsd_records", source="static") == 3
+        assert metric(text, "dnsd_answer_latency_seconds_count", transport="udp") == 2
+        code, body = get(http, "/records?name=web*")
+        rows = json.loads(body)
+        assert code == 200 and {r["value"] for r in rows} == {"10.0.0.10", "10.0.0.11"}
+        assert all(r["source"] == "static" and r["ttl"] == 5 for r in rows)
+        assert json.loads(get(http, "/records?source=docker")[1]) == []
+        table = cli("records", "--http", f"127.0.0.1:{http}", "--name", "api*")
+        assert table.returncode == 0
+        assert table.stdout.splitlines()[0].split()[:4] == ["NAME", "TYPE", "VALUE", "TTL"]
+        assert "api.docker." in table.stdout and "10.0.0.20" in table.stdout
+        as_json = cli("records", "--http", f"127.0.0.1:{http}", "--json")
+        assert len(json.loads(as_json.stdout)) == 3
+    finally:
+        server.stop()
+
+
+def test_ready_follows_docker(tmp_path: Path) -> None:
+    http = free_port()
+    socket_path = tmp_path / "engine.sock"
+    server = start_dnsd(
+        tmp_path, "--no-forward", "--http", f"127.0.0.1:{http}", docker=f"unix://{socket_path}"
+    )
+    engine = None
+    try:
+        code, body = get(http, "/ready")
+        detail = json.loads(body)
+        assert code == 503 and detail["sources"]["docker"]["status"] == "down"
+        assert detail["sources"]["docker"]["reason"]
+        engine = FakeEngine(str(socket_path)).start()
+        engine.containers["a" * 64] = container(
+            "a" * 64, "web", "10.5.0.1", labels={"com.docker.compose.service": "x"}
+        )
+        engine.containers["a" * 64]["State"]["Health"] = {"Status": "healthy"}
+        eventually(lambda: get(http, "/ready")[0] == 200, timeout=20)
+        rows = json.loads(get(http, "/records?source=docker&name=web.docker")[1])
+        assert rows and rows[0]["container"] == "web" and rows[0]["health"] == "healthy"
+        assert rows[0]["node"]
+        engine.stop()
+        engine = None
+        eventually(lambda: json.loads(get(http, "/ready")[1])["sources"]["docker"]["status"]
+                   == "degraded")  # fmt: skip
+        assert get(http, "/ready")[0] == 200  # synced once: still serving what it knew
+    finally:
+        server.stop()
+        if engine is not None:
+            engine.stop()
+
+
+def test_query_tool(tmp_path: Path) -> None:
+    (tmp_path / "hosts").write_text(HOSTS)
+    server = start_dnsd(tmp_path, "--no-forward", config='[static]\nhosts = ["hosts"]\n')
+    try:
+        out = cli("query", "api.docker", "--server", f"127.0.0.1:{server.port}")
+        assert out.returncode == 0 and "10.0.0.20" in out.stdout and "NOERROR" in out.stdout
+        tcp = cli("query", "web.docker", "A", "--server", f"127.0.0.1:{server.port}", "--tcp")
+        assert tcp.returncode == 0 and "10.0.0.11" in tcp.stdout
+        srv = cli("query", "nope.docker", "AAAA", "--server", f"127.0.0.1:{server.port}")
+        assert "NXDOMAIN" in srv.stdout
+    finally:
+        server.stop()
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    try:
+        port = silent.getsockname()[1]
+        out = cli("query", "x.docker", "--server", f"127.0.0.1:{port}", "--timeout", "0.3")
+        assert out.returncode == 1 and "no answer from" in out.stderr
+    finally:
+        silent.close()
+    unreachable = cli("records", "--http", f"127.0.0.1:{free_port()}")
+    assert unreachable.returncode == 1 and "cannot reach dnsd's HTTP endpoint" in unreachable.stderr
+    assert cli("version").stdout.startswith("dnsd ")
+
+
+def test_http_port_busy_is_exit_2(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        server = start_dnsd(tmp_path, "--no-forward", "--http", f"127.0.0.1:{port}", wait=False)
+        assert server.proc.wait(10) == 2
+    assert "cannot serve http" in server.log()
