@@ -80,7 +80,7 @@ def test_parse_hostport() -> None:
     assert parse_hostport("::1", 53) == ("::1", 53)
 
 
-def test_every_file_in_conf_loads() -> None:
+def test_every_toml_in_conf_loads() -> None:
     tomls = sorted((ROOT / "conf").glob("*.toml"))
     assert tomls
     for path in tomls:

@@ -1,0 +1,35 @@
+# dnsd container image.
+#   docker build -t dnsd .                       (public base, dependencies from PyPI)
+#   docker build --network none --build-arg BASE=local/python:3.11 \
+#                --build-arg PIP_EXTRA=--no-index .   (offline: wheels/ holds every wheel)
+# Run (non-root; the sysctl lets an unprivileged process bind :53 in the container's network
+# namespace; the Docker socket is root-equivalent: mount it read-only and add its group):
+#   docker run -d --name dnsd --sysctl net.ipv4.ip_unprivileged_port_start=53 \
+#     -v /var/run/docker.sock:/var/run/docker.sock:ro \
+#     --group-add "$(stat -c %g /var/run/docker.sock)" dnsd
+ARG BASE=python:3.11-slim
+
+FROM ${BASE} AS build
+ARG PIP_EXTRA=""
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore
+RUN python3 -m venv /opt/dnsd
+COPY wheels/ /wheels/
+# Dependencies first (this layer is reused until pyproject.toml or the version changes) ...
+COPY pyproject.toml README.md /src/
+COPY dnsd/__init__.py /src/dnsd/__init__.py
+RUN /opt/dnsd/bin/pip install ${PIP_EXTRA} --find-links /wheels /src
+# ... then the code.
+COPY dnsd/ /src/dnsd/
+RUN /opt/dnsd/bin/pip install ${PIP_EXTRA} --find-links /wheels --no-deps --force-reinstall /src \
+ && /opt/dnsd/bin/dnsd version
+
+FROM ${BASE}
+COPY --from=build /opt/dnsd /opt/dnsd
+COPY conf/container.toml /etc/dnsd/dnsd.toml
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+USER 10053:10053
+EXPOSE 53/udp 53/tcp 9153/tcp
+HEALTHCHECK --interval=5s --timeout=3s --start-period=5s --retries=3 \
+  CMD ["/opt/dnsd/bin/python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9153/health', timeout=2)"]
+# Exec form: dnsd is PID 1 and gets docker stop's SIGTERM directly (it exits within 1 s).
+ENTRYPOINT ["/opt/dnsd/bin/dnsd", "serve", "--config", "/etc/dnsd/dnsd.toml"]

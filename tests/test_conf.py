@@ -1,0 +1,70 @@
+"""Every file in conf/ is loaded or validated against the code it configures."""
+
+from __future__ import annotations
+
+import configparser
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dnsd.cli import _parser
+from dnsd.config import load, read_environment
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+def serve_flags(argv: list[str]) -> None:
+    """Parse ``dnsd serve`` arguments exactly as the CLI does (SystemExit on a bad flag)."""
+    _parser().parse_args(["serve", *argv])
+
+
+def test_every_conf_file_is_covered() -> None:
+    covered = {"dnsd.toml", "container.toml", "hosts", "docker-compose.yml", "dnsd.service",
+               "resolved-docker.conf"}  # fmt: skip
+    assert {p.name for p in CONF.iterdir()} == covered
+
+
+@pytest.mark.parametrize("name", ["dnsd.toml", "container.toml"])
+def test_toml_configs_load(name: str) -> None:
+    config = load(str(CONF / name))
+    assert config.server.listen
+
+
+def test_compose_file() -> None:
+    compose = yaml.safe_load((CONF / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"dnsd", "etcd", "web", "client"} <= set(services)
+    dnsd = services["dnsd"]
+    serve_flags(dnsd["command"])
+    read_environment(dnsd.get("environment", {}))  # every DNSD_* variable is known
+    assert any(v.endswith("/var/run/docker.sock:ro") for v in dnsd["volumes"])
+    assert dnsd["sysctls"]["net.ipv4.ip_unprivileged_port_start"] == "53"
+    address = dnsd["networks"]["demo"]["ipv4_address"]
+    for sample in ("web", "client"):
+        assert services[sample]["dns"] == [address]
+    assert "web.demo.docker" in " ".join(services["client"]["command"])
+    assert services["web"]["labels"]["dnsd.service"]
+    assert (CONF.parent / dnsd["build"].removeprefix("../").removeprefix("..")).exists()
+
+
+def test_systemd_unit() -> None:
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read(CONF / "dnsd.service")
+    argv = shlex.split(unit["Service"]["ExecStart"])
+    assert argv[0].endswith("/dnsd") and argv[1] == "serve"
+    serve_flags(argv[2:])
+    assert "HUP" in unit["Service"]["ExecReload"]
+    assert unit["Service"]["AmbientCapabilities"] == "CAP_NET_BIND_SERVICE"
+    assert unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_resolved_drop_in_points_at_dnsd() -> None:
+    resolved = configparser.ConfigParser()
+    resolved.read(CONF / "resolved-docker.conf")
+    config = load(str(CONF / "dnsd.toml"))
+    assert resolved["Resolve"]["DNS"] == config.server.listen[0]
+    domains = resolved["Resolve"]["Domains"].split()
+    assert [f"~{zone.rstrip('.')}" for zone in config.server.zones] == domains

@@ -1,0 +1,100 @@
+"""The Dockerfile: built without a registry (local Debian base, wheels from the host,
+--network none), run as a non-root user against the test dockerd, queried with dig."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from testbed import image
+from testbed.dockerd import IMAGE, Dockerd
+
+TAG = "local/dnsd:test"
+
+
+def eventually(check: Callable[[], Any], timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.2)
+
+
+def dig(server: str, name: str) -> str:
+    return subprocess.run(
+        ["dig", f"@{server}", "-p", "53", "+short", "+time=1", "+tries=1", name],
+        capture_output=True, text=True, timeout=10,
+    ).stdout.strip()  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def built(dockerd: Dockerd, tmp_path_factory: pytest.TempPathFactory) -> str:
+    if not shutil.which("debootstrap"):
+        pytest.fail("the image test needs debootstrap (scripts/setup --system)")
+    context = image.build_context(tmp_path_factory.mktemp("context"))
+    image.build(dockerd.url, TAG, context)
+    # Cache-friendly: a code change reuses the dependency layer.
+    (context / "dnsd" / "cli.py").write_text((context / "dnsd" / "cli.py").read_text() + "\n#\n")
+    result = subprocess.run(
+        ["docker", "-H", dockerd.url, "build", "--network", "none", "--build-arg",
+         f"BASE={image.BASE_IMAGE}", "--build-arg", "PIP_EXTRA=--no-index", "-t", TAG,
+         str(context)],
+        capture_output=True, text=True, timeout=600, env={"DOCKER_BUILDKIT": "0", "PATH":
+        "/usr/sbin:/usr/bin:/sbin:/bin"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    steps = result.stdout.split("\nStep ")
+    deps = next(s for s in steps if "--find-links /wheels /src" in s.splitlines()[0])
+    assert "Using cache" in deps, deps
+    return TAG
+
+
+def test_image_serves_docker_names_as_non_root(dockerd: Dockerd, built: str) -> None:
+    assert dockerd.docker("image", "inspect", "-f", "{{.Config.User}}", built) == "10053:10053"
+    target = "imgtarget"
+    dockerd.docker("run", "-d", "--pull", "never", "--name", target, IMAGE, "sleep", "1000")
+    target_ip = dockerd.docker("inspect", "-f", "{{.NetworkSettings.IPAddress}}", target)
+    gid = os.stat(dockerd.socket).st_gid
+    dockerd.docker(
+        "run", "-d", "--pull", "never", "--name", "dnsd-img",
+        "--sysctl", "net.ipv4.ip_unprivileged_port_start=53",
+        "-v", f"{dockerd.socket}:/var/run/docker.sock:ro", "--group-add", str(gid),
+        "-e", "DNSD_NO_FORWARD=1", built,
+    )  # fmt: skip
+    try:
+        server = dockerd.docker("inspect", "-f", "{{.NetworkSettings.IPAddress}}", "dnsd-img")
+        eventually(lambda: dig(server, f"{target}.docker") == target_ip)
+        eventually(
+            lambda: (
+                dockerd.docker("inspect", "-f", "{{.State.Health.Status}}", "dnsd-img") == "healthy"
+            )
+        )
+        logs = dockerd.docker("logs", "dnsd-img")
+        assert (
+            '"level": "INFO"'
+            in subprocess.run(
+                ["docker", "-H", dockerd.url, "logs", "dnsd-img"], capture_output=True, text=True
+            ).stderr
+            + logs
+        )
+        started = time.monotonic()
+        dockerd.docker("stop", "-t", "10", "dnsd-img")
+        assert time.monotonic() - started < 2.0
+        assert dockerd.docker("inspect", "-f", "{{.State.ExitCode}}", "dnsd-img") == "0"
+    finally:
+        dockerd.docker("rm", "-f", "dnsd-img", target, check=False)
+
+
+def test_context_has_no_test_or_venv_files() -> None:
+    ignored = (Path(image.ROOT) / ".dockerignore").read_text().split()
+    for entry in (".venv", "tests", ".git"):
+        assert entry in ignored
