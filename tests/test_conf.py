@@ -68,3 +68,16 @@ def test_resolved_drop_in_points_at_dnsd() -> None:
     assert resolved["Resolve"]["DNS"] == config.server.listen[0]
     domains = resolved["Resolve"]["Domains"].split()
     assert [f"~{zone.rstrip('.')}" for zone in config.server.zones] == domains
+
+
+def test_every_toml_example_in_the_docs_loads(tmp_path: Path) -> None:
+    docs = CONF.parent / "docs"
+    blocks = 0
+    for page in sorted(docs.glob("*.md")):
+        for index, block in enumerate(page.read_text().split("```toml")[1:]):
+            text = block.split("```", 1)[0]
+            path = tmp_path / f"{page.stem}-{index}.toml"
+            path.write_text(text)
+            load(str(path))
+            blocks += 1
+    assert blocks >= 3
