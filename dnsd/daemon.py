@@ -13,9 +13,10 @@ import errno
 import logging
 import socket
 from collections.abc import Callable
+from typing import Any
 
 from dnsd.config import Config, parse_hostport
-from dnsd.http import HttpServer
+from dnsd.logs import event
 from dnsd.metrics import Metrics
 from dnsd.records import RecordStore
 from dnsd.resolve.acl import Acl
@@ -55,7 +56,7 @@ class Daemon:
         self.stats = Stats()
         self.metrics = Metrics(self.stats)
         self.store = RecordStore()
-        self.http: HttpServer | None = None
+        self.http: Any = None  # dnsd.http.HttpServer once started
         self.static = StaticSource(self.store, load_config, config)
         self.docker: DockerSource | None = None
         if config.docker.enabled:
@@ -90,7 +91,7 @@ class Daemon:
     async def start(self) -> None:
         server = self.config.server
         loaded = self.static.load()
-        logger.info("static records loaded: %d", loaded)
+        logger.info("static records loaded: %d", loaded, extra=event("static_loaded", "static"))
         acl = Acl(server.allow_recursion)
         answer_cache = AnswerCache(acl.allows, server.answer_cache_size)
         self.store.subscribe(answer_cache.clear)
@@ -109,6 +110,17 @@ class Daemon:
         collector.answer_cells = lambda: answer_cache.cells
         collector.records_by_source = self._records_by_source
         collector.extra = self._extra_metrics
+        if self.config.http.listen:
+            from dnsd.http import HttpServer  # aiohttp only when the endpoint is on
+
+            http_host, http_port = parse_hostport(self.config.http.listen, 9153)
+            self.http = HttpServer(self, http_host, http_port)
+            try:
+                await self.http.start()
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot serve http on {self.config.http.listen}: {exc.strerror}"
+                ) from None
         for entry in server.listen:
             host, port = parse_hostport(entry, 53)
             udp_sock, tcp_sock = _bind_pair(host, port)
@@ -124,16 +136,7 @@ class Daemon:
             await tcp.start()
             self.udp.append(udp)
             self.tcp.append(tcp)
-            logger.info("listening on %s (udp+tcp)", _show(udp.address))
-        if self.config.http.listen:
-            http_host, http_port = parse_hostport(self.config.http.listen, 9153)
-            self.http = HttpServer(self, http_host, http_port)
-            try:
-                await self.http.start()
-            except OSError as exc:
-                raise StartupError(
-                    f"cannot serve http on {self.config.http.listen}: {exc.strerror}"
-                ) from None
+            logger.info("listening on %s (udp+tcp)", _show(udp.address), extra=event("listening"))
         self._tasks.append(asyncio.create_task(self.static.watch()))
         if self.docker is not None:
             self._tasks.append(asyncio.create_task(self.docker.run()))
@@ -191,7 +194,7 @@ class Daemon:
         return extra
 
     def reload(self) -> None:
-        logger.info("reload requested")
+        logger.info("reload requested", extra=event("reload", "static"))
         self.stats.reloads += 1
         if not self.static.reload():
             self.stats.reload_errors += 1
@@ -212,7 +215,7 @@ class Daemon:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        logger.info("stopped")
+        logger.info("stopped", extra=event("stopped"))
 
 
 def _naming(config: Config) -> Naming:

@@ -40,3 +40,11 @@ def setup(fmt: str, level: str) -> None:
     root.setLevel(level.upper())
     for noisy in NOISY_LIBRARIES:  # one line per HTTP request to the Docker Engine
         logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
+
+
+def event(name: str, source: str | None = None, **fields: str) -> dict[str, str]:
+    """``extra=`` for a lifecycle log line: its event name and context fields (JSON lines)."""
+    extra = {"event": name, **fields}
+    if source is not None:
+        extra["source"] = source
+    return extra

@@ -408,3 +408,6 @@ def test_json_logs(dnsd_factory) -> None:  # type: ignore[no-untyped-def]
     lines = [json.loads(line) for line in dnsd.log().splitlines() if line.strip()]
     listening = [line for line in lines if "listening on" in line["message"]]
     assert listening and {"time", "level", "logger", "message"} <= set(listening[0])
+    assert listening[0]["event"] == "listening"
+    loaded = next(line for line in lines if line.get("event") == "static_loaded")
+    assert loaded["source"] == "static" and loaded["level"] == "INFO"

@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from dnsd.logs import event
 from dnsd.records import RecordStore
 from dnsd.sources.docker_names import Built, Naming, container_records, list_fingerprint
 from dnsd.stats import Stats
@@ -280,7 +281,11 @@ class DockerSource:
     # --- event loop: the only place that writes the store ---------------------------------
     def _set_down(self, reason: str) -> None:
         if self.state != "down" or self.reason == "not connected yet":
-            logger.warning("docker %s; serving the last known containers, retrying", reason)
+            logger.warning(
+                "docker %s; serving the last known containers, retrying",
+                reason,
+                extra=event("docker_lost", SOURCE),
+            )
         self.state, self.reason = "down", reason
 
     def _apply_one(self, container_id: str, built: Built | None, reason: str) -> None:
@@ -322,11 +327,14 @@ class DockerSource:
                 served,
                 records,
                 took_s * 1000,
-                extra={"event": "docker_synced", "source": SOURCE},
+                extra=event("docker_synced", SOURCE),
             )
         elif changed:
             logger.info(
-                "docker resync changed records: %d containers, %d records", len(owners), records
+                "docker resync changed records: %d containers, %d records",
+                len(owners),
+                records,
+                extra=event("docker_resynced", SOURCE),
             )
         self.state, self.reason = "ok", ""
 

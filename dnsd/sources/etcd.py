@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from dnsd.logs import event
 from dnsd.records import Record, RecordStore, ancestors
 from dnsd.sources.etcd_client import EtcdSettings, make_client
 from dnsd.sources.skydns import Service, key_to_name, parse_value, ptr_record, records_for
@@ -82,7 +83,9 @@ class Mirror:
             service = parse_value(key, name, value, lease_ttl)
         except ValueError as exc:
             if self.bad_keys.get(key) != str(exc):
-                logger.warning("etcd key %s skipped: %s", key, exc, extra={"source": SOURCE})
+                logger.warning(
+                    "etcd key %s skipped: %s", key, exc, extra=event("etcd_bad_key", SOURCE)
+                )
             self.bad_keys[key] = str(exc)
             return []
         self.bad_keys.pop(key, None)
@@ -222,13 +225,13 @@ class EtcdSource:
                     if changes:
                         self._hand(self._apply, changes)
                     raise response
-                for event in response.events:
-                    key = event.key.decode(errors="replace")
-                    if type(event).__name__ == "DeleteEvent":
+                for change in response.events:
+                    key = change.key.decode(errors="replace")
+                    if type(change).__name__ == "DeleteEvent":
                         changes.append((key, None, 0))
                     else:
-                        lease = getattr(event, "lease", 0) or 0
-                        changes.append((key, event.value, self._lease_ttl(client, lease)))
+                        lease = getattr(change, "lease", 0) or 0
+                        changes.append((key, change.value, self._lease_ttl(client, lease)))
                 self.revision = max(self.revision, response.header.revision)
             if changes:
                 self._hand(self._apply, changes)
@@ -261,7 +264,7 @@ class EtcdSource:
             count,
             len(self.mirror.bad_keys),
             self.revision,
-            extra={"source": SOURCE},
+            extra=event("etcd_listed", SOURCE),
         )
 
     def _apply(self, changes: list[tuple[str, bytes | None, int]]) -> None:
@@ -278,7 +281,7 @@ class EtcdSource:
                     self._settings.prefix,
                     self.revision + 1,
                     detail,
-                    extra={"source": SOURCE},
+                    extra=event("etcd_watching", SOURCE),
                 )
             self.via, self.reason = detail, ""
         elif state != self.state:
@@ -286,7 +289,7 @@ class EtcdSource:
                 "etcd %s: %s; answering from the last mirror, retrying",
                 state,
                 detail,
-                extra={"source": SOURCE},
+                extra=event("etcd_lost", SOURCE),
             )
             self.reason = detail
         self.state = state

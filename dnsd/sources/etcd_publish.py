@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from dnsd.logs import event
 from dnsd.records import SrvValue
 from dnsd.sources.docker_names import Built, dns_label
 from dnsd.sources.skydns import name_to_key
@@ -210,9 +211,18 @@ class Publisher:
     def _set_state(self, state: str, reason: str) -> None:
         if state != self.state:
             if state == "ok":
-                logger.info("etcd publishing as node %s", self._settings.node_id)
+                logger.info(
+                    "etcd publishing as node %s",
+                    self._settings.node_id,
+                    extra=event("etcd_publishing", "etcd", node=self._settings.node_id),
+                )
             else:
-                logger.warning("etcd publishing %s: %s; retrying", state, reason)
+                logger.warning(
+                    "etcd publishing %s: %s; retrying",
+                    state,
+                    reason,
+                    extra=event("etcd_publish_lost", "etcd", node=self._settings.node_id),
+                )
         self.state, self.reason = state, reason
 
 

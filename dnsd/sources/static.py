@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dnsd.config import Config, ConfigError
+from dnsd.logs import event
 from dnsd.records import MxValue, Record, SrvValue, Value
 
 logger = logging.getLogger(__name__)
@@ -189,12 +190,20 @@ class StaticSource:
             config = self._load_config()
             owners = self.build(config)
         except ConfigError as exc:
-            logger.error("reload failed, keeping the last good records: %s", exc)
+            logger.error(
+                "reload failed, keeping the last good records: %s",
+                exc,
+                extra=event("reload_failed", SOURCE),
+            )
             # Remember the bad files' state: retry when they change again, don't loop on them.
             self._stamps = {path: _stamp(path) for path in self._stamps}
             return False
         self._apply(config, owners)
-        logger.info("static records reloaded: %d", sum(len(r) for r in owners.values()))
+        logger.info(
+            "static records reloaded: %d",
+            sum(len(r) for r in owners.values()),
+            extra=event("reloaded", SOURCE),
+        )
         return True
 
     def _apply(self, config: Config, owners: dict[str, list[Record]]) -> None:

@@ -61,6 +61,17 @@ def _remove_stale_bridges() -> None:
                 subprocess.run(["ip", "link", "del", link["ifname"]], capture_output=True)
 
 
+def _kill_under(root: str) -> None:
+    """Container shims (and the containers they keep) of a daemon whose folder is ``root``."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if root in cmdline and "containerd-shim" in cmdline:
+                os.kill(int(entry.name), signal.SIGKILL)
+
+
 def stop_leftovers() -> None:
     """Stop test daemons of earlier runs and remove what they left (mounts, bridges)."""
     for folder in glob.glob(BASE_GLOB):
@@ -75,6 +86,7 @@ def stop_leftovers() -> None:
                     _wait_gone(pid, 5)
         _umount_under(Path(folder))
         shutil.rmtree(folder, ignore_errors=True)
+    _kill_under(BASE_GLOB.rstrip("*"))  # shims whose daemon's folder is already gone, too
     _remove_stale_bridges()
 
 
@@ -192,9 +204,11 @@ class Dockerd:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        _kill_under(str(self.root))
         _umount_under(self.root)
         shutil.rmtree(self.root, ignore_errors=True)
-        _remove_stale_bridges()
+        if not self.netns:
+            _remove_stale_bridges()
 
 
 def available() -> str | None:
