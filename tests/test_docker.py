@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import dns.message
 import dns.query
 import dns.rdatatype
 import dns.reversename
 import pytest
-from conftest import Dnsd, FakeUpstream, query, rcode, start_dnsd
+from conftest import Dnsd, FakeUpstream, eventually, query, rcode, start_dnsd
 from testbed.dockerd import BRIDGE_IP, IMAGE, Dockerd
 
 NET_SUBNET = "172.29.1.0/24"
@@ -51,20 +50,9 @@ def dnsd(
         "--upstream", f"127.0.0.1:{module_upstream.port}",
         docker=dockerd.url,
     )  # fmt: skip
-    wait_for(lambda: "docker connected" in server.log())
+    eventually(lambda: "docker connected" in server.log())
     yield server
     server.stop()
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
 
 
 def addrs(port: int, name: str, rdtype: str = "A", source: str | None = None) -> list[str]:
@@ -90,53 +78,53 @@ def ip_of(dockerd: Dockerd, name: str, network: str = "bridge") -> str:
 def test_start_stop_kill_rm(dockerd: Dockerd, dnsd: Dnsd) -> None:
     first, second = run(dockerd), run(dockerd)
     ip = ip_of(dockerd, first)
-    wait_for(lambda: addrs(dnsd.port, f"{first}.docker") == [ip])
+    eventually(lambda: addrs(dnsd.port, f"{first}.docker") == [ip])
     assert addrs(dnsd.port, f"{first}.docker", "PTR") == []  # PTR lives under in-addr.arpa
     reverse = dns.reversename.from_address(ip).to_text()
     assert addrs(dnsd.port, reverse, "PTR") == [f"{first}.docker."]
     dockerd.docker("stop", "-t", "0", first)
-    wait_for(lambda: addrs(dnsd.port, f"{first}.docker") == [])
+    eventually(lambda: addrs(dnsd.port, f"{first}.docker") == [])
     assert rcode(query(dnsd.port, f"{first}.docker")) == "NXDOMAIN"
     dockerd.docker("start", first)
-    wait_for(lambda: addrs(dnsd.port, f"{first}.docker") != [])
+    eventually(lambda: addrs(dnsd.port, f"{first}.docker") != [])
     dockerd.docker("kill", first)
-    wait_for(lambda: addrs(dnsd.port, f"{first}.docker") == [])
-    wait_for(lambda: addrs(dnsd.port, f"{second}.docker") != [])
+    eventually(lambda: addrs(dnsd.port, f"{first}.docker") == [])
+    eventually(lambda: addrs(dnsd.port, f"{second}.docker") != [])
     dockerd.docker("rm", "-f", second)
-    wait_for(lambda: addrs(dnsd.port, f"{second}.docker") == [])
+    eventually(lambda: addrs(dnsd.port, f"{second}.docker") == [])
 
 
 def test_stopped_container_is_gone_at_once(dockerd: Dockerd, dnsd: Dnsd) -> None:
     name = run(dockerd)
-    wait_for(lambda: addrs(dnsd.port, f"{name}.docker"))
+    eventually(lambda: addrs(dnsd.port, f"{name}.docker"))
     for _ in range(20):  # warm the packed-answer cache
         addrs(dnsd.port, f"{name}.docker")
     dockerd.docker("kill", name)  # returns once the container is dead
-    wait_for(lambda: addrs(dnsd.port, f"{name}.docker") == [], timeout=1.0)
+    eventually(lambda: addrs(dnsd.port, f"{name}.docker") == [], timeout=1.0)
 
 
 def test_rename(dockerd: Dockerd, dnsd: Dnsd) -> None:
     old = run(dockerd)
-    wait_for(lambda: addrs(dnsd.port, f"{old}.docker"))
+    eventually(lambda: addrs(dnsd.port, f"{old}.docker"))
     new = old + "-renamed"
     dockerd.docker("rename", old, new)
-    wait_for(lambda: addrs(dnsd.port, f"{new}.docker"))
+    eventually(lambda: addrs(dnsd.port, f"{new}.docker"))
     assert addrs(dnsd.port, f"{old}.docker") == []
 
 
 def test_network_connect_disconnect_aliases(dockerd: Dockerd, dnsd: Dnsd, net: str) -> None:
     name = run(dockerd)
-    wait_for(lambda: addrs(dnsd.port, f"{name}.docker"))
+    eventually(lambda: addrs(dnsd.port, f"{name}.docker"))
     dockerd.docker("network", "connect", "--alias", "shared-db", net, name)
     net_ip = ip_of(dockerd, name, net)
     bridge_ip = ip_of(dockerd, name)
-    wait_for(lambda: addrs(dnsd.port, f"shared-db.{net}.docker") == [net_ip])
+    eventually(lambda: addrs(dnsd.port, f"shared-db.{net}.docker") == [net_ip])
     assert addrs(dnsd.port, "shared-db.docker") == [net_ip]
     assert addrs(dnsd.port, f"{name}.{net}.docker") == [net_ip]
     assert addrs(dnsd.port, f"{name}.bridge.docker") == [bridge_ip]
     assert addrs(dnsd.port, f"{name}.docker") == sorted([net_ip, bridge_ip])
     dockerd.docker("network", "disconnect", net, name)
-    wait_for(lambda: addrs(dnsd.port, "shared-db.docker") == [])
+    eventually(lambda: addrs(dnsd.port, "shared-db.docker") == [])
     assert addrs(dnsd.port, f"{name}.docker") == [bridge_ip]
 
 
@@ -147,7 +135,7 @@ def test_network_aware_answers(dockerd: Dockerd, dnsd: Dnsd, net: str) -> None:
     name = run(dockerd)
     dockerd.docker("network", "connect", net, name)
     net_ip, bridge_ip = ip_of(dockerd, name, net), ip_of(dockerd, name)
-    wait_for(lambda: len(addrs(dnsd.port, f"{name}.docker")) == 2)
+    eventually(lambda: len(addrs(dnsd.port, f"{name}.docker")) == 2)
     for _ in range(2):  # the second round is served from the packed-answer cache
         assert addrs(dnsd.port, f"{name}.docker") == sorted([net_ip, bridge_ip])
         on_bridge = nslookup(dockerd, f"{name}.docker", BRIDGE_IP)
@@ -167,13 +155,13 @@ def test_compose_labels_group_replicas(dockerd: Dockerd, dnsd: Dnsd) -> None:
     labels = ["-l", "com.docker.compose.service=api", "-l", "com.docker.compose.project=shop"]
     replicas = [run(dockerd, *labels, "--expose", "5432") for _ in range(2)]
     ips = sorted(ip_of(dockerd, r) for r in replicas)
-    wait_for(lambda: addrs(dnsd.port, "api.shop.docker") == ips)
-    srv = wait_for(lambda: addrs(dnsd.port, "_postgresql._tcp.api.shop.docker", "SRV"))
+    eventually(lambda: addrs(dnsd.port, "api.shop.docker") == ips)
+    srv = eventually(lambda: addrs(dnsd.port, "_postgresql._tcp.api.shop.docker", "SRV"))
     assert sorted(s.split()[-1] for s in srv) == sorted(f"{r}.docker." for r in replicas)
     first = addrs(dnsd.port, "api.shop.docker")
     assert first == ips
     dockerd.docker("rm", "-f", replicas[0])
-    wait_for(lambda: addrs(dnsd.port, "api.shop.docker") == [ip_of(dockerd, replicas[1])])
+    eventually(lambda: addrs(dnsd.port, "api.shop.docker") == [ip_of(dockerd, replicas[1])])
 
 
 def test_every_label(dockerd: Dockerd, dnsd: Dnsd) -> None:
@@ -189,7 +177,7 @@ def test_every_label(dockerd: Dockerd, dnsd: Dnsd) -> None:
         "--hostname", "explicit-host",
     )  # fmt: skip
     ip = ip_of(dockerd, name)
-    wait_for(lambda: addrs(dnsd.port, "alpha.docker") == [ip])
+    eventually(lambda: addrs(dnsd.port, "alpha.docker") == [ip])
     for alias in ("beta.team.docker", "payments.docker", "explicit-host.docker"):
         assert addrs(dnsd.port, alias) == [ip], alias
     reply = query(dnsd.port, f"{name}.docker")
@@ -213,10 +201,10 @@ def test_bad_labels_are_counted_and_defaults_used(dockerd: Dockerd, dnsd: Dnsd) 
         "-l", "dnsd.name=!!!", "-l", "dnsd.srv.7=x", "--expose", "80",
     )  # fmt: skip
     ip = ip_of(dockerd, name)
-    wait_for(lambda: addrs(dnsd.port, f"{name}.docker") == [ip])
+    eventually(lambda: addrs(dnsd.port, f"{name}.docker") == [ip])
     assert query(dnsd.port, f"{name}.docker").answer[0].ttl == 5
     assert addrs(dnsd.port, f"_http._tcp.{name}.docker", "SRV") == [f"10 10 80 {name}.docker."]
-    log = wait_for(lambda: dnsd.log() if "dnsd.srv.7" in dnsd.log() else "")
+    log = eventually(lambda: dnsd.log() if "dnsd.srv.7" in dnsd.log() else "")
     for fragment in ("dnsd.ttl", "dnsd.priority", "dnsd.ignore", "dnsd.name"):
         assert f"container {name}: label {fragment}" in log
     assert dnsd.proc.poll() is None
@@ -224,11 +212,11 @@ def test_bad_labels_are_counted_and_defaults_used(dockerd: Dockerd, dnsd: Dnsd) 
 
 def test_invalid_names_are_mapped(dockerd: Dockerd, dnsd: Dnsd) -> None:
     name = run(dockerd, "-l", "dnsd.name=Odd_Name.With.Dots")
-    wait_for(lambda: addrs(dnsd.port, "odd_name.with.dots.docker") == [ip_of(dockerd, name)])
+    eventually(lambda: addrs(dnsd.port, "odd_name.with.dots.docker") == [ip_of(dockerd, name)])
     under = "c" + uuid.uuid4().hex[:6] + "_x.y"
     dockerd.docker("run", "-d", "--pull", "never", "--name", under, IMAGE, "sleep", "1000")
     mapped = under.replace(".", "-")
-    wait_for(lambda: addrs(dnsd.port, f"{mapped}.docker") == [ip_of(dockerd, under)])
+    eventually(lambda: addrs(dnsd.port, f"{mapped}.docker") == [ip_of(dockerd, under)])
 
 
 def test_health_and_pause_withhold(dockerd: Dockerd, dnsd: Dnsd) -> None:
@@ -239,16 +227,18 @@ def test_health_and_pause_withhold(dockerd: Dockerd, dnsd: Dnsd) -> None:
         cmd=("sh", "-c", "touch /tmp/ok; exec sleep 1000"),
     )  # fmt: skip
     ip = ip_of(dockerd, name)
-    wait_for(lambda: addrs(dnsd.port, f"{name}.docker") == [ip])
-    wait_for(lambda: dockerd.docker("inspect", "-f", "{{.State.Health.Status}}", name) == "healthy")
+    eventually(lambda: addrs(dnsd.port, f"{name}.docker") == [ip])
+    eventually(
+        lambda: dockerd.docker("inspect", "-f", "{{.State.Health.Status}}", name) == "healthy"
+    )
     dockerd.docker("exec", name, "rm", "/tmp/ok")
-    wait_for(lambda: addrs(dnsd.port, f"{name}.docker") == [], timeout=15)
+    eventually(lambda: addrs(dnsd.port, f"{name}.docker") == [], timeout=15)
     dockerd.docker("exec", name, "touch", "/tmp/ok")
-    wait_for(lambda: addrs(dnsd.port, f"{name}.docker") == [ip], timeout=15)
+    eventually(lambda: addrs(dnsd.port, f"{name}.docker") == [ip], timeout=15)
     dockerd.docker("pause", name)
-    wait_for(lambda: addrs(dnsd.port, f"{name}.docker") == [])
+    eventually(lambda: addrs(dnsd.port, f"{name}.docker") == [])
     dockerd.docker("unpause", name)
-    wait_for(lambda: addrs(dnsd.port, f"{name}.docker") == [ip])
+    eventually(lambda: addrs(dnsd.port, f"{name}.docker") == [ip])
 
 
 def test_end_to_end_container_resolves_through_dnsd(
@@ -257,7 +247,7 @@ def test_end_to_end_container_resolves_through_dnsd(
     """busybox nslookup in a container whose resolver (--dns) is dnsd on the bridge gateway."""
     target = run(dockerd)
     ip = ip_of(dockerd, target)
-    wait_for(lambda: addrs(dnsd.port, f"{target}.docker") == [ip])
+    eventually(lambda: addrs(dnsd.port, f"{target}.docker") == [ip])
     out = dockerd.docker(
         "run", "--rm", "--pull", "never", "--dns", BRIDGE_IP, IMAGE,
         "nslookup", f"{target}.docker",
@@ -284,9 +274,9 @@ def test_docker_unreachable_then_appears(tmp_path: Path, dockerd: Dockerd) -> No
         log = server.log()
         assert log.count("docker unreachable") == 1  # said once, not per retry
         (tmp_path / "docker.sock").symlink_to(dockerd.socket)
-        wait_for(lambda: "docker connected" in server.log(), timeout=20)
+        eventually(lambda: "docker connected" in server.log(), timeout=20)
         name = run(dockerd)
-        wait_for(lambda: addrs(server.port, f"{name}.docker") == [ip_of(dockerd, name)])
+        eventually(lambda: addrs(server.port, f"{name}.docker") == [ip_of(dockerd, name)])
     finally:
         server.stop()
 
@@ -294,28 +284,30 @@ def test_docker_unreachable_then_appears(tmp_path: Path, dockerd: Dockerd) -> No
 def test_dockerd_restart(dockerd: Dockerd, dnsd: Dnsd) -> None:
     keeper = run(dockerd, "--restart", "always")
     doomed = run(dockerd)
-    wait_for(lambda: addrs(dnsd.port, f"{keeper}.docker") and addrs(dnsd.port, f"{doomed}.docker"))
+    eventually(
+        lambda: addrs(dnsd.port, f"{keeper}.docker") and addrs(dnsd.port, f"{doomed}.docker")
+    )
     dockerd.kill()
     time.sleep(0.5)
     assert addrs(dnsd.port, f"{doomed}.docker")  # last known answers stay while Docker is away
-    wait_for(
+    eventually(
         lambda: "docker event stream ended" in dnsd.log() or "docker unreachable" in dnsd.log()
     )
     dockerd.restart()  # without live-restore, containers that were running are stopped ...
     newcomer = run(dockerd)  # ... and one is created before dnsd has reconnected
-    wait_for(lambda: addrs(dnsd.port, f"{newcomer}.docker"), timeout=30)
-    wait_for(lambda: addrs(dnsd.port, f"{doomed}.docker") == [], timeout=30)
-    wait_for(lambda: addrs(dnsd.port, f"{keeper}.docker") == [ip_of(dockerd, keeper)], timeout=30)
+    eventually(lambda: addrs(dnsd.port, f"{newcomer}.docker"), timeout=30)
+    eventually(lambda: addrs(dnsd.port, f"{doomed}.docker") == [], timeout=30)
+    eventually(lambda: addrs(dnsd.port, f"{keeper}.docker") == [ip_of(dockerd, keeper)], timeout=30)
     assert dnsd.proc.poll() is None
 
 
 def test_burst_of_containers(dockerd: Dockerd, dnsd: Dnsd) -> None:
     names = [run(dockerd) for _ in range(8)]
     for name in names:
-        wait_for(lambda name=name: addrs(dnsd.port, f"{name}.docker"))
+        eventually(lambda name=name: addrs(dnsd.port, f"{name}.docker"))
     dockerd.docker("rm", "-f", *names)
     for name in names:
-        wait_for(lambda name=name: addrs(dnsd.port, f"{name}.docker") == [])
+        eventually(lambda name=name: addrs(dnsd.port, f"{name}.docker") == [])
 
 
 def test_tls_engine(dockerd: Dockerd, tmp_path: Path) -> None:
@@ -330,7 +322,7 @@ def test_tls_engine(dockerd: Dockerd, tmp_path: Path) -> None:
     )
     server = start_dnsd(tmp_path, "--no-forward", config=config, docker=url)
     try:
-        wait_for(lambda: addrs(server.port, f"{name}.docker") == [ip])
+        eventually(lambda: addrs(server.port, f"{name}.docker") == [ip])
     finally:
         server.stop()
     # Without a client certificate the Engine refuses: dnsd says so once and keeps serving.
@@ -338,7 +330,7 @@ def test_tls_engine(dockerd: Dockerd, tmp_path: Path) -> None:
         tmp_path, "--no-forward", config=f'[docker]\ntls_ca = "{certs.ca}"\n', docker=url
     )
     try:
-        wait_for(lambda: "docker unreachable" in bare.log())
+        eventually(lambda: "docker unreachable" in bare.log())
         assert addrs(bare.port, f"{name}.docker") == []
     finally:
         bare.stop()

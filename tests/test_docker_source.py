@@ -4,12 +4,12 @@ a scripted Engine API (tests/testbed/fake_engine.py).  The real engine is in tes
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Dnsd, query, rcode, start_dnsd
+from conftest import Dnsd, eventually, query, rcode, start_dnsd
 from testbed.fake_engine import FakeEngine, container
 
 from dnsd.records import SrvValue
@@ -111,16 +111,6 @@ def engine(tmp_path: Path) -> Iterator[FakeEngine]:
     fake = FakeEngine(str(tmp_path / "engine.sock")).start()
     yield fake
     fake.stop()
-
-
-def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 def a_records(server: Dnsd, name: str) -> list[str]:

@@ -6,13 +6,12 @@ import json
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import dns.flags
 import pytest
-from conftest import Dnsd, query, rcode, start_dnsd
+from conftest import Dnsd, eventually, query, rcode, start_dnsd
 from testbed.etcd import Etcd, Member, available
 from testbed.fake_engine import FakeEngine, container
 
@@ -27,17 +26,6 @@ def etcd() -> Iterator[Etcd]:
     server = Etcd(1).start()
     yield server
     server.stop()
-
-
-def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
 
 
 def answers(port: int, name: str, rdtype: str = "A") -> list[str]:

@@ -7,26 +7,14 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
+from conftest import eventually
 from testbed import image
 from testbed.dockerd import IMAGE, Dockerd
 
 TAG = "local/dnsd:test"
-
-
-def eventually(check: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.2)
 
 
 def dig(server: str, name: str) -> str:
@@ -72,12 +60,9 @@ def test_image_serves_docker_names_as_non_root(dockerd: Dockerd, built: str) -> 
     )  # fmt: skip
     try:
         server = dockerd.docker("inspect", "-f", "{{.NetworkSettings.IPAddress}}", "dnsd-img")
-        eventually(lambda: dig(server, f"{target}.docker") == target_ip)
-        eventually(
-            lambda: (
-                dockerd.docker("inspect", "-f", "{{.State.Health.Status}}", "dnsd-img") == "healthy"
-            )
-        )
+        eventually(lambda: dig(server, f"{target}.docker") == target_ip, timeout=30)
+        health = ("inspect", "-f", "{{.State.Health.Status}}", "dnsd-img")
+        eventually(lambda: dockerd.docker(*health) == "healthy", timeout=30)
         logs = dockerd.docker("logs", "dnsd-img")
         assert (
             '"level": "INFO"'

@@ -7,12 +7,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import eventually
 from testbed import dockerd as testbed_dockerd
 from testbed import etcd as testbed_etcd
 from testbed import netns
@@ -41,7 +42,7 @@ class Node:
                 ],
                 stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
-        eventually(lambda: "etcd publishing" in self.log.read_text(), timeout=20)
+        eventually(lambda: "etcd publishing" in self.log.read_text(), timeout=20, interval=0.1)
 
     def stop_dnsd(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -56,17 +57,6 @@ class Node:
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
         return result.stdout
-
-
-def eventually(check: Callable[[], Any], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -113,19 +103,19 @@ def test_containers_resolve_each_other_across_hosts(hosts: tuple[Node, Node, Any
     a, b, _ = hosts
     ip_a = run_container(a, "web-a")
     ip_b = run_container(b, "db-b")
-    eventually(lambda: ip_b in a.lookup("db-b.docker"))
-    eventually(lambda: ip_a in b.lookup("web-a.docker"))
+    eventually(lambda: ip_b in a.lookup("db-b.docker"), timeout=20)
+    eventually(lambda: ip_a in b.lookup("web-a.docker"), timeout=20)
     assert ip_a in a.lookup("web-a.docker")  # its own host's container, too
 
 
 def test_crashed_host_vanishes_within_lease_ttl_and_returns(hosts: tuple[Node, Node, Any]) -> None:
     a, b, (_, config, port) = hosts
     ip = run_container(a, "crashy")
-    eventually(lambda: ip in b.lookup("crashy.docker"))
+    eventually(lambda: ip in b.lookup("crashy.docker"), timeout=20)
     a.stop_dnsd(signal.SIGKILL)
     killed = time.monotonic()
     eventually(lambda: ip not in b.lookup("crashy.docker"), timeout=LEASE_TTL_S + 10)
     # busybox nslookup in a fresh container takes ~0.5 s per probe: allow for it.
     assert time.monotonic() - killed <= LEASE_TTL_S + 2 + 1.5
     a.start_dnsd(f"{a.host.root_ip}:{port}", config)
-    eventually(lambda: ip in b.lookup("crashy.docker"))
+    eventually(lambda: ip in b.lookup("crashy.docker"), timeout=20)

@@ -6,14 +6,11 @@ import json
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from conftest import free_port, query, start_dnsd
+from conftest import eventually, free_port, query, start_dnsd
 from testbed.fake_engine import FakeEngine, container
 
 HOSTS = "10.0.0.10 web\n10.0.0.11 web\n10.0.0.20 api\n"
@@ -25,17 +22,6 @@ def get(port: int, path: str) -> tuple[int, str]:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
-
-
-def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

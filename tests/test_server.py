@@ -16,7 +16,7 @@ import dns.opcode
 import dns.rdatatype
 import dns.reversename
 import pytest
-from conftest import Dnsd, free_port, query, rcode, start_dnsd
+from conftest import Dnsd, eventually, free_port, query, rcode, start_dnsd
 
 ZONE_CONFIG = """
 [server]
@@ -311,7 +311,7 @@ def test_sighup_and_file_change_reload(tmp_path: Path, dnsd_factory) -> None:  #
     time.sleep(0.3)
     assert addresses(query(dnsd.port, "one.docker")) == ["10.0.0.1"]  # polling is off
     dnsd.proc.send_signal(signal.SIGHUP)
-    _eventually(lambda: addresses(query(dnsd.port, "one.docker")) == ["10.0.0.2"])
+    eventually(lambda: addresses(query(dnsd.port, "one.docker")) == ["10.0.0.2"])
     assert addresses(query(dnsd.port, "two.docker")) == ["10.0.0.3"]
 
 
@@ -322,11 +322,11 @@ def test_file_change_reload_and_bad_file_keeps_records(tmp_path: Path, dnsd_fact
     dnsd = dnsd_factory("--no-forward", config=config)
     assert addresses(query(dnsd.port, "one.docker")) == ["10.0.0.1"]
     hosts.write_text("10.0.0.9 one\n")
-    _eventually(lambda: addresses(query(dnsd.port, "one.docker")) == ["10.0.0.9"])
+    eventually(lambda: addresses(query(dnsd.port, "one.docker")) == ["10.0.0.9"])
     # A broken config file: the reload fails, the last good records stay.
     config_path = next(tmp_path.glob("dnsd-*.toml"))
     config_path.write_text(config + "[[static.records]]\nname = 'x'\ntype = 'A'\nvalue = 'bad'\n")
-    _eventually(lambda: "reload failed" in dnsd.log())
+    eventually(lambda: "reload failed" in dnsd.log())
     assert addresses(query(dnsd.port, "one.docker")) == ["10.0.0.9"]
     # Queries keep flowing while the file is rewritten many times.
     for i in range(20):
@@ -334,15 +334,6 @@ def test_file_change_reload_and_bad_file_keeps_records(tmp_path: Path, dnsd_fact
         assert rcode(query(dnsd.port, "one.docker")) == "NOERROR"
         time.sleep(0.02)
     assert dnsd.proc.poll() is None
-
-
-def _eventually(check, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def test_sigterm_drains_and_exits_zero_quickly(zone_dnsd: Dnsd) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 from dnsd.logs import event
 from dnsd.records import RecordStore
 from dnsd.sources.docker_names import Built, Naming, container_records, list_fingerprint
+from dnsd.sources.errors import reason
 from dnsd.stats import Stats
 
 logger = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ class DockerSource:
                     decode=True, filters={"type": ["container", "network"]}
                 )
             except Exception as exc:
-                self._lost(f"unreachable: {_reason(exc)}")
+                self._lost(f"unreachable: {reason(exc)}")
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
                 continue
@@ -193,7 +194,7 @@ class DockerSource:
             except Exception as exc:
                 client = None
                 if kind == "resync":
-                    self._lost(f"resync failed: {_reason(exc)}")
+                    self._lost(f"resync failed: {reason(exc)}")
                     self._close_stream()  # a hung stream (frozen daemon) reconnects too
                 else:
                     logger.debug("docker event %s not handled: %r", payload, exc)
@@ -358,8 +359,3 @@ class DockerSource:
                     problem,
                     extra={"container": built.name, "source": SOURCE},
                 )
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:200]

@@ -21,6 +21,7 @@ from typing import Any
 
 from dnsd.logs import event
 from dnsd.records import Record, RecordStore, ancestors
+from dnsd.sources.errors import reason
 from dnsd.sources.etcd_client import EtcdSettings, make_client
 from dnsd.sources.skydns import Service, key_to_name, parse_value, ptr_record, records_for
 from dnsd.stats import Stats
@@ -189,7 +190,7 @@ class EtcdSource:
                     listed = False
                     continue
                 self.reconnects += 1
-                self._hand(self._set_state, "degraded", _reason(exc))
+                self._hand(self._set_state, "degraded", reason(exc))
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
             finally:
@@ -293,11 +294,3 @@ class EtcdSource:
             )
             self.reason = detail
         self.state = state
-
-
-def _reason(exc: BaseException) -> str:
-    code, details = getattr(exc, "code", None), getattr(exc, "details", None)
-    if callable(code) and callable(details):  # a gRPC error: say it the short way
-        return f"{code()}: {details()}"
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:200]

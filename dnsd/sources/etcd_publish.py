@@ -23,6 +23,7 @@ from typing import Any
 from dnsd.logs import event
 from dnsd.records import SrvValue
 from dnsd.sources.docker_names import Built, dns_label
+from dnsd.sources.errors import reason
 from dnsd.sources.skydns import name_to_key
 from dnsd.stats import Stats
 
@@ -160,7 +161,7 @@ class Publisher:
                 self._wake.wait(refresh_s)
                 self._wake.clear()
             except Exception as exc:
-                self._set_state("degraded", _reason(exc))
+                self._set_state("degraded", reason(exc))
                 with contextlib.suppress(Exception):
                     client.close()
                 client = None
@@ -224,11 +225,3 @@ class Publisher:
                     extra=event("etcd_publish_lost", "etcd", node=self._settings.node_id),
                 )
         self.state, self.reason = state, reason
-
-
-def _reason(exc: BaseException) -> str:
-    code, details = getattr(exc, "code", None), getattr(exc, "details", None)
-    if callable(code) and callable(details):  # a gRPC error: say it the short way
-        return f"{code()}: {details()}"
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:200]
