@@ -69,9 +69,30 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
-def freshness(count: int) -> None:
+def watch_events(url: str) -> tuple[Any, dict[tuple[str, str], int], Any]:
+    """A Docker client, and dockerd's own time (ns) of every container event by (action, id)."""
     import docker
 
+    client = docker.DockerClient(base_url=url, version="auto")
+    events: dict[tuple[str, str], int] = {}
+    stream = client.events(decode=True, filters={"type": "container"})
+
+    def record() -> None:
+        for event in stream:
+            events[(event.get("Action", ""), event.get("id", ""))] = event["timeNano"]
+
+    threading.Thread(target=record, daemon=True).start()
+    return client, events, stream
+
+
+def create_boxes(client: Any, prefix: str, count: int) -> list[Any]:
+    return [
+        client.containers.create(testbed.IMAGE, ["sleep", "1000"], name=f"{prefix}{i}")
+        for i in range(count)
+    ]
+
+
+def freshness(count: int) -> None:
     reason = testbed.available()
     if reason:
         print(f"freshness: skipped ({reason})")
@@ -89,19 +110,8 @@ def freshness(count: int) -> None:
         )  # fmt: skip
         try:
             wait_port(port)
-            client = docker.DockerClient(base_url=daemon.url, version="auto")
-            events: dict[tuple[str, str], int] = {}
-            stream = client.events(decode=True, filters={"type": "container"})
-
-            def record() -> None:
-                for event in stream:
-                    events[(event.get("Action", ""), event.get("id", ""))] = event["timeNano"]
-
-            threading.Thread(target=record, daemon=True).start()
-            boxes = [
-                client.containers.create(testbed.IMAGE, ["sleep", "1000"], name=f"fresh{i}")
-                for i in range(count)
-            ]
+            client, events, stream = watch_events(daemon.url)
+            boxes = create_boxes(client, "fresh", count)
             appear: list[float] = []
             vanish: list[float] = []
             for i, box in enumerate(boxes):
@@ -248,8 +258,6 @@ def _answered_once(port: int, name: str, want: bool) -> bool:
 
 def propagation(count: int, duration: float) -> None:
     """Host A (dnsd + Docker) publishes through etcd; host B (dnsd, etcd only) answers."""
-    import docker
-
     reason = testbed.available() or testbed_etcd.available()
     if reason:
         print(f"propagation: skipped ({reason})")
@@ -266,19 +274,8 @@ def propagation(count: int, duration: float) -> None:
                          "--node-id", "hosta")  # fmt: skip
             b, port_b = serve(work, "b", "--no-docker", "--etcd", etcd.endpoints)
             procs += [a, b]
-            client = docker.DockerClient(base_url=daemon.url, version="auto")
-            events: dict[tuple[str, str], int] = {}
-            stream = client.events(decode=True, filters={"type": "container"})
-
-            def record() -> None:
-                for event in stream:
-                    events[(event.get("Action", ""), event.get("id", ""))] = event["timeNano"]
-
-            threading.Thread(target=record, daemon=True).start()
-            boxes = [
-                client.containers.create(testbed.IMAGE, ["sleep", "1000"], name=f"prop{i}")
-                for i in range(count)
-            ]
+            client, events, stream = watch_events(daemon.url)
+            boxes = create_boxes(client, "prop", count)
             appear = []
             for i, box in enumerate(boxes):
                 threading.Thread(target=box.start, daemon=True).start()
