@@ -217,6 +217,7 @@ def test_invalid_names_are_mapped(dockerd: Dockerd, dnsd: Dnsd) -> None:
     dockerd.docker("run", "-d", "--pull", "never", "--name", under, IMAGE, "sleep", "1000")
     mapped = under.replace(".", "-")
     eventually(lambda: addrs(dnsd.port, f"{mapped}.docker") == [ip_of(dockerd, under)])
+    assert f"container name '{under}' is served as '{mapped}'" in dnsd.log()
 
 
 def test_health_and_pause_withhold(dockerd: Dockerd, dnsd: Dnsd) -> None:

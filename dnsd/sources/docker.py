@@ -349,6 +349,10 @@ class DockerSource:
     def _report(self, container_id: str, built: Built) -> None:
         """Log each problem of a container once (not at every resync) and count it."""
         warned = self._warned.setdefault(container_id, set())
+        for note in built.notes:
+            if note not in warned:
+                warned.add(note)
+                logger.info("%s", note, extra=event("name_mapped", SOURCE, container=built.name))
         for problem in built.problems:
             if problem not in warned:
                 warned.add(problem)

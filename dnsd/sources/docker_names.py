@@ -64,6 +64,7 @@ class Built:
     # (container port, proto) -> host port, for ports published on the host (-p).
     published: dict[tuple[int, str], int] = field(default_factory=dict)
     health: str | None = None  # healthcheck status, if the container has one
+    notes: list[str] = field(default_factory=list)  # names changed to be DNS-safe
 
 
 def dns_label(text: str) -> str:
@@ -155,8 +156,11 @@ def container_records(attrs: dict[str, Any], naming: Naming) -> Built:
     built = Built(health=health_of(attrs))
     config = attrs.get("Config") or {}
     labels: dict[str, str] = {str(k): str(v) for k, v in (config.get("Labels") or {}).items()}
-    name = dns_label(str(attrs.get("Name", "")).lstrip("/"))
+    raw_name = str(attrs.get("Name", "")).lstrip("/")
+    name = dns_label(raw_name)
     built.name = name
+    if name and name != raw_name.lower():
+        built.notes.append(f"container name {raw_name!r} is served as {name!r}")
     if not name:
         built.problems.append(f"container name {attrs.get('Name')!r} has no DNS-safe letters")
         built.withheld = "no usable name"
