@@ -132,9 +132,6 @@ class RecordStore:
             len(records) for (src, _), records in self._owned.items() if source in (None, src)
         )
 
-    def owners(self, source: str) -> list[str]:
-        return [owner for (src, owner) in self._owned if src == source]
-
     def subscribe(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
 

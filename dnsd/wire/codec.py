@@ -43,14 +43,6 @@ def question_end(data: bytes) -> int:
     return -1
 
 
-def is_response(data: bytes) -> bool:
-    return len(data) >= 3 and bool(data[2] & 0x80)
-
-
-def opcode(data: bytes) -> int:
-    return (data[2] >> 3) & 0x0F
-
-
 def error_response(data: bytes, rcode: int, echo_question: bool = False) -> bytes | None:
     """A bare reply to ``data`` with ``rcode``: same ID, opcode and RD; no records.
 
@@ -67,9 +59,3 @@ def error_response(data: bytes, rcode: int, echo_question: bool = False) -> byte
         if end > 0:
             question = data[HEADER_LEN:end]
     return _HEADER.pack(ident, reply_flags, 1 if question else 0, 0, 0, 0) + question
-
-
-def set_tc_only(data: bytes) -> bytes:
-    """A copy of the header of ``data`` with TC set and every count but QDCOUNT zeroed."""
-    ident, flags, qd, _, _, _ = _HEADER.unpack_from(data)
-    return _HEADER.pack(ident, flags | 0x0200, qd, 0, 0, 0)
