@@ -32,7 +32,7 @@ from dnsd.resolve.local import LocalZone
 from dnsd.sources.docker import DockerSettings, DockerSource
 from dnsd.sources.docker_names import Naming
 from dnsd.sources.etcd import EtcdSource
-from dnsd.sources.etcd_client import EtcdSettings, make_client
+from dnsd.sources.etcd_client import make_client
 from dnsd.sources.etcd_publish import Publisher, PublishSettings
 from dnsd.sources.static import StaticSource
 from dnsd.stats import Stats
@@ -73,19 +73,13 @@ class Daemon:
 
     def _wire_etcd(self) -> None:
         etcd = self.config.etcd
-        settings = EtcdSettings(
-            tuple(etcd.endpoints), etcd.prefix, etcd.ca, etcd.cert, etcd.key, etcd.user,
-            etcd.password,
-        )  # fmt: skip
         server = self.config.server
-        self.etcd = EtcdSource(self.store, settings, server.zones, server.ttl, self.stats)
+        self.etcd = EtcdSource(self.store, etcd, server.zones, server.ttl, self.stats)
         if etcd.publish and self.docker is not None:
             publish = PublishSettings(
                 etcd.node_id, etcd.lease_ttl, etcd.advertise, etcd.advertise_ip
             )
-            self.publisher = Publisher(
-                lambda: make_client(settings), etcd.prefix, publish, self.stats
-            )
+            self.publisher = Publisher(lambda: make_client(etcd), etcd.prefix, publish, self.stats)
             self.docker.subscribers.append(self.publisher.update)
 
     async def start(self) -> None:

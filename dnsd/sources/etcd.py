@@ -19,10 +19,11 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from dnsd.config import EtcdConfig
 from dnsd.logs import event
 from dnsd.records import Record, RecordStore, ancestors
 from dnsd.sources.errors import reason
-from dnsd.sources.etcd_client import EtcdSettings, make_client
+from dnsd.sources.etcd_client import make_client
 from dnsd.sources.skydns import Service, key_to_name, parse_value, ptr_record, records_for
 from dnsd.stats import Stats
 
@@ -133,7 +134,7 @@ class EtcdSource:
     def __init__(
         self,
         store: RecordStore,
-        settings: EtcdSettings,
+        settings: EtcdConfig,
         zones: list[str],
         ttl: int,
         stats: Stats,

@@ -3,8 +3,9 @@ frozen member.  Shared by the etcd mirror (reader) and the publisher (writer).""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
+
+from dnsd.config import EtcdConfig
 
 ETCD_TIMEOUT_S = 5
 # A member that stops answering (SIGSTOP, a partition) is noticed by gRPC keepalive pings;
@@ -19,17 +20,6 @@ KEEPALIVE_OPTIONS = [
 FAILED_MEMBER_RETRY_S = 2.0
 
 
-@dataclass(frozen=True)
-class EtcdSettings:
-    endpoints: tuple[str, ...] = ("127.0.0.1:2379",)
-    prefix: str = "/skydns"
-    ca: str = ""
-    cert: str = ""
-    key: str = ""
-    user: str = ""
-    password: str = ""
-
-
 def _host_port(endpoint: str) -> tuple[str, int]:
     text = endpoint.split("://", 1)[-1].rstrip("/")
     if text.startswith("["):
@@ -39,7 +29,7 @@ def _host_port(endpoint: str) -> tuple[str, int]:
     return host, int(port or 2379)
 
 
-def make_client(settings: EtcdSettings) -> Any:
+def make_client(settings: EtcdConfig) -> Any:
     import grpc
     import pyetcd
 
