@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import dns.flags
 import dns.message
+import dns.rdatatype
 import pytest
 from conftest import FakeUpstream, free_port, query, rcode
 
@@ -179,3 +180,28 @@ def test_default_upstreams_come_from_resolv_conf(
     dnsd = dnsd_factory(config=f'[forward]\nresolv_conf = "{resolv}"\n')
     assert rcode(query(dnsd.port, "example.com", "A")) == "REFUSED"
     assert "no upstream resolvers found" in dnsd.log()
+
+
+def test_cname_leaving_the_zone_is_followed_upstream(
+    upstream: FakeUpstream, tmp_path, dnsd_factory
+) -> None:  # type: ignore[no-untyped-def]
+    config = '[[static.records]]\nname = "ext"\ntype = "CNAME"\nvalue = "outside.example."\n'
+    dnsd = dnsd_factory("--upstream", f"127.0.0.1:{upstream.port}", config=config)
+    reply = query(dnsd.port, "ext.docker", "A")
+    assert [rrset.rdtype for rrset in reply.answer] == [dns.rdatatype.CNAME, dns.rdatatype.A]
+    assert reply.answer[1][0].to_text() == upstream.address
+    assert reply.flags & dns.flags.AA
+    assert ("udp", "outside.example.", "A") in upstream.queries
+    # A missing target: NXDOMAIN for the chain (RFC 6604), the CNAME still shown.
+    config_nx = '[[static.records]]\nname = "gone"\ntype = "CNAME"\nvalue = "nxtarget.example."\n'
+    other = dnsd_factory("--upstream", f"127.0.0.1:{upstream.port}", config=config_nx)
+    missing = query(other.port, "gone.docker", "A")
+    assert rcode(missing) == "NXDOMAIN" and missing.answer[0].rdtype == dns.rdatatype.CNAME
+
+
+def test_cname_not_followed_without_recursion(upstream: FakeUpstream, dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    config = '[[static.records]]\nname = "ext"\ntype = "CNAME"\nvalue = "outside.example."\n'
+    dnsd = dnsd_factory("--upstream", f"127.0.0.1:{upstream.port}", "--no-forward", config=config)
+    reply = query(dnsd.port, "ext.docker", "A")
+    assert [rrset.rdtype for rrset in reply.answer] == [dns.rdatatype.CNAME]
+    assert upstream.queries == []

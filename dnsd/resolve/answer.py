@@ -26,6 +26,7 @@ class Answer:
     expires_in: float = 0.0
     recursive: bool = False  # came from forwarding: only for clients allowed to recurse
     per_client: bool = False  # depends on the asker's network (network-aware answers)
+    follow: str | None = None  # a CNAME chain left our zones here: the rest is upstream's
 
     def rotations(self) -> int:
         """How many distinct orderings rotating the answer RRsets gives."""

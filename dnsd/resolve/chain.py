@@ -30,6 +30,8 @@ class ResolverChain:
         if qclass in (CLASS_IN, CLASS_ANY):
             local = self.local.answer(qname, qtype, spelled, client_ip)
             if local is not None:
+                if local.follow and self.forward is not None and self.acl.allows(client_ip):
+                    return self._follow(local, local.follow, qtype, qclass)
                 return local
         if self.forward is None or not self.acl.allows(client_ip):
             return Answer(RCODE_REFUSED)
@@ -37,3 +39,18 @@ class ResolverChain:
         if hit is not None:
             return hit
         return self.forward.resolve(qname, qtype, qclass)
+
+    async def _follow(self, local: Answer, target: str, qtype: int, qclass: int) -> Answer:
+        """Our CNAME chain ends outside our zones: append upstream's answer for the target, as a
+        recursive resolver would for stub clients (busybox, glibc) that do not chase CNAMEs."""
+        assert self.forward is not None
+        upstream = await self.forward.resolve(target.lower(), qtype, qclass)
+        return Answer(
+            rcode=upstream.rcode,
+            authoritative=local.authoritative,
+            answer=local.answer + upstream.answer,
+            authority=upstream.authority,
+            additional=upstream.additional,
+            expires_in=upstream.expires_in,
+            recursive=True,
+        )

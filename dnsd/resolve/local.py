@@ -197,8 +197,8 @@ class LocalZone:
             name = owner_spelling = str(cname[0].value)
             target_zone = self.zone_of(name)
             if target_zone is None:
-                # Outside our zones: the client's resolver (or the next query) chases it.
-                return Answer(RCODE_NOERROR, True, answer)
+                # Outside our zones: the chain asks upstream for the rest, if it may.
+                return Answer(RCODE_NOERROR, True, answer, follow=name)
             zone = target_zone
         exists = name == zone or self._store.exists(name)
         negative = self._negative(zone, RCODE_NOERROR if exists else RCODE_NXDOMAIN)
