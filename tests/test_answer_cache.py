@@ -59,3 +59,30 @@ def test_error_response_keeps_id_and_opcode() -> None:
     assert reply[:2] == b"\xbe\xef" and reply[2] & 0x80 and reply[3] & 0x0F == 4
     assert reply[12:] == query[12 : question_end(query)]
     assert error_response(b"\x00\x01", 1) is None
+
+
+def test_forwarded_entries_count_ttls_down_in_place() -> None:
+    import dns.rrset
+
+    query = dns.message.make_query("example.com", "A", use_edns=0)
+    reply = dns.message.make_response(query)
+    reply.answer.append(dns.rrset.from_text("example.com.", 300, "IN", "A", "1.2.3.4"))
+    reply.authority.append(dns.rrset.from_text("com.", 100, "IN", "NS", "ns.com."))
+    packed = reply.to_wire()
+    cache = AnswerCache(lambda ip: True)
+    cache.put(query.to_wire(), [packed], expires=10.0 + 1, recursive=True, aging=(10.0, 60.0))
+    later = cache.answer(query.to_wire(), "127.0.0.1", 12.5)  # past the 1 s refresh
+    assert later is not None
+    parsed = dns.message.from_wire(later)
+    assert parsed.answer[0].ttl == 298 and parsed.authority[0].ttl == 98
+    assert parsed.edns == 0  # the OPT record's "TTL" (flags) is left alone
+    assert cache.answer(query.to_wire(), "127.0.0.1", 70.5) is None  # the forward cache expired
+
+
+def test_ttl_offsets_reject_garbage() -> None:
+    from dnsd.wire.codec import ttl_offsets
+
+    assert ttl_offsets(b"\x00" * 5) is None
+    good = wire("web.docker", 1)
+    assert ttl_offsets(good) == []
+    assert ttl_offsets(good + b"\x01") is None

@@ -3,17 +3,20 @@
 Keyed by the query packet minus its ID, with the question name lower-cased, so a hit is one dict
 lookup, the ID patched and the question's letter case echoed: no dnslib object, no await.
 Entries hold every rotation of the answer (served in turn) and an expiry: local answers live
-until the record store changes (``clear``), forwarded ones for at most a second so their TTLs
-keep counting down.  Forwarded entries are served only to clients allowed to recurse.
+until the record store changes (``clear``); forwarded ones are re-stamped in place once a second
+(their TTL fields counted down) until the forwarding cache's own expiry.  Forwarded entries are
+served only to clients allowed to recurse.
 Knows nothing about resolving; ``QueryHandler`` fills it.
 """
 
 from __future__ import annotations
 
 import itertools
+import struct
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
-from dnsd.wire.codec import HEADER_LEN
+from dnsd.wire.codec import HEADER_LEN, ttl_offsets
 
 ANSWER_CACHE_ENTRIES = 100_000
 FORWARDED_REFRESH_S = 1.0
@@ -22,8 +25,22 @@ FORWARDED_REFRESH_S = 1.0
 MAX_CLIENTS_PER_ENTRY = 1024
 
 
+_TTL = struct.Struct("!I")
+
+
+@dataclass(slots=True)
+class _Aging:
+    """How to count a forwarded answer's TTLs down without the resolver."""
+
+    template: bytes
+    offsets: list[int]
+    ttls: list[int]  # as packed at ``born``
+    born: float
+    final: float  # the forwarding cache drops the answer then: stop re-stamping
+
+
 class _Entry:
-    __slots__ = ("cell", "clients", "expires", "recursive", "variants")
+    __slots__ = ("aging", "cell", "clients", "expires", "recursive", "variants")
 
     def __init__(
         self,
@@ -32,13 +49,38 @@ class _Entry:
         recursive: bool,
         cell: list[int],
         clients: dict[str, Iterator[bytes]] | None = None,
+        aging: _Aging | None = None,
     ) -> None:
+        self.aging = aging
         self.variants = variants
         self.cell = cell  # hit counter shared by every entry with the same (type, rcode)
         self.expires = expires
         self.recursive = recursive
         # Network-aware answers differ per asker: their rotations are kept per client address.
         self.clients = clients
+
+
+def _aging_of(template: bytes, born: float, lifetime_s: float) -> _Aging | None:
+    offsets = ttl_offsets(template)
+    if offsets is None:
+        return None
+    ttls = [_TTL.unpack_from(template, offset)[0] for offset in offsets]
+    return _Aging(template, offsets, ttls, born, born + lifetime_s)
+
+
+def _restamp(entry: _Entry, now: float) -> bool:
+    """Count a forwarded entry's TTLs down in place (no resolver, no dnslib); False when it
+    cannot be (a local entry, or the forwarded answer itself has expired)."""
+    aging = entry.aging
+    if aging is None or now >= aging.final:
+        return False
+    elapsed = int(now - aging.born)
+    packet = bytearray(aging.template)
+    for offset, ttl in zip(aging.offsets, aging.ttls, strict=True):
+        _TTL.pack_into(packet, offset, max(ttl - elapsed, 0))
+    entry.variants = itertools.cycle([bytes(packet)])
+    entry.expires = min(aging.born + elapsed + FORWARDED_REFRESH_S, aging.final)
+    return True
 
 
 def _name_end(data: bytes) -> int:
@@ -75,7 +117,9 @@ class AnswerCache:
         """The response to ``data`` if known, else None (the caller takes the slow path)."""
         entry = self._entries.get(data[2:])
         if entry is not None:
-            if entry.expires < now or (entry.recursive and not self._allows_recursion(client_ip)):
+            if entry.expires < now and not _restamp(entry, now):
+                return None
+            if entry.recursive and not self._allows_recursion(client_ip):
                 return None
             variants = entry.variants if entry.clients is None else entry.clients.get(client_ip)
             if variants is None:
@@ -86,11 +130,9 @@ class AnswerCache:
         if qend < 0:
             return None
         entry = self._entries.get(data[2:HEADER_LEN] + data[HEADER_LEN:qend].lower() + data[qend:])
-        if (
-            entry is None
-            or entry.expires < now
-            or (entry.recursive and not self._allows_recursion(client_ip))
-        ):
+        if entry is None or (entry.expires < now and not _restamp(entry, now)):
+            return None
+        if entry.recursive and not self._allows_recursion(client_ip):
             return None
         variants = entry.variants if entry.clients is None else entry.clients.get(client_ip)
         if variants is None:
@@ -107,6 +149,7 @@ class AnswerCache:
         recursive: bool,
         client_ip: str | None = None,
         label: tuple[str, str] = ("", ""),
+        aging: tuple[float, float] | None = None,
     ) -> bytes:
         """Remember the responses to ``data`` (for ``client_ip`` only, when given); returns the
         first one to send, as ``answer`` would."""
@@ -121,16 +164,17 @@ class AnswerCache:
         cycle = itertools.cycle(templates)
         cell = self.cells.setdefault(label, [0])
         if client_ip is None:
-            self._entries[key] = _Entry(cycle, expires, recursive, cell)
+            aged = _aging_of(templates[0], *aging) if aging and len(templates) == 1 else None
+            self._entries[key] = _Entry(cycle, expires, recursive, cell, aging=aged)
         else:
-            entry = self._entries.get(key)
+            shared = self._entries.get(key)
             if (
-                entry is None
-                or entry.clients is None
-                or len(entry.clients) >= MAX_CLIENTS_PER_ENTRY
+                shared is None
+                or shared.clients is None
+                or len(shared.clients) >= MAX_CLIENTS_PER_ENTRY
             ):
-                entry = self._entries[key] = _Entry(iter(()), expires, recursive, cell, {})
-            assert entry.clients is not None
-            entry.clients[client_ip] = cycle
+                shared = self._entries[key] = _Entry(iter(()), expires, recursive, cell, {})
+            assert shared.clients is not None
+            shared.clients[client_ip] = cycle
         first = next(cycle)
         return data[:2] + first[2:HEADER_LEN] + data[HEADER_LEN:qend] + first[qend:]

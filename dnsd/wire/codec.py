@@ -59,3 +59,42 @@ def error_response(data: bytes, rcode: int, echo_question: bool = False) -> byte
         if end > 0:
             question = data[HEADER_LEN:end]
     return _HEADER.pack(ident, reply_flags, 1 if question else 0, 0, 0, 0) + question
+
+
+def _skip_name(data: bytes, pos: int) -> int:
+    """Index just past the (possibly compressed) name at ``pos``; -1 if malformed."""
+    size = len(data)
+    while pos < size:
+        length = data[pos]
+        if length == 0:
+            return pos + 1
+        if length & 0xC0 == 0xC0:
+            return pos + 2 if pos + 2 <= size else -1
+        if length > 63:
+            return -1
+        pos += length + 1
+    return -1
+
+
+def ttl_offsets(data: bytes) -> list[int] | None:
+    """Offsets of every resource record's TTL field (the OPT pseudo-record excluded), so a
+    packed answer's TTLs can be counted down in place; None if ``data`` is malformed."""
+    if len(data) < HEADER_LEN:
+        return None
+    _, _, qd, an, ns, ar = _HEADER.unpack_from(data)
+    pos = HEADER_LEN
+    for _ in range(qd):
+        pos = _skip_name(data, pos)
+        if pos < 0:
+            return None
+        pos += 4
+    offsets = []
+    for _ in range(an + ns + ar):
+        pos = _skip_name(data, pos)
+        if pos < 0 or pos + 10 > len(data):
+            return None
+        rtype, _, _, rdlength = struct.unpack_from("!HHIH", data, pos)
+        if rtype != 41:
+            offsets.append(pos + 4)
+        pos += 10 + rdlength
+    return offsets if pos == len(data) else None

@@ -146,11 +146,16 @@ class QueryHandler:
         # Start where the last answer left off, so even uncached askers see the order rotate.
         turns = range(self._turn, self._turn + rotations)
         variants = [self._pack(query, answer, edns, limit, turn) for turn in turns]
-        expires = self._clock() + answer.expires_in
+        now = self._clock()
+        expires = now + answer.expires_in
+        aging = None
         if answer.recursive or not math.isinf(answer.expires_in):
-            expires = min(expires, self._clock() + FORWARDED_REFRESH_S)
+            expires = min(expires, now + FORWARDED_REFRESH_S)
+            aging = (now, answer.expires_in)  # TTLs counted down in place until then
         client = client_ip if answer.per_client else None
-        return self._answer_cache.put(data, variants, expires, answer.recursive, client, label)
+        return self._answer_cache.put(
+            data, variants, expires, answer.recursive, client, label, aging
+        )
 
     def _pack(self, query: DNSRecord, answer: Answer, edns: bool, limit: int, turn: int) -> bytes:
         header = DNSHeader(
