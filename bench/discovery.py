@@ -92,6 +92,21 @@ def create_boxes(client: Any, prefix: str, count: int) -> list[Any]:
     ]
 
 
+def delays(
+    boxes: list[Any], action: str, port: int, prefix: str, events: dict[tuple[str, str], int]
+) -> list[float]:
+    """For each container in turn: ``start`` (or ``kill``) it, then the milliseconds from
+    dockerd's start (or die) event to dnsd on ``port`` answering (or dropping) its name."""
+    event_action, want = ("start", True) if action == "start" else ("die", False)
+    found = []
+    for i, box in enumerate(boxes):
+        threading.Thread(target=getattr(box, action), daemon=True).start()
+        seen = poll_until(port, f"{prefix}{i}.docker", want_answer=want)
+        time.sleep(0.05)  # let the event recorder see the event too
+        found.append((seen - events[(event_action, box.id)]) / 1e6)
+    return found
+
+
 def freshness(count: int) -> None:
     reason = testbed.available()
     if reason:
@@ -112,18 +127,8 @@ def freshness(count: int) -> None:
             wait_port(port)
             client, events, stream = watch_events(daemon.url)
             boxes = create_boxes(client, "fresh", count)
-            appear: list[float] = []
-            vanish: list[float] = []
-            for i, box in enumerate(boxes):
-                threading.Thread(target=box.start, daemon=True).start()
-                seen = poll_until(port, f"fresh{i}.docker", want_answer=True)
-                time.sleep(0.02)
-                appear.append((seen - events[("start", box.id)]) / 1e6)
-            for i, box in enumerate(boxes):
-                threading.Thread(target=box.kill, daemon=True).start()
-                gone = poll_until(port, f"fresh{i}.docker", want_answer=False)
-                time.sleep(0.05)
-                vanish.append((gone - events[("die", box.id)]) / 1e6)
+            appear = delays(boxes, "start", port, "fresh", events)
+            vanish = delays(boxes, "kill", port, "fresh", events)
             stream.close()
             print(
                 f"freshness over {count} containers: start event -> answered "
@@ -276,12 +281,7 @@ def propagation(count: int, duration: float) -> None:
             procs += [a, b]
             client, events, stream = watch_events(daemon.url)
             boxes = create_boxes(client, "prop", count)
-            appear = []
-            for i, box in enumerate(boxes):
-                threading.Thread(target=box.start, daemon=True).start()
-                seen = poll_until(port_b, f"prop{i}.docker", want_answer=True)
-                time.sleep(0.05)
-                appear.append((seen - events[("start", box.id)]) / 1e6)
+            appear = delays(boxes, "start", port_b, "prop", events)
             stream.close()
             print(
                 f"propagation over {count} containers, start on A -> answered on B: "

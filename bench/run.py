@@ -71,31 +71,16 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
     raise RuntimeError(f"server on port {port} did not come up")
 
 
+def run_dnsperf(port: int, queries: Path, duration: float, *options: str) -> str:
+    """dnsperf on the client core against 127.0.0.1:port; returns what it printed."""
+    command = ["taskset", "-c", CLIENT_CORE, "dnsperf", "-s", "127.0.0.1", "-p", str(port),
+               "-d", str(queries), "-l", str(duration), *options]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+
 def dnsperf(port: int, queries: Path, duration: float, pid: int) -> Result:
     before = cpu_ticks(pid)
-    out = subprocess.run(
-        [
-            "taskset",
-            "-c",
-            CLIENT_CORE,
-            "dnsperf",
-            "-s",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-d",
-            str(queries),
-            "-l",
-            str(duration),
-            "-c",
-            "10",
-            "-q",
-            "200",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = run_dnsperf(port, queries, duration, "-c", "10", "-q", "200")
     ticks = cpu_ticks(pid) - before
     completed = int(re.search(r"Queries completed:\s+(\d+)", out).group(1))  # type: ignore[union-attr]
     qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -106,28 +91,7 @@ def dnsperf(port: int, queries: Path, duration: float, pid: int) -> Result:
 
 
 def p99_latency_ms(port: int, queries: Path, duration: float) -> float:
-    out = subprocess.run(
-        [
-            "taskset",
-            "-c",
-            CLIENT_CORE,
-            "dnsperf",
-            "-s",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-d",
-            str(queries),
-            "-l",
-            str(duration),
-            "-Q",
-            str(LATENCY_QPS),
-            "-v",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = run_dnsperf(port, queries, duration, "-Q", str(LATENCY_QPS), "-v")
     latencies = sorted(float(line.split()[-1]) for line in out.splitlines() if line.startswith(">"))
     if not latencies:
         return float("nan")

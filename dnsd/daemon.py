@@ -102,7 +102,7 @@ class Daemon:
         )
         collector = self.metrics.collector
         collector.answer_cells = lambda: answer_cache.cells
-        collector.records_by_source = self._records_by_source
+        collector.records_by_source = self.store.counts
         collector.extra = self._extra_metrics
         if self.config.http.listen:
             from dnsd.http import HttpServer  # aiohttp only when the endpoint is on
@@ -171,12 +171,6 @@ class Daemon:
         except OSError as exc:
             logger.warning("cannot read %s: %s", forward.resolv_conf, exc.strerror)
             return []
-
-    def _records_by_source(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for owned in self.store.owned():
-            counts[owned.source] = counts.get(owned.source, 0) + 1
-        return counts
 
     def _extra_metrics(self) -> dict[str, float]:
         extra: dict[str, float] = {}

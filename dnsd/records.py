@@ -128,9 +128,15 @@ class RecordStore:
                 yield Owned(record, source, owner)
 
     def count(self, source: str | None = None) -> int:
-        return sum(
-            len(records) for (src, _), records in self._owned.items() if source in (None, src)
-        )
+        counts = self.counts()
+        return sum(counts.values()) if source is None else counts.get(source, 0)
+
+    def counts(self) -> dict[str, int]:
+        """Records held per source."""
+        found: dict[str, int] = {}
+        for (source, _), records in self._owned.items():
+            found[source] = found.get(source, 0) + len(records)
+        return found
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)

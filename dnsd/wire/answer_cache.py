@@ -114,7 +114,10 @@ class AnswerCache:
         self._entries.clear()
 
     def answer(self, data: bytes, client_ip: str, now: float) -> bytes | None:
-        """The response to ``data`` if known, else None (the caller takes the slow path)."""
+        """The response to ``data`` if known, else None (the caller takes the slow path).
+
+        The two lookups below repeat their checks on purpose: a shared helper would cost a
+        function call per packet on the hot path."""
         entry = self._entries.get(data[2:])
         if entry is not None:
             if entry.expires < now and not _restamp(entry, now):
