@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from datetime import UTC, datetime
+from typing import Any
 
 # Extra fields a caller may attach with ``extra={...}``; copied into JSON lines when present.
 CONTEXT_FIELDS = ("event", "name", "container", "source", "node")
@@ -48,3 +50,29 @@ def event(name: str, source: str | None = None, **fields: str) -> dict[str, str]
     if source is not None:
         extra["source"] = source
     return extra
+
+
+class Throttled:
+    """Per-packet trouble logged at most once per ``interval_s`` per kind, with a count of what
+    was held back, so a flood of bad packets can never fill the log or cost a traceback each."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 10.0, clock: Any = None) -> None:
+        self._logger = logger
+        self._interval_s = interval_s
+        self._clock = clock or time.monotonic
+        self._next: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def warning(self, kind: str, message: str, *args: object) -> bool:
+        """Log ``message`` unless ``kind`` was logged less than the interval ago; True if logged."""
+        now = self._clock()
+        if now < self._next.get(kind, 0.0):
+            self._held[kind] = self._held.get(kind, 0) + 1
+            return False
+        held = self._held.pop(kind, 0)
+        suffix = f" ({held} more like it since the last line)" if held else ""
+        self._logger.warning(message + suffix, *args)
+        if len(self._next) > 1024:
+            self._next.clear()
+        self._next[kind] = now + self._interval_s
+        return True

@@ -27,12 +27,20 @@ class ResolverChain:
     def resolve(
         self, qname: str, qtype: int, qclass: int, spelled: str, client_ip: str
     ) -> Answer | Awaitable[Answer]:
-        if qclass in (CLASS_IN, CLASS_ANY):
-            local = self.local.answer(qname, qtype, spelled, client_ip)
-            if local is not None:
-                if local.follow and self.forward is not None and self.acl.allows(client_ip):
-                    return self._follow(local, local.follow, qtype, qclass)
+        if qclass not in (CLASS_IN, CLASS_ANY):
+            # CH, HS, NONE...: never answered from the zones, never sent upstream (a zone name
+            # must not leak out in a query of another class).
+            return Answer(RCODE_REFUSED)
+        local = self.local.answer(qname, qtype, spelled, client_ip)
+        if local is not None:
+            if not local.follow:
                 return local
+            if self.forward is not None and self.acl.allows(client_ip):
+                return self._follow(local, local.follow, qtype, qclass)
+            # The CNAME-only half answer is for this asker only: an allowed client asking next
+            # must get the whole chain, so it is never cached.
+            local.expires_in = 0.0
+            return local
         if self.forward is None or not self.acl.allows(client_ip):
             return Answer(RCODE_REFUSED)
         hit = self.forward.get((qname, qtype, qclass))

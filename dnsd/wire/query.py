@@ -16,6 +16,7 @@ from typing import Any
 
 from dnslib import EDNS0, QTYPE, RCODE, DNSHeader, DNSRecord
 
+from dnsd.logs import Throttled
 from dnsd.resolve.answer import Answer
 from dnsd.resolve.chain import ResolverChain
 from dnsd.stats import Stats
@@ -26,15 +27,38 @@ from dnsd.wire.codec import (
     RCODE_NOTIMP,
     RCODE_SERVFAIL,
     error_response,
+    question_end,
 )
 
 logger = logging.getLogger(__name__)
+throttled = Throttled(logger)
 
 CLASSIC_UDP_SIZE = 512
 DEFAULT_MAX_UDP_SIZE = 1232
 MAX_TCP_SIZE = 65535
 MAX_ROTATIONS = 8
 EDNS_BADVERS = 16
+
+# Question types that can never be asked (RFC 6895: meta types) and ones dnsd does not serve.
+MALFORMED_QTYPES = frozenset({0, 41, 250})  # qtype 0, OPT, TSIG
+UNSERVED_QTYPES = frozenset({249, 251, 252, 253, 254})  # TKEY, IXFR, AXFR, MAILB, MAILA
+# Metric label values are a fixed set: anything else is "other" (bounded series, RFC 6895).
+LABELLED_QTYPES = frozenset(
+    {"A", "NS", "CNAME", "SOA", "PTR", "HINFO", "MX", "TXT", "AAAA", "SRV", "NAPTR", "DS",
+     "RRSIG", "NSEC", "DNSKEY", "TLSA", "SVCB", "HTTPS", "CAA", "ANY", "AXFR", "IXFR"}
+)  # fmt: skip
+LABELLED_RCODES = frozenset({"NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED"})
+
+
+def qtype_label(qtype: int) -> str:
+    name = QTYPE.get(qtype, "")
+    return name if name in LABELLED_QTYPES else "other"
+
+
+def rcode_label(rcode: int) -> str:
+    name = RCODE.get(rcode, "")
+    return name if name in LABELLED_RCODES else "other"
+
 
 Response = bytes | None | Coroutine[Any, Any, bytes | None]
 
@@ -75,6 +99,9 @@ class QueryHandler:
         if data[2] & 0x80:
             self._stats.drop("not a query")
             return None
+        if question_end(data) < 0:  # a label over 63 bytes, a pointer, a name over 255 bytes
+            self._stats.formerr += 1
+            return error_response(data, RCODE_FORMERR)
         try:
             query = DNSRecord.parse(data)
         except Exception:  # dnslib raises more than DNSError on hostile input
@@ -90,6 +117,12 @@ class QueryHandler:
         edns = options[0] if options else None
         if edns is not None and (edns.ttl >> 16) & 0xFF != 0:
             return self._badvers(query)
+        if query.q.qtype in MALFORMED_QTYPES:
+            self._stats.formerr += 1
+            return error_response(data, RCODE_FORMERR, echo_question=True)
+        if query.q.qtype in UNSERVED_QTYPES:  # zone transfers, TKEY, MAILA/MAILB: never upstream
+            self._stats.notimp += 1
+            return error_response(data, RCODE_NOTIMP, echo_question=True)
         limit = MAX_TCP_SIZE
         if udp:
             limit = CLASSIC_UDP_SIZE
@@ -117,12 +150,12 @@ class QueryHandler:
         started = self._clock()
         try:
             answer = await pending
-        except Exception:
-            logger.exception("resolving %s failed", query.q.qname)
+        except Exception as exc:
+            throttled.warning("resolve", "resolving %s failed: %r", query.q.qname, exc)
             answer = Answer(RCODE_SERVFAIL)
         response = self._respond(data, query, answer, edns, limit, udp, client_ip)
         if self._latency is not None:
-            self._latency.labels("udp" if udp else "tcp").observe(self._clock() - started)
+            self._latency.labels(_proto(udp)).observe(self._clock() - started)
         return response
 
     def _respond(
@@ -134,10 +167,27 @@ class QueryHandler:
         limit: int,
         udp: bool,
         client_ip: str,
+    ) -> bytes | None:
+        try:
+            return self._respond_packed(data, query, answer, edns, limit, udp, client_ip)
+        except Exception as exc:  # an answer dnslib cannot pack: the asker still gets a reply
+            throttled.warning("pack", "cannot pack the answer to %s: %r", query.q.qname, exc)
+            self._stats.answers[(qtype_label(query.q.qtype), "SERVFAIL", _proto(udp))] += 1
+            return error_response(data, RCODE_SERVFAIL, echo_question=True)
+
+    def _respond_packed(
+        self,
+        data: bytes,
+        query: DNSRecord,
+        answer: Answer,
+        edns: bool,
+        limit: int,
+        udp: bool,
+        client_ip: str,
     ) -> bytes:
         self._turn += 1
-        label = (QTYPE.get(query.q.qtype, str(query.q.qtype)), RCODE.get(answer.rcode, "?"))
-        self._stats.answers[(*label, "udp" if udp else "tcp")] += 1
+        label = (qtype_label(query.q.qtype), rcode_label(answer.rcode))
+        self._stats.answers[(*label, _proto(udp))] += 1
         cacheable = udp and self._answer_cache is not None and answer.expires_in > 0
         if not cacheable:
             return self._pack(query, answer, edns, limit, self._turn)
@@ -191,3 +241,7 @@ class QueryHandler:
         reply = DNSRecord(header, q=query.q)
         reply.add_ar(EDNS0(udp_len=self._max_udp_size, ext_rcode=EDNS_BADVERS >> 4))
         return bytes(reply.pack())
+
+
+def _proto(udp: bool) -> str:
+    return "udp" if udp else "tcp"

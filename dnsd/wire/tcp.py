@@ -13,10 +13,13 @@ import logging
 import socket
 import struct
 
+from dnsd.logs import Throttled
 from dnsd.stats import Stats
+from dnsd.wire.codec import RCODE_SERVFAIL, error_response
 from dnsd.wire.query import QueryHandler
 
 logger = logging.getLogger(__name__)
+throttled = Throttled(logger)
 
 IDLE_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 256
@@ -76,7 +79,11 @@ class TcpServer:
                 data = await self._read_message(reader)
                 if data is None:
                     break
-                result = self._handler.handle(data, client_ip, udp=False)
+                try:
+                    result = self._handler.handle(data, client_ip, udp=False)
+                except Exception as exc:  # a bug: still answer, never a traceback per query
+                    throttled.warning("handler", "query from %s failed: %r", client_ip, exc)
+                    result = error_response(data, RCODE_SERVFAIL, echo_question=True)
                 if result is None:
                     break  # unreadable header: nothing sane to answer, close
                 if isinstance(result, bytes):

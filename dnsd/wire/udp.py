@@ -16,11 +16,14 @@ import time
 from collections.abc import Callable
 from functools import partial
 
+from dnsd.logs import Throttled
 from dnsd.stats import Stats
 from dnsd.wire.answer_cache import AnswerCache
+from dnsd.wire.codec import RCODE_SERVFAIL, error_response
 from dnsd.wire.query import QueryHandler
 
 logger = logging.getLogger(__name__)
+throttled = Throttled(logger)
 
 BATCH = 64
 MAX_QUERY_BYTES = 4096
@@ -94,10 +97,10 @@ class UdpServer:
     def _slow(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
             result = self._handler.handle(data, addr[0], udp=True)
-        except Exception:
-            logger.exception("query from %s crashed the handler", addr[0])
+        except Exception as exc:  # a bug: still answer, and never a traceback per packet
+            throttled.warning("handler", "query from %s failed: %r", addr[0], exc)
             self._stats.drop("handler error")
-            return
+            result = error_response(data, RCODE_SERVFAIL, echo_question=True)
         if result is None:
             return
         if isinstance(result, bytes):

@@ -1,0 +1,156 @@
+"""Hostile clients against a running dnsd: every query gets a reply, nothing leaks upstream,
+nothing grows without bound (issue 8)."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import urllib.request
+
+import dns.message
+import dns.rdatatype
+import pytest
+from conftest import Dnsd, FakeUpstream, free_port, query, rcode
+from dnslib import QTYPE, RR, TXT
+
+from dnsd.records import RecordStore
+from dnsd.resolve.acl import Acl
+from dnsd.resolve.answer import Answer
+from dnsd.resolve.chain import ResolverChain
+from dnsd.resolve.local import LocalZone
+from dnsd.stats import Stats
+from dnsd.wire.answer_cache import AnswerCache
+from dnsd.wire.query import QueryHandler
+
+HEADER = struct.Struct("!HHHHHH")
+
+
+def raw_query(name_wire: bytes, qtype: int = 1, qclass: int = 1, ident: int = 4242) -> bytes:
+    return HEADER.pack(ident, 0x0100, 1, 0, 0, 0) + name_wire + struct.pack("!HH", qtype, qclass)
+
+
+def ask_raw(port: int, packet: bytes, timeout: float = 2.0) -> dns.message.Message:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(packet, ("127.0.0.1", port))
+        data = sock.recv(65535)
+    assert data[:2] == packet[:2], "reply ID differs"
+    return dns.message.from_wire(data, question_only=True)
+
+
+def ask_raw_tcp(port: int, packet: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+        sock.sendall(struct.pack("!H", len(packet)) + packet)
+        (length,) = struct.unpack("!H", sock.recv(2))
+        data = b""
+        while len(data) < length:
+            data += sock.recv(length - len(data))
+    return data
+
+
+LONG_LABEL = bytes([64]) + b"a" * 64 + b"\x06docker\x00"
+
+
+@pytest.fixture
+def open_dnsd(upstream: FakeUpstream, dnsd_factory) -> Dnsd:  # type: ignore[no-untyped-def]
+    config = '[[static.records]]\nname = "web"\ntype = "A"\nvalue = "10.0.0.10"\n'
+    return dnsd_factory("--upstream", f"127.0.0.1:{upstream.port}", config=config)  # type: ignore[no-any-return]
+
+
+def test_64_byte_label_gets_formerr_not_a_traceback(open_dnsd: Dnsd) -> None:
+    packet = raw_query(LONG_LABEL)
+    reply = ask_raw(open_dnsd.port, packet)
+    assert reply.rcode() == 1  # FORMERR
+    tcp_reply = ask_raw_tcp(open_dnsd.port, packet)
+    assert tcp_reply[:2] == packet[:2] and tcp_reply[3] & 0x0F == 1
+    size_before = len(open_dnsd.log())
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(2)
+        for ident in range(2000):
+            sock.sendto(raw_query(LONG_LABEL, ident=ident), ("127.0.0.1", open_dnsd.port))
+            sock.recv(512)
+    assert "Traceback" not in open_dnsd.log()
+    assert len(open_dnsd.log()) - size_before < 2000  # 2,000 bad packets: a line at most
+    assert rcode(query(open_dnsd.port, "web.docker")) == "NOERROR"
+
+
+@pytest.mark.parametrize(
+    ("qtype", "expected"),
+    [(0, "FORMERR"), (41, "FORMERR"), (250, "FORMERR"), (249, "NOTIMP"), (253, "NOTIMP"),
+     (254, "NOTIMP"), (252, "NOTIMP"), (251, "NOTIMP")],
+)  # fmt: skip
+def test_meta_types_and_zone_transfers(
+    open_dnsd: Dnsd, upstream: FakeUpstream, qtype: int, expected: str
+) -> None:
+    for name in (b"\x03web\x06docker\x00", b"\x07example\x03com\x00"):
+        reply = ask_raw(open_dnsd.port, raw_query(name, qtype))
+        assert dns.rcode.to_text(reply.rcode()) == expected
+    assert upstream.queries == []  # never forwarded, in the zone or outside it
+
+
+@pytest.mark.parametrize("qclass", [3, 4, 254])  # CH, HS, NONE
+def test_other_classes_are_refused_and_never_forwarded(
+    open_dnsd: Dnsd, upstream: FakeUpstream, qclass: int
+) -> None:
+    for name in (b"\x03web\x06docker\x00", b"\x07example\x03com\x00"):
+        reply = ask_raw(open_dnsd.port, raw_query(name, 1, qclass))
+        assert dns.rcode.to_text(reply.rcode()) == "REFUSED"
+    assert upstream.queries == []
+
+
+def test_metric_series_are_bounded(upstream: FakeUpstream, dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    http = free_port()
+    dnsd = dnsd_factory("--upstream", f"127.0.0.1:{upstream.port}", "--http", f"127.0.0.1:{http}")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(3)
+        for qtype in range(256, 1256):
+            sock.sendto(
+                raw_query(b"\x01x\x06docker\x00", qtype, ident=qtype), ("127.0.0.1", dnsd.port)
+            )
+            sock.recv(512)
+    with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    series = [line for line in text.splitlines() if line.startswith("dnsd_queries_total{")]
+    assert 0 < len(series) <= 10, series
+    assert 'type="other"' in text
+
+
+def test_cname_half_answer_is_not_cached_for_allowed_clients(
+    upstream: FakeUpstream, dnsd_factory
+) -> None:  # type: ignore[no-untyped-def]
+    # 127.0.0.2 may not recurse and asks first; 127.0.0.1 may, and must get the whole chain.
+    config = (
+        '[server]\nallow_recursion = ["127.0.0.1/32"]\n'
+        '[[static.records]]\nname = "ext"\ntype = "CNAME"\nvalue = "outside.example."\n'
+    )
+    dnsd = dnsd_factory("--upstream", f"127.0.0.1:{upstream.port}", config=config)
+    message = dns.message.make_query("ext.docker", "A")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.2", 0))
+        sock.settimeout(2)
+        sock.sendto(message.to_wire(), ("127.0.0.1", dnsd.port))
+        refused_view = dns.message.from_wire(sock.recv(4096))
+    assert [r.rdtype for r in refused_view.answer] == [dns.rdatatype.CNAME]
+    full = query(dnsd.port, "ext.docker", "A")
+    assert [r.rdtype for r in full.answer] == [dns.rdatatype.CNAME, dns.rdatatype.A]
+
+
+class _BrokenChain:
+    """A resolver stage that hands back a record dnslib cannot pack (a 64-byte label)."""
+
+    def resolve(self, *_args: object) -> Answer:
+        bad = RR(b"a" * 64 + b".docker.", QTYPE.TXT, rdata=TXT("x"))
+        return Answer(0, True, [[bad]])
+
+
+def test_an_answer_that_cannot_be_packed_is_servfail() -> None:
+    acl = Acl(["127.0.0.0/8"])
+    handler = QueryHandler(_BrokenChain(), Stats(), AnswerCache(acl.allows))  # type: ignore[arg-type]
+    packet = dns.message.make_query("web.docker", "TXT").to_wire()
+    reply = handler.handle(packet, "127.0.0.1", udp=True)
+    assert isinstance(reply, bytes)
+    assert reply[:2] == packet[:2] and reply[3] & 0x0F == 2  # SERVFAIL
+    # And the real chain still answers (the handler is not left broken).
+    chain = ResolverChain(LocalZone(RecordStore(), ["docker."]), None, acl)
+    ok = QueryHandler(chain, Stats(), AnswerCache(acl.allows)).handle(packet, "127.0.0.1", True)
+    assert isinstance(ok, bytes) and ok[3] & 0x0F == 3
