@@ -167,6 +167,12 @@ def _check_config(path: str) -> int:
         return EXIT_CONFIG
     count = sum(len(records) for records in owners.values())
     print(f"{path}: ok ({count} static records)")
+    if config.static.outside_zones:
+        zones = ", ".join(config.server.zones)
+        print(
+            f"{path}: note: static.outside_zones is on: static names outside {zones} are "
+            "answered with authority to every client"
+        )
     return EXIT_OK
 
 

@@ -62,6 +62,8 @@ class StaticConfig:
     hosts: list[str] = field(default_factory=list)
     watch_interval: float = 1.0
     records: list[dict[str, Any]] = field(default_factory=list)
+    # Names outside server.zones (answered with AA to every client): only when set on purpose.
+    outside_zones: bool = False
 
 
 @dataclass(frozen=True)

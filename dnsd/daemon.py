@@ -34,7 +34,7 @@ from dnsd.sources.docker_names import Naming
 from dnsd.sources.etcd import EtcdSource
 from dnsd.sources.etcd_client import make_client
 from dnsd.sources.etcd_publish import Publisher, PublishSettings
-from dnsd.sources.static import StaticSource
+from dnsd.sources.static import StaticSource, admission
 from dnsd.stats import Stats
 from dnsd.wire.answer_cache import AnswerCache
 from dnsd.wire.query import QueryHandler
@@ -55,7 +55,7 @@ class Daemon:
         self.config = config
         self.stats = Stats()
         self.metrics = Metrics(self.stats)
-        self.store = RecordStore()
+        self.store = RecordStore(admission(config))
         self.http: Any = None  # dnsd.http.HttpServer once started
         self.static = StaticSource(self.store, load_config, config)
         self.docker: DockerSource | None = None
@@ -103,6 +103,7 @@ class Daemon:
         collector = self.metrics.collector
         collector.answer_cells = lambda: answer_cache.cells
         collector.records_by_source = self.store.counts
+        collector.rejections = lambda: self.store.rejections
         collector.extra = self._extra_metrics
         if self.config.http.listen:
             from dnsd.http import HttpServer  # aiohttp only when the endpoint is on

@@ -10,7 +10,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 # Extra fields a caller may attach with ``extra={...}``; copied into JSON lines when present.
-CONTEXT_FIELDS = ("event", "name", "container", "source", "node")
+# A DNS name travels as ``dns_name`` (``name`` is the logger's own attribute) and is written
+# as "name"; the logger's name is written as "logger".
+CONTEXT_FIELDS = {"event": "event", "dns_name": "name", "container": "container",
+                  "source": "source", "node": "node"}  # fmt: skip
 NOISY_LIBRARIES = ("urllib3", "docker")
 
 
@@ -22,8 +25,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key in CONTEXT_FIELDS:
-            value = getattr(record, key, None)
+        for attribute, key in CONTEXT_FIELDS.items():
+            value = getattr(record, attribute, None)
             if value is not None:
                 line[key] = value
         if record.exc_info:

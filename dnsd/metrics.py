@@ -7,7 +7,7 @@ the answer latency histogram of the miss path is a live prometheus-client object
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -47,6 +47,7 @@ class StatsCollector(Collector):
         self.stats = stats
         self.answer_cells: Callable[[], dict[tuple[str, str], list[int]]] = dict
         self.records_by_source: Callable[[], dict[str, int]] = dict
+        self.rejections: Callable[[], Mapping[tuple[str, str], int]] = dict
         self.extra: Callable[[], dict[str, float]] = dict
 
     def collect(self) -> Iterator[Metric]:
@@ -91,6 +92,14 @@ class StatsCollector(Collector):
         for source, count in sorted(self.records_by_source().items()):
             records.add_metric([source], count)
         yield records
+        refused = CounterMetricFamily(
+            "dnsd_records_refused", "Records a source offered that were not served, by source "
+            "and reason (outside zones, invalid, static name, name owned by another container).",
+            labels=["source", "reason"],
+        )  # fmt: skip
+        for (source, why), count in sorted(self.rejections().items()):
+            refused.add_metric([source, why], count)
+        yield refused
         yield _counter("dnsd_reloads", "Static reloads (SIGHUP or file change).", stats.reloads)
         yield _counter("dnsd_docker_events", "Docker events received.", stats.docker_events)
         yield _counter("dnsd_docker_reconnects", "Docker event stream reconnects.",

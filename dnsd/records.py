@@ -5,20 +5,34 @@ an etcd key).  Replacing one owner's or one source's records never touches anyon
 Lookups are O(1) by (lower-cased name, type); a reverse index gives automatic PTR names for every
 A/AAAA held.  Identical records from several owners are merged, not duplicated.
 
+Every record a source offers passes ``Admission`` (DNS limits, zone confinement) and the
+precedence rule: a name the operator's static zone holds cannot be joined by any other source.
+Refused records are kept aside with the reason (for /records), counted, and logged once; when
+the static zone lets go of a name, other sources' records for it are admitted again.
+
 All mutation happens on the event-loop thread in one synchronous call, so a query never sees half
 an update.  Each change bumps ``generation`` and notifies listeners (the packed-answer cache).
-The store knows nothing about DNS wire format, zones or sockets.
+The store knows nothing about DNS wire format or sockets.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from dnsd.admission import Admission
 
 logger = logging.getLogger(__name__)
+
+STATIC = "static"  # the operator's source: its names cannot be joined by any other source
+OWNED_BY_STATIC = "name held by the static zone"
+_LOGGED_REJECTIONS = 10_000  # remembered (source, owner, name, reason) lines, then forgotten
 
 RECORD_TYPES = frozenset({"A", "AAAA", "CNAME", "PTR", "SRV", "TXT", "MX", "NS"})
 
@@ -67,6 +81,15 @@ class Owned:
     owner: str
 
 
+class Rejected(NamedTuple):
+    """A record a source offered that the store refused, and why."""
+
+    record: Record
+    source: str
+    owner: str
+    reason: str
+
+
 def normalize_name(name: str) -> str:
     """Lower-case and make absolute: ``Web.Docker`` -> ``web.docker.``."""
     name = name.strip().lower()
@@ -99,8 +122,18 @@ def _dec(counter: dict[str, int], key: str) -> None:
         del counter[key]
 
 
+Key = tuple[str, str]  # (source, owner)
+
+
 class RecordStore:
-    def __init__(self) -> None:
+    def __init__(self, admission: Admission | None = None) -> None:
+        self._admission = admission
+        self._offered: dict[Key, frozenset[Record]] = {}  # as the sources gave them
+        self._rejected: dict[Key, dict[Record, str]] = {}
+        self._static_names: dict[str, int] = {}
+        self._static_dirty: set[str] = set()  # static names that came or went in this change
+        self._logged: set[tuple[str, str, str, str]] = set()
+        self.rejections: Counter[tuple[str, str]] = Counter()  # (source, reason) -> records
         self._owned: dict[tuple[str, str], frozenset[Record]] = {}
         self._index: dict[tuple[str, str], dict[Record, int]] = {}
         self._names: dict[str, int] = {}
@@ -138,6 +171,12 @@ class RecordStore:
             found[source] = found.get(source, 0) + len(records)
         return found
 
+    def rejected(self) -> Iterator[Rejected]:
+        """Records offered but not served, with the reason (for /records)."""
+        for (source, owner), records in self._rejected.items():
+            for record, why in records.items():
+                yield Rejected(record, source, owner, why)
+
     def subscribe(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
 
@@ -168,7 +207,7 @@ class RecordStore:
     def replace_source(self, source: str, owners: Mapping[str, Iterable[Record]]) -> bool:
         """Set every owner of one source at once; owners not named are removed."""
         wanted = {(source, owner): frozenset(recs) for owner, recs in owners.items()}
-        stale = [key for key in self._owned if key[0] == source and key not in wanted]
+        stale = [key for key in self._offered if key[0] == source and key not in wanted]
         changed = False
         for key in stale:
             changed |= self._set(key, frozenset())
@@ -178,10 +217,71 @@ class RecordStore:
             self._changed()
         return changed
 
-    def _set(self, key: tuple[str, str], records: frozenset[Record]) -> bool:
+    def _set(self, key: Key, offered: frozenset[Record]) -> bool:
+        if self._offered.get(key, frozenset()) == offered:
+            return False
+        if offered:
+            self._offered[key] = offered
+        else:
+            self._offered.pop(key, None)
+        return self._admit(key, offered, trust_current=True)
+
+    def _admit(self, key: Key, offered: frozenset[Record], trust_current: bool) -> bool:
+        """Index what of ``offered`` may be served; set the rest aside with the reason."""
+        current = self._owned.get(key, frozenset()) if trust_current else frozenset()
+        admitted: set[Record] = set()
+        rejected: dict[Record, str] = {}
+        for record in offered:
+            if record in current:
+                admitted.add(record)
+                continue
+            why = self._problem(key[0], record)
+            if why is None:
+                admitted.add(self._served_form(record))
+            else:
+                rejected[record] = why
+                self._reject(key, record, why)
+        if rejected:
+            self._rejected[key] = rejected
+        else:
+            self._rejected.pop(key, None)
+        return self._index_owner(key, frozenset(admitted))
+
+    def _problem(self, source: str, record: Record) -> str | None:
+        if source != STATIC and record.name in self._static_names:
+            return OWNED_BY_STATIC
+        return None if self._admission is None else self._admission.problem(source, record)
+
+    def _served_form(self, record: Record) -> Record:
+        if record.reverse and self._admission is not None and not self._admission.reverses(record):
+            return dataclasses.replace(record, reverse=False)
+        return record
+
+    def _reject(self, key: Key, record: Record, why: str) -> None:
+        source, owner = key
+        self.rejections[(source, _reason_kind(why))] += 1
+        line = (source, owner, record.name, why)
+        if line in self._logged:
+            return
+        if len(self._logged) >= _LOGGED_REJECTIONS:
+            self._logged.clear()
+        self._logged.add(line)
+        logger.warning(
+            "%s record %s %s from %s refused: %s",
+            source,
+            record.name,
+            record.rtype,
+            owner,
+            why,
+            extra={"event": "record_refused", "source": source, "dns_name": record.name},
+        )
+
+    def _index_owner(self, key: Key, records: frozenset[Record]) -> bool:
         old = self._owned.get(key, frozenset())
         if old == records:
             return False
+        if key[0] == STATIC:
+            self._track_static(old, records)
         for record in old - records:
             self._unindex(record)
         for record in records - old:
@@ -191,6 +291,23 @@ class RecordStore:
         else:
             self._owned.pop(key, None)
         return True
+
+    def _track_static(self, old: frozenset[Record], new: frozenset[Record]) -> None:
+        for record in new - old:
+            if record.name not in self._static_names:
+                self._static_dirty.add(record.name)
+            _inc(self._static_names, record.name)
+        for record in old - new:
+            _dec(self._static_names, record.name)
+            if record.name not in self._static_names:
+                self._static_dirty.add(record.name)
+
+    def _readmit(self) -> None:
+        """The static zone took or freed names: other sources' owners there are judged again."""
+        dirty, self._static_dirty = self._static_dirty, set()
+        for key, offered in list(self._offered.items()):
+            if key[0] != STATIC and any(record.name in dirty for record in offered):
+                self._admit(key, offered, trust_current=False)
 
     def _indexed(self, record: Record) -> None:
         bucket = self._index.setdefault((record.name, record.rtype), {})
@@ -219,6 +336,17 @@ class RecordStore:
                 del self._reverse[ptr]
 
     def _changed(self) -> None:
+        if self._static_dirty:
+            self._readmit()
         self.generation += 1
         for listener in self._listeners:
             listener()
+
+
+def _reason_kind(why: str) -> str:
+    """A bounded metric label for a refusal reason."""
+    if why == OWNED_BY_STATIC:
+        return "static name"
+    if "outside the zones" in why:
+        return "outside zones"
+    return "invalid"

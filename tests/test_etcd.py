@@ -130,6 +130,32 @@ def test_groups(etcd: Etcd, mirror: tuple[Dnsd, str]) -> None:
     assert answers(server.port, f"dom.{z}") == ["127.0.0.1", "127.0.0.2"]
 
 
+def test_hostile_writer_is_confined_to_the_zones(etcd: Etcd, mirror: tuple[Dnsd, str]) -> None:
+    server, z = mirror
+    put = etcd.put
+    put("/skydns/com/example/www", '{"host": "6.6.6.6"}')
+    put("/skydns/arpa/in-addr/6/6/6/6", '{"host": "www.example.com"}')
+    put(f"/skydns/{z}/svc/{'l' * 70}", '{"host": "10.3.0.9", "port": 80}')
+    put(f"/skydns/{z}/svc/big", '{"text": "' + "t" * 70_000 + '"}')
+    put(f"/skydns/{z}/svc/good", '{"host": "10.3.0.1", "port": 80}')
+    put(f"/skydns/{z}/svc/last", '{"host": "10.3.0.2", "port": 80}')
+    eventually(lambda: answers(server.port, f"svc.{z}") == ["10.3.0.1", "10.3.0.2"])
+    for name in ("www.example.com", "example.com", "com", "."):
+        reply = query(server.port, name)
+        assert rcode(reply) == "REFUSED" and not reply.answer, name  # not ours, no forwarding
+    assert rcode(query(server.port, "6.6.6.6.in-addr.arpa", "PTR")) == "REFUSED"
+    srv = query(server.port, f"svc.{z}", "SRV")  # the parent of the over-long label answers
+    assert sorted(r.target.to_text() for rs in srv.answer for r in rs) == [
+        f"good.svc.{z}.",
+        f"last.svc.{z}.",
+    ]
+    assert rcode(query(server.port, f"big.svc.{z}", "TXT", tcp=True)) in ("NOERROR", "NXDOMAIN")
+    log = server.log()
+    assert "www.example.com. A from" in log and "outside the zones" in log
+    assert "TXT record longer than" in log and "label longer than 63 bytes" in log
+    assert "Traceback" not in log
+
+
 def test_malformed_key_is_skipped_not_the_name(etcd: Etcd, mirror: tuple[Dnsd, str]) -> None:
     server, z = mirror
     etcd.put(f"/skydns/{z}/svc/good", '{"host": "10.2.0.1"}')

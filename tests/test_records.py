@@ -14,12 +14,30 @@ def a(name: str, ip: str, ttl: int = 5) -> Record:
 
 def test_sources_and_owners_are_isolated() -> None:
     store = RecordStore()
-    store.replace_owner("static", "hosts", [a("web.docker.", "10.0.0.1")])
+    store.replace_owner("etcd", "k1", [a("web.docker.", "10.0.0.1")])
     store.replace_owner("docker", "c1", [a("web.docker.", "10.0.0.2")])
     assert {r.value for r in store.lookup("web.docker.", "A")} == {"10.0.0.1", "10.0.0.2"}
-    store.replace_source("static", {})
+    store.replace_source("etcd", {})
     assert [r.value for r in store.lookup("web.docker.", "A")] == ["10.0.0.2"]
-    assert store.count("docker") == 1 and store.count("static") == 0
+    assert store.count("docker") == 1 and store.count("etcd") == 0
+
+
+def test_static_names_cannot_be_joined_and_are_given_back() -> None:
+    store = RecordStore()
+    store.replace_owner("static", "hosts", [a("web.docker.", "10.0.0.1")])
+    store.replace_owner("docker", "c1", [a("web.docker.", "10.0.0.2"), a("c1.docker.", "10.0.0.2")])
+    assert [r.value for r in store.lookup("web.docker.", "A")] == ["10.0.0.1"]
+    assert [r.value for r in store.lookup("c1.docker.", "A")] == ["10.0.0.2"]
+    refused = list(store.rejected())
+    assert [(r.record.name, r.source, r.owner) for r in refused] == [
+        ("web.docker.", "docker", "c1")
+    ]
+    assert store.rejections[("docker", "static name")] == 1
+    store.replace_source("static", {})  # the operator lets go of the name
+    assert [r.value for r in store.lookup("web.docker.", "A")] == ["10.0.0.2"]
+    assert list(store.rejected()) == []
+    store.replace_source("static", {"hosts": [a("web.docker.", "10.0.0.9")]})  # and takes it back
+    assert [r.value for r in store.lookup("web.docker.", "A")] == ["10.0.0.9"]
 
 
 def test_identical_records_from_two_owners_are_merged_not_duplicated() -> None:
@@ -72,22 +90,41 @@ ips = st.sampled_from(["10.0.0.1", "10.0.0.2", "fd00::1"])
 records = st.builds(lambda n, ip: Record(n, "AAAA" if ":" in ip else "A", ip, 5), names, ips)
 operations = st.lists(
     st.tuples(
-        st.sampled_from(["static", "docker"]),
-        st.sampled_from(["o1", "o2", "o3"]),
-        st.frozensets(records, max_size=4),
+        st.sampled_from(["owner", "owners", "source"]),
+        st.sampled_from(["static", "docker", "etcd"]),
+        st.dictionaries(
+            st.sampled_from(["o1", "o2", "o3"]), st.frozensets(records, max_size=4), max_size=3
+        ),
     ),
     max_size=25,
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(operations)
-def test_store_matches_a_dict_model(ops: list[tuple[str, str, frozenset[Record]]]) -> None:
+def test_store_matches_a_dict_model(
+    ops: list[tuple[str, str, dict[str, frozenset[Record]]]],
+) -> None:
     store = RecordStore()
     model: dict[tuple[str, str], frozenset[Record]] = {}
-    for source, owner, recs in ops:
-        store.replace_owner(source, owner, recs)
-        model[(source, owner)] = recs
+    for verb, source, owners in ops:
+        if verb == "owner":
+            for owner, recs in owners.items():
+                store.replace_owner(source, owner, recs)
+                model[(source, owner)] = recs
+        elif verb == "owners":
+            store.update_owners(source, owners)
+            model.update({(source, owner): recs for owner, recs in owners.items()})
+        else:
+            store.replace_source(source, owners)
+            model = {key: recs for key, recs in model.items() if key[0] != source}
+            model.update({(source, owner): recs for owner, recs in owners.items()})
+    # The static zone's names are its own: other sources' records there are not served.
+    static_names = {r.name for (src, _), recs in model.items() if src == "static" for r in recs}
+    model = {
+        (src, own): frozenset(r for r in recs if src == "static" or r.name not in static_names)
+        for (src, own), recs in model.items()
+    }
     held = {r for recs in model.values() for r in recs}
     for name in ["a.docker.", "b.docker.", "x.a.docker.", "c.svc."]:
         for rtype in ("A", "AAAA"):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from dnsd.config import ConfigError
-from dnsd.records import MxValue, SrvValue
-from dnsd.sources.static import Names, config_records, parse_hosts
+from dnsd.cli import main
+from dnsd.config import ConfigError, load
+from dnsd.records import MxValue, Record, RecordStore, SrvValue
+from dnsd.sources.static import Names, admission, config_records, parse_hosts
 
 NAMES = Names(["docker.", "svc.local."])
 
@@ -69,3 +72,36 @@ def test_config_records_every_type() -> None:
 def test_bad_config_records_are_named(spec: dict[str, object]) -> None:
     with pytest.raises(ConfigError, match=r"static.records\[0\]"):
         config_records([spec], NAMES, 5)
+
+
+OUTSIDE = '[[static.records]]\nname = "www.example.com."\ntype = "A"\nvalue = "6.6.6.6"\n'
+
+
+def test_static_names_outside_the_zones_need_the_opt_in(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "outside.toml"
+    path.write_text(OUTSIDE)
+    assert main(["check-config", str(path)]) == 2
+    assert "outside the zones" in capsys.readouterr().err
+    hosts = tmp_path / "hosts"
+    hosts.write_text("6.6.6.6 www.example.com.\n10.0.0.1 web\n")
+    path.write_text(f'[static]\nhosts = ["{hosts}"]\n')
+    assert main(["check-config", str(path)]) == 2  # the bad line is named
+    assert "hosts:1" in capsys.readouterr().err
+    path.write_text("[static]\noutside_zones = true\n" + OUTSIDE)
+    assert main(["check-config", str(path)]) == 0
+    assert "static.outside_zones is on" in capsys.readouterr().out
+
+
+def test_opted_in_outside_names_get_no_automatic_ptr() -> None:
+    config = load(environ={"DNSD_STATIC_OUTSIDE_ZONES": "true"})
+    store = RecordStore(admission(config))
+    store.replace_owner("static", "config", [Record("www.example.com.", "A", "6.6.6.6", 5)])
+    store.replace_owner("static", "hosts", [Record("web.docker.", "A", "10.0.0.1", 5)])
+    assert store.lookup("www.example.com.", "A")
+    assert store.reverse("6.6.6.6.in-addr.arpa.") == []
+    assert store.reverse("1.0.0.10.in-addr.arpa.") == ["web.docker."]
+    # A source other than the operator's never leaves the zones, opt-in or not.
+    store.replace_owner("etcd", "k", [Record("evil.example.com.", "A", "6.6.6.6", 5)])
+    assert store.lookup("evil.example.com.", "A") == []

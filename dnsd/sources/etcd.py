@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from dnsd.admission import name_problem
 from dnsd.config import EtcdConfig
 from dnsd.logs import event
 from dnsd.records import Record, RecordStore, ancestors
@@ -82,6 +83,9 @@ class Mirror:
         key = key.rstrip("/")
         name = key_to_name(key, self._prefix)
         try:
+            problem = name_problem(name)
+            if problem is not None:
+                raise ValueError(f"the key's name is not servable: {problem}")
             service = parse_value(key, name, value, lease_ttl)
         except ValueError as exc:
             if self.bad_keys.get(key) != str(exc):

@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from dnsd.admission import Admission
 from dnsd.config import Config, ConfigError
 from dnsd.logs import event
 from dnsd.records import MxValue, Record, SrvValue, Value
@@ -25,6 +26,12 @@ SOURCE = "static"
 MAX_NAME_LEN = 253
 MAX_LABEL_LEN = 63
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_*")
+
+
+def admission(config: Config) -> Admission:
+    """The store's admission rules for ``config``: static names may leave the zones only when
+    ``static.outside_zones`` says so."""
+    return Admission(config.server.zones, (SOURCE,) if config.static.outside_zones else ())
 
 
 class Names:
@@ -104,7 +111,17 @@ def parse_value(rtype: str, value: Any, names: Names) -> Value:
     raise ValueError(f"unsupported record type {rtype!r}")
 
 
-def config_records(specs: list[dict[str, Any]], names: Names, default_ttl: int) -> list[Record]:
+def _admitted(record: Record, rules: Admission | None) -> Record:
+    why = rules.problem(SOURCE, record) if rules is not None else None
+    if why is not None:
+        hint = " (set static.outside_zones = true to serve it)" if "outside" in why else ""
+        raise ValueError(f"{record.name} {record.rtype}: {why}{hint}")
+    return record
+
+
+def config_records(
+    specs: list[dict[str, Any]], names: Names, default_ttl: int, rules: Admission | None = None
+) -> list[Record]:
     """``[[static.records]]`` tables -> records; a bad one raises ConfigError naming it."""
     records = []
     for index, spec in enumerate(specs):
@@ -118,7 +135,8 @@ def config_records(specs: list[dict[str, Any]], names: Names, default_ttl: int) 
             if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 <= ttl < 2**31:
                 raise ValueError(f"bad ttl {ttl!r}")
             name = names.absolute(str(spec["name"]))
-            records.append(Record(name, rtype, parse_value(rtype, spec["value"], names), ttl))
+            record = Record(name, rtype, parse_value(rtype, spec["value"], names), ttl)
+            records.append(_admitted(record, rules))
         except KeyError as exc:
             raise ConfigError(f"{where}: missing key {exc.args[0]!r}") from None
         except ValueError as exc:
@@ -126,7 +144,9 @@ def config_records(specs: list[dict[str, Any]], names: Names, default_ttl: int) 
     return records
 
 
-def parse_hosts(text: str, path: str, names: Names, ttl: int) -> tuple[list[Record], list[str]]:
+def parse_hosts(
+    text: str, path: str, names: Names, ttl: int, rules: Admission | None = None
+) -> tuple[list[Record], list[str]]:
     """Hosts-file lines ``IP name [name...]`` -> (records, errors naming file:line)."""
     records: list[Record] = []
     errors: list[str] = []
@@ -140,7 +160,8 @@ def parse_hosts(text: str, path: str, names: Names, ttl: int) -> tuple[list[Reco
             address = ipaddress.ip_address(fields[0].split("%", 1)[0])
             rtype = "A" if address.version == 4 else "AAAA"
             for name in fields[1:]:
-                records.append(Record(names.absolute(name), rtype, str(address), ttl))
+                record = Record(names.absolute(name), rtype, str(address), ttl)
+                records.append(_admitted(record, rules))
         except ValueError as exc:
             errors.append(f"{path}:{number}: {exc}")
     return records, errors
@@ -163,15 +184,16 @@ class StaticSource:
         """Every owner's records for ``config`` (raises ConfigError if the records are bad)."""
         names = Names(config.server.zones)
         ttl = config.server.ttl
+        rules = admission(config)
         self.bad_lines = []
-        owners = {"config": config_records(config.static.records, names, ttl)}
+        owners = {"config": config_records(config.static.records, names, ttl, rules)}
         for path in config.static.hosts:
             try:
                 with open(path, encoding="utf-8", errors="replace") as handle:
                     text = handle.read()
             except OSError as exc:
                 raise ConfigError(f"{path}: cannot read hosts file: {exc.strerror}") from None
-            records, errors = parse_hosts(text, path, names, ttl)
+            records, errors = parse_hosts(text, path, names, ttl, rules)
             for error in errors:
                 logger.warning("skipping bad hosts line %s", error)
             self.bad_lines += errors
