@@ -6,6 +6,7 @@ Reads the daemon's parts (store, sources, listeners) on the event loop; writes n
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from dnsd.records import MxValue, SrvValue
@@ -46,20 +47,54 @@ def _value(value: Any) -> Any:
     return value
 
 
+def _matches(name: str, pattern: str) -> bool:
+    return not pattern or any(
+        fnmatch.fnmatch(candidate, pattern.lower()) for candidate in (name, name.rstrip("."))
+    )
+
+
+def _not_served(daemon: Daemon) -> Iterator[tuple[str, str, Any, str, str, str]]:
+    """(name, type, value, source, owner, reason) for everything offered but not served:
+    records the store refused, names lost to another container, withheld containers."""
+    for refused in daemon.store.rejected():
+        record = refused.record
+        yield record.name, record.rtype, record.value, refused.source, refused.owner, refused.reason
+    built = daemon.docker.built if daemon.docker is not None else {}
+    zone = daemon.config.docker.zone
+    for container_id, box in built.items():
+        for record in box.records:
+            holders = box.conflicts.get(record.name)
+            if holders is not None:
+                held_by = ", ".join(built[h].name if h in built else h for h in holders.split(","))
+                why = f"name held by container {held_by}"
+                yield record.name, record.rtype, record.value, "docker", container_id, why
+        if box.withheld:
+            name = f"{box.name}.{zone}" if box.name else "-"
+            yield name, "-", None, "docker", container_id, f"withheld: {box.withheld}"
+
+
 def records(daemon: Daemon, pattern: str = "", source: str = "") -> list[dict[str, Any]]:
-    """Every record with its source; docker records also carry container and health."""
+    """Every record with its source; docker records also carry container and health.  Rows
+    with ``served: false`` say what was offered but is not answered, and why."""
     node = daemon.config.etcd.node_id
     built = daemon.docker.built if daemon.docker is not None else {}
     rows = []
+    for name, rtype, value, origin, owner, why in _not_served(daemon):
+        if (source and origin != source) or not _matches(name, pattern):
+            continue
+        box = built.get(owner) if origin == "docker" else None
+        rows.append({
+            "name": name, "type": rtype, "value": _value(value), "ttl": None, "source": origin,
+            "owner": owner, "node": node if origin in ("docker", "static") else None,
+            "container": box.name if box is not None else None,
+            "health": (box.health or "none") if box is not None else None,
+            "served": False, "reason": why,
+        })  # fmt: skip
     for owned in daemon.store.owned():
         record = owned.record
         if source and owned.source != source:
             continue
-        if (
-            pattern
-            and not fnmatch.fnmatch(record.name, pattern.lower())
-            and not fnmatch.fnmatch(record.name.rstrip("."), pattern.lower())
-        ):
+        if not _matches(record.name, pattern):
             continue
         row: dict[str, Any] = {
             "name": record.name,
@@ -71,6 +106,7 @@ def records(daemon: Daemon, pattern: str = "", source: str = "") -> list[dict[st
             "node": node if owned.source in ("docker", "static") else None,
             "container": None,
             "health": None,
+            "served": True,
         }
         box = built.get(owned.owner) if owned.source == "docker" else None
         if box is not None:

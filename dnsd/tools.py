@@ -16,7 +16,7 @@ from dnslib import DNSRecord
 
 from dnsd.config import parse_hostport
 
-COLUMNS = ("name", "type", "value", "ttl", "source", "container", "health")
+COLUMNS = ("name", "type", "value", "ttl", "source", "container", "health", "reason")
 
 
 def fetch_records(http: str, name: str = "", source: str = "") -> list[dict[str, Any]]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +14,7 @@ import dns.query
 import dns.rdatatype
 import dns.reversename
 import pytest
-from conftest import Dnsd, FakeUpstream, eventually, query, rcode, start_dnsd
+from conftest import Dnsd, FakeUpstream, eventually, free_port, query, rcode, start_dnsd
 from testbed.dockerd import BRIDGE_IP, IMAGE, Dockerd
 
 NET_SUBNET = "172.29.1.0/24"
@@ -335,3 +337,42 @@ def test_tls_engine(dockerd: Dockerd, tmp_path: Path) -> None:
         assert addrs(bare.port, f"{name}.docker") == []
     finally:
         bare.stop()
+
+
+def test_containers_cannot_take_names_they_do_not_own(
+    dockerd: Dockerd, net: str, tmp_path: Path
+) -> None:
+    static = '[[static.records]]\nname = "api"\ntype = "A"\nvalue = "10.0.0.20"\n'
+    http = free_port()
+    server = start_dnsd(tmp_path, "--http", f"127.0.0.1:{http}", docker=dockerd.url, config=static)
+    try:
+        eventually(lambda: "docker connected" in server.log())
+        victim = run(dockerd, "--network", net)
+        victim_ip = ip_of(dockerd, victim, net)
+        eventually(lambda: addrs(server.port, f"{victim}.docker") == [victim_ip])
+        attacker = run(
+            dockerd, "--network", net, "--network-alias", victim, "--hostname", "api",
+            "--label", f"dnsd.name=api,{victim},ns",
+        )  # fmt: skip
+        attacker_ip = ip_of(dockerd, attacker, net)
+        eventually(lambda: addrs(server.port, f"{attacker}.docker") == [attacker_ip])
+        assert addrs(server.port, "ns.docker") == [attacker_ip]  # a free name: first come
+        for asker in ("127.0.0.1", NET_GATEWAY):  # network-aware answers too
+            assert addrs(server.port, f"{victim}.docker", source=asker) == [victim_ip]
+            assert addrs(server.port, f"{victim}.{net}.docker", source=asker) == [victim_ip]
+            assert addrs(server.port, "api.docker", source=asker) == ["10.0.0.20"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{http}/records", timeout=5) as response:
+            rows = json.load(response)
+        refused = {(r["name"], r["reason"]) for r in rows if not r["served"]}
+        assert ("api.docker.", "name held by the static zone") in refused
+        assert (f"{victim}.docker.", f"name held by container {victim}") in refused
+        # Replicas of one service share a name; a stranger cannot join it.
+        one = run(dockerd, "--network", net, "--label", "dnsd.service=pay")
+        two = run(dockerd, "--network", net, "--label", "dnsd.service=pay")
+        stranger = run(dockerd, "--network", net, "--label", "dnsd.name=pay")
+        pair = sorted([ip_of(dockerd, one, net), ip_of(dockerd, two, net)])
+        eventually(lambda: addrs(server.port, f"{stranger}.docker") != [])
+        assert addrs(server.port, "pay.docker") == pair
+        assert "may not join" in server.log()
+    finally:
+        server.stop()

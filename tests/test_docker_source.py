@@ -13,6 +13,7 @@ from conftest import Dnsd, eventually, query, rcode, start_dnsd
 from testbed.fake_engine import FakeEngine, container
 
 from dnsd.records import SrvValue
+from dnsd.sources.docker_claims import NameClaims, claims_of
 from dnsd.sources.docker_names import (
     Naming,
     container_records,
@@ -174,3 +175,64 @@ def test_events_for_vanished_containers_and_junk_events(engine: FakeEngine, tmp_
         assert "Traceback" not in server.log()
     finally:
         server.stop()
+
+
+# --- name ownership (docker_claims) ------------------------------------------------------------
+
+
+def built_of(cid: str, name: str, ip: str, created: str, **labels: str) -> Any:
+    attrs = container(cid * 8, name, ip, labels=labels)
+    attrs["Created"] = created
+    return container_records(attrs, Naming())
+
+
+def serve_all(builts: dict[str, Any], order: list[str]) -> dict[str, set[str]]:
+    """Claims applied in ``order``: name -> addresses served."""
+    claims = NameClaims()
+    for cid in order:
+        claims.claim(cid, claims_of(builts[cid]))
+    served: dict[str, set[str]] = {}
+    for cid in builts:
+        for record in claims.served(cid, builts[cid].records)[0]:
+            if record.rtype == "A" and ".bridge." not in record.name:
+                served.setdefault(record.name, set()).add(str(record.value))
+    return served
+
+
+def test_extra_names_cannot_take_owned_names_and_order_does_not_matter() -> None:
+    builts = {
+        "a": built_of("a", "api", "10.0.0.1", "2026-01-01T00:00:01Z"),
+        "b": built_of("b", "evil", "10.0.0.2", "2026-01-01T00:00:02Z", **{"dnsd.name": "api,pay"}),
+        "c": built_of("c", "pay1", "10.0.0.3", "2026-01-01T00:00:03Z", **{"dnsd.service": "pay"}),
+        "d": built_of("d", "pay2", "10.0.0.4", "2026-01-01T00:00:04Z", **{"dnsd.service": "pay"}),
+        "e": built_of("e", "late", "10.0.0.5", "2026-01-01T00:00:05Z", **{"dnsd.name": "shared"}),
+        "f": built_of("f", "later", "10.0.0.6", "2026-01-01T00:00:06Z", **{"dnsd.name": "shared"}),
+    }
+    expected = {
+        "api.docker.": {"10.0.0.1"},  # an own name beats an extra name
+        "evil.docker.": {"10.0.0.2"},
+        "pay.docker.": {"10.0.0.2"},  # the oldest claimant (evil) holds it, alone: no group
+        "pay1.docker.": {"10.0.0.3"},
+        "pay2.docker.": {"10.0.0.4"},
+        "shared.docker.": {"10.0.0.5"},
+        "late.docker.": {"10.0.0.5"},
+        "later.docker.": {"10.0.0.6"},
+    }
+    assert serve_all(builts, list(builts)) == expected
+    assert serve_all(builts, list(reversed(builts))) == expected
+
+
+def test_a_group_shares_its_names_and_a_freed_name_passes_on() -> None:
+    builts = {
+        "c": built_of("c", "pay1", "10.0.0.3", "2026-01-01T00:00:03Z", **{"dnsd.service": "pay"}),
+        "d": built_of("d", "pay2", "10.0.0.4", "2026-01-01T00:00:04Z", **{"dnsd.service": "pay"}),
+        "x": built_of("x", "x", "10.0.0.9", "2026-01-01T00:00:09Z", **{"dnsd.name": "pay"}),
+    }
+    assert serve_all(builts, list(builts))["pay.docker."] == {"10.0.0.3", "10.0.0.4"}
+    claims = NameClaims()
+    for cid, built in builts.items():
+        claims.claim(cid, claims_of(built))
+    assert claims.served("x", builts["x"].records)[1] == {"pay.docker.": "c,d"}
+    changed = claims.claim("c", {})
+    claims.claim("d", {})
+    assert "pay.docker." in changed and claims.winners("pay.docker.") == {"x"}

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from dnsd.logs import event
-from dnsd.records import RecordStore
+from dnsd.records import Record, RecordStore
+from dnsd.sources.docker_claims import NameClaims, claims_of
 from dnsd.sources.docker_names import Built, Naming, container_records, list_fingerprint
 from dnsd.sources.errors import reason
 from dnsd.stats import Stats
@@ -104,6 +105,7 @@ class DockerSource:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fingerprints: dict[str, tuple[Any, ...]] = {}
         self._built: dict[str, Built] = {}
+        self._claims = NameClaims()
         self._warned: dict[str, set[str]] = {}
         self._resync_queued = False
         self.state = "down"  # "ok" once the first resync after connecting has landed
@@ -290,25 +292,54 @@ class DockerSource:
         self.state, self.reason = "down", reason
 
     def _apply_one(self, container_id: str, built: Built | None, reason: str) -> None:
+        owners: dict[str, list[Record]] = {}
         if built is None:
             self._built.pop(container_id, None)
-            self._store.remove_owner(SOURCE, container_id)
+            owners[container_id] = []
         else:
             self._built[container_id] = built
             self._report(container_id, built)
-            self._store.replace_owner(SOURCE, container_id, built.records)
+        changed = self._claims.claim(container_id, claims_of(built) if built else {})
+        # Every container claiming a name whose claimants changed may win or lose it.
+        for other in self._claims.claimants(changed) | ({container_id} if built else set()):
+            owners[other] = self._serve(other)
+        self._store.update_owners(SOURCE, owners)
         self.events_applied += 1
         self._notify()
+
+    def _serve(self, container_id: str) -> list[Record]:
+        """What ``container_id`` serves under name ownership; conflicts logged once."""
+        built = self._built[container_id]
+        built.served, built.conflicts = self._claims.served(container_id, built.records)
+        warned = self._warned.setdefault(container_id, set())
+        for name, holders in built.conflicts.items():
+            line = f"name {name} held by {holders}"
+            if line not in warned:
+                warned.add(line)
+                self._store.rejections[(SOURCE, "name owned")] += 1
+                holder_names = ", ".join(
+                    self._built[h].name if h in self._built else h for h in holders.split(",")
+                )
+                logger.warning(
+                    "container %s may not join %s: it belongs to container %s",
+                    built.name,
+                    name,
+                    holder_names,
+                    extra=event("name_conflict", SOURCE, container=built.name, dns_name=name),
+                )
+        return built.served
 
     def _apply_all(self, owners: dict[str, Built], took_s: float) -> None:
         self._built = dict(owners)
         for container_id, built in owners.items():
             self._report(container_id, built)
         self._warned = {cid: w for cid, w in self._warned.items() if cid in owners}
+        self._claims = NameClaims()
+        for container_id, built in owners.items():
+            self._claims.claim(container_id, claims_of(built))
+        serving = {cid: self._serve(cid) for cid in owners}
         applying = time.monotonic()
-        changed = self._store.replace_source(
-            SOURCE, {cid: built.records for cid, built in owners.items()}
-        )
+        changed = self._store.replace_source(SOURCE, serving)
         took_s += time.monotonic() - applying
         self._stats.docker_resyncs += 1
         self.synced_at = time.monotonic()

@@ -65,6 +65,16 @@ class Built:
     published: dict[tuple[int, str], int] = field(default_factory=dict)
     health: str | None = None  # healthcheck status, if the container has one
     notes: list[str] = field(default_factory=list)  # names changed to be DNS-safe
+    # For name ownership (docker_claims): the container's own names (its name, name.network,
+    # SRV names under its name), its group (dnsd.service, else compose service.project) and
+    # creation time.  Every other name in ``records`` is an extra name.
+    own_names: set[str] = field(default_factory=set)
+    group: str = ""
+    created: str = ""
+    # What is served after name ownership is applied (set by the Docker source), and for each
+    # name not served, the container(s) holding it.
+    served: list[Record] = field(default_factory=list)
+    conflicts: dict[str, str] = field(default_factory=dict)
 
 
 def dns_label(text: str) -> str:
@@ -193,11 +203,17 @@ def container_records(attrs: dict[str, Any], naming: Naming) -> Built:
                 add(alias)
                 add(f"{alias}.{address.network}")
                 built.local_names.add(f"{alias}.{address.network}.{zone}")
+    canonical = f"{name}.{zone}"
     if addresses:
-        canonical = f"{name}.{zone}"
         owners = [name, *_srv_owners(attrs, labels)]
         records.update(_srv_records(attrs, labels, owners, canonical, zone, ttl, built.problems))
     built.records = sorted(records, key=lambda r: (r.name, r.rtype, str(r.value)))
+    built.own_names = {
+        r.name for r in records if r.name == canonical or r.name.endswith("." + canonical)
+    } | {f"{name}.{a.network}.{zone}" for a in addresses if a.network}
+    groups = _srv_owners(attrs, labels)
+    built.group = groups[-1] if groups else ""  # dnsd.service wins over the compose service
+    built.created = str(attrs.get("Created") or "")
     built.published = published_ports(attrs)
     return built
 

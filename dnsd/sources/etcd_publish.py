@@ -55,10 +55,10 @@ def desired_keys(
     for container_id, box in built.items():
         if box.withheld:
             continue
-        addresses = sorted({str(r.value) for r in box.records if r.rtype in ("A", "AAAA")})
+        addresses = sorted({str(r.value) for r in box.served if r.rtype in ("A", "AAAA")})
         if host_mode:
             addresses = [settings.advertise_ip] if addresses else []
-        for record in box.records:
+        for record in box.served:  # names lost to another container are not published
             if record.name in box.local_names:
                 continue
             if record.rtype in ("A", "AAAA") and not host_mode:

@@ -1,0 +1,99 @@
+"""Name ownership among containers: which container may answer for each Docker name.
+
+A container's *own* names (its name, ``<name>.<network>``, SRV names under its name) are unique
+on a Docker host and always its own.  Its *extra* names (hostname, ``dnsd.name``,
+``dnsd.service``, compose ``service.project``, network aliases) may not take a name that another
+container already owns: the oldest claimant keeps it, together with every claimant of the same
+group (the same ``dnsd.service``, else the same compose service), so replicas share their names
+and a stranger cannot join them.  An own name beats any extra name.  The rule depends only on
+who claims what (creation time, then id), never on the order events arrive, so a resync gives
+the same answer.  When an owner leaves, the next claimant takes the name over.
+
+Pure bookkeeping, no I/O; the Docker source asks it which records of a container to serve.
+(Names held by the static zone are refused by the record store itself.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from dnsd.records import Record
+from dnsd.sources.docker_names import Built
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    own: bool  # the container's own name (beats every extra name)
+    group: str  # dnsd.service, else compose service.project, else ""
+    created: str  # the container's creation time (ISO 8601 sorts as text)
+
+
+def claims_of(built: Built) -> dict[str, Claim]:
+    """The names a served container claims (none when it is withheld)."""
+    if built.withheld:
+        return {}
+    return {
+        record.name: Claim(record.name in built.own_names, built.group, built.created)
+        for record in built.records
+    }
+
+
+class NameClaims:
+    def __init__(self) -> None:
+        self._claims: dict[str, dict[str, Claim]] = {}  # name -> container id -> claim
+        self._names: dict[str, frozenset[str]] = {}  # container id -> names it claims
+
+    def claim(self, container_id: str, claims: dict[str, Claim]) -> set[str]:
+        """Set a container's claims (empty: it is gone); returns the names whose claimants
+        changed (their winners may have changed)."""
+        old = self._names.get(container_id, frozenset())
+        new = frozenset(claims)
+        changed = set(old ^ new)
+        for name in old - new:
+            holders = self._claims[name]
+            del holders[container_id]
+            if not holders:
+                del self._claims[name]
+        for name, claim in claims.items():
+            holders = self._claims.setdefault(name, {})
+            if holders.get(container_id) != claim:
+                holders[container_id] = claim
+                changed.add(name)
+        if new:
+            self._names[container_id] = new
+        else:
+            self._names.pop(container_id, None)
+        return changed
+
+    def claimants(self, names: Iterable[str]) -> set[str]:
+        return {cid for name in names for cid in self._claims.get(name, {})}
+
+    def winners(self, name: str) -> set[str]:
+        holders = self._claims.get(name, {})
+        own = {cid for cid, claim in holders.items() if claim.own}
+        if own or not holders:
+            return own
+        first = min(holders, key=lambda cid: (holders[cid].created, cid))
+        group = holders[first].group
+        if not group:
+            return {first}
+        return {cid for cid, claim in holders.items() if claim.group == group}
+
+    def served(
+        self, container_id: str, records: Iterable[Record]
+    ) -> tuple[list[Record], dict[str, str]]:
+        """The records ``container_id`` may serve, and for each name it may not: who holds it."""
+        kept: list[Record] = []
+        lost: dict[str, str] = {}
+        verdicts: dict[str, bool] = {}
+        for record in records:
+            name = record.name
+            if name not in verdicts:
+                winners = self.winners(name)
+                verdicts[name] = container_id in winners
+                if not verdicts[name]:
+                    lost[name] = ",".join(sorted(winners))
+            if verdicts[name]:
+                kept.append(record)
+        return kept, lost
