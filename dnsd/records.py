@@ -25,14 +25,18 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
+from dnsd.logs import Throttled
+
 if TYPE_CHECKING:
     from dnsd.admission import Admission
 
 logger = logging.getLogger(__name__)
+_throttled = Throttled(logger, interval_s=60.0)
 
 STATIC = "static"  # the operator's source: its names cannot be joined by any other source
 OWNED_BY_STATIC = "name held by the static zone"
 _LOGGED_REJECTIONS = 10_000  # remembered (source, owner, name, reason) lines, then forgotten
+_LOGGED_PER_KIND = 10  # refusals of one source and kind logged one by one; then a summary line
 
 RECORD_TYPES = frozenset({"A", "AAAA", "CNAME", "PTR", "SRV", "TXT", "MX", "NS"})
 
@@ -133,6 +137,7 @@ class RecordStore:
         self._static_names: dict[str, int] = {}
         self._static_dirty: set[str] = set()  # static names that came or went in this change
         self._logged: set[tuple[str, str, str, str]] = set()
+        self._logged_kinds: Counter[tuple[str, str]] = Counter()
         self.rejections: Counter[tuple[str, str]] = Counter()  # (source, reason) -> records
         self._owned: dict[tuple[str, str], frozenset[Record]] = {}
         self._index: dict[tuple[str, str], dict[Record, int]] = {}
@@ -259,13 +264,26 @@ class RecordStore:
 
     def _reject(self, key: Key, record: Record, why: str) -> None:
         source, owner = key
-        self.rejections[(source, _reason_kind(why))] += 1
-        line = (source, owner, record.name, why)
+        kind = _reason_kind(why)
+        self.rejections[(source, kind)] += 1
+        line = (source, owner, record.name, kind)
         if line in self._logged:
             return
         if len(self._logged) >= _LOGGED_REJECTIONS:
             self._logged.clear()
         self._logged.add(line)
+        self._logged_kinds[(source, kind)] += 1
+        if self._logged_kinds[(source, kind)] > _LOGGED_PER_KIND:
+            _throttled.warning(
+                f"{source} {kind}",
+                "%s records refused (%s), e.g. %s from %s: %s; all of them in /records",
+                source,
+                kind,
+                record.name,
+                owner,
+                why,
+            )
+            return
         logger.warning(
             "%s record %s %s from %s refused: %s",
             source,

@@ -24,6 +24,9 @@ class Stats:
     forward_cache_hits: int = 0
     forward_cache_misses: int = 0
     forward_coalesced: int = 0
+    forward_not_cached: int = 0  # answers too large to keep
+    forward_over_budget: int = 0  # questions refused upstream: too many already pending
+    upstream_scrubbed: int = 0  # upstream records dropped: not part of the answer asked for
     tcp_connections: int = 0
     tcp_refused: int = 0
     reloads: int = 0

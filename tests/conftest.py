@@ -24,7 +24,7 @@ import dns.message
 import dns.query
 import dns.rcode
 import pytest
-from dnslib import QTYPE, RR, SOA, A, DNSRecord
+from dnslib import NS, QTYPE, RR, SOA, A, DNSRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -144,7 +144,8 @@ class FakeUpstream:
 
     mode: "answer" (A 1.2.3.4 for every name, or NXDOMAIN for names starting with "nx"),
     "silent" (never replies), "spoof" (first a reply with a wrong ID, then the right one),
-    "truncate" (TC=1 over UDP; the full answer over TCP).
+    "truncate" (TC=1 over UDP; the full answer over TCP), "poison" (the answer plus records
+    for other names in every section: out of bailiwick).
     """
 
     mode: str = "answer"
@@ -182,6 +183,11 @@ class FakeUpstream:
             soa = SOA("ns.test.", "admin.test.", (1, 60, 60, 60, 30))
             reply.add_auth(RR("test.", QTYPE.SOA, ttl=self.ttl, rdata=soa))
         elif request.q.qtype == QTYPE.A:
+            if self.mode == "poison":
+                bad = A("6.6.6.6")
+                reply.add_answer(RR("victim.example.", QTYPE.A, ttl=self.ttl, rdata=bad))
+                reply.add_auth(RR("example.", QTYPE.NS, ttl=self.ttl, rdata=NS("ns.evil.")))
+                reply.add_ar(RR("ns.evil.", QTYPE.A, ttl=self.ttl, rdata=bad))
             for i in range(self.answers_per_name):
                 address = self.address if i == 0 else f"10.9.{i // 250}.{i % 250 + 1}"
                 reply.add_answer(RR(request.q.qname, QTYPE.A, ttl=self.ttl, rdata=A(address)))

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import dns.flags
 import dns.message
 import dns.rdatatype
 import pytest
 from conftest import FakeUpstream, free_port, query, rcode
+from dnslib import QTYPE, RR, A
+
+from dnsd.resolve.answer import Answer
+from dnsd.resolve.cache import ForwardCache
+from dnsd.stats import Stats
 
 
 def test_forwarded_answer_is_cached_and_counts_down(upstream: FakeUpstream, dnsd_factory) -> None:  # type: ignore[no-untyped-def]
@@ -205,3 +212,64 @@ def test_cname_not_followed_without_recursion(upstream: FakeUpstream, dnsd_facto
     reply = query(dnsd.port, "ext.docker", "A")
     assert [rrset.rdtype for rrset in reply.answer] == [dns.rdatatype.CNAME]
     assert upstream.queries == []
+
+
+def test_upstream_replies_are_scrubbed(dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    poisoner = FakeUpstream(mode="poison").start()
+    try:
+        dnsd = dnsd_factory("--upstream", f"127.0.0.1:{poisoner.port}")
+        for _ in range(2):  # the miss and the cached answer
+            reply = query(dnsd.port, "www.example.com", "A")
+            names = {rrset.name.to_text() for rrset in reply.answer}
+            assert names == {"www.example.com."}
+            assert not reply.authority and not reply.additional
+        # The out-of-bailiwick record was not cached for its own name either.
+        query(dnsd.port, "victim.example", "A")
+        assert ("udp", "victim.example.", "A") in poisoner.queries
+    finally:
+        poisoner.stop()
+
+
+def _rss_kb(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
+
+
+def test_large_answers_do_not_grow_the_cache_without_bound(dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    big = FakeUpstream(mode="truncate", answers_per_name=2000).start()  # ~32 KB over TCP
+    try:
+        dnsd = dnsd_factory("--upstream", f"127.0.0.1:{big.port}")
+        query(dnsd.port, "warm.example", "A", tcp=True)
+        before = _rss_kb(dnsd.proc.pid)
+        for i in range(100):
+            reply = query(dnsd.port, f"n{i}.example", "A", tcp=True, timeout=5)
+            assert len(reply.answer[0]) == 2000
+        grown_mb = (_rss_kb(dnsd.proc.pid) - before) / 1024
+        assert grown_mb < 40, f"RSS grew {grown_mb:.0f} MB for 100 large answers"
+        asked = len(big.queries)
+        query(dnsd.port, "n1.example", "A", tcp=True, timeout=5)
+        assert len(big.queries) > asked  # over the size cap: passed on, not kept
+    finally:
+        big.stop()
+
+
+def test_forward_cache_is_bounded_in_bytes() -> None:
+    now = [0.0]
+    stats = Stats()
+
+    class Upstream:
+        async def resolve(self, qname: str, qtype: int, qclass: int) -> Answer:
+            rr = RR(qname, QTYPE.A, ttl=300, rdata=A("10.0.0.1"))
+            return Answer(0, answer=[[rr]], recursive=True, wire_size=4000)
+
+    cache = ForwardCache(Upstream(), stats, clock=lambda: now[0], max_bytes=2_000_000)
+
+    async def fill() -> None:
+        for i in range(100):
+            await cache.resolve(f"n{i}.example.", 1, 1)
+
+    asyncio.run(fill())
+    assert cache.bytes <= 2_000_000
+    assert 0 < len(cache) < 100  # the oldest went first
+    assert cache.get(("n99.example.", 1, 1)) is not None
+    assert cache.get(("n0.example.", 1, 1)) is None

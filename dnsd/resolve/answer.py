@@ -27,6 +27,7 @@ class Answer:
     recursive: bool = False  # came from forwarding: only for clients allowed to recurse
     per_client: bool = False  # depends on the asker's network (network-aware answers)
     follow: str | None = None  # a CNAME chain left our zones here: the rest is upstream's
+    wire_size: int = 0  # bytes of the upstream reply it was parsed from (forwarded answers)
 
     def rotations(self) -> int:
         """How many distinct orderings rotating the answer RRsets gives."""

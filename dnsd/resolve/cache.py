@@ -3,7 +3,10 @@
 Positive answers live for their smallest TTL, negative ones (NXDOMAIN, NODATA) for
 min(SOA TTL, SOA MINIMUM) as RFC 2308 says; answers without a usable TTL, SERVFAIL and other
 errors are not kept.  Served TTLs count down.  Identical concurrent misses go upstream once.
-Bounded in entries (cachetools TLRU).  Knows nothing about upstreams, sockets or the local zone.
+Bounded in entries and in bytes (cachetools TLRU, least recently used first out): an entry
+costs what its parsed records take in memory (about ``BYTES_PER_WIRE_BYTE`` per byte of the
+reply), and a reply over ``MAX_ANSWER_BYTES`` is passed on but not kept.
+Knows nothing about upstreams, sockets or the local zone.
 """
 
 from __future__ import annotations
@@ -25,6 +28,11 @@ from dnsd.wire.codec import RCODE_NOERROR, RCODE_NXDOMAIN
 logger = logging.getLogger(__name__)
 
 CACHE_ENTRIES = 10_000
+CACHE_BYTES = 64 * 1024 * 1024
+MAX_ANSWER_BYTES = 8192
+# Measured: a 16 KB reply parsed into dnslib records takes ~490 KB of memory.
+BYTES_PER_WIRE_BYTE = 32
+ENTRY_OVERHEAD_BYTES = 1024
 MAX_TTL_S = 3600
 MAX_NEGATIVE_TTL_S = 900
 
@@ -40,6 +48,11 @@ class _Entry:
     answer: Answer
     stored_at: float
     expires_at: float
+    cost: int  # estimated bytes of memory
+
+
+def entry_cost(answer: Answer) -> int:
+    return ENTRY_OVERHEAD_BYTES + BYTES_PER_WIRE_BYTE * answer.wire_size
 
 
 def cache_ttl(answer: Answer) -> int:
@@ -68,19 +81,34 @@ class ForwardCache:
         max_ttl_s: int = MAX_TTL_S,
         max_negative_ttl_s: int = MAX_NEGATIVE_TTL_S,
         clock: Callable[[], float] = time.monotonic,
+        max_bytes: int = CACHE_BYTES,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
         self._next = next_stage
         self._stats = stats
         self._max_ttl_s = max_ttl_s
         self._max_negative_ttl_s = max_negative_ttl_s
         self._clock = clock
+        self._max_entries = max_entries
+        # No single answer may take more than a tenth of the budget.
+        self._max_answer_bytes = min(
+            max_answer_bytes, (max_bytes // 10 - ENTRY_OVERHEAD_BYTES) // BYTES_PER_WIRE_BYTE
+        )
         self._entries: TLRUCache[Key, _Entry] = TLRUCache(
-            maxsize=max_entries, ttu=lambda _k, entry, _now: entry.expires_at, timer=clock
+            maxsize=max_bytes,
+            ttu=lambda _k, entry, _now: entry.expires_at,
+            timer=clock,
+            getsizeof=lambda entry: entry.cost,
         )
         self._inflight: dict[Key, asyncio.Task[Answer]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    @property
+    def bytes(self) -> int:
+        """Estimated memory the cached answers take."""
+        return int(self._entries.currsize)
 
     def get(self, key: Key) -> Answer | None:
         """A cached answer with its TTLs counted down, or None."""
@@ -121,7 +149,12 @@ class ForwardCache:
         limit = self._max_ttl_s if answer.answer else self._max_negative_ttl_s
         ttl = min(ttl, limit)
         answer.expires_in = float(ttl)
-        if ttl > 0:
+        if ttl > 0 and answer.wire_size <= self._max_answer_bytes:
             now = self._clock()
-            self._entries[key] = _Entry(answer, now, now + ttl)
+            self._entries.expire(now)
+            while len(self._entries) >= self._max_entries:
+                self._entries.popitem()
+            self._entries[key] = _Entry(answer, now, now + ttl, entry_cost(answer))
+        elif ttl > 0:
+            self._stats.forward_not_cached += 1
         return answer

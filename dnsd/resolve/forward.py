@@ -2,7 +2,10 @@
 
 Each upstream query gets a fresh random ID and a fresh socket (so a fresh random source port);
 replies are accepted only from the upstream asked, with the ID and question sent; anything else is
-dropped and counted.  Upstreams are tried in order of recent health with a per-upstream timeout;
+dropped and counted.  A reply is scrubbed before anyone sees it: only the records for the name
+asked and its CNAME/DNAME chain stay in the answer, only an SOA above them in the authority
+section (for negative caching); everything else (NS, additional, out-of-bailiwick) is dropped.
+Upstreams are tried in order of recent health with a per-upstream timeout;
 when every one fails the answer is SERVFAIL.  Knows nothing about caching or the local zone.
 """
 
@@ -73,11 +76,15 @@ class Forwarder:
                 logger.debug("upstream %s failed for %s: %r", upstream, qname, exc)
                 continue
             self._failures[upstream] = 0
-            return _to_answer(reply)
+            answer, scrubbed = _to_answer(reply[0], qname, qtype, reply[1])
+            self._stats.upstream_scrubbed += scrubbed
+            return answer
         logger.debug("every upstream failed for %s %s", qname, qtype)
         return Answer(RCODE_SERVFAIL, recursive=True)
 
-    async def _ask(self, upstream: Upstream, qname: str, qtype: int, qclass: int) -> DNSRecord:
+    async def _ask(
+        self, upstream: Upstream, qname: str, qtype: int, qclass: int
+    ) -> tuple[DNSRecord, int]:
         ident = self._random_id()
         query = DNSRecord(DNSHeader(id=ident, rd=1), q=DNSQuestion(qname, qtype, qclass))
         query.add_ar(EDNS0(udp_len=UPSTREAM_UDP_SIZE))
@@ -85,7 +92,7 @@ class Forwarder:
         started = time.monotonic()
         async with asyncio.timeout(self._timeout_s):
             reply = await self._ask_udp(upstream, packet, ident, qname, qtype, qclass)
-            if reply.header.tc:
+            if reply[0].header.tc:
                 reply = await self._ask_tcp(upstream, packet, ident, qname, qtype, qclass)
         self._stats.upstream_queries += 1
         if self._latency is not None:
@@ -94,7 +101,7 @@ class Forwarder:
 
     async def _ask_udp(
         self, upstream: Upstream, packet: bytes, ident: int, qname: str, qtype: int, qclass: int
-    ) -> DNSRecord:
+    ) -> tuple[DNSRecord, int]:
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in upstream.host else socket.AF_INET
         with socket.socket(family, socket.SOCK_DGRAM) as sock:
@@ -106,12 +113,12 @@ class Forwarder:
                 data = await loop.sock_recv(sock, MAX_REPLY_BYTES)
                 reply = _matching_reply(data, ident, qname, qtype, qclass)
                 if reply is not None:
-                    return reply
+                    return reply, len(data)
                 self._stats.upstream_mismatched += 1
 
     async def _ask_tcp(
         self, upstream: Upstream, packet: bytes, ident: int, qname: str, qtype: int, qclass: int
-    ) -> DNSRecord:
+    ) -> tuple[DNSRecord, int]:
         reader, writer = await asyncio.open_connection(upstream.host, upstream.port)
         try:
             writer.write(struct.pack("!H", len(packet)) + packet)
@@ -126,7 +133,7 @@ class Forwarder:
         if reply is None:
             self._stats.upstream_mismatched += 1
             raise UpstreamError("TCP reply does not match the query")
-        return reply
+        return reply, len(data)
 
 
 def _matching_reply(
@@ -144,16 +151,54 @@ def _matching_reply(
     return reply if question.qclass == qclass else None
 
 
-def _to_answer(reply: DNSRecord) -> Answer:
+def _under(name: str, owner: str) -> bool:
+    return owner == "." or name == owner or name.endswith("." + owner)
+
+
+def scrub(reply: DNSRecord, qname: str, qtype: int) -> tuple[list[Any], list[Any], int]:
+    """(answer records, authority records, how many were dropped) for the question asked."""
+    chain = {qname}
+    owners = [str(rr.rname).lower() for rr in reply.rr]
+    keep = [False] * len(reply.rr)
+    grew = True
+    while grew:  # CNAMEs may come in any order: follow the chain until it stops growing
+        grew = False
+        for index, rr in enumerate(reply.rr):
+            owner = owners[index]
+            if keep[index]:
+                continue
+            if rr.rtype == QTYPE.DNAME:
+                keep[index] = any(_under(n, owner) and n != owner for n in chain)
+                continue
+            if owner not in chain:
+                continue
+            keep[index] = True
+            if rr.rtype == QTYPE.CNAME and qtype != QTYPE.CNAME:
+                chain.add(str(rr.rdata.label).lower())
+                grew = True
+    kept = [rr for rr, wanted in zip(reply.rr, keep, strict=True) if wanted]
+    authority = [
+        rr
+        for rr in reply.auth
+        if rr.rtype == QTYPE.SOA and any(_under(n, str(rr.rname).lower()) for n in chain)
+    ]
+    additional = [rr for rr in reply.ar if rr.rtype != QTYPE.OPT]
+    dropped = len(reply.rr) - len(kept) + len(reply.auth) - len(authority) + len(additional)
+    return kept, authority, dropped
+
+
+def _to_answer(reply: DNSRecord, qname: str, qtype: int, size: int) -> tuple[Answer, int]:
+    answer_rrs, authority, dropped = scrub(reply, qname, qtype)
     # Each upstream RR is its own "RRset" so rotation never reorders a CNAME chain.
-    return Answer(
+    answer = Answer(
         rcode=reply.header.rcode,
         authoritative=False,
-        answer=[[rr] for rr in reply.rr],
-        authority=list(reply.auth),
-        additional=[rr for rr in reply.ar if rr.rtype != QTYPE.OPT],
+        answer=[[rr] for rr in answer_rrs],
+        authority=authority,
         recursive=True,
+        wire_size=size,
     )
+    return answer, dropped
 
 
 def parse_upstreams(entries: list[str]) -> list[Upstream]:
