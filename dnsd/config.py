@@ -53,8 +53,14 @@ class ForwardConfig:
     resolv_conf: str = "/etc/resolv.conf"
     timeout: float = 2.0
     cache_size: int = 10_000
+    cache_bytes: int = 64 * 1024 * 1024  # estimated memory of the cached answers
+    max_cached_answer: int = 8192  # replies larger than this (bytes) are passed on, not kept
     max_ttl: int = 3600
     max_negative_ttl: int = 900
+    # Questions waiting on upstreams at once (0: 2048, capped by the open-file limit), and
+    # how many of them one client may hold (0: a quarter of that).
+    max_pending: int = 0
+    max_pending_per_client: int = 0
 
 
 @dataclass(frozen=True)
@@ -335,8 +341,12 @@ def validate(config: Config, origin: str) -> Config:
         fail("server.max_udp_size", "must be between 512 and 65535")
     if forward.timeout <= 0 or server.tcp_idle_timeout <= 0:
         fail("forward.timeout", "timeouts must be positive")
-    if forward.cache_size < 1:
-        fail("forward.cache_size", "must be positive")
+    for key in ("cache_size", "cache_bytes", "max_cached_answer"):
+        if getattr(forward, key) < 1:
+            fail(f"forward.{key}", "must be positive")
+    for key in ("max_pending", "max_pending_per_client"):
+        if getattr(forward, key) < 0:
+            fail(f"forward.{key}", "must be 0 (automatic) or positive")
     if config.log.format not in LOG_FORMATS:
         fail("log.format", f"must be one of {', '.join(LOG_FORMATS)}")
     if config.log.level.upper() not in LOG_LEVELS:

@@ -20,6 +20,7 @@ from dnsd.logs import event
 from dnsd.metrics import Metrics
 from dnsd.records import RecordStore
 from dnsd.resolve.acl import Acl
+from dnsd.resolve.budget import UpstreamBudget, limit_from_nofile
 from dnsd.resolve.cache import ForwardCache
 from dnsd.resolve.chain import ResolverChain
 from dnsd.resolve.forward import (
@@ -91,7 +92,11 @@ class Daemon:
         self.store.subscribe(answer_cache.clear)
         local = LocalZone(self.store, server.zones, negative_ttl=server.negative_ttl)
         forward = self._forwarding()
-        chain = ResolverChain(local, forward, acl)
+        budget = UpstreamBudget(
+            limit_from_nofile(self.config.forward.max_pending, server.tcp_max_connections),
+            self.config.forward.max_pending_per_client,
+        )
+        chain = ResolverChain(local, forward, acl, budget, self.stats)
         handler = QueryHandler(
             chain,
             self.stats,
@@ -159,6 +164,8 @@ class Daemon:
             max_entries=forward.cache_size,
             max_ttl_s=forward.max_ttl,
             max_negative_ttl_s=forward.max_negative_ttl,
+            max_bytes=forward.cache_bytes,
+            max_answer_bytes=forward.max_cached_answer,
         )
 
     def _upstreams(self) -> list[Upstream]:

@@ -3,19 +3,25 @@ nothing grows without bound (issue 8)."""
 
 from __future__ import annotations
 
+import random
+import resource
 import socket
 import struct
+import threading
+import time
 import urllib.request
 
+import dns.exception
 import dns.message
 import dns.rdatatype
 import pytest
-from conftest import Dnsd, FakeUpstream, free_port, query, rcode
+from conftest import Dnsd, FakeUpstream, eventually, free_port, query, rcode
 from dnslib import QTYPE, RR, TXT
 
 from dnsd.records import RecordStore
 from dnsd.resolve.acl import Acl
 from dnsd.resolve.answer import Answer
+from dnsd.resolve.budget import UpstreamBudget, limit_from_nofile
 from dnsd.resolve.chain import ResolverChain
 from dnsd.resolve.local import LocalZone
 from dnsd.stats import Stats
@@ -154,3 +160,58 @@ def test_an_answer_that_cannot_be_packed_is_servfail() -> None:
     chain = ResolverChain(LocalZone(RecordStore(), ["docker."]), None, acl)
     ok = QueryHandler(chain, Stats(), AnswerCache(acl.allows)).handle(packet, "127.0.0.1", True)
     assert isinstance(ok, bytes) and ok[3] & 0x0F == 3
+
+
+def test_upstream_budget_per_client() -> None:
+    budget = UpstreamBudget(total=8, per_client=3)
+    assert [budget.take("a") for _ in range(4)] == [True, True, True, False]
+    assert [budget.take("b") for _ in range(3)] == [True, True, True]
+    assert budget.take("c") and budget.take("d") and not budget.take("e")  # the total
+    budget.give("a")
+    assert budget.take("e") and budget.pending == 8
+    assert limit_from_nofile(100_000, 256) <= (resource.getrlimit(resource.RLIMIT_NOFILE)[0]) // 2
+
+
+def test_local_names_unharmed_by_a_random_subdomain_flood(dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    dead = FakeUpstream(mode="silent").start()
+    try:
+        config = '[[static.records]]\nname = "web"\ntype = "A"\nvalue = "10.0.0.10"\n'
+        dnsd = dnsd_factory("--upstream", f"127.0.0.1:{dead.port}", config=config)
+        stop = threading.Event()
+        sent = [0]
+
+        def flood() -> None:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.bind(("127.0.0.3", 0))
+                while not stop.is_set():
+                    for _ in range(50):
+                        name = f"r{random.getrandbits(40):x}.victim.example"
+                        wire = dns.message.make_query(name, "A").to_wire()
+                        sock.sendto(wire, ("127.0.0.1", dnsd.port))
+                        sent[0] += 1
+                    time.sleep(0.01)  # ~4,000 queries/s, never reading a reply
+
+        flooder = threading.Thread(target=flood, daemon=True)
+        flooder.start()
+        time.sleep(1.0)
+        lost = 0
+        for _ in range(200):
+            try:
+                reply = query(dnsd.port, "web.docker", timeout=0.5)
+                lost += rcode(reply) != "NOERROR"
+            except dns.exception.Timeout:
+                lost += 1
+        stop.set()
+        flooder.join()
+        assert sent[0] > 2000
+        assert lost <= 2, f"{lost} of 200 local queries lost during the flood"
+        # Another client may still forward while the flooder holds its whole share.
+        time.sleep(0.5)
+        before = len(dead.queries)
+        other = dns.message.make_query("fine.example", "A")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.2", 0))
+            sock.sendto(other.to_wire(), ("127.0.0.1", dnsd.port))
+        eventually(lambda: len(dead.queries) > before)
+    finally:
+        dead.stop()

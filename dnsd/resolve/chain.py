@@ -10,19 +10,30 @@ from collections.abc import Awaitable
 
 from dnsd.resolve.acl import Acl
 from dnsd.resolve.answer import Answer
+from dnsd.resolve.budget import UpstreamBudget
 from dnsd.resolve.cache import ForwardCache
 from dnsd.resolve.local import LocalZone
-from dnsd.wire.codec import RCODE_REFUSED
+from dnsd.stats import Stats
+from dnsd.wire.codec import RCODE_REFUSED, RCODE_SERVFAIL
 
 CLASS_IN = 1
 CLASS_ANY = 255
 
 
 class ResolverChain:
-    def __init__(self, local: LocalZone, forward: ForwardCache | None, acl: Acl) -> None:
+    def __init__(
+        self,
+        local: LocalZone,
+        forward: ForwardCache | None,
+        acl: Acl,
+        budget: UpstreamBudget | None = None,
+        stats: Stats | None = None,
+    ) -> None:
         self.local = local
         self.forward = forward
         self.acl = acl
+        self.budget = budget or UpstreamBudget(2048)
+        self._stats = stats or Stats()
 
     def resolve(
         self, qname: str, qtype: int, qclass: int, spelled: str, client_ip: str
@@ -36,7 +47,7 @@ class ResolverChain:
             if not local.follow:
                 return local
             if self.forward is not None and self.acl.allows(client_ip):
-                return self._follow(local, local.follow, qtype, qclass)
+                return self._follow(local, local.follow, qtype, qclass, client_ip)
             # The CNAME-only half answer is for this asker only: an allowed client asking next
             # must get the whole chain, so it is never cached.
             local.expires_in = 0.0
@@ -46,13 +57,27 @@ class ResolverChain:
         hit = self.forward.get((qname, qtype, qclass))
         if hit is not None:
             return hit
-        return self.forward.resolve(qname, qtype, qclass)
+        return self._upstream(qname, qtype, qclass, client_ip)
 
-    async def _follow(self, local: Answer, target: str, qtype: int, qclass: int) -> Answer:
+    async def _upstream(self, qname: str, qtype: int, qclass: int, client_ip: str) -> Answer:
+        """Ask upstream within the budget (taken when the question starts waiting, so a
+        question dropped before it starts holds nothing); over it: SERVFAIL, not cached."""
+        assert self.forward is not None
+        if not self.budget.take(client_ip):
+            self._stats.forward_over_budget += 1
+            return Answer(RCODE_SERVFAIL, recursive=True)
+        try:
+            return await self.forward.resolve(qname, qtype, qclass)
+        finally:
+            self.budget.give(client_ip)
+
+    async def _follow(
+        self, local: Answer, target: str, qtype: int, qclass: int, client_ip: str
+    ) -> Answer:
         """Our CNAME chain ends outside our zones: append upstream's answer for the target, as a
         recursive resolver would for stub clients (busybox, glibc) that do not chase CNAMEs."""
         assert self.forward is not None
-        upstream = await self.forward.resolve(target.lower(), qtype, qclass)
+        upstream = await self._upstream(target.lower(), qtype, qclass, client_ip)
         return Answer(
             rcode=upstream.rcode,
             authoritative=local.authoritative,
