@@ -43,6 +43,7 @@ class ServerConfig:
     allow_recursion: list[str] = field(default_factory=lambda: list(DEFAULT_ALLOW_RECURSION))
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 256
+    tcp_max_connections_per_client: int = 32
     answer_cache_size: int = 100_000
 
 
@@ -334,7 +335,10 @@ def validate(config: Config, origin: str) -> Config:
     for zone in server.zones:
         if not zone.strip() or ".." in normalize_zone(zone)[:-1] + ".":
             fail("server.zones", f"not a domain name: {zone!r}")
-    for key in ("ttl", "negative_ttl", "tcp_max_connections", "answer_cache_size"):
+    for key in (
+        "ttl", "negative_ttl", "tcp_max_connections", "tcp_max_connections_per_client",
+        "answer_cache_size",
+    ):  # fmt: skip
         if getattr(server, key) < (0 if "ttl" in key else 1):
             fail(f"server.{key}", "must be positive")
     if not 512 <= server.max_udp_size <= 65535:

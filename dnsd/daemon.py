@@ -131,6 +131,7 @@ class Daemon:
                 self.stats,
                 idle_timeout_s=server.tcp_idle_timeout,
                 max_connections=server.tcp_max_connections,
+                max_per_client=server.tcp_max_connections_per_client,
             )
             udp.start()
             await tcp.start()

@@ -10,6 +10,7 @@ import struct
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import dns.exception
 import dns.message
@@ -215,3 +216,43 @@ def test_local_names_unharmed_by_a_random_subdomain_flood(dnsd_factory) -> None:
         eventually(lambda: len(dead.queries) > before)
     finally:
         dead.stop()
+
+
+def test_non_reading_tcp_clients_cannot_hold_every_slot(dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    records = "".join(
+        f'[[static.records]]\nname = "big"\ntype = "TXT"\nvalue = ["{i:03d}{"x" * 250}"]\n'
+        for i in range(60)
+    )  # a ~15 KB answer
+    config = "[server]\ntcp_idle_timeout = 1.0\n" + records
+    dnsd = dnsd_factory("--no-forward", config=config)
+    ask = dns.message.make_query("big.docker", "TXT").to_wire()
+    framed = struct.pack("!H", len(ask)) + ask
+    hogs = []
+    for _ in range(300):  # slowloris from one address: connect, ask a lot, never read
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.bind(("127.0.0.3", 0))
+        sock.settimeout(2)
+        try:
+            sock.connect(("127.0.0.1", dnsd.port))
+            sock.sendall(framed * 100)
+        except OSError:
+            pass
+        hogs.append(sock)
+    try:
+        reply = query(dnsd.port, "big.docker", "TXT", tcp=True, timeout=3)  # another client
+        assert len(reply.answer[0]) == 60
+        rss_kb = int(
+            next(
+                line.split()[1]
+                for line in Path(f"/proc/{dnsd.proc.pid}/status").read_text().splitlines()
+                if line.startswith("VmRSS")
+            )
+        )
+        assert rss_kb < 200 * 1024, f"dnsd holds {rss_kb // 1024} MB for non-reading clients"
+        time.sleep(2.5)  # past the idle timeout: blocked writes were given up
+        reply = query(dnsd.port, "big.docker", "TXT", tcp=True, timeout=3)
+        assert len(reply.answer[0]) == 60
+    finally:
+        for sock in hogs:
+            sock.close()

@@ -1,8 +1,10 @@
 """TCP listener: length-framed DNS (RFC 1035 4.2.2, RFC 7766).
 
-Several queries per connection, answered as they complete (pipelining), an idle timeout, and a
-limit on open connections (beyond it a new connection is closed at once and counted).
-Every answer goes through ``QueryHandler`` with the full 64 KiB size (no truncation).
+Several queries per connection, answered as they complete (pipelining), an idle timeout that
+also bounds a blocked write (a client that does not read), a cap on each connection's unsent
+bytes, and limits on open connections in all and per client address (beyond them a new
+connection is closed at once and counted), so slow or non-reading clients cannot hold every
+slot or grow memory.  Every answer goes through ``QueryHandler`` with the full 64 KiB size.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ throttled = Throttled(logger)
 
 IDLE_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 256
+MAX_CONNECTIONS_PER_CLIENT = 32
 MAX_INFLIGHT_PER_CONNECTION = 32
+MAX_UNSENT_BYTES = 256 * 1024  # a connection with more waiting to be read is closed
 _LENGTH = struct.Struct("!H")
 
 
@@ -50,12 +54,15 @@ class TcpServer:
         stats: Stats,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
         max_connections: int = MAX_CONNECTIONS,
+        max_per_client: int = MAX_CONNECTIONS_PER_CLIENT,
     ) -> None:
         self._sock = sock
         self._handler = handler
         self._stats = stats
         self._idle_timeout_s = idle_timeout_s
         self._max_connections = max_connections
+        self._max_per_client = max_per_client
+        self._per_client: dict[str, int] = {}
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
 
@@ -63,16 +70,18 @@ class TcpServer:
         self._server = await asyncio.start_server(self._serve, sock=self._sock)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._connections) >= self._max_connections:
+        peer = writer.get_extra_info("peername")
+        client_ip = peer[0] if peer else ""
+        held = self._per_client.get(client_ip, 0)
+        if len(self._connections) >= self._max_connections or held >= self._max_per_client:
             self._stats.tcp_refused += 1
-            writer.close()
+            writer.transport.abort()
             return
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
+        self._per_client[client_ip] = held + 1
         self._stats.tcp_connections += 1
-        peer = writer.get_extra_info("peername")
-        client_ip = peer[0] if peer else ""
         inflight: set[asyncio.Task[None]] = set()
         try:
             while True:
@@ -87,22 +96,28 @@ class TcpServer:
                 if result is None:
                     break  # unreadable header: nothing sane to answer, close
                 if isinstance(result, bytes):
-                    writer.write(_LENGTH.pack(len(result)) + result)
+                    _write(writer, result)
                 else:
                     if len(inflight) >= MAX_INFLIGHT_PER_CONNECTION:
                         await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
                     pending = asyncio.ensure_future(_write_when_done(result, writer))
                     inflight.add(pending)
                     pending.add_done_callback(inflight.discard)
-                await writer.drain()
+                async with asyncio.timeout(self._idle_timeout_s):  # a client that never reads
+                    await writer.drain()
             if inflight:
                 await asyncio.wait(inflight, timeout=self._idle_timeout_s)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
-            pass
+            writer.transport.abort()  # drop what the client did not read
         finally:
             for pending in inflight:
                 pending.cancel()
             self._connections.discard(task)
+            left = self._per_client[client_ip] - 1
+            if left:
+                self._per_client[client_ip] = left
+            else:
+                del self._per_client[client_ip]
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
@@ -132,4 +147,13 @@ async def _write_when_done(
 ) -> None:
     response = await pending  # type: ignore[misc]
     if response is not None and not writer.is_closing():
-        writer.write(_LENGTH.pack(len(response)) + response)
+        with contextlib.suppress(ConnectionError):  # cut off: the reading loop sees it too
+            _write(writer, response)
+
+
+def _write(writer: asyncio.StreamWriter, response: bytes) -> None:
+    """Queue one framed answer; a client with too much unread is cut off."""
+    if writer.transport.get_write_buffer_size() + len(response) > MAX_UNSENT_BYTES:
+        writer.transport.abort()
+        raise ConnectionResetError("client does not read its answers")
+    writer.write(_LENGTH.pack(len(response)) + response)
