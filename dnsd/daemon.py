@@ -29,7 +29,7 @@ from dnsd.resolve.forward import (
     parse_upstreams,
     resolv_conf_upstreams,
 )
-from dnsd.resolve.local import LocalZone
+from dnsd.resolve.local import LocalZone, no_wildcards
 from dnsd.sources.docker import DockerSettings, DockerSource
 from dnsd.sources.docker_names import Naming
 from dnsd.sources.etcd import EtcdSource
@@ -90,7 +90,12 @@ class Daemon:
         acl = Acl(server.allow_recursion)
         answer_cache = AnswerCache(acl.allows, server.answer_cache_size)
         self.store.subscribe(answer_cache.clear)
-        local = LocalZone(self.store, server.zones, negative_ttl=server.negative_ttl)
+        local = LocalZone(
+            self.store,
+            server.zones,
+            negative_ttl=server.negative_ttl,
+            wildcards=self.etcd.mirror.wildcard if self.etcd is not None else no_wildcards,
+        )
         forward = self._forwarding()
         budget = UpstreamBudget(
             limit_from_nofile(self.config.forward.max_pending, server.tcp_max_connections),

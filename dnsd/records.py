@@ -151,6 +151,10 @@ class RecordStore:
         found = self._index.get((name, rtype))
         return list(found) if found else []
 
+    def holds(self, record: Record) -> bool:
+        """Whether ``record`` is served (offered and admitted)."""
+        return record in self._index.get((record.name, record.rtype), ())
+
     def exists(self, name: str) -> bool:
         """True when the name holds records or is an ancestor of a name that does."""
         return name in self._names or name in self._reverse
@@ -204,10 +208,6 @@ class RecordStore:
         if changed:
             self._changed()
         return changed
-
-    def names(self) -> Iterator[str]:
-        """Every name holding records (for wildcard matching)."""
-        return (name for name, _ in self._index)
 
     def replace_source(self, source: str, owners: Mapping[str, Iterable[Record]]) -> bool:
         """Set every owner of one source at once; owners not named are removed."""

@@ -16,6 +16,9 @@ from conftest import Dnsd, eventually, free_port, query, rcode, start_dnsd
 from testbed.etcd import Etcd, Member, available
 from testbed.fake_engine import FakeEngine, container
 
+from dnsd.admission import Admission
+from dnsd.records import Record, RecordStore
+from dnsd.sources.etcd import Mirror
 from dnsd.sources.skydns import Service, group_filter, key_to_name, name_to_key, parse_value
 
 
@@ -448,3 +451,30 @@ def test_lease_lost_is_regranted_and_republished(etcd: Etcd, tmp_path: Path) -> 
     finally:
         node.stop()
         engine.stop()
+
+
+def test_wildcards_walk_the_etcd_tree_only() -> None:
+    store = RecordStore(Admission(["docker."]))
+    mirror = Mirror(store, "/skydns", ["docker."], 5)
+    entries = [
+        (f"/skydns/docker/region{r}/svc{s}/x{i}", f'{{"host": "10.{r}.{s}.{i + 1}"}}'.encode(), 0)
+        for r in range(2)
+        for s in range(50)
+        for i in range(3)
+    ]
+    entries.append(("/skydns/docker/prod/web/a", b'{"host": "10.9.0.1"}', 0))
+    mirror.replace_all(entries)
+    store.replace_owner("static", "hosts", [Record("a.static.docker.", "A", "10.8.0.1", 5)])
+    store.replace_owner("docker", "c1", [Record("c1.region0.docker.", "A", "10.7.0.1", 5)])
+    found = {str(r.value) for r in mirror.wildcard("x1.*.region1.docker.", "A")}
+    assert found == {f"10.1.{s}.2" for s in range(50)}
+    assert {str(r.value) for r in mirror.wildcard("*.web.prod.docker.", "A")} == {"10.9.0.1"}
+    assert {str(r.value) for r in mirror.wildcard("prod.any.docker.", "A")} == set()
+    assert mirror.wildcard("*.static.docker.", "A") == []  # static and Docker names: no
+    assert {str(r.value) for r in mirror.wildcard("*.region0.docker.", "A")} == {
+        f"10.0.{s}.{i + 1}" for s in range(50) for i in range(3)
+    }
+    # Deleting keys prunes the tree.
+    mirror.apply([("/skydns/docker/prod/web/a", None, 0)])
+    assert mirror.wildcard("*.web.prod.docker.", "A") == []
+    assert mirror.wildcard("*.prod.docker.", "A") == []

@@ -78,9 +78,16 @@ def _client_address(client_ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Add
 
 _WILDCARDS = ("*", "any")
 
+# Records matching a wildcard pattern (``*.web.docker.``, ``prod.any.docker.``) of one type.
+Wildcards = Callable[[str, str], list[Record]]
+
 
 def _is_wildcard(name: str) -> bool:
     return any(label in _WILDCARDS for label in name.split("."))
+
+
+def no_wildcards(_pattern: str, _rtype: str) -> list[Record]:
+    return []
 
 
 def nearest(records: list[Record], client_ip: str) -> list[Record]:
@@ -111,8 +118,10 @@ class LocalZone:
         negative_ttl: int = 5,
         soa_ttl: int = 60,
         wall_clock: Callable[[], float] = time.time,
+        wildcards: Wildcards = no_wildcards,
     ) -> None:
         self._store = store
+        self._wildcards = wildcards  # the etcd mirror's: SkyDNS wildcards cover etcd names only
         # Longest zone first, so ``a.b.docker.`` matches ``b.docker.`` before ``docker.``.
         self.zones = sorted(zones, key=len, reverse=True)
         self._negative_ttl = negative_ttl
@@ -144,7 +153,7 @@ class LocalZone:
     def _addresses(self, name: str, rtype: str) -> list[Record]:
         records = self._store.lookup(name, rtype)
         if not records and _is_wildcard(name):
-            records = self._wildcard(name, rtype)
+            records = self._wildcards(name, rtype)
         # Only addresses on two or more networks make the answer depend on the asker.
         if rtype in _ADDRESS_TYPES and len({r.scope for r in records}) > 1:
             self._per_client = True
@@ -204,16 +213,6 @@ class LocalZone:
         negative = self._negative(zone, RCODE_NOERROR if exists else RCODE_NXDOMAIN)
         negative.answer = answer
         return negative
-
-    def _wildcard(self, pattern: str, rtype: str) -> list[Record]:
-        """SkyDNS wildcards: a ``*`` or ``any`` label matches any one label."""
-        wanted = pattern.split(".")
-        found: list[Record] = []
-        for name in {n for n in self._store.names() if n.count(".") == pattern.count(".")}:
-            labels = name.split(".")
-            if all(w in _WILDCARDS or w == label for w, label in zip(wanted, labels, strict=True)):
-                found.extend(self._store.lookup(name, rtype))
-        return found
 
     def _automatic_ptr(self, name: str) -> list[Record]:
         ttl = self._negative_ttl

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import queue
 import threading
@@ -36,6 +37,14 @@ BACKOFF_MAX_S = 5.0
 BATCH_WAIT_S = 0.005  # gather a burst of watch events into one store update
 
 
+WILDCARDS = ("*", "any")
+MAX_WILDCARD_NAMES = 1000  # names one wildcard answer may gather: bounds a hostile query's cost
+
+
+def _parent(name: str) -> str:
+    return name.partition(".")[2] or "."
+
+
 class Mirror:
     """Keys -> services -> records per name.  Runs on the event loop thread only."""
 
@@ -46,6 +55,8 @@ class Mirror:
         self._ttl = ttl
         self.services: dict[str, Service] = {}
         self._subtree: dict[str, set[str]] = {}  # name -> keys at or below it
+        self._children: dict[str, set[str]] = {}  # name -> names one label below it (wildcards)
+        self._published: dict[str, list[Record]] = {}  # name -> the records it answers with
         self.bad_keys: dict[str, str] = {}  # key -> why it was skipped
 
     def _owner_names(self, name: str) -> list[str]:
@@ -64,6 +75,7 @@ class Mirror:
         old_names = set(self._subtree)
         self.services.clear()
         self._subtree.clear()
+        self._children.clear()
         self.bad_keys.clear()
         for key, value, lease_ttl in entries:
             self._put(key, value, lease_ttl)
@@ -98,7 +110,10 @@ class Mirror:
         self.services[key] = service
         owners = self._owner_names(name)
         for owner in owners:
-            self._subtree.setdefault(owner, set()).add(key)
+            if owner not in self._subtree:
+                self._subtree[owner] = set()
+                self._children.setdefault(_parent(owner), set()).add(owner)
+            self._subtree[owner].add(key)
         return owners
 
     def _delete(self, key: str) -> list[str]:
@@ -114,6 +129,10 @@ class Mirror:
                 keys.discard(key)
                 if not keys:
                     del self._subtree[owner]
+                    siblings = self._children[_parent(owner)]
+                    siblings.discard(owner)
+                    if not siblings:
+                        del self._children[_parent(owner)]
         return owners
 
     def _records(self, name: str) -> list[Record]:
@@ -126,8 +145,43 @@ class Mirror:
                     records.append(ptr)
         return records
 
+    def wildcard(self, pattern: str, rtype: str) -> list[Record]:
+        """SkyDNS wildcards over etcd names only: a ``*`` or ``any`` label matches any one
+        label.  Walks the name tree from the pattern's fixed suffix, so the cost follows the
+        names at the wildcard's level, not every name held."""
+        labels = pattern.rstrip(".").split(".")
+        fixed = len(labels)
+        while fixed > 0 and labels[fixed - 1] not in WILDCARDS:
+            fixed -= 1
+        nodes = {".".join(labels[fixed:]) + "." if fixed < len(labels) else "."}
+        for label in reversed(labels[:fixed]):
+            if label in WILDCARDS:
+                nodes = set(
+                    itertools.islice(
+                        (child for node in nodes for child in self._children.get(node, ())),
+                        MAX_WILDCARD_NAMES,
+                    )
+                )
+            else:
+                nodes = {f"{label}.{node}" for node in nodes} & self._subtree.keys()
+            if not nodes:
+                return []
+        found: list[Record] = []
+        for node in nodes:
+            found.extend(
+                record
+                for record in self._published.get(node, ())
+                if record.rtype == rtype and self._store.holds(record)
+            )
+        return found
+
     def _publish(self, names: set[str], replace: bool = False) -> None:
         owners = {name: self._records(name) for name in names}
+        for name, records in owners.items():
+            if records:
+                self._published[name] = records
+            else:
+                self._published.pop(name, None)
         if replace:
             self._store.replace_source(SOURCE, {n: r for n, r in owners.items() if r})
         else:
