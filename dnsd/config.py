@@ -105,6 +105,7 @@ class EtcdConfig:
 @dataclass(frozen=True)
 class HttpConfig:
     listen: str = ""  # "ADDR:PORT" serves /health /ready /metrics /records; empty: off
+    request_timeout: float = 10.0  # seconds one connection may take, headers to answer
 
 
 @dataclass(frozen=True)
@@ -343,6 +344,8 @@ def validate(config: Config, origin: str) -> Config:
             fail(f"server.{key}", "must be positive")
     if not 512 <= server.max_udp_size <= 65535:
         fail("server.max_udp_size", "must be between 512 and 65535")
+    if config.http.request_timeout <= 0:
+        fail("http.request_timeout", "must be positive")
     if forward.timeout <= 0 or server.tcp_idle_timeout <= 0:
         fail("forward.timeout", "timeouts must be positive")
     for key in ("cache_size", "cache_bytes", "max_cached_answer"):

@@ -119,7 +119,7 @@ class Daemon:
             from dnsd.http import HttpServer  # aiohttp only when the endpoint is on
 
             http_host, http_port = parse_hostport(self.config.http.listen, 9153)
-            self.http = HttpServer(self, http_host, http_port)
+            self.http = HttpServer(self, http_host, http_port, self.config.http.request_timeout)
             try:
                 await self.http.start()
             except OSError as exc:

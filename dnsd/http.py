@@ -1,11 +1,17 @@
 """The operator's HTTP endpoint (aiohttp, on the event loop): /health, /ready, /metrics,
 /records.  Off unless ``[http] listen`` / ``--http`` is set; /records reveals the whole name
-table, so bind it to loopback unless you mean otherwise."""
+table, so bind it to loopback unless you mean otherwise.
+
+A connection gets ``request_timeout`` seconds for everything (headers, body, answer), small
+header and body limits and a short keep-alive, so a slow or silent client (slowloris) cannot
+hold sockets: aiohttp has no header-read timeout of its own, so each connection's handler is
+given a deadline when it is made."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -17,13 +23,20 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+MAX_BODY_BYTES = 1024  # every endpoint is a GET
+MAX_HEADER_LINE_BYTES = 4096
+MAX_HEADERS = 32
+KEEPALIVE_TIMEOUT_S = 2.0
+
 
 class HttpServer:
-    def __init__(self, daemon: Daemon, host: str, port: int) -> None:
+    def __init__(self, daemon: Daemon, host: str, port: int, request_timeout_s: float) -> None:
         self._daemon = daemon
         self._host, self._port = host, port
+        self._request_timeout_s = request_timeout_s
         self._runner: web.AppRunner | None = None
-        app = web.Application()
+        self._server: asyncio.Server | None = None
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_get("/health", self._health)
         app.router.add_get("/ready", self._ready)
         app.router.add_get("/metrics", self._metrics)
@@ -31,14 +44,33 @@ class HttpServer:
         self._app = app
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            self._app,
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=KEEPALIVE_TIMEOUT_S,
+            max_line_size=MAX_HEADER_LINE_BYTES,
+            max_field_size=MAX_HEADER_LINE_BYTES,
+            max_headers=MAX_HEADERS,
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
-        await site.start()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._connection, self._host, self._port, reuse_address=True
+        )
         logger.info("http endpoint on %s:%d (/health /ready /metrics /records)",
                     self._host, self._port)  # fmt: skip
 
+    def _connection(self) -> Any:
+        """aiohttp's handler for one connection, cut off when its deadline passes."""
+        assert self._runner is not None and self._runner.server is not None
+        handler = self._runner.server()
+        asyncio.get_running_loop().call_later(self._request_timeout_s, _expire, handler)
+        return handler
+
     async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -58,3 +90,9 @@ class HttpServer:
             self._daemon, request.query.get("name", ""), request.query.get("source", "")
         )
         return web.json_response(rows)
+
+
+def _expire(handler: Any) -> None:
+    transport = handler.transport
+    if transport is not None and not transport.is_closing():
+        transport.abort()

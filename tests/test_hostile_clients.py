@@ -256,3 +256,25 @@ def test_non_reading_tcp_clients_cannot_hold_every_slot(dnsd_factory) -> None:  
     finally:
         for sock in hogs:
             sock.close()
+
+
+def test_http_endpoint_cuts_off_slow_clients(dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    http = free_port()
+    dnsd = dnsd_factory(
+        "--no-forward", "--http", f"127.0.0.1:{http}", config="[http]\nrequest_timeout = 1.0\n"
+    )
+    silent = socket.create_connection(("127.0.0.1", http), timeout=5)
+    trickle = socket.create_connection(("127.0.0.1", http), timeout=5)
+    started = time.monotonic()
+    trickle.sendall(b"GET /health HTTP/1.1\r\n")
+    closed = []
+    for sock in (silent, trickle):
+        try:
+            closed.append(sock.recv(1024) == b"")
+        except ConnectionResetError:
+            closed.append(True)
+        sock.close()
+    assert closed == [True, True] and time.monotonic() - started < 4
+    with urllib.request.urlopen(f"http://127.0.0.1:{http}/health", timeout=5) as response:
+        assert response.status == 200
+    assert dnsd.proc.poll() is None
