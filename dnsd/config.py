@@ -103,6 +103,17 @@ class EtcdConfig:
 
 
 @dataclass(frozen=True)
+class RrlConfig:
+    """Response rate limiting for UDP clients outside server.allow_recursion."""
+
+    enabled: bool = False
+    responses_per_second: int = 20
+    slip: int = 2  # every slip-th limited answer is sent truncated (TC=1); 0 = drop all
+    ipv4_prefix: int = 24
+    ipv6_prefix: int = 56
+
+
+@dataclass(frozen=True)
 class HttpConfig:
     listen: str = ""  # "ADDR:PORT" serves /health /ready /metrics /records; empty: off
     request_timeout: float = 10.0  # seconds one connection may take, headers to answer
@@ -121,6 +132,7 @@ class Config:
     static: StaticConfig = field(default_factory=StaticConfig)
     docker: DockerConfig = field(default_factory=DockerConfig)
     etcd: EtcdConfig = field(default_factory=EtcdConfig)
+    rrl: RrlConfig = field(default_factory=RrlConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     log: LogConfig = field(default_factory=LogConfig)
     path: str | None = None  # the file it was read from, if any
@@ -132,6 +144,7 @@ SECTIONS: dict[str, type] = {
     "static": StaticConfig,
     "docker": DockerConfig,
     "etcd": EtcdConfig,
+    "rrl": RrlConfig,
     "http": HttpConfig,
     "log": LogConfig,
 }
@@ -344,6 +357,11 @@ def validate(config: Config, origin: str) -> Config:
             fail(f"server.{key}", "must be positive")
     if not 512 <= server.max_udp_size <= 65535:
         fail("server.max_udp_size", "must be between 512 and 65535")
+    rrl = config.rrl
+    if rrl.responses_per_second < 1 or rrl.slip < 0:
+        fail("rrl.responses_per_second", "must be positive (and rrl.slip 0 or more)")
+    if not 0 <= rrl.ipv4_prefix <= 32 or not 0 <= rrl.ipv6_prefix <= 128:
+        fail("rrl.ipv4_prefix", "prefixes are 0..32 (IPv4) and 0..128 (IPv6)")
     if config.http.request_timeout <= 0:
         fail("http.request_timeout", "must be positive")
     if forward.timeout <= 0 or server.tcp_idle_timeout <= 0:

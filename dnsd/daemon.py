@@ -39,6 +39,7 @@ from dnsd.sources.static import StaticSource, admission
 from dnsd.stats import Stats
 from dnsd.wire.answer_cache import AnswerCache
 from dnsd.wire.query import QueryHandler
+from dnsd.wire.rrl import ResponseRateLimit, RrlSettings
 from dnsd.wire.tcp import TcpServer, bind_tcp
 from dnsd.wire.udp import UdpServer, bind_udp
 
@@ -68,6 +69,7 @@ class Daemon:
         self.publisher: Publisher | None = None
         if config.etcd.enabled:
             self._wire_etcd()
+        self.rrl: ResponseRateLimit | None = None
         self.udp: list[UdpServer] = []
         self.tcp: list[TcpServer] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -126,10 +128,19 @@ class Daemon:
                 raise StartupError(
                     f"cannot serve http on {self.config.http.listen}: {exc.strerror}"
                 ) from None
+        rrl = None
+        if self.config.rrl.enabled:
+            limits = self.config.rrl
+            rrl = self.rrl = ResponseRateLimit(
+                RrlSettings(
+                    limits.responses_per_second, limits.slip, limits.ipv4_prefix, limits.ipv6_prefix
+                ),
+                exempt=acl.allows,
+            )
         for entry in server.listen:
             host, port = parse_hostport(entry, 53)
             udp_sock, tcp_sock = _bind_pair(host, port)
-            udp = UdpServer(udp_sock, handler, answer_cache, self.stats)
+            udp = UdpServer(udp_sock, handler, answer_cache, self.stats, rrl=rrl)
             tcp = TcpServer(
                 tcp_sock,
                 handler,
@@ -193,6 +204,9 @@ class Daemon:
             extra["dnsd_etcd_reconnects"] = self.etcd.reconnects
         if self.publisher is not None:
             extra["dnsd_etcd_published_keys"] = self.stats.etcd_published
+        if self.rrl is not None:
+            extra["dnsd_rrl_dropped"] = self.rrl.dropped
+            extra["dnsd_rrl_slipped"] = self.rrl.slipped
         return extra
 
     def reload(self) -> None:

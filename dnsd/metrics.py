@@ -122,6 +122,8 @@ _EXTRA_HELP = {
     "dnsd_etcd_revision": "Last etcd revision the mirror applied.",
     "dnsd_etcd_reconnects": "etcd watch reconnects.",
     "dnsd_etcd_published_keys": "Keys this node holds in etcd.",
+    "dnsd_rrl_dropped": "UDP answers dropped by response rate limiting.",
+    "dnsd_rrl_slipped": "UDP answers sent truncated (TC=1) by response rate limiting.",
 }
 
 

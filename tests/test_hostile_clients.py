@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import dns.exception
+import dns.flags
 import dns.message
 import dns.rdatatype
 import pytest
@@ -278,3 +279,40 @@ def test_http_endpoint_cuts_off_slow_clients(dnsd_factory) -> None:  # type: ign
     with urllib.request.urlopen(f"http://127.0.0.1:{http}/health", timeout=5) as response:
         assert response.status == 200
     assert dnsd.proc.poll() is None
+
+
+def test_response_rate_limiting_for_clients_outside_allow_recursion(dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    http = free_port()
+    config = (
+        '[server]\nallow_recursion = ["127.0.0.1/32"]\n'
+        "[rrl]\nenabled = true\nresponses_per_second = 5\nslip = 2\n"
+        '[[static.records]]\nname = "web"\ntype = "A"\nvalue = "10.0.0.10"\n'
+    )
+    dnsd = dnsd_factory("--no-forward", "--http", f"127.0.0.1:{http}", config=config)
+
+    def burst(source: str) -> tuple[int, int]:
+        full = slipped = 0
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((source, 0))
+            sock.settimeout(0.3)
+            for ident in range(40):
+                message = dns.message.make_query("web.docker", "A")
+                message.id = ident
+                sock.sendto(message.to_wire(), ("127.0.0.1", dnsd.port))
+            while True:
+                try:
+                    reply = dns.message.from_wire(sock.recv(4096))
+                except TimeoutError:
+                    return full, slipped
+                if reply.flags & dns.flags.TC:
+                    slipped += 1
+                    assert not reply.answer
+                else:
+                    full += 1
+
+    assert burst("127.0.0.1") == (40, 0)  # allowed to recurse: never limited
+    full, slipped = burst("127.0.0.2")
+    assert full <= 6 and 15 <= slipped <= 20, (full, slipped)
+    with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    assert "dnsd_rrl_slipped" in text and "dnsd_rrl_dropped" in text

@@ -21,6 +21,7 @@ from dnsd.stats import Stats
 from dnsd.wire.answer_cache import AnswerCache
 from dnsd.wire.codec import RCODE_SERVFAIL, error_response
 from dnsd.wire.query import QueryHandler
+from dnsd.wire.rrl import DROP, SLIP, ResponseRateLimit, truncated
 
 logger = logging.getLogger(__name__)
 throttled = Throttled(logger)
@@ -56,7 +57,9 @@ class UdpServer:
         stats: Stats,
         max_pending: int = MAX_PENDING,
         clock: Callable[[], float] = time.monotonic,
+        rrl: ResponseRateLimit | None = None,
     ) -> None:
+        self._rrl = rrl
         self._sock = sock
         self._handler = handler
         self._cache = answer_cache
@@ -73,7 +76,8 @@ class UdpServer:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self._sock.fileno(), self._on_readable)
+        reader = self._on_readable if self._rrl is None else self._on_readable_limited
+        self._loop.add_reader(self._sock.fileno(), reader)
 
     def _on_readable(self) -> None:
         sock, cache, now = self._sock, self._cache, self._clock()
@@ -93,6 +97,24 @@ class UdpServer:
                 sock.sendto(response, addr)
             except OSError:
                 self._stats.drop("send failed")
+
+    def _on_readable_limited(self) -> None:
+        """``_on_readable`` with response rate limiting (a separate loop, so the default hot
+        path pays nothing for it)."""
+        sock, cache, now = self._sock, self._cache, self._clock()
+        for _ in range(BATCH):
+            try:
+                data, addr = sock.recvfrom(MAX_QUERY_BYTES)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                logger.debug("udp receive error: %s", exc)
+                continue
+            response = cache.answer(data, addr[0], now)
+            if response is None:
+                self._slow(data, addr)
+                continue
+            self._send(addr, response)
 
     def _slow(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
@@ -124,6 +146,12 @@ class UdpServer:
             self._send(addr, response)
 
     def _send(self, addr: tuple[str, int], response: bytes) -> None:
+        if self._rrl is not None:
+            verdict = self._rrl.verdict(addr[0], self._clock())
+            if verdict == DROP:
+                return
+            if verdict == SLIP:
+                response = truncated(response)
         try:
             self._sock.sendto(response, addr)
         except OSError:
