@@ -72,6 +72,14 @@ class StatsCollector(Collector):
                        stats.forward_cache_misses)  # fmt: skip
         yield _counter("dnsd_forward_coalesced", "Questions that waited for an identical one "
                        "already upstream.", stats.forward_coalesced)  # fmt: skip
+        yield _counter("dnsd_forward_not_cached", "Forwarded answers passed on but not kept: "
+                       "larger than forward.max_cached_answer.",
+                       stats.forward_not_cached)  # fmt: skip
+        yield _counter("dnsd_forward_over_budget", "Questions answered SERVFAIL without asking "
+                       "upstream: too many pending, in all or for the client.",
+                       stats.forward_over_budget)  # fmt: skip
+        yield _counter("dnsd_upstream_scrubbed", "Upstream records dropped: not part of the "
+                       "answer to the question asked.", stats.upstream_scrubbed)  # fmt: skip
         yield _counter("dnsd_upstream_queries", "Upstream queries answered.",
                        stats.upstream_queries)  # fmt: skip
         yield _counter("dnsd_upstream_errors", "Upstream queries that failed (timeout, "
