@@ -45,6 +45,7 @@ class ServerConfig:
     tcp_max_connections: int = 256
     tcp_max_connections_per_client: int = 32
     answer_cache_size: int = 100_000
+    answer_cache_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -351,7 +352,7 @@ def validate(config: Config, origin: str) -> Config:
             fail("server.zones", f"not a domain name: {zone!r}")
     for key in (
         "ttl", "negative_ttl", "tcp_max_connections", "tcp_max_connections_per_client",
-        "answer_cache_size",
+        "answer_cache_size", "answer_cache_bytes",
     ):  # fmt: skip
         if getattr(server, key) < (0 if "ttl" in key else 1):
             fail(f"server.{key}", "must be positive")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dns.edns
 import dns.message
 
 from dnsd.wire.answer_cache import AnswerCache
@@ -86,3 +87,16 @@ def test_ttl_offsets_reject_garbage() -> None:
     good = wire("web.docker", 1)
     assert ttl_offsets(good) == []
     assert ttl_offsets(good + b"\x01") is None
+
+
+def test_bounded_in_bytes_against_cookie_spraying() -> None:
+    """The same big answer asked with a different EDNS cookie each time is a new key: the
+    cache must stay within its byte budget however many arrive."""
+    cache = AnswerCache(lambda ip: True, max_bytes=1_000_000)
+    for i in range(2000):
+        message = dns.message.make_query("big.docker", "TXT", use_edns=0)
+        message.use_edns(0, options=[dns.edns.GenericOption(10, i.to_bytes(8, "big"))])
+        query = message.to_wire()
+        cache.put(query, [response_for(query, b"x" * 1200)] * 8, 10.0, False)
+        assert cache.bytes <= 1_000_000
+    assert 0 < len(cache) < 2000

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from dnsd.wire.codec import HEADER_LEN, ttl_offsets
 
 ANSWER_CACHE_ENTRIES = 100_000
+ANSWER_CACHE_BYTES = 64 * 1024 * 1024  # packed bytes held (rotations and per-client copies)
 FORWARDED_REFRESH_S = 1.0
 
 
@@ -95,11 +96,16 @@ def _name_end(data: bytes) -> int:
 
 class AnswerCache:
     def __init__(
-        self, allows_recursion: Callable[[str], bool], max_entries: int = ANSWER_CACHE_ENTRIES
+        self,
+        allows_recursion: Callable[[str], bool],
+        max_entries: int = ANSWER_CACHE_ENTRIES,
+        max_bytes: int = ANSWER_CACHE_BYTES,
     ) -> None:
         self._entries: dict[bytes, _Entry] = {}
         self._allows_recursion = allows_recursion
         self._max_entries = max_entries
+        self._max_bytes = max_bytes
+        self.bytes = 0  # packed bytes put since the last clear (an upper bound of what is held)
         # (qtype, rcode) -> [hits]: counted here so the hot path never calls a metrics library.
         self.cells: dict[tuple[str, str], list[int]] = {}
 
@@ -112,6 +118,7 @@ class AnswerCache:
 
     def clear(self) -> None:
         self._entries.clear()
+        self.bytes = 0
 
     def answer(self, data: bytes, client_ip: str, now: float) -> bytes | None:
         """The response to ``data`` if known, else None (the caller takes the slow path).
@@ -160,10 +167,12 @@ class AnswerCache:
         lower = data[HEADER_LEN:qend].lower()
         if qend < 0 or any(v[HEADER_LEN:qend].lower() != lower for v in variants):
             return data[:2] + variants[0][2:]  # question not echoed byte for byte: don't cache
-        if len(self._entries) >= self._max_entries:
-            self._entries.clear()  # crude but O(1) amortised; refills from the resolver
         key = data[2:HEADER_LEN] + lower + data[qend:]
         templates = [v[:HEADER_LEN] + lower + v[qend:] for v in variants]
+        size = len(key) + sum(len(t) for t in templates)
+        if len(self._entries) >= self._max_entries or self.bytes + size > self._max_bytes:
+            self.clear()  # crude but O(1) amortised; refills from the resolver
+        self.bytes += size
         cycle = itertools.cycle(templates)
         cell = self.cells.setdefault(label, [0])
         if client_ip is None:
