@@ -250,7 +250,9 @@ class RecordStore:
             self._rejected[key] = rejected
         else:
             self._rejected.pop(key, None)
-        return self._index_owner(key, frozenset(admitted))
+        # The common case (everything admitted as offered) shares the offered set: no copy.
+        same = not rejected and admitted == offered
+        return self._index_owner(key, offered if same else frozenset(admitted))
 
     def _problem(self, source: str, record: Record) -> str | None:
         if source != STATIC and record.name in self._static_names:

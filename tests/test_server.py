@@ -402,3 +402,16 @@ def test_json_logs(dnsd_factory) -> None:  # type: ignore[no-untyped-def]
     assert listening[0]["event"] == "listening"
     loaded = next(line for line in lines if line.get("event") == "static_loaded")
     assert loaded["source"] == "static" and loaded["level"] == "INFO"
+    assert "name" not in listening[0]  # "name" is for DNS names, never the logger's
+
+
+def test_json_log_name_is_the_dns_name() -> None:
+    import json
+    import logging
+
+    from dnsd.logs import JsonFormatter
+
+    record = logging.LogRecord("dnsd.records", logging.WARNING, __file__, 1, "refused", (), None)
+    record.dns_name = "www.example.com."
+    line = json.loads(JsonFormatter().format(record))
+    assert line["name"] == "www.example.com." and line["logger"] == "dnsd.records"
