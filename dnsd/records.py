@@ -11,7 +11,9 @@ Refused records are kept aside with the reason (for /records), counted, and logg
 the static zone lets go of a name, other sources' records for it are admitted again.
 
 All mutation happens on the event-loop thread in one synchronous call, so a query never sees half
-an update.  Each change bumps ``generation`` and notifies listeners (the packed-answer cache).
+an update.  Each change bumps ``generation`` and tells listeners (the packed-answer cache) which
+names it touched, ancestors included (a new ``a.b.docker.`` changes what ``b.docker.``
+answers: NXDOMAIN becomes NODATA), and the reverse names of addresses that came or went.
 The store knows nothing about DNS wire format or sockets.
 """
 
@@ -143,7 +145,8 @@ class RecordStore:
         self._index: dict[tuple[str, str], dict[Record, int]] = {}
         self._names: dict[str, int] = {}
         self._reverse: dict[str, dict[str, int]] = {}
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners: list[Callable[[set[str]], None]] = []
+        self._touched: set[str] = set()  # names whose records changed in this change
         self.generation = 0
 
     # --- reading -------------------------------------------------------------------------
@@ -186,7 +189,8 @@ class RecordStore:
             for record, why in records.items():
                 yield Rejected(record, source, owner, why)
 
-    def subscribe(self, listener: Callable[[], None]) -> None:
+    def subscribe(self, listener: Callable[[set[str]], None]) -> None:
+        """``listener(names)`` after every change, with every name whose answers may differ."""
         self._listeners.append(listener)
 
     # --- writing -------------------------------------------------------------------------
@@ -330,14 +334,18 @@ class RecordStore:
                 self._admit(key, offered, trust_current=False)
 
     def _indexed(self, record: Record) -> None:
+        self._touched.add(record.name)
         bucket = self._index.setdefault((record.name, record.rtype), {})
         bucket[record] = bucket.get(record, 0) + 1
         for name in ancestors(record.name):
             _inc(self._names, name)
         if record.reverse and record.rtype in ("A", "AAAA"):
-            _inc(self._reverse.setdefault(reverse_name(str(record.value)), {}), record.name)
+            ptr = reverse_name(str(record.value))
+            self._touched.add(ptr)
+            _inc(self._reverse.setdefault(ptr, {}), record.name)
 
     def _unindex(self, record: Record) -> None:
+        self._touched.add(record.name)
         key = (record.name, record.rtype)
         bucket = self._index[key]
         if bucket[record] == 1:
@@ -350,6 +358,7 @@ class RecordStore:
             _dec(self._names, name)
         if record.reverse and record.rtype in ("A", "AAAA"):
             ptr = reverse_name(str(record.value))
+            self._touched.add(ptr)
             targets = self._reverse[ptr]
             _dec(targets, record.name)
             if not targets:
@@ -359,8 +368,10 @@ class RecordStore:
         if self._static_dirty:
             self._readmit()
         self.generation += 1
+        touched, self._touched = self._touched, set()
+        names = {name for changed in touched for name in ancestors(changed)}
         for listener in self._listeners:
-            listener()
+            listener(names)
 
 
 def _reason_kind(why: str) -> str:

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import random
+
 import dns.edns
 import dns.message
+import dns.rdatatype
+import dns.rrset
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from dnsd.admission import Admission
+from dnsd.records import Record, RecordStore, SrvValue
+from dnsd.resolve.acl import Acl
+from dnsd.resolve.chain import ResolverChain
+from dnsd.resolve.local import LocalZone
+from dnsd.stats import Stats
 from dnsd.wire.answer_cache import AnswerCache
 from dnsd.wire.codec import error_response, question_end
+from dnsd.wire.query import QueryHandler
 
 
 def wire(name: str, ident: int) -> bytes:
@@ -100,3 +113,88 @@ def test_bounded_in_bytes_against_cookie_spraying() -> None:
         cache.put(query, [response_for(query, b"x" * 1200)] * 8, 10.0, False)
         assert cache.bytes <= 1_000_000
     assert 0 < len(cache) < 2000
+
+
+# --- every cached answer equals a fresh resolve, through store changes (Hypothesis) ----------
+
+POOL = [
+    Record("web.docker.", "A", "10.0.0.1", 5, "10.0.0.0/24"),
+    Record("web.docker.", "A", "10.1.0.1", 5, "10.1.0.0/24"),
+    Record("web.docker.", "A", "10.0.0.1", 5),  # an etcd copy of a local address
+    Record("web.docker.", "AAAA", "fd00::1", 5),
+    Record("db.docker.", "A", "10.0.0.2", 5),
+    Record("x.web.docker.", "A", "10.0.0.3", 5),
+    Record("alias.docker.", "CNAME", "web.docker.", 5),
+    Record("_http._tcp.web.docker.", "SRV", SrvValue(10, 10, 80, "web.docker."), 5),
+    Record("db.docker.", "TXT", ("hello",), 5),
+]
+NAMES = ["web.docker.", "db.docker.", "x.web.docker.", "alias.docker.", "_http._tcp.web.docker.",
+         "nx.docker.", "_tcp.web.docker.", "1.0.0.10.in-addr.arpa.", "docker."]  # fmt: skip
+QTYPES = ["A", "AAAA", "SRV", "TXT", "CNAME", "PTR", "ANY", "SOA", "NS"]
+CLIENTS = ["127.0.0.1", "10.0.0.5", "10.1.0.5"]
+
+change = st.tuples(
+    st.sampled_from(["static", "docker", "etcd"]),
+    st.sampled_from(["o1", "o2"]),
+    st.frozensets(st.sampled_from(POOL), max_size=5),
+)
+ask = st.tuples(
+    st.sampled_from(NAMES),
+    st.sampled_from(QTYPES),
+    st.booleans(),  # upper-case the name
+    st.sampled_from([None, 512, 1232, 4096]),  # EDNS UDP size, or no EDNS
+    st.booleans(),  # a random cookie option
+    st.sampled_from(CLIENTS),
+)
+
+
+def _packet(
+    name: str, qtype: str, upper: bool, edns: int | None, cookie: bool, ident: int
+) -> bytes:
+    message = dns.message.make_query(name.upper() if upper else name, qtype)
+    message.id = ident
+    if edns is not None:
+        options = [dns.edns.GenericOption(10, random.randbytes(8))] if cookie else []
+        message.use_edns(0, payload=edns, options=options)
+    return message.to_wire()
+
+
+def _comparable(wire: bytes) -> tuple[object, ...]:
+    message = dns.message.from_wire(wire)
+
+    def rows(section: list[dns.rrset.RRset]) -> list[str]:
+        found = []
+        for rrset in section:
+            for rdata in rrset:
+                text = rdata.to_text()
+                if rrset.rdtype == dns.rdatatype.SOA:
+                    text = " ".join(text.split()[:2])  # the serial follows every store change
+                found.append(f"{rrset.name} {rrset.ttl} {rrset.rdtype} {text}".lower())
+        return sorted(found)
+
+    return (message.rcode(), message.flags, [q.to_text() for q in message.question],
+            rows(message.answer), rows(message.authority), rows(message.additional))  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(change, ask), min_size=1, max_size=40))
+def test_cached_answers_equal_fresh_ones(steps: list[tuple[object, ...]]) -> None:
+    store = RecordStore(Admission(["docker."]))
+    acl = Acl(["127.0.0.0/8"])
+    cache = AnswerCache(acl.allows)
+    store.subscribe(cache.invalidate)
+    chain = ResolverChain(LocalZone(store, ["docker."]), None, acl)
+    cached = QueryHandler(chain, Stats(), cache)
+    fresh = QueryHandler(chain, Stats(), None)
+    for ident, step in enumerate(steps):
+        if len(step) == 3:
+            source, owner, records = step
+            store.replace_owner(source, owner, records)  # type: ignore[arg-type]
+            continue
+        name, qtype, upper, edns, cookie, client = step
+        packet = _packet(name, qtype, upper, edns, cookie, ident)  # type: ignore[arg-type]
+        got = cache.answer(packet, client, 1.0) or cached.handle(packet, client, udp=True)  # type: ignore[arg-type]
+        want = fresh.handle(packet, client, udp=True)  # type: ignore[arg-type]
+        assert isinstance(got, bytes) and isinstance(want, bytes)
+        assert got[:2] == packet[:2]
+        assert _comparable(got) == _comparable(want), (name, qtype, client)

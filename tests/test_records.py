@@ -64,7 +64,7 @@ def test_reverse_index_and_empty_non_terminals() -> None:
 def test_generation_and_listeners_only_on_change() -> None:
     store = RecordStore()
     calls: list[int] = []
-    store.subscribe(lambda: calls.append(store.generation))
+    store.subscribe(lambda _names: calls.append(store.generation))
     store.replace_owner("s", "o", [a("x.docker.", "10.0.0.1")])
     store.replace_owner("s", "o", [a("x.docker.", "10.0.0.1")])  # same: no change
     store.replace_source("s", {"o": [a("x.docker.", "10.0.0.1")], "p": [a("y.docker.", "1.1.1.1")]})

@@ -28,6 +28,8 @@ class Answer:
     per_client: bool = False  # depends on the asker's network (network-aware answers)
     follow: str | None = None  # a CNAME chain left our zones here: the rest is upstream's
     wire_size: int = 0  # bytes of the upstream reply it was parsed from (forwarded answers)
+    # Names whose change in the record store can change this answer (local answers).
+    depends: tuple[str, ...] = ()
 
     def rotations(self) -> int:
         """How many distinct orderings rotating the answer RRsets gives."""

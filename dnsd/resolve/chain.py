@@ -86,4 +86,5 @@ class ResolverChain:
             additional=upstream.additional,
             expires_in=upstream.expires_in,
             recursive=True,
+            depends=local.depends,
         )

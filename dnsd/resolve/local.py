@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 
 from dnslib import AAAA, CNAME, MX, NS, PTR, QTYPE, RD, RR, SOA, SRV, TXT, A
@@ -110,6 +111,23 @@ def _rrset(records: list[Record], qname: str | None = None) -> list[RR]:
     return rrs
 
 
+@dataclass(slots=True)
+class _Asked:
+    """One question's state while it is answered: who asks, and what the answer depends on."""
+
+    client_ip: str
+    depends: set[str]  # names whose change can change this answer
+    per_client: bool = False
+
+
+def _fixed_suffix(pattern: str) -> str:
+    """``x1.*.region1.docker.`` -> ``region1.docker.``: the subtree a wildcard answer reads."""
+    labels = pattern.rstrip(".").split(".")
+    last = max((i for i, label in enumerate(labels) if label in _WILDCARDS), default=-1)
+    fixed = labels[last + 1 :]
+    return ".".join(fixed) + "." if fixed else "."
+
+
 class LocalZone:
     def __init__(
         self,
@@ -127,8 +145,6 @@ class LocalZone:
         self._negative_ttl = negative_ttl
         self._soa_ttl = soa_ttl
         self._serial_base = int(wall_clock())
-        self._client_ip = ""
-        self._per_client = False
 
     def zone_of(self, qname: str) -> str | None:
         for zone in self.zones:
@@ -142,25 +158,27 @@ class LocalZone:
         ``spelled`` is the name as the client wrote it (its letter case is echoed);
         ``client_ip`` picks network-aware addresses.
         """
-        self._client_ip = client_ip
-        self._per_client = False
-        found = self._answer(qname, qtype, spelled)
+        ask = _Asked(client_ip, {qname})
+        found = self._answer(ask, qname, qtype, spelled)
         if found is not None:
-            found.expires_in = FOREVER  # true until the store changes
-            found.per_client = self._per_client
+            found.expires_in = FOREVER  # true until the store changes one of ``depends``
+            found.per_client = ask.per_client
+            found.depends = tuple(ask.depends)
         return found
 
-    def _addresses(self, name: str, rtype: str) -> list[Record]:
+    def _addresses(self, ask: _Asked, name: str, rtype: str) -> list[Record]:
+        ask.depends.add(name)
         records = self._store.lookup(name, rtype)
         if not records and _is_wildcard(name):
+            ask.depends.add(_fixed_suffix(name))  # any change in that subtree
             records = self._wildcards(name, rtype)
         # Only addresses on two or more networks make the answer depend on the asker.
         if rtype in _ADDRESS_TYPES and len({r.scope for r in records}) > 1:
-            self._per_client = True
-            return nearest(records, self._client_ip)
+            ask.per_client = True
+            return nearest(records, ask.client_ip)
         return records
 
-    def _answer(self, qname: str, qtype: int, spelled: str) -> Answer | None:
+    def _answer(self, ask: _Asked, qname: str, qtype: int, spelled: str) -> Answer | None:
         zone = self.zone_of(qname)
         if zone is None:
             return self._outside_zone(qname, qtype, spelled)
@@ -172,7 +190,7 @@ class LocalZone:
                 hinfo = RR(spelled, QTYPE.HINFO, ttl=self._negative_ttl, rdata=_RFC8482_HINFO)
                 return Answer(RCODE_NOERROR, True, [[hinfo]])
             return self._negative(zone, RCODE_NXDOMAIN)
-        return self._lookup(zone, qname, qtype, spelled)
+        return self._lookup(ask, zone, qname, qtype, spelled)
 
     def _outside_zone(self, qname: str, qtype: int, spelled: str) -> Answer | None:
         rtype = QTYPE.get(qtype, "")
@@ -183,20 +201,20 @@ class LocalZone:
             records += automatic
         return Answer(RCODE_NOERROR, True, [_rrset(records, spelled)]) if records else None
 
-    def _lookup(self, zone: str, qname: str, qtype: int, spelled: str) -> Answer:
+    def _lookup(self, ask: _Asked, zone: str, qname: str, qtype: int, spelled: str) -> Answer:
         rtype = QTYPE.get(qtype, "")
         answer: list[list[RR]] = []
         name, owner_spelling = qname, spelled
         seen: set[str] = set()
         while True:
-            records = self._addresses(name, rtype)
+            records = self._addresses(ask, name, rtype)
             if rtype == "PTR":
                 explicit = {record.value for record in records}
                 records += [r for r in self._automatic_ptr(name) if r.value not in explicit]
             if records:
                 answer.append(_rrset(records, owner_spelling))
                 answer_result = Answer(RCODE_NOERROR, True, answer)
-                answer_result.additional = self._additional(records)
+                answer_result.additional = self._additional(ask, records)
                 return answer_result
             cname = self._store.lookup(name, "CNAME") if rtype != "CNAME" else []
             if not cname or name in seen or len(seen) >= MAX_CNAME_CHAIN:
@@ -218,7 +236,7 @@ class LocalZone:
         ttl = self._negative_ttl
         return [Record(name, "PTR", target, ttl) for target in self._store.reverse(name)]
 
-    def _additional(self, records: list[Record]) -> list[RR]:
+    def _additional(self, ask: _Asked, records: list[Record]) -> list[RR]:
         """Addresses of in-store SRV and MX targets."""
         targets: dict[str, None] = {}
         for record in records:
@@ -229,7 +247,7 @@ class LocalZone:
         extra: list[RR] = []
         for target in targets:
             for rtype in _ADDRESS_TYPES:
-                extra.extend(to_rr(found) for found in self._addresses(target, rtype))
+                extra.extend(to_rr(found) for found in self._addresses(ask, target, rtype))
         return extra
 
     def _negative(self, zone: str, rcode: int) -> Answer:

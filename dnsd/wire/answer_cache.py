@@ -1,11 +1,16 @@
 """The packed-answer cache: the hot path for UDP queries whose answer is already known.
 
-Keyed by the query packet minus its ID, with the question name lower-cased, so a hit is one dict
-lookup, the ID patched and the question's letter case echoed: no dnslib object, no await.
-Entries hold every rotation of the answer (served in turn) and an expiry: local answers live
-until the record store changes (``clear``); forwarded ones are re-stamped in place once a second
-(their TTL fields counted down) until the forwarding cache's own expiry.  Forwarded entries are
-served only to clients allowed to recurse.
+An entry is found by a *normalised key*: the opcode, RD and CD bits, the lower-cased question,
+and for EDNS queries the clamped UDP size and the DO bit; EDNS options (cookies, padding) are
+not part of it, so a client sending a fresh cookie each time still hits.  A query without
+options, in lower case, is also found by its exact bytes (minus the ID): one dict lookup.  A hit
+patches the ID and echoes the question's letter case: no dnslib object, no await.
+
+Entries hold every rotation of the answer (served in turn), an expiry and the names the answer
+depends on: a store change drops only the entries that depend on a name it touched
+(``invalidate``).  Forwarded entries are re-stamped in place once a second (their TTL fields
+counted down) until the forwarding cache's own expiry, and are served only to clients allowed
+to recurse.  When full (entries or bytes) the oldest tenth goes, never the whole cache.
 Knows nothing about resolving; ``QueryHandler`` fills it.
 """
 
@@ -16,9 +21,10 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from dnsd.wire.codec import HEADER_LEN, ttl_offsets
+from dnsd.wire.codec import HEADER_LEN, question_end, ttl_offsets
 
 ANSWER_CACHE_ENTRIES = 100_000
+EVICT_FRACTION = 10  # when full, the oldest 1/EVICT_FRACTION of the entries go
 ANSWER_CACHE_BYTES = 64 * 1024 * 1024  # packed bytes held (rotations and per-client copies)
 FORWARDED_REFRESH_S = 1.0
 
@@ -41,7 +47,9 @@ class _Aging:
 
 
 class _Entry:
-    __slots__ = ("aging", "cell", "clients", "expires", "recursive", "variants")
+    __slots__ = (
+        "aging", "cell", "clients", "depends", "expires", "keys", "recursive", "size", "variants",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -59,6 +67,9 @@ class _Entry:
         self.recursive = recursive
         # Network-aware answers differ per asker: their rotations are kept per client address.
         self.clients = clients
+        self.keys: tuple[bytes, ...] = ()  # the normalised key, and the exact alias if any
+        self.depends: tuple[str, ...] = ()
+        self.size = 0
 
 
 def _aging_of(template: bytes, born: float, lifetime_s: float) -> _Aging | None:
@@ -84,14 +95,40 @@ def _restamp(entry: _Entry, now: float) -> bool:
     return True
 
 
-def _name_end(data: bytes) -> int:
-    """End of the question's fixed part, found by the first zero byte after the header.
+_ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"  # QDCOUNT 1, ANCOUNT 0, NSCOUNT 0
+_NO_ADDITIONAL = b"\x00\x00"
+_ONE_ADDITIONAL = b"\x00\x01"
+_OPT_HEAD = b"\x00\x00\x29"  # root owner, type OPT
+_NOT_EDNS = b"\x00"
 
-    The same rule is used for storing and for looking up, so a name with a zero byte inside a
-    label only ever gets a different (still exact) key, never a wrong answer.
+
+def normalised_key(data: bytes, max_udp_size: int) -> tuple[bytes | None, int, bool]:
+    """(key, end of the question, whether the query carries EDNS options) for ``data``;
+    key None when the packet is not a plain one-question query (the slow path decides).
+
+    The question's end is found by the first zero byte after the header; ``put`` caches only
+    packets whose labels really end there, so a crafted name with a zero byte inside a label
+    can never share a key with a real one.
     """
     end = data.find(b"\x00", HEADER_LEN)
-    return end + 5 if end >= 0 else -1
+    size = len(data)
+    qend = end + 5
+    if end < 0 or qend > size or data[4:10] != _ONE_QUESTION:
+        return None, -1, False
+    flags = bytes((data[2] & 0x79, data[3] & 0x10))  # opcode + RD; CD
+    additional = data[10:12]
+    if additional == _NO_ADDITIONAL:
+        if qend != size:
+            return None, -1, False
+        return flags + data[HEADER_LEN:qend].lower() + _NOT_EDNS, qend, False
+    if additional != _ONE_ADDITIONAL or data[qend : qend + 3] != _OPT_HEAD or qend + 11 > size:
+        return None, -1, False
+    options = int.from_bytes(data[qend + 9 : qend + 11], "big")
+    if qend + 11 + options != size or data[qend + 6] != 0:  # EDNS version 0 only
+        return None, -1, False
+    udp = max(512, min(int.from_bytes(data[qend + 3 : qend + 5], "big"), max_udp_size))
+    edns = bytes((1, udp >> 8, udp & 0xFF, data[qend + 7] & 0x80))  # size and the DO bit
+    return flags + data[HEADER_LEN:qend].lower() + edns, qend, options > 0
 
 
 class AnswerCache:
@@ -100,12 +137,18 @@ class AnswerCache:
         allows_recursion: Callable[[str], bool],
         max_entries: int = ANSWER_CACHE_ENTRIES,
         max_bytes: int = ANSWER_CACHE_BYTES,
+        max_udp_size: int = 1232,
     ) -> None:
-        self._entries: dict[bytes, _Entry] = {}
+        self._entries: dict[bytes, _Entry] = {}  # normalised keys and exact aliases
+        self._dependents: dict[str, set[bytes]] = {}  # name -> normalised keys
         self._allows_recursion = allows_recursion
         self._max_entries = max_entries
         self._max_bytes = max_bytes
-        self.bytes = 0  # packed bytes put since the last clear (an upper bound of what is held)
+        self._max_udp_size = max_udp_size
+        self._count = 0
+        self.bytes = 0  # packed bytes held
+        self.evicted = 0
+        self.invalidated = 0
         # (qtype, rcode) -> [hits]: counted here so the hot path never calls a metrics library.
         self.cells: dict[tuple[str, str], list[int]] = {}
 
@@ -114,11 +157,20 @@ class AnswerCache:
         return sum(cell[0] for cell in self.cells.values())
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return self._count
 
     def clear(self) -> None:
         self._entries.clear()
-        self.bytes = 0
+        self._dependents.clear()
+        self._count = self.bytes = 0
+
+    def invalidate(self, names: set[str]) -> None:
+        """Drop every entry whose answer depends on one of ``names`` (a store change)."""
+        for name in names:
+            keys = self._dependents.pop(name, None)
+            if keys:
+                for key in keys:
+                    self.invalidated += self._drop(key)
 
     def answer(self, data: bytes, client_ip: str, now: float) -> bytes | None:
         """The response to ``data`` if known, else None (the caller takes the slow path).
@@ -136,10 +188,10 @@ class AnswerCache:
                 return None
             entry.cell[0] += 1
             return data[:2] + next(variants)[2:]
-        qend = _name_end(data)
-        if qend < 0:
+        key, qend, _ = normalised_key(data, self._max_udp_size)
+        if key is None:
             return None
-        entry = self._entries.get(data[2:HEADER_LEN] + data[HEADER_LEN:qend].lower() + data[qend:])
+        entry = self._entries.get(key)
         if entry is None or (entry.expires < now and not _restamp(entry, now)):
             return None
         if entry.recursive and not self._allows_recursion(client_ip):
@@ -160,24 +212,27 @@ class AnswerCache:
         client_ip: str | None = None,
         label: tuple[str, str] = ("", ""),
         aging: tuple[float, float] | None = None,
+        depends: tuple[str, ...] = (),
     ) -> bytes:
-        """Remember the responses to ``data`` (for ``client_ip`` only, when given); returns the
-        first one to send, as ``answer`` would."""
-        qend = _name_end(data)
+        """Remember the responses to ``data`` (for ``client_ip`` only, when given), to be
+        dropped when a name in ``depends`` changes; returns the first one to send, as
+        ``answer`` would."""
+        key, qend, has_options = normalised_key(data, self._max_udp_size)
         lower = data[HEADER_LEN:qend].lower()
-        if qend < 0 or any(v[HEADER_LEN:qend].lower() != lower for v in variants):
-            return data[:2] + variants[0][2:]  # question not echoed byte for byte: don't cache
-        key = data[2:HEADER_LEN] + lower + data[qend:]
+        if (
+            key is None
+            or question_end(data) != qend
+            or any(v[HEADER_LEN:qend].lower() != lower for v in variants)
+        ):
+            return data[:2] + variants[0][2:]  # not a plain question echoed byte for byte
         templates = [v[:HEADER_LEN] + lower + v[qend:] for v in variants]
-        size = len(key) + sum(len(t) for t in templates)
-        if len(self._entries) >= self._max_entries or self.bytes + size > self._max_bytes:
-            self.clear()  # crude but O(1) amortised; refills from the resolver
-        self.bytes += size
         cycle = itertools.cycle(templates)
         cell = self.cells.setdefault(label, [0])
+        alias = None if has_options else data[2:HEADER_LEN] + lower + data[qend:]
+        size = len(key) + sum(len(t) for t in templates)
         if client_ip is None:
             aged = _aging_of(templates[0], *aging) if aging and len(templates) == 1 else None
-            self._entries[key] = _Entry(cycle, expires, recursive, cell, aging=aged)
+            self._store(key, alias, _Entry(cycle, expires, recursive, cell, aging=aged), depends)
         else:
             shared = self._entries.get(key)
             if (
@@ -185,8 +240,53 @@ class AnswerCache:
                 or shared.clients is None
                 or len(shared.clients) >= MAX_CLIENTS_PER_ENTRY
             ):
-                shared = self._entries[key] = _Entry(iter(()), expires, recursive, cell, {})
+                shared = _Entry(iter(()), expires, recursive, cell, {})
+                self._store(key, alias, shared, depends)
             assert shared.clients is not None
             shared.clients[client_ip] = cycle
+        self._entries[key].size += size
+        self.bytes += size
+        while self._count > self._max_entries or (self.bytes > self._max_bytes and self._count):
+            self._evict()
         first = next(cycle)
         return data[:2] + first[2:HEADER_LEN] + data[HEADER_LEN:qend] + first[qend:]
+
+    def _store(
+        self, key: bytes, alias: bytes | None, entry: _Entry, depends: tuple[str, ...]
+    ) -> None:
+        self._drop(key)
+        entry.keys = (key,) if alias is None or alias == key else (key, alias)
+        entry.depends = depends
+        for k in entry.keys:
+            self._entries[k] = entry
+        for name in depends:
+            self._dependents.setdefault(name, set()).add(key)
+        self._count += 1
+
+    def _drop(self, key: bytes) -> int:
+        entry = self._entries.get(key)
+        if entry is None or entry.keys[0] != key:
+            return 0
+        for k in entry.keys:
+            del self._entries[k]
+        for name in entry.depends:
+            keys = self._dependents.get(name)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._dependents[name]
+        self._count -= 1
+        self.bytes -= entry.size
+        return 1
+
+    def _evict(self) -> None:
+        """The oldest tenth of the entries go (insertion order); one pass over the dict."""
+        doomed = [
+            key
+            for key, entry in itertools.islice(
+                self._entries.items(), max(1, self._count // EVICT_FRACTION) * 2
+            )
+            if entry.keys[0] == key
+        ]
+        for key in doomed:
+            self.evicted += self._drop(key)

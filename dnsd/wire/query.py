@@ -203,8 +203,11 @@ class QueryHandler:
             expires = min(expires, now + FORWARDED_REFRESH_S)
             aging = (now, answer.expires_in)  # TTLs counted down in place until then
         client = client_ip if answer.per_client else None
+        # Every entry depends at least on its own name (a forwarded answer is shadowed by a
+        # record the store gains for that name).
+        depends = answer.depends or (str(query.q.qname).lower(),)
         return self._answer_cache.put(
-            data, variants, expires, answer.recursive, client, label, aging
+            data, variants, expires, answer.recursive, client, label, aging, depends
         )
 
     def _pack(self, query: DNSRecord, answer: Answer, edns: bool, limit: int, turn: int) -> bytes:

@@ -130,7 +130,10 @@ class UdpServer:
             return
         if len(self._pending) >= self._max_pending:
             result.close()
-            self._stats.drop("too many pending")
+            self._stats.drop("too many pending")  # counted, and still answered
+            busy = error_response(data, RCODE_SERVFAIL, echo_question=True)
+            if busy is not None:
+                self._send(addr, busy)
             return
         assert self._loop is not None
         task = self._loop.create_task(result)
