@@ -3,8 +3,9 @@
 Servers are pinned to core 0 and dnsperf to core 1.  Prints, for both servers: queries/s,
 server CPU microseconds per query (from /proc), p99 latency at a fixed 5,000 queries/s, and
 the ratios dnsd/dnsmasq; for these mixes: local A, local SRV, A with 10 % NXDOMAIN, and a
-forwarded name (both forwarding to the same local upstream, warm caches).  Also dnsd's RSS
-holding 10,000 names.  Only loopback is used.  Usage: python bench/run.py [--duration S]
+forwarded name (both forwarding to the same local upstream, warm caches), A with EDNS, A with
+an EDNS cookie option, and A over TCP.  Also dnsd's RSS holding 10,000 names.  Only loopback
+is used.  Usage: python bench/run.py [--duration S]
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def free_port() -> int:
 
 def cpu_ticks(pid: int) -> int:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime
+    # utime + stime, + cutime + cstime: dnsmasq answers TCP in forked children
+    return sum(int(field) for field in fields[11:15])
 
 
 def rss_mb(pid: int) -> float:
@@ -78,9 +80,9 @@ def run_dnsperf(port: int, queries: Path, duration: float, *options: str) -> str
     return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
 
-def dnsperf(port: int, queries: Path, duration: float, pid: int) -> Result:
+def dnsperf(port: int, queries: Path, duration: float, pid: int, *options: str) -> Result:
     before = cpu_ticks(pid)
-    out = run_dnsperf(port, queries, duration, "-c", "10", "-q", "200")
+    out = run_dnsperf(port, queries, duration, "-c", "10", "-q", "200", *options)
     ticks = cpu_ticks(pid) - before
     completed = int(re.search(r"Queries completed:\s+(\d+)", out).group(1))  # type: ignore[union-attr]
     qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -245,17 +247,24 @@ def run(servers: Servers, paths: dict[str, Path], duration: float) -> int:
         f"{'case':<22}{'dnsd q/s':>12}{'dnsmasq q/s':>13}{'ratio':>8}"
         f"{'dnsd µs/q':>11}{'dnsmasq µs/q':>14}{'ratio':>8}"
     )
-    for mix in ("A", "SRV", "NX10", "FWD"):
+    # An EDNS cookie option on every query (dnsperf sends the same bytes each time; dnsd's
+    # normalised key ignores options, so the cost is that of a fresh cookie per query).
+    cookie = ("-e", "-E", "10:0123456789abcdef")
+    cases = [("A", "A", ()), ("SRV", "SRV", ()), ("NX10", "NX10", ()), ("FWD", "FWD", ()),
+             ("A+EDNS", "A", ("-e",)), ("A+cookie", "A", cookie),
+             ("A over TCP", "A", ("-m", "tcp"))]  # fmt: skip
+    for mix, queries, options in cases:
         their_port, their_pid = (
             (srv_peer_port, srv_peer.pid) if mix == "SRV" else (peer_port, peer.pid)
         )
-        warm(dnsd_port, paths[mix])
-        warm(their_port, paths[mix])
-        ours = dnsperf(dnsd_port, paths[mix], duration, dnsd.pid)
-        theirs = dnsperf(their_port, paths[mix], duration, their_pid)
+        warm(dnsd_port, paths[queries])
+        warm(their_port, paths[queries])
+        ours = dnsperf(dnsd_port, paths[queries], duration, dnsd.pid, *options)
+        theirs = dnsperf(their_port, paths[queries], duration, their_pid, *options)
+        cpu_ratio = f"{ours.cpu_us / theirs.cpu_us:>8.2f}" if theirs.cpu_us else f"{'n/a':>8}"
         print(
             f"{mix:<22}{ours.qps:>12.0f}{theirs.qps:>13.0f}{ours.qps / theirs.qps:>8.2f}"
-            f"{ours.cpu_us:>11.2f}{theirs.cpu_us:>14.2f}{ours.cpu_us / theirs.cpu_us:>8.2f}"
+            f"{ours.cpu_us:>11.2f}{theirs.cpu_us:>14.2f}{cpu_ratio}"
         )
     ours_p99 = p99_latency_ms(dnsd_port, paths["A"], min(duration, 5.0))
     theirs_p99 = p99_latency_ms(peer_port, paths["A"], min(duration, 5.0))

@@ -90,9 +90,7 @@ class Daemon:
         loaded = self.static.load()
         logger.info("static records loaded: %d", loaded, extra=event("static_loaded", "static"))
         acl = Acl(server.allow_recursion)
-        answer_cache = AnswerCache(
-            acl.allows, server.answer_cache_size, server.answer_cache_bytes, server.max_udp_size
-        )
+        answer_cache = AnswerCache(acl.allows, server.answer_cache_size, server.answer_cache_bytes)
         self.store.subscribe(answer_cache.invalidate)
         local = LocalZone(
             self.store,

@@ -1,9 +1,10 @@
 """The packed-answer cache: the hot path for UDP queries whose answer is already known.
 
-An entry is found by a *normalised key*: the opcode, RD and CD bits, the lower-cased question,
-and for EDNS queries the clamped UDP size and the DO bit; EDNS options (cookies, padding) are
-not part of it, so a client sending a fresh cookie each time still hits.  A query without
-options, in lower case, is also found by its exact bytes (minus the ID): one dict lookup.  A hit
+An entry is found by a *normalised key*: the header without its ID, the lower-cased question,
+and for EDNS queries the OPT record's fixed part (UDP size, version, DO bit); EDNS options
+(cookies, padding) are not part of it, so a client sending a fresh cookie each time still hits.
+A query without options, in lower case, is also found by its exact bytes (minus the ID): one
+dict lookup.  A hit
 patches the ID and echoes the question's letter case: no dnslib object, no await.
 
 Entries hold every rotation of the answer (served in turn), an expiry and the names the answer
@@ -99,36 +100,37 @@ _ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"  # QDCOUNT 1, ANCOUNT 0, NSCOUNT 0
 _NO_ADDITIONAL = b"\x00\x00"
 _ONE_ADDITIONAL = b"\x00\x01"
 _OPT_HEAD = b"\x00\x00\x29"  # root owner, type OPT
-_NOT_EDNS = b"\x00"
+OPT_FIXED_BYTES = 9  # owner, type, class (UDP size), TTL (extended rcode, version, DO): no options
 
 
-def normalised_key(data: bytes, max_udp_size: int) -> tuple[bytes | None, int, bool]:
-    """(key, end of the question, whether the query carries EDNS options) for ``data``;
-    key None when the packet is not a plain one-question query (the slow path decides).
+def normalised_key(data: bytes) -> tuple[bytes | None, int, bool]:
+    """(key, end of the question, whether the query carries EDNS options) for ``data``; key
+    None when the packet is not a plain one-question query without or with one OPT record.
 
-    The question's end is found by the first zero byte after the header; ``put`` caches only
-    packets whose labels really end there, so a crafted name with a zero byte inside a label
-    can never share a key with a real one.
+    The key is the header without its ID, the lower-cased question and the OPT record's fixed
+    part (UDP size, version, DO bit): its options (cookies, padding) are left out.  The hot
+    path builds the same bytes with two slices; only ``put`` checks the packet's shape, so a
+    key it stores always belongs to a well-formed question.  The question's end is the first
+    zero byte after the header; ``put`` caches only packets whose labels really end there, so a
+    crafted name with a zero byte inside a label can never share a key with a real one.
     """
     end = data.find(b"\x00", HEADER_LEN)
     size = len(data)
     qend = end + 5
     if end < 0 or qend > size or data[4:10] != _ONE_QUESTION:
         return None, -1, False
-    flags = bytes((data[2] & 0x79, data[3] & 0x10))  # opcode + RD; CD
+    # Lower-casing the header with the question is safe: a header byte it changes is an
+    # opcode or a count that is never cached, or the Z/AD bits, which no answer depends on.
+    key = data[2:qend].lower() + data[qend : qend + OPT_FIXED_BYTES]
     additional = data[10:12]
     if additional == _NO_ADDITIONAL:
-        if qend != size:
-            return None, -1, False
-        return flags + data[HEADER_LEN:qend].lower() + _NOT_EDNS, qend, False
+        return (key, qend, False) if qend == size else (None, -1, False)
     if additional != _ONE_ADDITIONAL or data[qend : qend + 3] != _OPT_HEAD or qend + 11 > size:
         return None, -1, False
     options = int.from_bytes(data[qend + 9 : qend + 11], "big")
     if qend + 11 + options != size or data[qend + 6] != 0:  # EDNS version 0 only
         return None, -1, False
-    udp = max(512, min(int.from_bytes(data[qend + 3 : qend + 5], "big"), max_udp_size))
-    edns = bytes((1, udp >> 8, udp & 0xFF, data[qend + 7] & 0x80))  # size and the DO bit
-    return flags + data[HEADER_LEN:qend].lower() + edns, qend, options > 0
+    return key, qend, options > 0
 
 
 class AnswerCache:
@@ -137,14 +139,12 @@ class AnswerCache:
         allows_recursion: Callable[[str], bool],
         max_entries: int = ANSWER_CACHE_ENTRIES,
         max_bytes: int = ANSWER_CACHE_BYTES,
-        max_udp_size: int = 1232,
     ) -> None:
         self._entries: dict[bytes, _Entry] = {}  # normalised keys and exact aliases
         self._dependents: dict[str, set[bytes]] = {}  # name -> normalised keys
         self._allows_recursion = allows_recursion
         self._max_entries = max_entries
         self._max_bytes = max_bytes
-        self._max_udp_size = max_udp_size
         self._count = 0
         self.bytes = 0  # packed bytes held
         self.evicted = 0
@@ -188,10 +188,10 @@ class AnswerCache:
                 return None
             entry.cell[0] += 1
             return data[:2] + next(variants)[2:]
-        key, qend, _ = normalised_key(data, self._max_udp_size)
-        if key is None:
+        qend = data.find(b"\x00", HEADER_LEN) + 5
+        if qend < 5:
             return None
-        entry = self._entries.get(key)
+        entry = self._entries.get(data[2:qend].lower() + data[qend : qend + OPT_FIXED_BYTES])
         if entry is None or (entry.expires < now and not _restamp(entry, now)):
             return None
         if entry.recursive and not self._allows_recursion(client_ip):
@@ -217,7 +217,7 @@ class AnswerCache:
         """Remember the responses to ``data`` (for ``client_ip`` only, when given), to be
         dropped when a name in ``depends`` changes; returns the first one to send, as
         ``answer`` would."""
-        key, qend, has_options = normalised_key(data, self._max_udp_size)
+        key, qend, has_options = normalised_key(data)
         lower = data[HEADER_LEN:qend].lower()
         if (
             key is None
