@@ -198,3 +198,33 @@ def test_cached_answers_equal_fresh_ones(steps: list[tuple[object, ...]]) -> Non
         assert isinstance(got, bytes) and isinstance(want, bytes)
         assert got[:2] == packet[:2]
         assert _comparable(got) == _comparable(want), (name, qtype, client)
+
+
+def test_network_aware_entries_are_kept_per_network_not_per_client() -> None:
+    store = RecordStore()
+    acl = Acl(["127.0.0.0/8"])
+    cache = AnswerCache(acl.allows)
+    store.subscribe(cache.invalidate)
+    handler = QueryHandler(ResolverChain(LocalZone(store, ["docker."]), None, acl), Stats(), cache)
+    store.replace_owner("docker", "c1", [POOL[0], POOL[1]])  # web on two networks
+    store.replace_owner("etcd", "k1", [Record("db.docker.", "A", "10.0.0.2", 5, "10.0.0.0/24")])
+    store.replace_owner("etcd", "k2", [Record("db.docker.", "A", "10.0.0.2", 5)])  # its copy
+    for i in range(200):
+        for name in ("web.docker", "db.docker"):
+            packet = dns.message.make_query(name, "A").to_wire()
+            client = f"10.0.0.{i + 10}" if i % 2 else f"192.168.{i}.1"
+            reply = cache.answer(packet, client, 1.0) or handler.handle(packet, client, True)
+            assert isinstance(reply, bytes)
+            addresses = {
+                r.to_text() for rrset in dns.message.from_wire(reply).answer for r in rrset
+            }
+            if name == "db.docker":
+                assert addresses == {"10.0.0.2"}
+            elif i % 2:
+                assert addresses == {"10.0.0.1"}  # inside 10.0.0.0/24: only that address
+            else:
+                assert addresses == {"10.0.0.1", "10.1.0.1"}
+    assert len(cache) == 2
+    entries = {id(e): e for e in cache._entries.values()}.values()
+    per_network = [e for e in entries if e.clients is not None]
+    assert len(per_network) == 1 and len(per_network[0].clients) == 2  # two networks, not 200

@@ -8,17 +8,16 @@ store holds (automatic PTR, explicit records) and otherwise returns None so the 
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, field
 
 from dnslib import AAAA, CNAME, MX, NS, PTR, QTYPE, RD, RR, SOA, SRV, TXT, A
 
 from dnsd.records import MxValue, Record, RecordStore, SrvValue
 from dnsd.resolve.answer import FOREVER, Answer
+from dnsd.resolve.scopes import inside
 from dnsd.wire.codec import RCODE_NOERROR, RCODE_NXDOMAIN
 
 logger = logging.getLogger(__name__)
@@ -61,22 +60,6 @@ def to_rr(record: Record, qname: str | None = None) -> RR:
     return RR(qname or record.name, rtype, ttl=record.ttl, rdata=_rdata(record))
 
 
-@lru_cache(maxsize=4096)
-def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    return ipaddress.ip_network(cidr, strict=False)
-
-
-@lru_cache(maxsize=4096)
-def _client_address(client_ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        address = ipaddress.ip_address(client_ip.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        return address.ipv4_mapped
-    return address
-
-
 _WILDCARDS = ("*", "any")
 
 # Records matching a wildcard pattern (``*.web.docker.``, ``prod.any.docker.``) of one type.
@@ -94,10 +77,7 @@ def no_wildcards(_pattern: str, _rtype: str) -> list[Record]:
 def nearest(records: list[Record], client_ip: str) -> list[Record]:
     """Network-aware answers: a client inside one of the records' networks gets only the
     addresses on that network; any other client gets them all."""
-    client = _client_address(client_ip)
-    if client is None:
-        return records
-    near = [r for r in records if r.scope is not None and client in _network(r.scope)]
+    near = [r for r in records if r.scope is not None and inside(client_ip, r.scope)]
     return near or records
 
 
@@ -118,6 +98,7 @@ class _Asked:
     client_ip: str
     depends: set[str]  # names whose change can change this answer
     per_client: bool = False
+    scopes: set[str] = field(default_factory=set)  # the networks a per-client answer reads
 
 
 def _fixed_suffix(pattern: str) -> str:
@@ -163,6 +144,7 @@ class LocalZone:
         if found is not None:
             found.expires_in = FOREVER  # true until the store changes one of ``depends``
             found.per_client = ask.per_client
+            found.scopes = tuple(sorted(ask.scopes))
             found.depends = tuple(ask.depends)
         return found
 
@@ -172,10 +154,14 @@ class LocalZone:
         if not records and _is_wildcard(name):
             ask.depends.add(_fixed_suffix(name))  # any change in that subtree
             records = self._wildcards(name, rtype)
-        # Only addresses on two or more networks make the answer depend on the asker.
-        if rtype in _ADDRESS_TYPES and len({r.scope for r in records}) > 1:
-            ask.per_client = True
-            return nearest(records, ask.client_ip)
+        # Only addresses on two or more networks make the answer depend on the asker (an etcd
+        # copy of a local address, with no network, is the same address: it does not count).
+        if rtype in _ADDRESS_TYPES:
+            scopes = {r.scope for r in records if r.scope is not None}
+            if len(scopes) > 1:
+                ask.per_client = True
+                ask.scopes |= scopes
+                return nearest(records, ask.client_ip)
         return records
 
     def _answer(self, ask: _Asked, qname: str, qtype: int, spelled: str) -> Answer | None:

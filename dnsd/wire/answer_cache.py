@@ -22,6 +22,7 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from dnsd.resolve.scopes import scope_key
 from dnsd.wire.codec import HEADER_LEN, question_end, ttl_offsets
 
 ANSWER_CACHE_ENTRIES = 100_000
@@ -49,7 +50,8 @@ class _Aging:
 
 class _Entry:
     __slots__ = (
-        "aging", "cell", "clients", "depends", "expires", "keys", "recursive", "size", "variants",
+        "aging", "cell", "clients", "depends", "expires", "keys", "memo", "recursive", "scopes",
+        "size", "variants",
     )  # fmt: skip
 
     def __init__(
@@ -66,8 +68,11 @@ class _Entry:
         self.cell = cell  # hit counter shared by every entry with the same (type, rcode)
         self.expires = expires
         self.recursive = recursive
-        # Network-aware answers differ per asker: their rotations are kept per client address.
+        # Network-aware answers differ per asker: their rotations are kept per scope key (the
+        # networks among ``scopes`` that hold the asker), found through a per-client memo.
         self.clients = clients
+        self.scopes: tuple[str, ...] = ()
+        self.memo: dict[str, str] = {}
         self.keys: tuple[bytes, ...] = ()  # the normalised key, and the exact alias if any
         self.depends: tuple[str, ...] = ()
         self.size = 0
@@ -133,6 +138,17 @@ def normalised_key(data: bytes) -> tuple[bytes | None, int, bool]:
     return key, qend, options > 0
 
 
+def _for_client(entry: _Entry, client_ip: str) -> Iterator[bytes] | None:
+    """A network-aware entry's rotations for this asker (None: not known for its networks)."""
+    assert entry.clients is not None
+    key = entry.memo.get(client_ip)
+    if key is None:
+        if len(entry.memo) >= MAX_CLIENTS_PER_ENTRY:
+            entry.memo.clear()
+        key = entry.memo[client_ip] = scope_key(client_ip, entry.scopes)
+    return entry.clients.get(key)
+
+
 class AnswerCache:
     def __init__(
         self,
@@ -183,7 +199,7 @@ class AnswerCache:
                 return None
             if entry.recursive and not self._allows_recursion(client_ip):
                 return None
-            variants = entry.variants if entry.clients is None else entry.clients.get(client_ip)
+            variants = entry.variants if entry.clients is None else _for_client(entry, client_ip)
             if variants is None:
                 return None
             entry.cell[0] += 1
@@ -196,7 +212,7 @@ class AnswerCache:
             return None
         if entry.recursive and not self._allows_recursion(client_ip):
             return None
-        variants = entry.variants if entry.clients is None else entry.clients.get(client_ip)
+        variants = entry.variants if entry.clients is None else _for_client(entry, client_ip)
         if variants is None:
             return None
         entry.cell[0] += 1
@@ -213,6 +229,7 @@ class AnswerCache:
         label: tuple[str, str] = ("", ""),
         aging: tuple[float, float] | None = None,
         depends: tuple[str, ...] = (),
+        scopes: tuple[str, ...] = (),
     ) -> bytes:
         """Remember the responses to ``data`` (for ``client_ip`` only, when given), to be
         dropped when a name in ``depends`` changes; returns the first one to send, as
@@ -238,12 +255,14 @@ class AnswerCache:
             if (
                 shared is None
                 or shared.clients is None
+                or shared.scopes != scopes
                 or len(shared.clients) >= MAX_CLIENTS_PER_ENTRY
             ):
                 shared = _Entry(iter(()), expires, recursive, cell, {})
+                shared.scopes = scopes
                 self._store(key, alias, shared, depends)
             assert shared.clients is not None
-            shared.clients[client_ip] = cycle
+            shared.clients[scope_key(client_ip, scopes)] = cycle
         self._entries[key].size += size
         self.bytes += size
         while self._count > self._max_entries or (self.bytes > self._max_bytes and self._count):

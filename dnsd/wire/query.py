@@ -207,7 +207,7 @@ class QueryHandler:
         # record the store gains for that name).
         depends = answer.depends or (str(query.q.qname).lower(),)
         return self._answer_cache.put(
-            data, variants, expires, answer.recursive, client, label, aging, depends
+            data, variants, expires, answer.recursive, client, label, aging, depends, answer.scopes
         )
 
     def _pack(self, query: DNSRecord, answer: Answer, edns: bool, limit: int, turn: int) -> bytes:
