@@ -1,0 +1,135 @@
+"""The packed-answer cache under change, and the miss path at scale.
+
+- churn: dnsd serving 10,000 hosts-file names to dnsperf, steady and then while 100 etcd
+  writes per second change other names (each write is a store change); prints both rates and
+  their ratio (per-name invalidation keeps the queried names' entries).
+- miss: in-process, the resolver path (``QueryHandler.handle`` with no packed-answer cache) for
+  local A names with 1,000 and 100,000 names in the store: microseconds per miss and the ratio.
+- rss: dnsd's RSS holding 100,000 names (hosts file), after they answer.
+Servers on core 0, dnsperf on core 1, loopback only.  Usage: python bench/cache.py [--duration S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import dns.message  # noqa: E402
+from run import Servers, dnsperf, free_port, rss_mb, warm  # noqa: E402
+from testbed import etcd as testbed_etcd  # noqa: E402
+
+from dnsd.records import Record, RecordStore  # noqa: E402
+from dnsd.resolve.acl import Acl  # noqa: E402
+from dnsd.resolve.chain import ResolverChain  # noqa: E402
+from dnsd.resolve.local import LocalZone  # noqa: E402
+from dnsd.stats import Stats  # noqa: E402
+from dnsd.wire.query import QueryHandler  # noqa: E402
+
+CHURN_NAMES = 10_000
+CHURN_PER_S = 100
+BIG = 100_000
+
+
+def hosts_file(path: Path, count: int) -> None:
+    path.write_text(
+        "".join(
+            f"10.{i // 62500}.{i // 250 % 250}.{i % 250 + 1} n{i}.docker\n" for i in range(count)
+        )
+    )
+
+
+def churn(endpoint: str, stop: threading.Event, writes: list[int]) -> None:
+    import pyetcd
+
+    host, _, port = endpoint.rpartition(":")
+    client = pyetcd.client(host=host, port=int(port))
+    while not stop.is_set():
+        started = time.monotonic()
+        for _ in range(10):
+            i = writes[0]
+            client.put(f"/skydns/docker/churn/c{i % 5000}", f'{{"host": "10.250.{i % 250}.1"}}')
+            writes[0] += 1
+        stop.wait(max(0.0, 10 / CHURN_PER_S - (time.monotonic() - started)))
+
+
+def bench_churn(work: Path, duration: float) -> None:
+    hosts = work / "hosts-churn"
+    hosts_file(hosts, CHURN_NAMES)
+    queries = work / "queries-churn.txt"
+    queries.write_text("".join(f"n{i}.docker A\n" for i in range(CHURN_NAMES)))
+    etcd = testbed_etcd.Etcd(1).start()
+    servers = Servers(work)
+    try:
+        port = free_port()
+        proc = servers.dnsd(port, "--hosts", str(hosts), "--etcd", etcd.endpoints, "--no-forward")
+        warm(port, queries)
+        steady = dnsperf(port, queries, duration, proc.pid)
+        stop, writes = threading.Event(), [0]
+        writer = threading.Thread(target=churn, args=(etcd.endpoints.split(",")[0], stop, writes))
+        writer.start()
+        time.sleep(1.0)
+        before = writes[0]
+        churned = dnsperf(port, queries, duration, proc.pid)
+        rate = (writes[0] - before) / duration
+        stop.set()
+        writer.join()
+        ratio = churned.qps / steady.qps
+        print(f"churn: {CHURN_NAMES:,} names, steady {steady.qps:,.0f} q/s, with {rate:.0f} "
+              f"store changes/s {churned.qps:,.0f} q/s, ratio {ratio:.2f}")  # fmt: skip
+    finally:
+        servers.stop_all()
+        etcd.stop()
+
+
+def miss_us(count: int, asked: int = 20_000) -> float:
+    store = RecordStore()
+    store.replace_owner(
+        "static", "hosts", [Record(f"n{i}.docker.", "A", "10.0.0.1", 5) for i in range(count)]
+    )
+    acl = Acl(["127.0.0.0/8"])
+    handler = QueryHandler(ResolverChain(LocalZone(store, ["docker."]), None, acl), Stats(), None)
+    packets = [dns.message.make_query(f"n{i % count}.docker", "A").to_wire() for i in range(asked)]
+    started = time.perf_counter()
+    for packet in packets:
+        handler.handle(packet, "127.0.0.1", True)
+    return (time.perf_counter() - started) / asked * 1e6
+
+
+def bench_rss(work: Path) -> None:
+    hosts = work / "hosts-big"
+    hosts_file(hosts, BIG)
+    servers = Servers(work)
+    try:
+        port = free_port()
+        started = time.monotonic()
+        proc = servers.dnsd(port, "--hosts", str(hosts), "--no-forward")
+        took = time.monotonic() - started
+        print(f"rss: {BIG:,} names: {rss_mb(proc.pid):.1f} MB (up and answering in {took:.1f} s)")
+    finally:
+        servers.stop_all()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=10.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="dnsd-cache-bench-") as tmp:
+        work = Path(tmp)
+        bench_churn(work, args.duration)
+        small, big = miss_us(1000), miss_us(BIG)
+        print(f"miss: {small:.1f} µs per miss at 1,000 names, {big:.1f} µs at {BIG:,} "
+              f"(ratio {big / small:.2f})")  # fmt: skip
+        bench_rss(work)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
