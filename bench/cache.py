@@ -55,7 +55,8 @@ def churn(endpoint: str, stop: threading.Event, writes: list[int]) -> None:
         started = time.monotonic()
         for _ in range(10):
             i = writes[0]
-            client.put(f"/skydns/docker/churn/c{i % 5000}", f'{{"host": "10.250.{i % 250}.1"}}')
+            # Other names, each under its own parent (SkyDNS aggregates a subtree per change).
+            client.put(f"/skydns/docker/ch{i % 5000}/x", f'{{"host": "10.250.{i % 250}.1"}}')
             writes[0] += 1
         stop.wait(max(0.0, 10 / CHURN_PER_S - (time.monotonic() - started)))
 
