@@ -13,6 +13,7 @@ publish other names.  Knows nothing about who the sources are or how records are
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 
 from dnsd.records import MxValue, Record, SrvValue
 
@@ -26,6 +27,7 @@ _LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
 OUTSIDE_ZONES = "outside the zones"
 
 
+@lru_cache(maxsize=65536)
 def name_problem(name: str) -> str | None:
     """Why ``name`` (absolute, lower-case) cannot be served, or None."""
     if name == ".":

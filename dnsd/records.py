@@ -25,6 +25,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, NamedTuple
 
 from dnsd.logs import Throttled
@@ -112,6 +113,7 @@ def ancestors(name: str) -> Iterator[str]:
         name = rest or "."
 
 
+@lru_cache(maxsize=65536)
 def reverse_name(address: str) -> str:
     return ipaddress.ip_address(address).reverse_pointer + "."
 

@@ -16,6 +16,7 @@ from dnsd.records import SrvValue
 from dnsd.sources.docker_claims import NameClaims, claims_of
 from dnsd.sources.docker_names import (
     Naming,
+    attrs_from_list,
     container_records,
     dns_label,
     dns_name,
@@ -236,3 +237,33 @@ def test_a_group_shares_its_names_and_a_freed_name_passes_on() -> None:
     changed = claims.claim("c", {})
     claims.claim("d", {})
     assert "pay.docker." in changed and claims.winners("pay.docker.") == {"x"}
+
+
+def test_records_from_the_list_match_the_inspected_ones() -> None:
+    labels = {"com.docker.compose.service": "api", "com.docker.compose.project": "shop",
+              "dnsd.name": "extra", "dnsd.srv.8080": "web"}  # fmt: skip
+    attrs = container("b" * 64, "shop-api-1", "172.18.0.5", labels=labels, ports=("8080/tcp",))
+    attrs["NetworkSettings"]["Ports"]["8080/tcp"] = [{"HostIp": "0.0.0.0", "HostPort": "18080"}]
+    attrs["State"]["Health"] = {"Status": "healthy"}
+    inspected = container_records(attrs, Naming())
+    listed = container_records(attrs_from_list(FakeEngine.list_entry(attrs)), Naming())
+    assert listed.records == inspected.records and listed.records
+    assert listed.published == inspected.published == {(8080, "tcp"): 18080}
+    assert listed.health == "healthy" and listed.group == inspected.group == "api.shop"
+
+
+def test_first_sync_answers_from_the_list_then_inspects(engine: FakeEngine, tmp_path: Path) -> None:
+    for i in range(40):  # over the quick-sync threshold
+        cid = f"{i:064x}"
+        engine.containers[cid] = container(cid, f"box{i}", f"10.2.0.{i + 1}")
+    engine.containers[f"{0:064x}"]["Config"]["Hostname"] = "explicit"  # only inspect shows it
+    server = start_dnsd(tmp_path, "--no-forward", "--log-level", "DEBUG", docker=engine.url)
+    try:
+        eventually(lambda: a_records(server, "box39.docker") == ["10.2.0.40"])
+        eventually(lambda: a_records(server, "explicit.docker") == ["10.2.0.1"])
+        log = server.log()
+        assert log.index("(from the list)") < log.index("(inspected)")
+        inspected = [r for r in engine.requests if r.startswith("/containers/0")]
+        assert len(inspected) >= 40  # and every container was inspected after all
+    finally:
+        server.stop()

@@ -27,7 +27,13 @@ from typing import Any
 from dnsd.logs import event
 from dnsd.records import Record, RecordStore
 from dnsd.sources.docker_claims import NameClaims, claims_of
-from dnsd.sources.docker_names import Built, Naming, container_records, list_fingerprint
+from dnsd.sources.docker_names import (
+    Built,
+    Naming,
+    attrs_from_list,
+    container_records,
+    list_fingerprint,
+)
 from dnsd.sources.errors import reason
 from dnsd.stats import Stats
 
@@ -40,6 +46,8 @@ BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 15.0
 RESYNC_INTERVAL_S = 60.0
 INSPECT_WORKERS = 8
+QUICK_SYNC_MIN = 32  # with more unknown containers, answer from the list before inspecting
+QUICK_APPLY_WAIT_S = 30.0
 
 # Event actions that change what a container publishes (inspect it again) ...
 INSPECT_ACTIONS = frozenset({"start", "unpause", "rename", "restart", "update"})
@@ -243,6 +251,19 @@ class DockerSource:
                 owners[container_id] = known
             else:
                 stale.append(container_id)
+        if len(stale) >= QUICK_SYNC_MIN:
+            # Many unknown containers (a first sync): serve what the list shows at once, then
+            # inspect for what it lacks (hostnames, aliases) and apply the full picture.
+            by_id = {entry["Id"]: entry for entry in entries}
+            quick = dict(owners)
+            for container_id in stale:
+                quick[container_id] = container_records(
+                    attrs_from_list(by_id[container_id]), self._naming
+                )
+            applied = threading.Event()
+            took_s = time.monotonic() - started
+            self._hand(self._apply_quick, quick, took_s, applied)
+            applied.wait(QUICK_APPLY_WAIT_S)  # inspecting meanwhile would only slow it down
         # Inspect what changed, several at a time (the Engine serves them concurrently).
         with ThreadPoolExecutor(INSPECT_WORKERS, thread_name_prefix="docker-inspect") as pool:
             results = list(pool.map(lambda cid: self._try_inspect(client, cid), stale))
@@ -329,7 +350,15 @@ class DockerSource:
                 )
         return built.served
 
-    def _apply_all(self, owners: dict[str, Built], took_s: float) -> None:
+    def _apply_quick(
+        self, owners: dict[str, Built], took_s: float, applied: threading.Event
+    ) -> None:
+        try:
+            self._apply_all(owners, took_s, "from the list")
+        finally:
+            applied.set()
+
+    def _apply_all(self, owners: dict[str, Built], took_s: float, how: str = "inspected") -> None:
         self._built = dict(owners)
         for container_id, built in owners.items():
             self._report(container_id, built)
@@ -347,10 +376,11 @@ class DockerSource:
         served = sum(1 for built in owners.values() if not built.withheld)
         records = sum(len(built.records) for built in owners.values())
         logger.debug(
-            "docker resync: %d containers, %d records, %.1f ms (list, inspect, store)",
+            "docker resync: %d containers, %d records, %.1f ms (%s)",
             len(owners),
             records,
             took_s * 1000,
+            how,
         )
         if self.state != "ok":
             logger.info(

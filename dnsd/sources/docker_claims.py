@@ -33,9 +33,10 @@ def claims_of(built: Built) -> dict[str, Claim]:
     """The names a served container claims (none when it is withheld)."""
     if built.withheld:
         return {}
+    own = Claim(True, built.group, built.created)
+    extra = Claim(False, built.group, built.created)
     return {
-        record.name: Claim(record.name in built.own_names, built.group, built.created)
-        for record in built.records
+        record.name: own if record.name in built.own_names else extra for record in built.records
     }
 
 
@@ -43,6 +44,7 @@ class NameClaims:
     def __init__(self) -> None:
         self._claims: dict[str, dict[str, Claim]] = {}  # name -> container id -> claim
         self._names: dict[str, frozenset[str]] = {}  # container id -> names it claims
+        self._winners: dict[str, frozenset[str]] = {}  # name -> who holds it (memo)
 
     def claim(self, container_id: str, claims: dict[str, Claim]) -> set[str]:
         """Set a container's claims (empty: it is gone); returns the names whose claimants
@@ -64,21 +66,31 @@ class NameClaims:
             self._names[container_id] = new
         else:
             self._names.pop(container_id, None)
+        for name in changed:
+            self._winners.pop(name, None)
         return changed
 
     def claimants(self, names: Iterable[str]) -> set[str]:
         return {cid for name in names for cid in self._claims.get(name, {})}
 
-    def winners(self, name: str) -> set[str]:
+    def winners(self, name: str) -> frozenset[str]:
+        known = self._winners.get(name)
+        if known is None:
+            known = self._winners[name] = self._decide(name)
+        return known
+
+    def _decide(self, name: str) -> frozenset[str]:
         holders = self._claims.get(name, {})
-        own = {cid for cid, claim in holders.items() if claim.own}
-        if own or not holders:
+        if len(holders) <= 1:
+            return frozenset(holders)
+        own = frozenset(cid for cid, claim in holders.items() if claim.own)
+        if own:
             return own
         first = min(holders, key=lambda cid: (holders[cid].created, cid))
         group = holders[first].group
         if not group:
-            return {first}
-        return {cid for cid, claim in holders.items() if claim.group == group}
+            return frozenset((first,))
+        return frozenset(cid for cid, claim in holders.items() if claim.group == group)
 
     def served(
         self, container_id: str, records: Iterable[Record]

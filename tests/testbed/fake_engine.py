@@ -163,13 +163,31 @@ class FakeEngine:
 
     @staticmethod
     def list_entry(attrs: dict[str, Any]) -> dict[str, Any]:
+        """The /containers/json entry dockerd gives for ``attrs`` (no hostname, no aliases)."""
+        settings = attrs.get("NetworkSettings") or {}
+        ports = []
+        for key, bindings in (settings.get("Ports") or {}).items():
+            number, _, proto = key.partition("/")
+            for binding in bindings or [{}]:
+                port = {"PrivatePort": int(number), "Type": proto or "tcp"}
+                if binding.get("HostPort"):
+                    port.update(IP=binding.get("HostIp", ""), PublicPort=int(binding["HostPort"]))
+                ports.append(port)
+        health = ((attrs.get("State") or {}).get("Health") or {}).get("Status")
         return {
             "Id": attrs["Id"],
             "Names": [attrs.get("Name", "")],
+            "Created": 1_790_000_000,
             "State": "running",
-            "Status": "Up 1 second",
+            "Status": "Up 1 second" + (f" ({health})" if health else ""),
+            "Ports": ports,
             "Labels": (attrs.get("Config") or {}).get("Labels") or {},
-            "NetworkSettings": {"Networks": (attrs.get("NetworkSettings") or {}).get("Networks")},
+            "NetworkSettings": {
+                "Networks": {
+                    name: dict(network, Aliases=None)
+                    for name, network in (settings.get("Networks") or {}).items()
+                }
+            },
         }
 
     def subscriber_count(self) -> int:
