@@ -376,3 +376,24 @@ def test_containers_cannot_take_names_they_do_not_own(
         assert "may not join" in server.log()
     finally:
         server.stop()
+
+
+def test_busybox_gets_addresses_from_an_answer_too_big_for_udp(
+    dockerd: Dockerd, dnsd: Dnsd
+) -> None:
+    """busybox nslookup never retries over TCP: a service with 36 replicas must still resolve
+    (as many whole records as fit in 512 bytes, TC set)."""
+    service = "many" + uuid.uuid4().hex[:6]
+    replicas = [run(dockerd, "--label", f"dnsd.service={service}") for _ in range(36)]
+
+    def over_tcp() -> int:
+        return sum(len(rrset) for rrset in query(dnsd.port, f"{service}.docker", tcp=True).answer)
+
+    eventually(lambda: over_tcp() == 36, timeout=30)
+    out = dockerd.docker(
+        "run", "--rm", "--pull", "never", "--dns", BRIDGE_IP, IMAGE,
+        "nslookup", "-type=a", f"{service}.docker",
+    )  # fmt: skip
+    found = [line for line in out.splitlines() if line.startswith("Address") and ":53" not in line]
+    assert len(found) >= 20, out
+    dockerd.docker("rm", "-f", *replicas)

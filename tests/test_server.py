@@ -241,7 +241,7 @@ def test_big_answer_truncated_then_full_over_tcp(tmp_path: Path, dnsd_factory) -
     )
     dnsd = dnsd_factory("--no-forward", config=f'[static]\nhosts = ["hosts"]\n{records}')
     small = query(dnsd.port, "_db._tcp.big.docker", "SRV")
-    assert small.flags & dns.flags.TC and not small.answer
+    assert small.flags & dns.flags.TC and 0 < len(small.answer[0]) < 60  # whole records that fit
     full = query(dnsd.port, "_db._tcp.big.docker", "SRV", tcp=True)
     assert len(full.answer[0]) == 60
     assert sum(len(rrset) for rrset in full.additional) == 60  # each target's address
@@ -415,3 +415,37 @@ def test_json_log_name_is_the_dns_name() -> None:
     record.dns_name = "www.example.com."
     line = json.loads(JsonFormatter().format(record))
     assert line["name"] == "www.example.com." and line["logger"] == "dnsd.records"
+
+
+def test_udp_answer_that_does_not_fit_keeps_whole_records(tmp_path: Path, dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    hosts = tmp_path / "many"
+    hosts.write_text("".join(f"10.7.0.{i} many\n" for i in range(1, 61)))
+    srv = "".join(
+        f'[[static.records]]\nname = "_x._tcp.many"\ntype = "SRV"\nvalue = "10 10 80 t{i}"\n'
+        for i in range(12)
+    )
+    targets = "".join(f"10.8.0.{i} t{i}\n" for i in range(12))
+    (tmp_path / "targets").write_text(targets)
+    config = f'[static]\nhosts = ["{hosts}", "{tmp_path / "targets"}"]\n' + srv
+    dnsd = dnsd_factory("--no-forward", config=config)
+    message = dns.message.make_query("many.docker", "A")
+    plain = dns.query.udp(
+        message, "127.0.0.1", port=dnsd.port, timeout=2, raise_on_truncation=False
+    )
+    assert plain.flags & dns.flags.TC
+    kept = [r.to_text() for rrset in plain.answer for r in rrset]
+    assert 20 <= len(kept) < 60 and len(set(kept)) == len(kept)  # whole records, no repeats
+    assert len(plain.to_wire()) <= 512
+    with_edns = query(dnsd.port, "many.docker", "A", use_edns=0, payload=1232)
+    assert not with_edns.flags & dns.flags.TC and len(with_edns.answer[0]) == 60
+    tcp = query(dnsd.port, "many.docker", "A", tcp=True)
+    assert len(tcp.answer[0]) == 60
+    # An SRV answer too big with its additional addresses drops them first, without TC.
+    srv_reply = dns.message.make_query("_x._tcp.many.docker", "SRV")
+    got = dns.query.udp(
+        srv_reply, "127.0.0.1", port=dnsd.port, timeout=2, raise_on_truncation=False
+    )
+    assert len(got.answer[0]) == 12
+    assert not got.flags & dns.flags.TC and not got.additional
+    truncated_edns = query(dnsd.port, "many.docker", "A", use_edns=0, payload=512)
+    assert truncated_edns.flags & dns.flags.TC and truncated_edns.edns == 0  # OPT kept

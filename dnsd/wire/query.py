@@ -211,33 +211,58 @@ class QueryHandler:
         )
 
     def _pack(self, query: DNSRecord, answer: Answer, edns: bool, limit: int, turn: int) -> bytes:
+        """The reply, fitted to ``limit``: the additional section goes first (no TC, RFC 2181
+        9); if the answer still does not fit, TC=1 with as many whole answer records as fit
+        (dnsmasq does the same: stub resolvers that never retry over TCP, such as musl before
+        1.2.4 and busybox, still get addresses), the OPT record kept."""
+        records: list[Any] = []
+        for rrset in answer.answer:
+            shift = turn % len(rrset)
+            records += rrset[shift:] + rrset[:shift]
+        packed = self._packed(query, answer, records, answer.authority, answer.additional, edns)
+        if len(packed) <= limit:
+            return packed
+        packed = self._packed(query, answer, records, answer.authority, [], edns)
+        if len(packed) <= limit:
+            return packed
+        fits, short = 0, len(records)  # the most whole records that fit: a binary search
+        while fits < short:
+            middle = (fits + short + 1) // 2
+            if len(self._packed(query, answer, records[:middle], [], [], edns)) <= limit:
+                fits = middle
+            else:
+                short = middle - 1
+        return self._packed(query, answer, records[:fits], [], [], edns, truncated=True)
+
+    def _packed(
+        self,
+        query: DNSRecord,
+        answer: Answer,
+        records: list[Any],
+        authority: list[Any],
+        additional: list[Any],
+        edns: bool,
+        truncated: bool = False,
+    ) -> bytes:
         header = DNSHeader(
             id=query.header.id,
             qr=1,
             aa=answer.authoritative,
+            tc=truncated,
             rd=query.header.rd,
             ra=self._recursion_available,
             rcode=answer.rcode,
         )
         reply = DNSRecord(header, q=query.q)
-        for rrset in answer.answer:
-            shift = turn % len(rrset)
-            for rr in rrset[shift:] + rrset[:shift]:
-                reply.add_answer(rr)
-        for rr in answer.authority:
+        for rr in records:
+            reply.add_answer(rr)
+        for rr in authority:
             reply.add_auth(rr)
-        for rr in answer.additional:
+        for rr in additional:
             reply.add_ar(rr)
         if edns:
             reply.add_ar(EDNS0(udp_len=self._max_udp_size))
-        packed = bytes(reply.pack())
-        if len(packed) <= limit:
-            return packed
-        header.tc = 1
-        truncated = DNSRecord(header, q=query.q)
-        if edns:
-            truncated.add_ar(EDNS0(udp_len=self._max_udp_size))
-        return bytes(truncated.pack())
+        return bytes(reply.pack())
 
     def _badvers(self, query: DNSRecord) -> bytes:
         header = DNSHeader(id=query.header.id, qr=1, rd=query.header.rd, rcode=0)
