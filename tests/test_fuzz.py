@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import socket
+import struct
 from pathlib import Path
 
 import dns.message
 import pytest
 from conftest import Dnsd, query, rcode
+from dnslib import DNSRecord
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,7 +19,7 @@ from dnsd.resolve.chain import ResolverChain
 from dnsd.resolve.local import LocalZone
 from dnsd.stats import Stats
 from dnsd.wire.answer_cache import AnswerCache
-from dnsd.wire.query import QueryHandler
+from dnsd.wire.query import QueryHandler, _parse_plain
 
 VALID = [
     dns.message.make_query(name, rdtype).to_wire()
@@ -86,3 +88,39 @@ def test_running_server_survives_garbage(zone_dnsd_for_fuzz: Dnsd) -> None:
 def zone_dnsd_for_fuzz(tmp_path: Path, dnsd_factory) -> Dnsd:  # type: ignore[no-untyped-def]
     (tmp_path / "hosts").write_text("10.0.0.1 web\n")
     return dnsd_factory("--no-forward", config='[static]\nhosts = ["hosts"]\n')
+
+
+labels = st.lists(
+    st.binary(min_size=1, max_size=12).filter(lambda b: b"\x00" not in b), min_size=1, max_size=5
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(labels, st.integers(1, 65535), st.sampled_from([1, 3, 255]), st.integers(0, 65535),
+       st.booleans(), st.one_of(st.none(), st.integers(0, 65535)))  # fmt: skip
+def test_plain_query_parse_matches_dnslib(
+    name: list[bytes], qtype: int, qclass: int, ident: int, rd: bool, edns: int | None
+) -> None:
+    wire = b"".join(bytes([len(label)]) + label for label in name) + b"\x00"
+    header = struct.pack(
+        "!HHHHHH", ident, 0x0100 if rd else 0, 1, 0, 0, 1 if edns is not None else 0
+    )
+    packet = header + wire + struct.pack("!HH", qtype, qclass)
+    if edns is not None:
+        packet += b"\x00\x00\x29" + struct.pack("!HIH", edns, 0, 0)
+    plain = _parse_plain(packet)
+    if plain is None:  # only names dnslib must judge (bytes outside ASCII) leave the fast path
+        assert not all(label.isascii() for label in name)
+        return
+    reference = DNSRecord.parse(packet)
+    query, size = plain
+    assert (str(query.q.qname), query.q.qtype, query.q.qclass) == (
+        str(reference.q.qname),
+        reference.q.qtype,
+        reference.q.qclass,
+    )
+    assert (query.header.id, bool(query.header.rd)) == (
+        reference.header.id,
+        bool(reference.header.rd),
+    )
+    assert size == (reference.ar[0].rclass if edns is not None else None)

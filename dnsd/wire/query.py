@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import logging
 import math
+import struct
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from dnslib import EDNS0, QTYPE, RCODE, DNSHeader, DNSRecord
+from dnslib import EDNS0, QTYPE, RCODE, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 
 from dnsd.logs import Throttled
 from dnsd.resolve.answer import Answer
 from dnsd.resolve.chain import ResolverChain
 from dnsd.stats import Stats
-from dnsd.wire.answer_cache import FORWARDED_REFRESH_S, AnswerCache
+from dnsd.wire.answer_cache import FORWARDED_REFRESH_S, AnswerCache, normalised_key
 from dnsd.wire.codec import (
     HEADER_LEN,
     RCODE_FORMERR,
@@ -61,6 +62,7 @@ def rcode_label(rcode: int) -> str:
 
 
 Response = bytes | None | Coroutine[Any, Any, bytes | None]
+_QUESTION_TAIL = struct.Struct("!HH")
 
 
 class QueryHandler:
@@ -102,21 +104,26 @@ class QueryHandler:
         if question_end(data) < 0:  # a label over 63 bytes, a pointer, a name over 255 bytes
             self._stats.formerr += 1
             return error_response(data, RCODE_FORMERR)
-        try:
-            query = DNSRecord.parse(data)
-        except Exception:  # dnslib raises more than DNSError on hostile input
-            self._stats.formerr += 1
-            return error_response(data, RCODE_FORMERR)
-        if query.header.opcode != 0:
-            self._stats.notimp += 1
-            return error_response(data, RCODE_NOTIMP, echo_question=True)
-        options = [rr for rr in query.ar if rr.rtype == QTYPE.OPT]
-        if len(query.questions) != 1 or len(options) > 1:
-            self._stats.formerr += 1
-            return error_response(data, RCODE_FORMERR)
-        edns = options[0] if options else None
-        if edns is not None and (edns.ttl >> 16) & 0xFF != 0:
-            return self._badvers(query)
+        plain = _parse_plain(data)
+        if plain is not None:  # the common case, read straight from the bytes
+            query, edns_size = plain
+        else:
+            try:
+                query = DNSRecord.parse(data)
+            except Exception:  # dnslib raises more than DNSError on hostile input
+                self._stats.formerr += 1
+                return error_response(data, RCODE_FORMERR)
+            if query.header.opcode != 0:
+                self._stats.notimp += 1
+                return error_response(data, RCODE_NOTIMP, echo_question=True)
+            options = [rr for rr in query.ar if rr.rtype == QTYPE.OPT]
+            if len(query.questions) != 1 or len(options) > 1:
+                self._stats.formerr += 1
+                return error_response(data, RCODE_FORMERR)
+            edns_size = options[0].rclass if options else None
+            if options and (options[0].ttl >> 16) & 0xFF != 0:
+                return self._badvers(query)
+        edns = edns_size is not None
         if query.q.qtype in MALFORMED_QTYPES:
             self._stats.formerr += 1
             return error_response(data, RCODE_FORMERR, echo_question=True)
@@ -126,16 +133,16 @@ class QueryHandler:
         limit = MAX_TCP_SIZE
         if udp:
             limit = CLASSIC_UDP_SIZE
-            if edns is not None:
-                limit = min(max(edns.rclass, CLASSIC_UDP_SIZE), self._max_udp_size)
+            if edns_size is not None:
+                limit = min(max(edns_size, CLASSIC_UDP_SIZE), self._max_udp_size)
         question = query.q
         spelled = str(question.qname)
         result = self._chain.resolve(
             spelled.lower(), question.qtype, question.qclass, spelled, client_ip
         )
         if isinstance(result, Answer):
-            return self._respond(data, query, result, edns is not None, limit, udp, client_ip)
-        return self._respond_later(data, query, result, edns is not None, limit, udp, client_ip)
+            return self._respond(data, query, result, edns, limit, udp, client_ip)
+        return self._respond_later(data, query, result, edns, limit, udp, client_ip)
 
     async def _respond_later(
         self,
@@ -273,3 +280,43 @@ class QueryHandler:
 
 def _proto(udp: bool) -> str:
     return "udp" if udp else "tcp"
+
+
+class _Header:
+    __slots__ = ("id", "rd")
+
+    def __init__(self, ident: int, rd: int) -> None:
+        self.id = ident
+        self.rd = rd
+
+
+class _Plain:
+    """What the miss path needs of a plain query (header ID and RD, the question), in the
+    shape of a dnslib ``DNSRecord``."""
+
+    __slots__ = ("header", "q")
+
+    def __init__(self, header: _Header, question: DNSQuestion) -> None:
+        self.header = header
+        self.q = question
+
+
+def _parse_plain(data: bytes) -> tuple[Any, int | None] | None:
+    """(query, EDNS UDP size or None) for a plain query: opcode 0, one question, no other
+    records but one version-0 OPT; None for anything else (dnslib parses it)."""
+    _, qend, _ = normalised_key(data)
+    if qend < 0 or question_end(data) != qend or data[2] & 0x78:
+        return None
+    labels = []
+    pos = HEADER_LEN
+    while data[pos]:
+        length = data[pos]
+        label = data[pos + 1 : pos + 1 + length]
+        if not label.isascii():  # dnslib's rules for other bytes apply (it may refuse them)
+            return None
+        labels.append(label)
+        pos += length + 1
+    qtype, qclass = _QUESTION_TAIL.unpack_from(data, qend - 4)
+    header = _Header((data[0] << 8) | data[1], data[2] & 0x01)
+    edns_size = int.from_bytes(data[qend + 3 : qend + 5], "big") if data[11] else None
+    return _Plain(header, DNSQuestion(DNSLabel(labels), qtype, qclass)), edns_size
