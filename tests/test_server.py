@@ -139,9 +139,10 @@ def test_nxdomain_and_nodata_carry_the_soa(zone_dnsd: Dnsd) -> None:
 
 def test_apex_soa_and_ns(zone_dnsd: Dnsd) -> None:
     soa = query(zone_dnsd.port, "docker", "SOA")
-    assert soa.answer[0][0].mname.to_text() == "ns.docker."
+    assert soa.answer[0][0].mname.to_text() == "ns.dns.docker."  # as CoreDNS/SkyDNS name it
+    assert soa.answer[0][0].rname.to_text() == "hostmaster.docker."
     ns = query(zone_dnsd.port, "svc.local", "NS")
-    assert addresses(ns) == ["ns.svc.local."]
+    assert addresses(ns) == ["ns.dns.svc.local."]
 
 
 def test_names_in_zone_are_never_forwarded(zone_dnsd: Dnsd) -> None:
@@ -449,3 +450,14 @@ def test_udp_answer_that_does_not_fit_keeps_whole_records(tmp_path: Path, dnsd_f
     assert not got.flags & dns.flags.TC and not got.additional
     truncated_edns = query(dnsd.port, "many.docker", "A", use_edns=0, payload=512)
     assert truncated_edns.flags & dns.flags.TC and truncated_edns.edns == 0  # OPT kept
+
+
+def test_explicit_ptr_wins_over_the_automatic_one(tmp_path: Path, dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "hosts").write_text("10.0.5.1 auto\n10.0.5.2 other\n")
+    config = (
+        '[static]\nhosts = ["hosts"]\n'
+        '[[static.records]]\nname = "1.5.0.10.in-addr.arpa."\ntype = "PTR"\nvalue = "named"\n'
+    )
+    dnsd = dnsd_factory("--no-forward", config=config)
+    assert addresses(query(dnsd.port, "1.5.0.10.in-addr.arpa", "PTR")) == ["named.docker."]
+    assert addresses(query(dnsd.port, "2.5.0.10.in-addr.arpa", "PTR")) == ["other.docker."]

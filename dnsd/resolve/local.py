@@ -181,10 +181,8 @@ class LocalZone:
     def _outside_zone(self, qname: str, qtype: int, spelled: str) -> Answer | None:
         rtype = QTYPE.get(qtype, "")
         records = self._store.lookup(qname, rtype)
-        if qtype == QTYPE.PTR:
-            explicit = {record.value for record in records}
-            automatic = [r for r in self._automatic_ptr(qname) if r.value not in explicit]
-            records += automatic
+        if qtype == QTYPE.PTR and not records:  # an explicit PTR wins (CoreDNS)
+            records = self._automatic_ptr(qname)
         return Answer(RCODE_NOERROR, True, [_rrset(records, spelled)]) if records else None
 
     def _lookup(self, ask: _Asked, zone: str, qname: str, qtype: int, spelled: str) -> Answer:
@@ -194,9 +192,8 @@ class LocalZone:
         seen: set[str] = set()
         while True:
             records = self._addresses(ask, name, rtype)
-            if rtype == "PTR":
-                explicit = {record.value for record in records}
-                records += [r for r in self._automatic_ptr(name) if r.value not in explicit]
+            if rtype == "PTR" and not records:  # an explicit PTR wins over automatic ones
+                records = self._automatic_ptr(name)
             if records:
                 answer.append(_rrset(records, owner_spelling))
                 answer_result = Answer(RCODE_NOERROR, True, answer)
@@ -243,9 +240,9 @@ class LocalZone:
         serial = (self._serial_base + self._store.generation) % 2**32
         label = "" if zone == "." else zone
         times = (serial, 3600, 600, 86400, self._negative_ttl)
-        rdata = SOA("ns." + label, "hostmaster." + label, times)
+        rdata = SOA("ns.dns." + label, "hostmaster." + label, times)  # as CoreDNS and SkyDNS
         return RR(zone, QTYPE.SOA, ttl=self._soa_ttl if ttl is None else ttl, rdata=rdata)
 
     def _ns(self, zone: str) -> RR:
         label = "" if zone == "." else zone
-        return RR(zone, QTYPE.NS, ttl=self._soa_ttl, rdata=NS("ns." + label))
+        return RR(zone, QTYPE.NS, ttl=self._soa_ttl, rdata=NS("ns.dns." + label))
