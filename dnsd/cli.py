@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
         "serve",
         help="run the DNS server",
         description="Run the DNS server. Every flag can also be set as DNSD_<FLAG> "
-        "(e.g. DNSD_LISTEN=127.0.0.1:5353,[::1]:5353); flags win over the environment, "
+        "(e.g. DNSD_LISTEN=127.0.0.1:5300,[::1]:5300); flags win over the environment, "
         "which wins over the config file.",
     )
     serve.add_argument("--config", help="TOML config file (env DNSD_CONFIG)")
@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
         "--listen",
         action="append",
         metavar="ADDR:PORT",
-        help="address to serve UDP and TCP on; repeatable (default 127.0.0.1:5353)",
+        help="address to serve UDP and TCP on; repeatable (default 127.0.0.1:5300)",
     )
     serve.add_argument(
         "--zone",
@@ -114,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     ask = commands.add_parser("query", help="ask a DNS server one question (a small dig)")
     ask.add_argument("name")
     ask.add_argument("type", nargs="?", default="A")
-    ask.add_argument("--server", default="127.0.0.1:5353", metavar="ADDR:PORT")
+    ask.add_argument("--server", default="127.0.0.1:5300", metavar="ADDR:PORT")
     ask.add_argument("--tcp", action="store_true")
     ask.add_argument("--timeout", type=float, default=2.0)
 

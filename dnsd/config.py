@@ -23,7 +23,7 @@ from dnsd.resolve.acl import DEFAULT_ALLOW_RECURSION
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_LISTEN = "127.0.0.1:5353"
+DEFAULT_LISTEN = "127.0.0.1:5300"
 ENV_PREFIX = "DNSD_"
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

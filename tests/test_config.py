@@ -23,7 +23,7 @@ def write(tmp_path: Path, text: str) -> str:
 
 def test_defaults() -> None:
     config = load()
-    assert config.server.listen == ["127.0.0.1:5353"]
+    assert config.server.listen == ["127.0.0.1:5300"]
     assert config.server.zones == ["docker."]
     assert config.server.ttl == 5 and config.server.negative_ttl == 5
     assert config.server.max_udp_size == 1232
