@@ -27,6 +27,9 @@ def readiness(daemon: Daemon) -> tuple[bool, dict[str, Any]]:
     if daemon.docker is not None:
         docker = daemon.docker
         sources["docker"] = _source(docker.state, docker.reason, docker.synced_at is not None)
+        if sources["docker"]["status"] == "down" and docker.optional:
+            # On by default but not there (no socket): watched for, not a failure.
+            sources["docker"]["status"] = "absent"
     if daemon.etcd is not None:
         etcd = daemon.etcd
         sources["etcd"] = _source(etcd.state, etcd.reason, etcd.revision > 0)

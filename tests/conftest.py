@@ -93,16 +93,22 @@ def start_dnsd(
     wait: bool = True,
     docker: str | None = None,
 ) -> Dnsd:
-    """Start ``dnsd serve``; Docker is off unless ``docker`` gives the Engine's URL."""
+    """Start ``dnsd serve``; Docker is off unless ``docker`` gives the Engine's URL ("": on,
+    with its default, as a user who set nothing gets it)."""
     port = port or free_port()
     argv = [sys.executable, "-m", "dnsd", "serve", "--listen", f"127.0.0.1:{port}", *args]
-    argv += ["--docker-url", docker] if docker else ["--no-docker"]
+    if docker:
+        argv += ["--docker-url", docker]
+    elif docker is None:
+        argv += ["--no-docker"]
     if config is not None:
         path = tmp_path / f"dnsd-{port}.toml"
         path.write_text(config)
         argv += ["--config", str(path)]
     log_path = tmp_path / f"dnsd-{port}.log"
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("DNSD_")}
+    environment = {
+        k: v for k, v in os.environ.items() if not k.startswith("DNSD_") and k != "DOCKER_HOST"
+    }
     environment.update(env or {})
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=environment)

@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 from conftest import eventually, free_port, query, start_dnsd
 from testbed.fake_engine import FakeEngine, container
 
@@ -142,3 +143,18 @@ def test_http_port_busy_is_exit_2(tmp_path: Path) -> None:
         server = start_dnsd(tmp_path, "--no-forward", "--http", f"127.0.0.1:{port}", wait=False)
         assert server.proc.wait(10) == 2
     assert "cannot serve http" in server.log()
+
+
+def test_default_docker_without_a_socket_does_not_hold_readiness(tmp_path: Path) -> None:
+    if Path("/var/run/docker.sock").exists():
+        pytest.skip("this machine has a Docker socket at the default path")
+    http = free_port()
+    server = start_dnsd(tmp_path, "--no-forward", "--http", f"127.0.0.1:{http}", docker="")
+    try:
+        eventually(lambda: "docker" in json.loads(get(http, "/ready")[1])["sources"])
+        code, body = get(http, "/ready")
+        assert code == 200 and json.loads(body)["sources"]["docker"]["status"] == "absent"
+        eventually(lambda: "no containers known yet" in server.log())  # what it says
+        assert "serving the last known" not in server.log()
+    finally:
+        server.stop()

@@ -141,6 +141,14 @@ class DockerSource:
         finally:
             self.stop()
 
+    @property
+    def optional(self) -> bool:
+        """Docker was not asked for (no URL, no DOCKER_HOST) and its default socket is absent:
+        the source watches for it but does not hold readiness back."""
+        if self._settings.url or os.environ.get("DOCKER_HOST"):
+            return False
+        return not os.path.exists(DEFAULT_URL.removeprefix("unix://"))
+
     def stop(self) -> None:
         self._stopping.set()
         self._jobs.put(("stop", None))
@@ -305,10 +313,13 @@ class DockerSource:
     # --- event loop: the only place that writes the store ---------------------------------
     def _set_down(self, reason: str) -> None:
         if self.state != "down" or self.reason == "not connected yet":
+            serving = (
+                f"serving the last known {len(self._built)} containers"
+                if self._built
+                else "no containers known yet"
+            )
             logger.warning(
-                "docker %s; serving the last known containers, retrying",
-                reason,
-                extra=event("docker_lost", SOURCE),
+                "docker %s; %s, retrying", reason, serving, extra=event("docker_lost", SOURCE)
             )
         self.state, self.reason = "down", reason
 
