@@ -108,7 +108,10 @@ def _parser() -> argparse.ArgumentParser:
         help=f"the daemon's HTTP endpoint (default {DEFAULT_HTTP})",
     )
     records.add_argument("--name", default="", metavar="PATTERN", help="glob, e.g. 'web*'")
-    records.add_argument("--source", default="", help="static, docker or etcd")
+    records.add_argument(
+        "--source", default="", choices=["static", "docker", "etcd"], metavar="SOURCE",
+        help="static, docker or etcd",
+    )  # fmt: skip
     records.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     ask = commands.add_parser("query", help="ask a DNS server one question (a small dig)")

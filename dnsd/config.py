@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dnsd.admission import name_problem
 from dnsd.resolve.acl import DEFAULT_ALLOW_RECURSION
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ DEFAULT_LISTEN = "127.0.0.1:5300"
 ENV_PREFIX = "DNSD_"
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DOCKER_SCHEMES = ("unix", "tcp", "http", "https", "ssh")
 
 
 class ConfigError(Exception):
@@ -348,8 +350,15 @@ def validate(config: Config, origin: str) -> Config:
     if not server.zones:
         fail("server.zones", "at least one zone is needed")
     for zone in server.zones:
-        if not zone.strip() or ".." in normalize_zone(zone)[:-1] + ".":
+        normalized = normalize_zone(zone)
+        if normalized != "." and (not zone.strip() or name_problem(normalized) is not None):
             fail("server.zones", f"not a domain name: {zone!r}")
+    docker_url = config.docker.url
+    if docker_url:
+        scheme, _, rest = docker_url.partition("://")
+        if scheme not in DOCKER_SCHEMES or not rest.strip("/") or " " in docker_url:
+            fail("docker.url", f"not a Docker Engine URL (unix:///path or tcp://host:port): "
+                 f"{docker_url!r}")  # fmt: skip
     for key in (
         "ttl", "negative_ttl", "tcp_max_connections", "tcp_max_connections_per_client",
         "answer_cache_size", "answer_cache_bytes",

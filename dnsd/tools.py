@@ -12,7 +12,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from dnslib import DNSRecord
+from dnslib import QTYPE, DNSRecord
 
 from dnsd.config import parse_hostport
 
@@ -48,6 +48,9 @@ def print_records(http: str, name: str, source: str, as_json: bool) -> int:
 
 
 def query(name: str, rtype: str, server: str, tcp: bool, timeout: float) -> int:
+    if rtype.upper() not in QTYPE.reverse:
+        print(f"dnsd: unknown record type {rtype!r} (e.g. A, AAAA, SRV, TXT, PTR)", file=sys.stderr)
+        return 2
     try:
         host, port = parse_hostport(server, 53)
         question = DNSRecord.question(name, rtype.upper())

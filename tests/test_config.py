@@ -153,3 +153,30 @@ def test_etcd_flags_turn_etcd_on() -> None:
     )
     assert config.etcd.enabled and config.etcd.endpoints == ["10.0.0.1:2379", "10.0.0.2:2379"]
     assert config.etcd.advertise == "host" and config.etcd.node_id
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[docker]\nurl = "not a url"\n', "docker.url"),
+        ('[docker]\nurl = "unix://"\n', "docker.url"),
+        ('[server]\nzones = ["my zone"]\n', "server.zones"),
+        ('[[static.records]]\nname = "a.*.x"\ntype = "A"\nvalue = "10.0.0.1"\n', "wildcards"),
+    ],
+)
+def test_check_config_rejects_what_serve_cannot_use(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    assert main(["check-config", str(path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_tools_give_usage_errors_not_tracebacks(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["query", "web.docker", "BOGUS", "--server", "127.0.0.1:9"]) == 2
+    assert "unknown record type 'BOGUS'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["records", "--source", "dockr"])
+    assert exited.value.code == 2
+    assert "invalid choice: 'dockr'" in capsys.readouterr().err

@@ -60,6 +60,10 @@ class Names:
         for label in name[:-1].split("."):
             if not label or len(label) > MAX_LABEL_LEN or not set(label) <= _NAME_CHARS:
                 raise ValueError(f"not a valid DNS name: {name!r}")
+            if "*" in label:
+                raise ValueError(
+                    f"wildcards are not supported in static names (only in etcd): {name!r}"
+                )
 
 
 def _address(text: str, version: int) -> str:
