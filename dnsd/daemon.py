@@ -30,6 +30,7 @@ from dnsd.resolve.forward import (
     resolv_conf_upstreams,
 )
 from dnsd.resolve.local import LocalZone, no_wildcards
+from dnsd.resolve.loop import LoopDetector
 from dnsd.sources.docker import DockerSettings, DockerSource
 from dnsd.sources.docker_names import Naming
 from dnsd.sources.etcd import EtcdSource
@@ -70,6 +71,7 @@ class Daemon:
         if config.etcd.enabled:
             self._wire_etcd()
         self.rrl: ResponseRateLimit | None = None
+        self.forwarder: Forwarder | None = None
         self.udp: list[UdpServer] = []
         self.tcp: list[TcpServer] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -103,7 +105,10 @@ class Daemon:
             limit_from_nofile(self.config.forward.max_pending, server.tcp_max_connections),
             self.config.forward.max_pending_per_client,
         )
-        chain = ResolverChain(local, forward, acl, budget, self.stats)
+        loop = None
+        if self.forwarder is not None:
+            loop = LoopDetector(self.forwarder.probe, self.forwarder.drop)
+        chain = ResolverChain(local, forward, acl, budget, self.stats, loop)
         handler = QueryHandler(
             chain,
             self.stats,
@@ -155,6 +160,8 @@ class Daemon:
             self.tcp.append(tcp)
             logger.info("listening on %s (udp+tcp)", _show(udp.address), extra=event("listening"))
         self._tasks.append(asyncio.create_task(self.static.watch()))
+        if loop is not None and self.forwarder is not None:  # listeners are up: probe now
+            self._tasks.append(asyncio.create_task(loop.probe(list(self.forwarder.upstreams))))
         if self.docker is not None:
             self._tasks.append(asyncio.create_task(self.docker.run()))
         if self.etcd is not None:
@@ -172,7 +179,7 @@ class Daemon:
             logger.warning("no upstream resolvers found: names outside the zones get REFUSED")
             return None
         logger.info("forwarding to %s", ", ".join(str(u) for u in upstreams))
-        forwarder = Forwarder(
+        forwarder = self.forwarder = Forwarder(
             upstreams, self.stats, timeout_s=forward.timeout, latency=self.metrics.upstream_latency
         )
         return ForwardCache(

@@ -12,7 +12,7 @@ import dns.flags
 import dns.message
 import dns.rdatatype
 import pytest
-from conftest import FakeUpstream, free_port, query, rcode
+from conftest import FakeUpstream, eventually, free_port, query, rcode
 from dnslib import QTYPE, RR, A
 
 from dnsd.resolve.answer import Answer
@@ -273,3 +273,34 @@ def test_forward_cache_is_bounded_in_bytes() -> None:
     assert 0 < len(cache) < 100  # the oldest went first
     assert cache.get(("n99.example.", 1, 1)) is not None
     assert cache.get(("n0.example.", 1, 1)) is None
+
+
+def test_forwarding_loop_to_itself_is_detected(upstream: FakeUpstream, dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    dnsd = dnsd_factory(
+        "--upstream", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{upstream.port}", port=port
+    )
+    eventually(lambda: "forwarding loop: upstream 127.0.0.1:" in dnsd.log())
+    assert f"upstream 127.0.0.1:{port} sends" in dnsd.log()
+    started = time.monotonic()
+    reply = query(dnsd.port, "example.com", "A")  # the real upstream answers, at once
+    assert rcode(reply) == "NOERROR" and time.monotonic() - started < 1.0
+
+
+def test_a_lone_loop_refuses_instead_of_timing_out(dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    dnsd = dnsd_factory("--upstream", f"127.0.0.1:{port}", port=port)
+    eventually(lambda: "forwarding loop" in dnsd.log())
+    started = time.monotonic()
+    assert rcode(query(dnsd.port, "example.com", "A")) == "REFUSED"
+    assert time.monotonic() - started < 1.0
+
+
+def test_wildcard_listen_owns_loopback_nameservers() -> None:
+    from dnsd.resolve.forward import Upstream, resolv_conf_upstreams
+
+    text = "nameserver 127.0.0.1\nnameserver 127.0.0.53\nnameserver 10.0.0.53\n"
+    assert resolv_conf_upstreams(text, {("0.0.0.0", 53)}) == [Upstream("10.0.0.53")]
+    assert resolv_conf_upstreams(text, {("0.0.0.0", 5300)}) == [
+        Upstream("127.0.0.1"), Upstream("127.0.0.53"), Upstream("10.0.0.53"),
+    ]  # fmt: skip

@@ -13,6 +13,7 @@ from dnsd.resolve.answer import Answer
 from dnsd.resolve.budget import UpstreamBudget
 from dnsd.resolve.cache import ForwardCache
 from dnsd.resolve.local import LocalZone
+from dnsd.resolve.loop import LoopDetector
 from dnsd.stats import Stats
 from dnsd.wire.codec import RCODE_REFUSED, RCODE_SERVFAIL
 
@@ -28,7 +29,9 @@ class ResolverChain:
         acl: Acl,
         budget: UpstreamBudget | None = None,
         stats: Stats | None = None,
+        loop: LoopDetector | None = None,
     ) -> None:
+        self.loop = loop
         self.local = local
         self.forward = forward
         self.acl = acl
@@ -38,6 +41,8 @@ class ResolverChain:
     def resolve(
         self, qname: str, qtype: int, qclass: int, spelled: str, client_ip: str
     ) -> Answer | Awaitable[Answer]:
+        if self.loop is not None and self.loop.probes and self.loop.returned(qname):
+            return Answer(RCODE_REFUSED)  # our own probe came back: end the loop here
         if qclass not in (CLASS_IN, CLASS_ANY):
             # CH, HS, NONE...: never answered from the zones, never sent upstream (a zone name
             # must not leak out in a query of another class).

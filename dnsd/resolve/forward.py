@@ -12,6 +12,7 @@ when every one fails the answer is SERVFAIL.  Knows nothing about caching or the
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import random
 import socket
@@ -23,11 +24,13 @@ from typing import Any
 
 from dnslib import EDNS0, QTYPE, DNSHeader, DNSQuestion, DNSRecord
 
+from dnsd.logs import Throttled
 from dnsd.resolve.answer import Answer
 from dnsd.stats import Stats
-from dnsd.wire.codec import RCODE_SERVFAIL
+from dnsd.wire.codec import RCODE_REFUSED, RCODE_SERVFAIL
 
 logger = logging.getLogger(__name__)
+throttled = Throttled(logger, interval_s=60.0)
 
 UPSTREAM_TIMEOUT_S = 2.0
 UPSTREAM_UDP_SIZE = 1232
@@ -79,8 +82,22 @@ class Forwarder:
             answer, scrubbed = _to_answer(reply[0], qname, qtype, reply[1])
             self._stats.upstream_scrubbed += scrubbed
             return answer
-        logger.debug("every upstream failed for %s %s", qname, qtype)
+        if not self.upstreams:  # every one was a loop back to dnsd
+            return Answer(RCODE_REFUSED, recursive=True)
+        throttled.warning(
+            "all failed",
+            "every upstream failed (%s); answering SERVFAIL for names outside the zones",
+            ", ".join(str(u) for u in self.upstreams),
+        )
         return Answer(RCODE_SERVFAIL, recursive=True)
+
+    async def probe(self, upstream: Upstream, qname: str) -> object:
+        """One A question to one upstream, nothing cached (the loop detector's probe)."""
+        return await self._ask(upstream, qname, 1, 1)
+
+    def drop(self, upstream: Upstream) -> None:
+        if upstream in self.upstreams:
+            self.upstreams.remove(upstream)
 
     async def _ask(
         self, upstream: Upstream, qname: str, qtype: int, qclass: int
@@ -208,12 +225,24 @@ def parse_upstreams(entries: list[str]) -> list[Upstream]:
 
 
 def resolv_conf_upstreams(text: str, own: set[tuple[str, int]]) -> list[Upstream]:
-    """``nameserver`` lines of a resolv.conf, minus dnsd's own listen addresses."""
+    """``nameserver`` lines of a resolv.conf, minus dnsd's own listen addresses (a listen on
+    0.0.0.0 or :: owns every loopback address on its port)."""
+    wildcard_ports = {port for host, port in own if host in ("0.0.0.0", "::")}
     found = []
     for line in text.splitlines():
         fields = line.split()
         if len(fields) >= 2 and fields[0] == "nameserver":
             upstream = Upstream(fields[1].split("%", 1)[0], 53)
-            if (upstream.host, upstream.port) not in own:
-                found.append(upstream)
+            if (upstream.host, upstream.port) in own:
+                continue
+            if upstream.port in wildcard_ports and _is_loopback(upstream.host):
+                continue
+            found.append(upstream)
     return found
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
