@@ -76,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--no-docker", action="store_true", default=None, help="do not watch Docker")
     serve.add_argument(
+        "--log-queries", action="store_true", default=None,
+        help="log one line per query: client, name, type, rcode, source, microseconds",
+    )  # fmt: skip
+    serve.add_argument(
         "--etcd",
         metavar="ENDPOINTS",
         help="share containers through etcd: comma-separated HOST:PORT list (turns etcd on)",
@@ -135,6 +139,8 @@ def _flag_overrides(args: argparse.Namespace) -> Overrides:
         overrides[("forward", "enabled")] = False
     if args.no_docker:
         overrides[("docker", "enabled")] = False
+    if args.log_queries:
+        overrides[("log", "queries")] = True
     if args.etcd:
         overrides[("etcd", "endpoints")] = [e.strip() for e in args.etcd.split(",") if e.strip()]
         overrides[("etcd", "enabled")] = True

@@ -126,6 +126,7 @@ class HttpConfig:
 class LogConfig:
     format: str = "text"
     level: str = "INFO"
+    queries: bool = False  # one line per query (client, name, type, rcode, source, µs)
 
 
 @dataclass(frozen=True)

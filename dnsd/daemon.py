@@ -40,6 +40,7 @@ from dnsd.sources.static import StaticSource, admission
 from dnsd.stats import Stats
 from dnsd.wire.answer_cache import AnswerCache
 from dnsd.wire.query import QueryHandler
+from dnsd.wire.query_log import QueryLog
 from dnsd.wire.rrl import ResponseRateLimit, RrlSettings
 from dnsd.wire.tcp import TcpServer, bind_tcp
 from dnsd.wire.udp import UdpServer, bind_udp
@@ -109,6 +110,7 @@ class Daemon:
         if self.forwarder is not None:
             loop = LoopDetector(self.forwarder.probe, self.forwarder.drop)
         chain = ResolverChain(local, forward, acl, budget, self.stats, loop)
+        query_log = QueryLog() if self.config.log.queries else None
         handler = QueryHandler(
             chain,
             self.stats,
@@ -116,6 +118,7 @@ class Daemon:
             max_udp_size=server.max_udp_size,
             recursion_available=forward is not None,
             latency=self.metrics.latency,
+            query_log=query_log,
         )
         collector = self.metrics.collector
         collector.answer_cells = lambda: answer_cache.cells
@@ -145,7 +148,9 @@ class Daemon:
         for entry in server.listen:
             host, port = parse_hostport(entry, 53)
             udp_sock, tcp_sock = _bind_pair(host, port)
-            udp = UdpServer(udp_sock, handler, answer_cache, self.stats, rrl=rrl)
+            udp = UdpServer(
+                udp_sock, handler, answer_cache, self.stats, rrl=rrl, query_log=query_log
+            )
             tcp = TcpServer(
                 tcp_sock,
                 handler,

@@ -13,7 +13,8 @@ from typing import Any
 # A DNS name travels as ``dns_name`` (``name`` is the logger's own attribute) and is written
 # as "name"; the logger's name is written as "logger".
 CONTEXT_FIELDS = {"event": "event", "dns_name": "name", "container": "container",
-                  "source": "source", "node": "node"}  # fmt: skip
+                  "source": "source", "node": "node", "client": "client", "qtype": "type",
+                  "rcode": "rcode", "answered_by": "answered_by", "us": "us"}  # fmt: skip
 NOISY_LIBRARIES = ("urllib3", "docker")
 
 

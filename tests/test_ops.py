@@ -158,3 +158,48 @@ def test_default_docker_without_a_socket_does_not_hold_readiness(tmp_path: Path)
         assert "serving the last known" not in server.log()
     finally:
         server.stop()
+
+
+def test_query_log(tmp_path: Path) -> None:
+    from conftest import FakeUpstream
+
+    upstream = FakeUpstream().start()
+    config = '[[static.records]]\nname = "web"\ntype = "A"\nvalue = "10.0.0.10"\n'
+    server = start_dnsd(
+        tmp_path, "--log-queries", "--log-format", "json", "--upstream",
+        f"127.0.0.1:{upstream.port}", config=config,
+    )  # fmt: skip
+    try:
+        query(server.port, "web.docker")
+        query(server.port, "web.docker")
+        query(server.port, "nope.docker")
+        query(server.port, "outside.example")
+        query(server.port, "web.docker", tcp=True)
+
+        def lines() -> list[dict[str, object]]:
+            found = [json.loads(line) for line in server.log().splitlines() if line.strip()]
+            return [line for line in found if line.get("event") == "query"]
+
+        eventually(lambda: len(lines()) == 5)
+        seen = [(q["name"], q["type"], q["rcode"], q["answered_by"]) for q in lines()]
+        assert seen == [
+            ("web.docker.", "A", "NOERROR", "local"),
+            ("web.docker.", "A", "NOERROR", "cache"),
+            ("nope.docker.", "A", "NXDOMAIN", "local"),
+            ("outside.example.", "A", "NOERROR", "upstream"),
+            ("web.docker.", "A", "NOERROR", "local"),
+        ]
+        assert all(q["client"] == "127.0.0.1" and int(q["us"]) >= 0 for q in lines())  # type: ignore[call-overload]
+    finally:
+        server.stop()
+        upstream.stop()
+
+
+def test_no_query_log_by_default(tmp_path: Path) -> None:
+    server = start_dnsd(tmp_path, "--no-forward")
+    try:
+        query(server.port, "web.docker")
+        query(server.port, "web.docker")
+        assert "query 127.0.0.1" not in server.log()
+    finally:
+        server.stop()

@@ -30,6 +30,7 @@ from dnsd.wire.codec import (
     error_response,
     question_end,
 )
+from dnsd.wire.query_log import QueryLog
 
 logger = logging.getLogger(__name__)
 throttled = Throttled(logger)
@@ -75,7 +76,9 @@ class QueryHandler:
         recursion_available: bool = True,
         clock: Callable[[], float] = time.monotonic,
         latency: Any = None,
+        query_log: QueryLog | None = None,
     ) -> None:
+        self._query_log = query_log
         self._latency = latency  # prometheus Histogram with a "transport" label, or None
         self._chain = chain
         self._stats = stats
@@ -91,7 +94,30 @@ class QueryHandler:
         result = self._handle(data, client_ip, udp)
         if self._latency is not None and isinstance(result, bytes):
             self._latency.labels("udp" if udp else "tcp").observe(self._clock() - started)
+        if self._query_log is not None:
+            return self._logged(result, data, client_ip)
         return result
+
+    def _logged(self, result: Response, data: bytes, client_ip: str) -> Response:
+        assert self._query_log is not None
+        started = self._query_log.clock()
+        if isinstance(result, bytes):
+            # Authoritative answers are local; others came through the forwarding cache.
+            source = "local" if result[2] & 0x04 else "upstream"
+            self._query_log.log(client_ip, data, result, source, started)
+            return result
+        if result is None:
+            return None
+        return self._logged_later(result, data, client_ip, started)
+
+    async def _logged_later(
+        self, pending: Awaitable[bytes | None], data: bytes, client_ip: str, started: float
+    ) -> bytes | None:
+        assert self._query_log is not None
+        response = await pending
+        if response is not None:
+            self._query_log.log(client_ip, data, response, "upstream", started)
+        return response
 
     def _handle(self, data: bytes, client_ip: str, udp: bool) -> Response:
         self._stats.queries_slow += 1

@@ -21,6 +21,7 @@ from dnsd.stats import Stats
 from dnsd.wire.answer_cache import AnswerCache
 from dnsd.wire.codec import RCODE_SERVFAIL, error_response
 from dnsd.wire.query import QueryHandler
+from dnsd.wire.query_log import QueryLog
 from dnsd.wire.rrl import DROP, SLIP, ResponseRateLimit, truncated
 
 logger = logging.getLogger(__name__)
@@ -58,8 +59,10 @@ class UdpServer:
         max_pending: int = MAX_PENDING,
         clock: Callable[[], float] = time.monotonic,
         rrl: ResponseRateLimit | None = None,
+        query_log: QueryLog | None = None,
     ) -> None:
         self._rrl = rrl
+        self._query_log = query_log
         self._sock = sock
         self._handler = handler
         self._cache = answer_cache
@@ -76,7 +79,8 @@ class UdpServer:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        reader = self._on_readable if self._rrl is None else self._on_readable_limited
+        plain = self._rrl is None and self._query_log is None
+        reader = self._on_readable if plain else self._on_readable_limited
         self._loop.add_reader(self._sock.fileno(), reader)
 
     def _on_readable(self) -> None:
@@ -99,8 +103,9 @@ class UdpServer:
                 self._stats.drop("send failed")
 
     def _on_readable_limited(self) -> None:
-        """``_on_readable`` with response rate limiting (a separate loop, so the default hot
-        path pays nothing for it)."""
+        """``_on_readable`` with response rate limiting and/or the query log (a separate loop,
+        so the default hot path pays nothing for them)."""
+        query_log = self._query_log
         sock, cache, now = self._sock, self._cache, self._clock()
         for _ in range(BATCH):
             try:
@@ -110,10 +115,13 @@ class UdpServer:
             except OSError as exc:
                 logger.debug("udp receive error: %s", exc)
                 continue
+            started = query_log.clock() if query_log is not None else 0.0
             response = cache.answer(data, addr[0], now)
             if response is None:
                 self._slow(data, addr)
                 continue
+            if query_log is not None:
+                query_log.log(addr[0], data, response, "cache", started)
             self._send(addr, response)
 
     def _slow(self, data: bytes, addr: tuple[str, int]) -> None:
