@@ -58,11 +58,18 @@ def free_port() -> int:
 
 
 def query(
-    port: int, name: str, rdtype: str = "A", tcp: bool = False, timeout: float = 2.0, **kw: object
+    port: int,
+    name: str,
+    rdtype: str = "A",
+    tcp: bool = False,
+    timeout: float = 2.0,
+    source: str | None = None,
+    **kw: object,
 ) -> dns.message.Message:
+    """Ask dnsd on 127.0.0.1:port (from ``source``, another loopback address, if given)."""
     message = dns.message.make_query(name, rdtype, **kw)  # type: ignore[arg-type]
     send = dns.query.tcp if tcp else dns.query.udp
-    return send(message, "127.0.0.1", port=port, timeout=timeout)
+    return send(message, "127.0.0.1", port=port, timeout=timeout, source=source)
 
 
 @dataclass

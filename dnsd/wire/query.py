@@ -202,22 +202,16 @@ class QueryHandler:
         client_ip: str,
     ) -> bytes | None:
         try:
-            return self._respond_packed(data, query, answer, edns, limit, udp, client_ip)
+            return self._respond_packed(data, query, answer, (edns, limit, udp, client_ip))
         except Exception as exc:  # an answer dnslib cannot pack: the asker still gets a reply
             throttled.warning("pack", "cannot pack the answer to %s: %r", query.q.qname, exc)
             self._stats.answers[(qtype_label(query.q.qtype), "SERVFAIL", _proto(udp))] += 1
             return error_response(data, RCODE_SERVFAIL, echo_question=True)
 
     def _respond_packed(
-        self,
-        data: bytes,
-        query: DNSRecord,
-        answer: Answer,
-        edns: bool,
-        limit: int,
-        udp: bool,
-        client_ip: str,
+        self, data: bytes, query: DNSRecord, answer: Answer, how: tuple[bool, int, bool, str]
     ) -> bytes:
+        edns, limit, udp, client_ip = how  # EDNS, size limit, UDP, the asker
         self._turn += 1
         label = (qtype_label(query.q.qtype), rcode_label(answer.rcode))
         self._stats.answers[(*label, _proto(udp))] += 1
