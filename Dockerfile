@@ -29,7 +29,8 @@ COPY conf/container.toml /etc/dnsd/dnsd.toml
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 USER 10053:10053
 EXPOSE 53/udp 53/tcp 9153/tcp
+# Healthy means dnsd answers DNS on its port (any reply), not only that the process runs.
 HEALTHCHECK --interval=5s --timeout=3s --start-period=5s --retries=3 \
-  CMD ["/opt/dnsd/bin/python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9153/health', timeout=2)"]
+  CMD ["/opt/dnsd/bin/python", "-m", "dnsd.healthcheck", "127.0.0.1:53"]
 # Exec form: dnsd is PID 1 and gets docker stop's SIGTERM directly (it exits within 1 s).
 ENTRYPOINT ["/opt/dnsd/bin/dnsd", "serve", "--config", "/etc/dnsd/dnsd.toml"]

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Dnsd, eventually, query, rcode, start_dnsd
+from conftest import Dnsd, eventually, free_port, query, rcode, start_dnsd
 from testbed.fake_engine import FakeEngine, container
 
 from dnsd.records import SrvValue
+from dnsd.sources.docker import docker_reason
 from dnsd.sources.docker_claims import NameClaims, claims_of
 from dnsd.sources.docker_names import (
     Naming,
@@ -267,3 +268,30 @@ def test_first_sync_answers_from_the_list_then_inspects(engine: FakeEngine, tmp_
         assert len(inspected) >= 40  # and every container was inspected after all
     finally:
         server.stop()
+
+
+def test_socket_permission_error_says_how_to_fix_it() -> None:
+    from docker.errors import DockerException
+
+    raw = DockerException(
+        "Error while fetching server API version: ('Connection aborted.', "
+        "PermissionError(13, 'Permission denied'))"
+    )
+    said = docker_reason(raw, "unix:///run/user-docker.sock")
+    assert "permission denied on /run/user-docker.sock" in said
+    assert 'group-add "$(stat -c %g /run/user-docker.sock)"' in said
+    assert docker_reason(OSError("connection refused"), "") == "connection refused"
+
+
+def test_healthcheck_needs_a_dns_answer(zone_free_dnsd: Dnsd) -> None:
+    from dnsd import healthcheck
+
+    assert healthcheck.main([f"127.0.0.1:{zone_free_dnsd.port}"]) == 0
+    assert healthcheck.main([f"127.0.0.1:{free_port()}"]) == 1  # nothing listening
+
+
+@pytest.fixture
+def zone_free_dnsd(tmp_path: Path) -> Iterator[Dnsd]:
+    server = start_dnsd(tmp_path, "--no-forward")
+    yield server
+    server.stop()

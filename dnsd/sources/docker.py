@@ -65,6 +65,19 @@ class DockerSettings:
     resync_interval_s: float = RESYNC_INTERVAL_S
 
 
+def docker_reason(exc: BaseException, url: str) -> str:
+    """Why the Engine is unreachable, with the fix when it is the socket's permissions."""
+    text = reason(exc)
+    if "Permission denied" in text or isinstance(exc, PermissionError):
+        path = (url or os.environ.get("DOCKER_HOST") or DEFAULT_URL).removeprefix("unix://")
+        return (
+            f"permission denied on {path}: dnsd's user needs the socket's group "
+            f'(docker run --group-add "$(stat -c %g {path})", or SupplementaryGroups= in '
+            "systemd)"
+        )
+    return text
+
+
 def make_client_factory(settings: DockerSettings) -> Callable[[], Any]:
     def factory() -> Any:
         import docker  # imported lazily: dnsd runs without the SDK when Docker is off
@@ -164,7 +177,7 @@ class DockerSource:
                     decode=True, filters={"type": ["container", "network"]}
                 )
             except Exception as exc:
-                self._lost(f"unreachable: {reason(exc)}")
+                self._lost(f"unreachable: {docker_reason(exc, self._settings.url)}")
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
                 continue
