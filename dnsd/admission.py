@@ -27,7 +27,7 @@ _LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
 OUTSIDE_ZONES = "outside the zones"
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=16384)  # bounded: hosts reloads with new addresses must not grow it
 def name_problem(name: str) -> str | None:
     """Why ``name`` (absolute, lower-case) cannot be served, or None."""
     if name == ".":

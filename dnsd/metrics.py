@@ -7,14 +7,24 @@ the answer latency histogram of the miss path is a live prometheus-client object
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Histogram,
+    Info,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from dnsd import __version__
 from dnsd.stats import Stats
+
+disable_created_metrics()  # no *_created series next to every counter and histogram
 
 LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                      0.25, 0.5, 1.0, 2.5)  # fmt: skip
@@ -38,6 +48,11 @@ class Metrics:
         )
         self.collector = StatsCollector(stats)
         self.registry.register(self.collector)
+        # As CoreDNS exports them: the build, and the process (CPU, memory, open files).
+        Info("dnsd_build", "dnsd's version and Python.", registry=self.registry).info(
+            {"version": __version__, "python": platform.python_version()}
+        )
+        ProcessCollector(registry=self.registry)
 
 
 class StatsCollector(Collector):

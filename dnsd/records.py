@@ -113,7 +113,7 @@ def ancestors(name: str) -> Iterator[str]:
         name = rest or "."
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=16384)  # bounded: hosts reloads with new addresses must not grow it
 def reverse_name(address: str) -> str:
     return ipaddress.ip_address(address).reverse_pointer + "."
 

@@ -63,6 +63,8 @@ def test_health_ready_metrics_records(tmp_path: Path) -> None:
         assert metric(text, "dnsd_answer_cache_hits_total") == 2
         assert metric(text, "dnsd_records", source="static") == 3
         assert metric(text, "dnsd_answer_latency_seconds_count", transport="udp") == 2
+        assert "dnsd_build_info{" in text and "process_resident_memory_bytes" in text
+        assert "_created" not in text
         code, body = get(http, "/records?name=web*")
         rows = json.loads(body)
         assert code == 200 and {r["value"] for r in rows} == {"10.0.0.10", "10.0.0.11"}
