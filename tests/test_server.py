@@ -461,3 +461,19 @@ def test_explicit_ptr_wins_over_the_automatic_one(tmp_path: Path, dnsd_factory) 
     dnsd = dnsd_factory("--no-forward", config=config)
     assert addresses(query(dnsd.port, "1.5.0.10.in-addr.arpa", "PTR")) == ["named.docker."]
     assert addresses(query(dnsd.port, "2.5.0.10.in-addr.arpa", "PTR")) == ["other.docker."]
+
+
+def test_srv_target_that_is_a_cname_brings_its_chain(tmp_path: Path, dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    config = (
+        '[[static.records]]\nname = "_x._tcp.svc"\ntype = "SRV"\nvalue = "10 10 80 alias"\n'
+        '[[static.records]]\nname = "alias"\ntype = "CNAME"\nvalue = "real"\n'
+        '[[static.records]]\nname = "real"\ntype = "A"\nvalue = "10.0.9.1"\n'
+        '[[static.records]]\nname = "_y._tcp.svc"\ntype = "SRV"\nvalue = "10 10 80 away"\n'
+        '[[static.records]]\nname = "away"\ntype = "CNAME"\nvalue = "www.example.com."\n'
+    )
+    dnsd = dnsd_factory("--no-forward", config=config)
+    reply = query(dnsd.port, "_x._tcp.svc.docker", "SRV")
+    extra = sorted(f"{rrset.name} {rdata}" for rrset in reply.additional for rdata in rrset)
+    assert extra == ["alias.docker. real.docker.", "real.docker. 10.0.9.1"]
+    away = query(dnsd.port, "_y._tcp.svc.docker", "SRV")
+    assert not away.additional  # the chain leaves the zones: nothing to add

@@ -220,7 +220,8 @@ class LocalZone:
         return [Record(name, "PTR", target, ttl) for target in self._store.reverse(name)]
 
     def _additional(self, ask: _Asked, records: list[Record]) -> list[RR]:
-        """Addresses of in-store SRV and MX targets."""
+        """Addresses of in-store SRV and MX targets; a target that is an in-zone CNAME brings
+        its chain and the final addresses (as CoreDNS does)."""
         targets: dict[str, None] = {}
         for record in records:
             if isinstance(record.value, SrvValue):
@@ -229,8 +230,18 @@ class LocalZone:
                 targets[record.value.exchange] = None
         extra: list[RR] = []
         for target in targets:
-            for rtype in _ADDRESS_TYPES:
-                extra.extend(to_rr(found) for found in self._addresses(ask, target, rtype))
+            name, seen = target, set[str]()
+            while True:
+                found = [to_rr(r) for t in _ADDRESS_TYPES for r in self._addresses(ask, name, t)]
+                extra.extend(found)
+                cname = self._store.lookup(name, "CNAME")
+                if found or not cname or name in seen or len(seen) >= MAX_CNAME_CHAIN:
+                    break
+                seen.add(name)
+                name = str(cname[0].value)
+                if self.zone_of(name) is None:
+                    break  # a chain that leaves the zones is the client's to follow
+                extra.append(to_rr(cname[0]))
         return extra
 
     def _negative(self, zone: str, rcode: int) -> Answer:
