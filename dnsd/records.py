@@ -113,6 +113,21 @@ def ancestors(name: str) -> Iterator[str]:
         name = rest or "."
 
 
+WILDCARD_LABELS = ("*", "any")  # SkyDNS: a label that matches any one label
+
+
+def wildcard_parts(pattern: str) -> tuple[list[str], str]:
+    """``x1.*.region1.docker.`` -> (``["x1", "*"]``, ``region1.docker.``): the labels up to
+    the last wildcard, and the fixed suffix below them (the subtree a wildcard answer reads).
+    A name without a wildcard gives no labels and itself."""
+    labels = pattern.rstrip(".").split(".")
+    fixed = len(labels)
+    while fixed > 0 and labels[fixed - 1] not in WILDCARD_LABELS:
+        fixed -= 1
+    suffix = labels[fixed:]
+    return labels[:fixed], ".".join(suffix) + "." if suffix else "."
+
+
 @lru_cache(maxsize=16384)  # bounded: hosts reloads with new addresses must not grow it
 def reverse_name(address: str) -> str:
     return ipaddress.ip_address(address).reverse_pointer + "."

@@ -68,8 +68,7 @@ def _not_served(daemon: Daemon) -> Iterator[tuple[str, str, Any, str, str, str]]
         for record in box.records:
             holders = box.conflicts.get(record.name)
             if holders is not None:
-                held_by = ", ".join(built[h].name if h in built else h for h in holders.split(","))
-                why = f"name held by container {held_by}"
+                why = f"name held by container {holders}"
                 yield record.name, record.rtype, record.value, "docker", container_id, why
         if box.withheld:
             name = f"{box.name}.{zone}" if box.name else "-"

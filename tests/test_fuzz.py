@@ -19,6 +19,7 @@ from dnsd.resolve.chain import ResolverChain
 from dnsd.resolve.local import LocalZone
 from dnsd.stats import Stats
 from dnsd.wire.answer_cache import AnswerCache
+from dnsd.wire.codec import question_end
 from dnsd.wire.query import QueryHandler, _parse_plain
 
 VALID = [
@@ -108,7 +109,7 @@ def test_plain_query_parse_matches_dnslib(
     packet = header + wire + struct.pack("!HH", qtype, qclass)
     if edns is not None:
         packet += b"\x00\x00\x29" + struct.pack("!HIH", edns, 0, 0)
-    plain = _parse_plain(packet)
+    plain = _parse_plain(packet, question_end(packet))
     if plain is None:  # only names dnslib must judge (bytes outside ASCII) leave the fast path
         assert not all(label.isascii() for label in name)
         return

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
+from dnsd.resolve.scopes import client_address
+
 DEFAULT_ALLOW_RECURSION = (
     "127.0.0.0/8",
     "::1/128",
@@ -29,13 +31,8 @@ class Acl:
         known = self._memo.get(client_ip)
         if known is not None:
             return known
-        try:
-            address = ipaddress.ip_address(client_ip.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
-        allowed = any(address in network for network in self.networks)
+        address = client_address(client_ip)
+        allowed = address is not None and any(address in network for network in self.networks)
         if len(self._memo) >= _MEMO_ENTRIES:
             self._memo.clear()
         self._memo[client_ip] = allowed

@@ -10,7 +10,7 @@ from collections.abc import Awaitable
 
 from dnsd.resolve.acl import Acl
 from dnsd.resolve.answer import Answer
-from dnsd.resolve.budget import UpstreamBudget
+from dnsd.resolve.budget import DEFAULT_MAX_PENDING, UpstreamBudget
 from dnsd.resolve.cache import ForwardCache
 from dnsd.resolve.local import LocalZone
 from dnsd.resolve.loop import LoopDetector
@@ -35,7 +35,7 @@ class ResolverChain:
         self.local = local
         self.forward = forward
         self.acl = acl
-        self.budget = budget or UpstreamBudget(2048)
+        self.budget = budget or UpstreamBudget(DEFAULT_MAX_PENDING)
         self._stats = stats or Stats()
 
     def resolve(

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from dnslib import AAAA, CNAME, MX, NS, PTR, QTYPE, RD, RR, SOA, SRV, TXT, A
 
-from dnsd.records import MxValue, Record, RecordStore, SrvValue
+from dnsd.records import WILDCARD_LABELS, MxValue, Record, RecordStore, SrvValue, wildcard_parts
 from dnsd.resolve.answer import FOREVER, Answer
 from dnsd.resolve.scopes import inside
 from dnsd.wire.codec import RCODE_NOERROR, RCODE_NXDOMAIN
@@ -60,14 +60,12 @@ def to_rr(record: Record, qname: str | None = None) -> RR:
     return RR(qname or record.name, rtype, ttl=record.ttl, rdata=_rdata(record))
 
 
-_WILDCARDS = ("*", "any")
-
 # Records matching a wildcard pattern (``*.web.docker.``, ``prod.any.docker.``) of one type.
 Wildcards = Callable[[str, str], list[Record]]
 
 
 def _is_wildcard(name: str) -> bool:
-    return any(label in _WILDCARDS for label in name.split("."))
+    return any(label in WILDCARD_LABELS for label in name.split("."))
 
 
 def no_wildcards(_pattern: str, _rtype: str) -> list[Record]:
@@ -99,14 +97,6 @@ class _Asked:
     depends: set[str]  # names whose change can change this answer
     per_client: bool = False
     scopes: set[str] = field(default_factory=set)  # the networks a per-client answer reads
-
-
-def _fixed_suffix(pattern: str) -> str:
-    """``x1.*.region1.docker.`` -> ``region1.docker.``: the subtree a wildcard answer reads."""
-    labels = pattern.rstrip(".").split(".")
-    last = max((i for i, label in enumerate(labels) if label in _WILDCARDS), default=-1)
-    fixed = labels[last + 1 :]
-    return ".".join(fixed) + "." if fixed else "."
 
 
 class LocalZone:
@@ -152,7 +142,7 @@ class LocalZone:
         ask.depends.add(name)
         records = self._store.lookup(name, rtype)
         if not records and _is_wildcard(name):
-            ask.depends.add(_fixed_suffix(name))  # any change in that subtree
+            ask.depends.add(wildcard_parts(name)[1])  # any change in that subtree
             records = self._wildcards(name, rtype)
         # Only addresses on two or more networks make the answer depend on the asker (an etcd
         # copy of a local address, with no network, is the same address: it does not count).

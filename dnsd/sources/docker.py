@@ -355,21 +355,22 @@ class DockerSource:
     def _serve(self, container_id: str) -> list[Record]:
         """What ``container_id`` serves under name ownership; conflicts logged once."""
         built = self._built[container_id]
-        built.served, built.conflicts = self._claims.served(container_id, built.records)
+        built.served, lost = self._claims.served(container_id, built.records)
+        built.conflicts = {
+            name: ", ".join(self._built[h].name if h in self._built else h for h in ids.split(","))
+            for name, ids in lost.items()
+        }
         warned = self._warned.setdefault(container_id, set())
         for name, holders in built.conflicts.items():
             line = f"name {name} held by {holders}"
             if line not in warned:
                 warned.add(line)
                 self._store.rejections[(SOURCE, "name owned")] += 1
-                holder_names = ", ".join(
-                    self._built[h].name if h in self._built else h for h in holders.split(",")
-                )
                 logger.warning(
                     "container %s may not join %s: it belongs to container %s",
                     built.name,
                     name,
-                    holder_names,
+                    holders,
                     extra=event("name_conflict", SOURCE, container=built.name, dns_name=name),
                 )
         return built.served

@@ -73,7 +73,7 @@ class Built:
     group: str = ""
     created: str = ""
     # What is served after name ownership is applied (set by the Docker source), and for each
-    # name not served, the container(s) holding it.
+    # name not served, the names of the container(s) holding it.
     served: list[Record] = field(default_factory=list)
     conflicts: dict[str, str] = field(default_factory=dict)
 

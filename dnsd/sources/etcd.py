@@ -23,7 +23,7 @@ from typing import Any
 from dnsd.admission import name_problem
 from dnsd.config import EtcdConfig
 from dnsd.logs import event
-from dnsd.records import Record, RecordStore, ancestors
+from dnsd.records import WILDCARD_LABELS, Record, RecordStore, ancestors, wildcard_parts
 from dnsd.sources.errors import reason
 from dnsd.sources.etcd_client import make_client
 from dnsd.sources.skydns import Service, key_to_name, parse_value, ptr_record, records_for
@@ -37,7 +37,6 @@ BACKOFF_MAX_S = 5.0
 BATCH_WAIT_S = 0.005  # gather a burst of watch events into one store update
 
 
-WILDCARDS = ("*", "any")
 MAX_WILDCARD_NAMES = 1000  # names one wildcard answer may gather: bounds a hostile query's cost
 
 
@@ -149,13 +148,10 @@ class Mirror:
         """SkyDNS wildcards over etcd names only: a ``*`` or ``any`` label matches any one
         label.  Walks the name tree from the pattern's fixed suffix, so the cost follows the
         names at the wildcard's level, not every name held."""
-        labels = pattern.rstrip(".").split(".")
-        fixed = len(labels)
-        while fixed > 0 and labels[fixed - 1] not in WILDCARDS:
-            fixed -= 1
-        nodes = {".".join(labels[fixed:]) + "." if fixed < len(labels) else "."}
-        for label in reversed(labels[:fixed]):
-            if label in WILDCARDS:
+        labels, suffix = wildcard_parts(pattern)
+        nodes = {suffix}
+        for label in reversed(labels):
+            if label in WILDCARD_LABELS:
                 nodes = set(
                     itertools.islice(
                         (child for node in nodes for child in self._children.get(node, ())),

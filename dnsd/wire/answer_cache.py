@@ -108,34 +108,43 @@ _OPT_HEAD = b"\x00\x00\x29"  # root owner, type OPT
 OPT_FIXED_BYTES = 9  # owner, type, class (UDP size), TTL (extended rcode, version, DO): no options
 
 
-def normalised_key(data: bytes) -> tuple[bytes | None, int, bool]:
-    """(key, end of the question, whether the query carries EDNS options) for ``data``; key
-    None when the packet is not a plain one-question query without or with one OPT record.
-
-    The key is the header without its ID, the lower-cased question and the OPT record's fixed
-    part (UDP size, version, DO bit): its options (cookies, padding) are left out.  The hot
-    path builds the same bytes with two slices; only ``put`` checks the packet's shape, so a
-    key it stores always belongs to a well-formed question.  The question's end is the first
-    zero byte after the header; ``put`` caches only packets whose labels really end there, so a
-    crafted name with a zero byte inside a label can never share a key with a real one.
-    """
+def plain_shape(data: bytes) -> tuple[int, bool]:
+    """(end of the question, whether EDNS options follow) when ``data`` is a plain query:
+    one question, no answer or authority records, no additional record but one version-0 OPT;
+    (-1, False) otherwise.  The question's end is the first zero byte after the header."""
     end = data.find(b"\x00", HEADER_LEN)
     size = len(data)
     qend = end + 5
     if end < 0 or qend > size or data[4:10] != _ONE_QUESTION:
+        return -1, False
+    additional = data[10:12]
+    if additional == _NO_ADDITIONAL:
+        return (qend, False) if qend == size else (-1, False)
+    if additional != _ONE_ADDITIONAL or data[qend : qend + 3] != _OPT_HEAD or qend + 11 > size:
+        return -1, False
+    options = int.from_bytes(data[qend + 9 : qend + 11], "big")
+    if qend + 11 + options != size or data[qend + 6] != 0:  # EDNS version 0 only
+        return -1, False
+    return qend, options > 0
+
+
+def normalised_key(data: bytes) -> tuple[bytes | None, int, bool]:
+    """(key, end of the question, whether the query carries EDNS options) for ``data``; key
+    None when the packet is not plain (``plain_shape``).
+
+    The key is the header without its ID, the lower-cased question and the OPT record's fixed
+    part (UDP size, version, DO bit): its options (cookies, padding) are left out.  The hot
+    path builds the same bytes with two slices; only ``put`` checks the packet's shape, so a
+    key it stores always belongs to a well-formed question.  ``put`` caches only packets whose
+    labels really end at the first zero byte, so a crafted name with a zero byte inside a label
+    can never share a key with a real one.
+    """
+    qend, has_options = plain_shape(data)
+    if qend < 0:
         return None, -1, False
     # Lower-casing the header with the question is safe: a header byte it changes is an
     # opcode or a count that is never cached, or the Z/AD bits, which no answer depends on.
-    key = data[2:qend].lower() + data[qend : qend + OPT_FIXED_BYTES]
-    additional = data[10:12]
-    if additional == _NO_ADDITIONAL:
-        return (key, qend, False) if qend == size else (None, -1, False)
-    if additional != _ONE_ADDITIONAL or data[qend : qend + 3] != _OPT_HEAD or qend + 11 > size:
-        return None, -1, False
-    options = int.from_bytes(data[qend + 9 : qend + 11], "big")
-    if qend + 11 + options != size or data[qend + 6] != 0:  # EDNS version 0 only
-        return None, -1, False
-    return key, qend, options > 0
+    return data[2:qend].lower() + data[qend : qend + OPT_FIXED_BYTES], qend, has_options
 
 
 def _for_client(entry: _Entry, client_ip: str) -> Iterator[bytes] | None:

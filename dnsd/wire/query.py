@@ -21,7 +21,7 @@ from dnsd.logs import Throttled
 from dnsd.resolve.answer import Answer
 from dnsd.resolve.chain import ResolverChain
 from dnsd.stats import Stats
-from dnsd.wire.answer_cache import FORWARDED_REFRESH_S, AnswerCache, normalised_key
+from dnsd.wire.answer_cache import FORWARDED_REFRESH_S, AnswerCache, plain_shape
 from dnsd.wire.codec import (
     HEADER_LEN,
     RCODE_FORMERR,
@@ -127,10 +127,11 @@ class QueryHandler:
         if data[2] & 0x80:
             self._stats.drop("not a query")
             return None
-        if question_end(data) < 0:  # a label over 63 bytes, a pointer, a name over 255 bytes
+        qend = question_end(data)
+        if qend < 0:  # a label over 63 bytes, a pointer, a name over 255 bytes
             self._stats.formerr += 1
             return error_response(data, RCODE_FORMERR)
-        plain = _parse_plain(data)
+        plain = _parse_plain(data, qend)
         if plain is not None:  # the common case, read straight from the bytes
             query, edns_size = plain
         else:
@@ -201,28 +202,36 @@ class QueryHandler:
         udp: bool,
         client_ip: str,
     ) -> bytes | None:
-        try:
-            return self._respond_packed(data, query, answer, (edns, limit, udp, client_ip))
-        except Exception as exc:  # an answer dnslib cannot pack: the asker still gets a reply
-            throttled.warning("pack", "cannot pack the answer to %s: %r", query.q.qname, exc)
-            self._stats.answers[(qtype_label(query.q.qtype), "SERVFAIL", _proto(udp))] += 1
-            return error_response(data, RCODE_SERVFAIL, echo_question=True)
-
-    def _respond_packed(
-        self, data: bytes, query: DNSRecord, answer: Answer, how: tuple[bool, int, bool, str]
-    ) -> bytes:
-        edns, limit, udp, client_ip = how  # EDNS, size limit, UDP, the asker
         self._turn += 1
         label = (qtype_label(query.q.qtype), rcode_label(answer.rcode))
+        response: bytes | None
+        try:
+            if udp and self._answer_cache is not None and answer.expires_in > 0:
+                rotations = min(answer.rotations(), MAX_ROTATIONS)
+                # Start where the last answer left off, so uncached askers see the order rotate.
+                turns = range(self._turn, self._turn + rotations)
+                variants = [self._pack(query, answer, edns, limit, turn) for turn in turns]
+                response = self._remember(data, query, answer, variants, label, client_ip)
+            else:
+                response = self._pack(query, answer, edns, limit, self._turn)
+        except Exception as exc:  # an answer dnslib cannot pack: the asker still gets a reply
+            throttled.warning("pack", "cannot pack the answer to %s: %r", query.q.qname, exc)
+            label = (label[0], "SERVFAIL")
+            response = error_response(data, RCODE_SERVFAIL, echo_question=True)
         self._stats.answers[(*label, _proto(udp))] += 1
-        cacheable = udp and self._answer_cache is not None and answer.expires_in > 0
-        if not cacheable:
-            return self._pack(query, answer, edns, limit, self._turn)
+        return response
+
+    def _remember(
+        self,
+        data: bytes,
+        query: DNSRecord,
+        answer: Answer,
+        variants: list[bytes],
+        label: tuple[str, str],
+        client_ip: str,
+    ) -> bytes:
+        """Put the packed rotations in the packed-answer cache; the first one to send."""
         assert self._answer_cache is not None
-        rotations = min(answer.rotations(), MAX_ROTATIONS)
-        # Start where the last answer left off, so even uncached askers see the order rotate.
-        turns = range(self._turn, self._turn + rotations)
-        variants = [self._pack(query, answer, edns, limit, turn) for turn in turns]
         now = self._clock()
         expires = now + answer.expires_in
         aging = None
@@ -321,11 +330,10 @@ class _Plain:
         self.q = question
 
 
-def _parse_plain(data: bytes) -> tuple[Any, int | None] | None:
-    """(query, EDNS UDP size or None) for a plain query: opcode 0, one question, no other
-    records but one version-0 OPT; None for anything else (dnslib parses it)."""
-    _, qend, _ = normalised_key(data)
-    if qend < 0 or question_end(data) != qend or data[2] & 0x78:
+def _parse_plain(data: bytes, qend: int) -> tuple[Any, int | None] | None:
+    """(query, EDNS UDP size or None) for a plain query (``plain_shape``) of opcode 0 whose
+    well-formed question ends at ``qend``; None for anything else (dnslib parses it)."""
+    if plain_shape(data)[0] != qend or data[2] & 0x78:
         return None
     labels = []
     pos = HEADER_LEN

@@ -14,6 +14,8 @@ import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from dnsd.resolve.scopes import client_address
+
 SEND, SLIP, DROP = 0, 1, 2
 MAX_BUCKETS = 100_000
 
@@ -72,14 +74,14 @@ class ResponseRateLimit:
         known = self._networks.get(client_ip)
         if known is not None:
             return known
-        try:
-            address = ipaddress.ip_address(client_ip.split("%", 1)[0])
+        address = client_address(client_ip)
+        if address is None:
+            network = client_ip
+        else:
             prefix = (
                 self._settings.ipv4_prefix if address.version == 4 else self._settings.ipv6_prefix
             )
             network = str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
-        except ValueError:
-            network = client_ip
         if len(self._networks) >= MAX_BUCKETS:
             self._networks.clear()
         self._networks[client_ip] = network
