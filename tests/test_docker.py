@@ -397,3 +397,22 @@ def test_busybox_gets_addresses_from_an_answer_too_big_for_udp(
     found = [line for line in out.splitlines() if line.startswith("Address") and ":53" not in line]
     assert len(found) >= 20, out
     dockerd.docker("rm", "-f", *replicas)
+
+
+def test_first_sync_from_the_real_engine_list(dockerd: Dockerd, net: str, tmp_path: Path) -> None:
+    """Many containers already running when dnsd starts: it serves dockerd's own list at once,
+    then inspects for what the list lacks (an explicit hostname, a network alias)."""
+    named = run(dockerd, "--hostname", "explicit-host", "--network", net, "--network-alias", "al1")
+    others = [run(dockerd) for _ in range(33)]
+    server = start_dnsd(tmp_path, "--no-forward", "--log-level", "DEBUG", docker=dockerd.url)
+    try:
+        for name in (named, *others):
+            eventually(lambda name=name: addrs(server.port, f"{name}.docker") != [], timeout=20)
+        ip = ip_of(dockerd, named, net)
+        eventually(lambda: addrs(server.port, "explicit-host.docker") == [ip], timeout=20)
+        eventually(lambda: addrs(server.port, "al1.docker") == [ip], timeout=20)
+        log = server.log()
+        assert log.index("(from the list)") < log.index("(inspected)")
+    finally:
+        server.stop()
+        dockerd.docker("rm", "-f", named, *others)
