@@ -4,7 +4,8 @@ Several queries per connection, answered as they complete (pipelining), an idle 
 also bounds a blocked write (a client that does not read), a cap on each connection's unsent
 bytes, and limits on open connections in all and per client address (beyond them a new
 connection is closed at once and counted), so slow or non-reading clients cannot hold every
-slot or grow memory.  Every answer goes through ``QueryHandler`` with the full 64 KiB size.
+slot or grow memory; connections take turns, one query each.  Every answer goes through
+``QueryHandler`` with the full 64 KiB size.
 """
 
 from __future__ import annotations
@@ -105,6 +106,10 @@ class TcpServer:
                     pending.add_done_callback(inflight.discard)
                 async with asyncio.timeout(self._idle_timeout_s):  # a client that never reads
                     await writer.drain()
+                # Pipelined queries are already buffered, so nothing above waits: yield, so
+                # every connection gets a turn per query and one client's many connections
+                # cannot keep the others waiting.
+                await asyncio.sleep(0)
             if inflight:
                 await asyncio.wait(inflight, timeout=self._idle_timeout_s)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
