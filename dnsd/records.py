@@ -49,6 +49,9 @@ class SrvValue(NamedTuple):
     weight: int
     port: int
     target: str
+    # SkyDNS/CoreDNS semantics (etcd): the weight is a share; an answer holding such a record
+    # gives every record of its priority its percentage of the total (``srv_weights``).
+    shares: bool = False
 
 
 class MxValue(NamedTuple):
@@ -95,6 +98,32 @@ class Rejected(NamedTuple):
     source: str
     owner: str
     reason: str
+
+
+def srv_weights(records: list[Record]) -> list[Record]:
+    """One SRV RRset as answered: when any record's weight is a share (etcd), one record per
+    (priority, port, target) and weights in percent of their priority's total, at least 1 for
+    a weight above 0 (as CoreDNS).  Otherwise the records as they are (Docker, static)."""
+    if not any(isinstance(r.value, SrvValue) and r.value.shares for r in records):
+        return records
+    best: dict[tuple[int, int, str], tuple[Record, SrvValue]] = {}
+    for record in records:
+        value = record.value
+        assert isinstance(value, SrvValue)
+        key = (value.priority, value.port, value.target)
+        if key not in best or value.weight > best[key][1].weight:
+            best[key] = (record, value)
+    totals: dict[int, int] = {}
+    for _, value in best.values():
+        totals[value.priority] = totals.get(value.priority, 0) + value.weight
+    answered = []
+    for record, value in best.values():
+        total = totals[value.priority]
+        share = value.weight * 100 // total if total else 0
+        share = max(share, 1) if value.weight else 0
+        weighted = SrvValue(value.priority, share, value.port, value.target)
+        answered.append(dataclasses.replace(record, value=weighted))
+    return answered
 
 
 def normalize_name(name: str) -> str:

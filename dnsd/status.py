@@ -43,8 +43,10 @@ def readiness(daemon: Daemon) -> tuple[bool, dict[str, Any]]:
 
 
 def _value(value: Any) -> Any:
-    if isinstance(value, SrvValue | MxValue):
-        return " ".join(str(part) for part in value)
+    if isinstance(value, SrvValue):
+        return f"{value.priority} {value.weight} {value.port} {value.target}"
+    if isinstance(value, MxValue):
+        return f"{value.preference} {value.exchange}"
     if isinstance(value, tuple):
         return list(value)
     return value

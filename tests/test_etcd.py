@@ -232,7 +232,8 @@ def test_two_hosts_share_containers_and_a_crash_withdraws(etcd: Etcd, tmp_path: 
         eventually(lambda: answers(a.port, f"db.{z}") == ["10.7.0.2"])
         assert answers(b.port, f"api.shop.{z}") == ["10.7.0.1"]
         srv = answers(b.port, f"_http._tcp.web.{z}", "SRV")
-        assert srv == [f"10 100 80 hosta-{'a' * 12}._http._tcp.web.{z}."]
+        assert srv == [f"10 100 80 web.{z}."]  # the container's name, not a key's
+        eventually(lambda: answers(a.port, f"_http._tcp.web.{z}", "SRV") == srv)
         assert answers(a.port, f"web.{z}") == ["10.7.0.1"]  # local + etcd copy: merged
         keys = etcd.ctl("get", f"/skydns/{z}", "--prefix", "--keys-only").stdout.split()
         assert f"/skydns/{z}/web/hosta-{'a' * 12}" in keys
@@ -254,6 +255,43 @@ def test_two_hosts_share_containers_and_a_crash_withdraws(etcd: Etcd, tmp_path: 
             a2.stop()
         # A clean stop withdraws at once (the lease is revoked).
         eventually(lambda: answers(b.port, f"web.{z}") == [], timeout=2)
+    finally:
+        for server in (a, b):
+            server.stop()
+        engine_a.stop()
+        engine_b.stop()
+
+
+def test_every_host_gives_the_same_srv_answer(etcd: Etcd, tmp_path: Path) -> None:
+    """Replicas of one service on two hosts, different weights: each host merges its own
+    Docker records with everyone's etcd keys, and both answer alike (weights in percent)."""
+    z = zone()
+    a, engine_a = host(tmp_path, etcd, "hostf", z)
+    b, engine_b = host(tmp_path, etcd, "hostg", z)
+    labels = {"dnsd.service": "payments", "dnsd.srv.8080": "api", "dnsd.priority": "5"}
+    try:
+        for engine, cid, name, ip, weight in (
+            (engine_a, "f" * 64, "lbl1", "10.9.0.1", "70"),
+            (engine_a, "1" * 64, "lbl2", "10.9.0.2", "10"),
+            (engine_b, "2" * 64, "lbl3", "10.9.0.3", "30"),
+        ):
+            engine.containers[cid] = container(
+                cid, name, ip, ports=("8080/tcp",), labels={**labels, "dnsd.weight": weight}
+            )
+            engine.emit("start", cid)
+        want = [f"5 27 8080 lbl3.{z}.", f"5 63 8080 lbl1.{z}.", f"5 9 8080 lbl2.{z}."]
+        asked = f"_api._tcp.payments.{z}"
+        for server in (a, b):
+            eventually(lambda s=server: answers(s.port, asked, "SRV") == want, timeout=5)
+        extra = query(b.port, f"_api._tcp.payments.{z}", "SRV").additional
+        assert sorted(r.to_text() for rs in extra for r in rs) == [
+            "10.9.0.1",
+            "10.9.0.2",
+            "10.9.0.3",
+        ]
+        for server in (a, b):  # an address's PTR names the container, never an SRV name
+            assert answers(server.port, "1.0.9.10.in-addr.arpa", "PTR") == [f"lbl1.{z}."]
+            assert answers(server.port, "3.0.9.10.in-addr.arpa", "PTR") == [f"lbl3.{z}."]
     finally:
         for server in (a, b):
             server.stop()

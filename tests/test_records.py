@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dnsd.records import Record, RecordStore, SrvValue, ancestors, reverse_name
+from dnsd.records import Record, RecordStore, SrvValue, ancestors, reverse_name, srv_weights
 
 
 def a(name: str, ip: str, ttl: int = 5) -> Record:
@@ -138,3 +139,26 @@ def test_store_matches_a_dict_model(
     owned = {(o.source, o.owner, o.record) for o in store.owned()}
     assert owned == {(src, own, r) for (src, own), recs in model.items() for r in recs}
     assert store.count() == sum(len(v) for v in model.values())
+
+
+@pytest.mark.parametrize(
+    ("weights", "answered"),
+    [
+        ([(10, 130), (10, 80), (10, 150), (30, 0)], [(10, 36), (10, 22), (10, 41), (30, 0)]),
+        ([(10, 100)] * 8, [(10, 100)]),  # the same priority, port and target: answered once
+        ([(10, 1), (10, 1000)], [(10, 1), (10, 99)]),  # a share above 0 never rounds to 0
+        ([(10, 0), (10, 0)], [(10, 0)]),
+    ],
+)
+def test_srv_shares_become_percent_per_priority(
+    weights: list[tuple[int, int]], answered: list[tuple[int, int]]
+) -> None:
+    def srv(index: int, priority: int, weight: int) -> Record:
+        target = "same.docker." if len(set(weights)) == 1 else f"t{index}.docker."
+        return Record("s.docker.", "SRV", SrvValue(priority, weight, 80, target, True), 5)
+
+    records = [srv(i, p, w) for i, (p, w) in enumerate(weights)]
+    got = [(r.value.priority, r.value.weight) for r in srv_weights(records)]  # type: ignore[union-attr]
+    assert got == answered
+    plain = [Record("s.docker.", "SRV", SrvValue(10, 70, 80, "a.docker."), 5)]
+    assert srv_weights(plain) == plain  # Docker and static weights are answered as given

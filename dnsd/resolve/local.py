@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 
 from dnslib import AAAA, CNAME, MX, NS, PTR, QTYPE, RD, RR, SOA, SRV, TXT, A
 
-from dnsd.records import WILDCARD_LABELS, MxValue, Record, RecordStore, SrvValue, wildcard_parts
+from dnsd.records import (
+    WILDCARD_LABELS,
+    MxValue,
+    Record,
+    RecordStore,
+    SrvValue,
+    srv_weights,
+    wildcard_parts,
+)
 from dnsd.resolve.answer import FOREVER, Answer
 from dnsd.resolve.scopes import inside
 from dnsd.wire.codec import RCODE_NOERROR, RCODE_NXDOMAIN
@@ -83,6 +91,8 @@ def _rrset(records: list[Record], qname: str | None = None) -> list[RR]:
     ttl = min(record.ttl for record in records)  # one TTL per RRset (RFC 2181 5.2)
     # The same data from several sources (local Docker and its etcd copy) is answered once.
     records = list({(r.rtype, r.value): r for r in records}.values())
+    if records[0].rtype == "SRV":
+        records = srv_weights(records)
     rrs = [to_rr(record, qname) for record in records]
     for rr in rrs:
         rr.ttl = ttl
@@ -158,9 +168,10 @@ class LocalZone:
         zone = self.zone_of(qname)
         if zone is None:
             return self._outside_zone(qname, qtype, spelled)
-        if qname == zone and qtype in (QTYPE.SOA, QTYPE.NS):
-            rr = self._soa(zone) if qtype == QTYPE.SOA else self._ns(zone)
-            return Answer(RCODE_NOERROR, True, [[rr]])
+        if qname == zone and qtype == QTYPE.SOA:
+            return Answer(RCODE_NOERROR, True, [[self._soa(zone)]])
+        if qname == zone and qtype == QTYPE.NS:
+            return self._nameservers(ask, zone, spelled)
         if qtype == QTYPE_ANY:
             if qname == zone or self._store.exists(qname):
                 hinfo = RR(spelled, QTYPE.HINFO, ttl=self._negative_ttl, rdata=_RFC8482_HINFO)
@@ -210,14 +221,16 @@ class LocalZone:
         return [Record(name, "PTR", target, ttl) for target in self._store.reverse(name)]
 
     def _additional(self, ask: _Asked, records: list[Record]) -> list[RR]:
-        """Addresses of in-store SRV and MX targets; a target that is an in-zone CNAME brings
-        its chain and the final addresses (as CoreDNS does)."""
+        """Addresses of in-store SRV, MX and NS targets; a target that is an in-zone CNAME
+        brings its chain and the final addresses (as CoreDNS does)."""
         targets: dict[str, None] = {}
         for record in records:
             if isinstance(record.value, SrvValue):
                 targets[record.value.target] = None
             elif isinstance(record.value, MxValue):
                 targets[record.value.exchange] = None
+            elif record.rtype == "NS":
+                targets[str(record.value)] = None
         extra: list[RR] = []
         for target in targets:
             name, seen = target, set[str]()
@@ -244,6 +257,13 @@ class LocalZone:
         rdata = SOA("ns.dns." + label, "hostmaster." + label, times)  # as CoreDNS and SkyDNS
         return RR(zone, QTYPE.SOA, ttl=self._soa_ttl if ttl is None else ttl, rdata=rdata)
 
-    def _ns(self, zone: str) -> RR:
-        label = "" if zone == "." else zone
-        return RR(zone, QTYPE.NS, ttl=self._soa_ttl, rdata=NS("ns.dns." + label))
+    def _nameservers(self, ask: _Asked, zone: str, spelled: str) -> Answer:
+        """The apex NS RRset: the etcd ``ns.dns.<zone>`` keys' names when there are any,
+        else ``ns.dns.<zone>``; their addresses (glue) in the additional section."""
+        records = self._store.lookup(zone, "NS")
+        if not records:
+            label = "" if zone == "." else zone
+            records = [Record(zone, "NS", "ns.dns." + label, self._soa_ttl)]
+        answer = Answer(RCODE_NOERROR, True, [_rrset(records, spelled)])
+        answer.additional = self._additional(ask, records)
+        return answer

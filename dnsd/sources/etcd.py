@@ -20,13 +20,21 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from dnsd.admission import name_problem
+from dnsd.admission import name_problem, value_problem
 from dnsd.config import EtcdConfig
 from dnsd.logs import event
 from dnsd.records import WILDCARD_LABELS, Record, RecordStore, ancestors, wildcard_parts
 from dnsd.sources.errors import reason
 from dnsd.sources.etcd_client import make_client
-from dnsd.sources.skydns import Service, key_to_name, parse_value, ptr_record, records_for
+from dnsd.sources.skydns import (
+    Service,
+    apex_records,
+    key_to_name,
+    parse_value,
+    ptr_record,
+    records_for,
+    speaks_for_apex,
+)
 from dnsd.stats import Stats
 
 logger = logging.getLogger(__name__)
@@ -59,7 +67,8 @@ class Mirror:
         self.bad_keys: dict[str, str] = {}  # key -> why it was skipped
 
     def _owner_names(self, name: str) -> list[str]:
-        """The name and its ancestors down to (not including) its zone's apex."""
+        """The name and its ancestors down to (not including) its zone's apex; the apex too
+        for keys under ``ns.dns.<zone>`` and ``apex.dns.<zone>``."""
         zone = next((z for z in self._zones if name == z or name.endswith("." + z)), None)
         if zone is None:
             return [name]
@@ -68,6 +77,8 @@ class Mirror:
             if ancestor == zone or len(ancestor) < len(zone):
                 break
             found.append(ancestor)
+        if speaks_for_apex(name, zone):
+            found.append(zone)
         return found
 
     def replace_all(self, entries: Iterable[tuple[str, bytes, int]]) -> int:
@@ -111,7 +122,8 @@ class Mirror:
         for owner in owners:
             if owner not in self._subtree:
                 self._subtree[owner] = set()
-                self._children.setdefault(_parent(owner), set()).add(owner)
+                if owner not in self._zones:  # wildcards match names below an apex only
+                    self._children.setdefault(_parent(owner), set()).add(owner)
             self._subtree[owner].add(key)
         return owners
 
@@ -128,6 +140,8 @@ class Mirror:
                 keys.discard(key)
                 if not keys:
                     del self._subtree[owner]
+                    if owner in self._zones:
+                        continue
                     siblings = self._children[_parent(owner)]
                     siblings.discard(owner)
                     if not siblings:
@@ -136,6 +150,8 @@ class Mirror:
 
     def _records(self, name: str) -> list[Record]:
         services = [self.services[k] for k in self._subtree.get(name, ())]
+        if name in self._zones:
+            return apex_records(name, services, self._ttl)
         records = records_for(name, services, self._ttl)
         for service in services:
             if service.name == name:
@@ -147,7 +163,8 @@ class Mirror:
     def wildcard(self, pattern: str, rtype: str) -> list[Record]:
         """SkyDNS wildcards over etcd names only: a ``*`` or ``any`` label matches any one
         label.  Walks the name tree from the pattern's fixed suffix, so the cost follows the
-        names at the wildcard's level, not every name held."""
+        names at the wildcard's level, not every name held.  The matched names' keys answer
+        together, as one name would (groups and SRV weights across the whole answer)."""
         labels, suffix = wildcard_parts(pattern)
         nodes = {suffix}
         for label in reversed(labels):
@@ -162,14 +179,18 @@ class Mirror:
                 nodes = {f"{label}.{node}" for node in nodes} & self._subtree.keys()
             if not nodes:
                 return []
-        found: list[Record] = []
-        for node in nodes:
-            found.extend(
-                record
-                for record in self._published.get(node, ())
-                if record.rtype == rtype and self._store.holds(record)
-            )
-        return found
+        # A name the store refused (held by the static zone) brings none of its keys.
+        services = [
+            self.services[key]
+            for node in sorted(nodes)
+            if any(self._store.holds(r) for r in self._published.get(node, ()))
+            for key in self._subtree[node]
+        ]
+        return [
+            record
+            for record in records_for(pattern, services, self._ttl)
+            if record.rtype == rtype and value_problem(record) is None
+        ]
 
     def _publish(self, names: set[str], replace: bool = False) -> None:
         owners = {name: self._records(name) for name in names}

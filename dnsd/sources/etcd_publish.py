@@ -2,12 +2,13 @@
 
 Keys are ``<prefix>/<name reversed>/<node>-<container id prefix>[-<n>]`` (DNS-safe instance
 labels), for every name a container answers to except host-local ones (``<name>.<network>``),
-and for its SRV names with the port.  Every key hangs on this node's lease, kept alive every
-TTL/3: a crashed host's keys vanish everywhere within the lease TTL.  On start, keys an earlier
-run of the same node left are deleted.  While etcd is unreachable the publisher keeps trying;
-on return it re-grants the lease if it expired and publishes everything again.
-Advertise mode ``container`` publishes container addresses (routed/overlay networks);
-``host`` publishes ``advertise_ip`` with the host ports of published (-p) ports.
+and for its SRV names with the port and the container's own name as the target. Every key hangs
+on this node's lease, kept alive every TTL/3: a crashed host's keys vanish everywhere within the
+lease TTL. On start, keys an earlier run of the same node left are deleted. While etcd is
+unreachable the publisher keeps trying; on return it re-grants the lease if it expired and
+publishes everything again. Advertise mode ``container`` publishes container addresses
+(routed/overlay networks); ``host`` publishes ``advertise_ip`` with the host ports of published
+(-p) ports.
 """
 
 from __future__ import annotations
@@ -61,12 +62,17 @@ def desired_keys(
         for record in box.served:  # names lost to another container are not published
             if record.name in box.local_names:
                 continue
-            if record.rtype in ("A", "AAAA") and not host_mode:
-                index = addresses.index(str(record.value))
-                value = {"host": str(record.value), "ttl": record.ttl}
-            elif record.rtype in ("A", "AAAA"):
-                index, value = 0, {"host": settings.advertise_ip, "ttl": record.ttl}
+            if record.rtype in ("A", "AAAA"):
+                # targetstrip 1: the key stands for the name, not for its instance label
+                # (SRV targets and automatic PTRs); only a container's own name gets a PTR.
+                index = 0 if host_mode else addresses.index(str(record.value))
+                host = settings.advertise_ip if host_mode else str(record.value)
+                value = {"host": host, "ttl": record.ttl, "targetstrip": 1}
+                if not record.reverse:
+                    value["reverse"] = False
             elif isinstance(record.value, SrvValue):
+                # The SRV target is the container's own name, as the local answer has it, so
+                # every host gives the same SRV answer (and SRV names get no PTRs).
                 srv = record.value
                 port = srv.port
                 if host_mode:
@@ -74,13 +80,12 @@ def desired_keys(
                     port = box.published.get((srv.port, proto), 0)
                     if not port:
                         continue
-                for index, address in enumerate(addresses):
-                    key = f"{name_to_key(record.name, prefix)}/"
-                    key += instance_label(settings.node_id, container_id, index)
-                    keys[key] = json.dumps(
-                        {"host": address, "port": port, "priority": srv.priority,
-                         "weight": srv.weight, "ttl": record.ttl}
-                    ).encode()  # fmt: skip
+                key = f"{name_to_key(record.name, prefix)}/"
+                key += instance_label(settings.node_id, container_id, 0)
+                keys[key] = json.dumps(
+                    {"host": srv.target.rstrip("."), "port": port, "priority": srv.priority,
+                     "weight": srv.weight, "ttl": record.ttl}
+                ).encode()  # fmt: skip
                 continue
             else:
                 continue

@@ -3,8 +3,10 @@
 Pure functions, no I/O.  A key is the prefix plus the name's labels reversed
 (``web.prod.docker.`` <-> ``/skydns/docker/prod/web``); a value is JSON with ``host`` (an IP:
 A/AAAA; a name: CNAME and SRV/MX target), ``port``, ``priority`` (default 10), ``weight``
-(0/absent counts as 100; normalised to percent per priority), ``text`` (TXT), ``mail`` (MX),
-``ttl``, ``targetstrip`` and ``group``; unknown fields are ignored.  A name answers for its whole
+(0/absent counts as 100; a share: answers give each record its percent of the priority's
+total, see ``records.srv_weights``), ``text`` (TXT), ``mail`` (MX),
+``ttl``, ``targetstrip``, ``group`` and dnsd's own ``reverse`` (false: no automatic PTR);
+unknown fields are ignored.  A name answers for its whole
 subtree (every key at or below it), filtered by group as CoreDNS does.  A malformed value makes
 ``parse_value`` raise ``ValueError`` (the caller skips that key and counts it).
 """
@@ -13,8 +15,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import math
-from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -24,7 +24,7 @@ DEFAULT_PRIORITY = 10
 DEFAULT_WEIGHT = 100
 _FIELDS = {
     "host": str, "port": int, "priority": int, "weight": int, "text": str, "mail": bool,
-    "ttl": int, "targetstrip": int, "group": str,
+    "ttl": int, "targetstrip": int, "group": str, "reverse": bool,
 }  # fmt: skip
 
 
@@ -43,6 +43,7 @@ class Service:
     ttl: int = 0
     targetstrip: int = 0
     group: str = ""
+    reverse: bool = True  # dnsd's own field: false = no automatic PTR for this address
     lease_ttl: int = 0  # granted TTL of the key's lease, 0 if none
 
     @property
@@ -121,7 +122,7 @@ def group_filter(services: list[Service]) -> list[Service]:
     return [s for s in services if not s.group or s.group == group]
 
 
-def _ttl(service: Service, default_ttl: int) -> int:
+def service_ttl(service: Service, default_ttl: int) -> int:
     ttl = service.ttl or default_ttl
     return min(ttl, service.lease_ttl) if service.lease_ttl else ttl
 
@@ -137,19 +138,21 @@ def records_for(name: str, services: Iterable[Service], default_ttl: int) -> lis
     """Every record ``name`` answers with, given the services at and below it."""
     chosen = group_filter(sorted(services, key=lambda s: s.key))
     records: list[Record] = []
-    totals: dict[int, int] = defaultdict(int)
+    srv_seen: set[tuple[int, int, str]] = set()  # one SRV per (priority, port, target)
     for service in chosen:
-        totals[service.priority] += service.weight or DEFAULT_WEIGHT
-    for service in chosen:
-        ttl = _ttl(service, default_ttl)
+        ttl = service_ttl(service, default_ttl)
         if service.host and service.is_ip:
             address = ipaddress.ip_address(service.host)
             rtype = "A" if address.version == 4 else "AAAA"
-            # The automatic PTR of an address points at the key's own name only.
-            records.append(Record(name, rtype, str(address), ttl, reverse=name == service.name))
-        if service.host:
-            share = (service.weight or DEFAULT_WEIGHT) * 100 / totals[service.priority]
-            srv = SrvValue(service.priority, math.floor(share), service.port, _target(service))
+            # The automatic PTR of an address points at the name the key stands for: its own
+            # name, or what targetstrip leaves of it (a publisher's instance label stripped).
+            reverse = service.reverse and name == _target(service)
+            records.append(Record(name, rtype, str(address), ttl, reverse=reverse))
+        target = _target(service) if service.host else ""
+        if target and (service.priority, service.port, target) not in srv_seen:
+            srv_seen.add((service.priority, service.port, target))
+            weight = service.weight or DEFAULT_WEIGHT
+            srv = SrvValue(service.priority, weight, service.port, target, shares=True)
             records.append(Record(name, "SRV", srv, ttl))
         if service.text:
             records.append(Record(name, "TXT", _chunks(service.text), ttl))
@@ -157,7 +160,36 @@ def records_for(name: str, services: Iterable[Service], default_ttl: int) -> lis
             records.append(Record(name, "MX", MxValue(service.priority, _target(service)), ttl))
     hosts = [s for s in chosen if s.host and not s.is_ip]
     if len(chosen) == 1 and hosts and hosts[0].host + "." != name:
-        records.append(Record(name, "CNAME", hosts[0].host + ".", _ttl(hosts[0], default_ttl)))
+        records.append(
+            Record(name, "CNAME", hosts[0].host + ".", service_ttl(hosts[0], default_ttl))
+        )
+    return records
+
+
+def apex_markers(zone: str) -> tuple[str, str]:
+    """The names whose keys speak for a zone's apex: ``ns.dns.<zone>`` (nameservers) and
+    ``apex.dns.<zone>`` (the apex's own addresses), as CoreDNS reads them."""
+    label = "" if zone == "." else zone
+    return "ns.dns." + label, "apex.dns." + label
+
+
+def speaks_for_apex(name: str, zone: str) -> bool:
+    return any(name == m or name.endswith("." + m) for m in apex_markers(zone))
+
+
+def apex_records(zone: str, services: Iterable[Service], default_ttl: int) -> list[Record]:
+    """The apex's NS and A/AAAA records: every ``ns.dns`` key with an address host names a
+    nameserver (the key's own name, its address the glue); ``apex.dns`` keys give the apex's
+    addresses.  Other keys never aggregate up to the apex."""
+    ns_marker, apex_marker = apex_markers(zone)
+    addresses = [s for s in services if s.name == apex_marker or s.name.endswith("." + apex_marker)]
+    records = [r for r in records_for(zone, addresses, default_ttl) if r.rtype in ("A", "AAAA")]
+    nameservers = {
+        s.name: service_ttl(s, default_ttl)
+        for s in sorted(services, key=lambda s: s.key)
+        if s.is_ip and (s.name == ns_marker or s.name.endswith("." + ns_marker))
+    }
+    records += [Record(zone, "NS", name, ttl) for name, ttl in nameservers.items()]
     return records
 
 
@@ -173,4 +205,4 @@ def ptr_record(service: Service, default_ttl: int) -> Record | None:
         return None
     if service.is_ip:
         return None
-    return Record(service.name, "PTR", service.host + ".", _ttl(service, default_ttl))
+    return Record(service.name, "PTR", service.host + ".", service_ttl(service, default_ttl))
