@@ -61,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
         "--upstream",
         action="append",
         metavar="ADDR[:PORT]",
-        help="upstream resolver; repeatable (default: nameservers in /etc/resolv.conf)",
+        help="upstream resolver, or tls://ADDR[:PORT][#name] for DNS over TLS; repeatable "
+        "(default: nameservers in /etc/resolv.conf)",
     )
     serve.add_argument(
         "--no-forward",

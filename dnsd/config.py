@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dnsd.admission import name_problem
+from dnsd.admission import in_zone, name_problem
 from dnsd.resolve.acl import DEFAULT_ALLOW_RECURSION
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,9 @@ class ForwardConfig:
     cache_size: int = 10_000
     cache_bytes: int = 64 * 1024 * 1024  # estimated memory of the cached answers
     max_cached_answer: int = 8192  # replies larger than this (bytes) are passed on, not kept
+    # domain -> its own upstreams ("corp.example." = ["10.0.0.53", "tls://10.0.0.54#ns.corp"])
+    domains: dict[str, list[str]] = field(default_factory=dict)
+    tls_ca: str = ""  # CA bundle for tls:// upstreams; empty: the system's
     max_ttl: int = 3600
     max_negative_ttl: int = 900
     # Questions waiting on upstreams at once (0: 2048, capped by the open-file limit), and
@@ -192,9 +195,17 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return [_coerce(v, item, where) for v in value]
     if origin is dict:
+        if isinstance(value, str):  # environment: "corp.example.=10.0.0.53,10.0.0.54;lab.=..."
+            pairs = [part.partition("=") for part in value.split(";") if part.strip()]
+            if not all(sep for _, sep, _ in pairs):
+                raise ConfigError(f"{where}: expected KEY=VALUE;..., got {value!r}")
+            value = {key.strip(): rest for key, _, rest in pairs}
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table, got {value!r}")
-        return value
+        _, item = typing.get_args(kind) or (str, Any)
+        if item is Any:
+            return value
+        return {str(k): _coerce(v, item, f"{where}.{k}") for k, v in value.items()}
     if kind is bool:
         if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false"):
             return value.lower() in ("1", "true", "yes", "on")
@@ -338,11 +349,28 @@ def validate(config: Config, origin: str) -> Config:
             fail("server.listen", str(exc))
     if not server.listen:
         fail("server.listen", "at least one address is needed")
+    from dnsd.resolve.forward import parse_upstream  # forward imports config lazily too
+
     for entry in forward.upstreams:
         try:
-            parse_hostport(entry, 53)
+            parse_upstream(entry)
         except ValueError as exc:
             fail("forward.upstreams", str(exc))
+    domains: dict[str, list[str]] = {}
+    for domain, entries in forward.domains.items():
+        name = normalize_zone(domain)
+        if name_problem(name) or "*" in name or name == ".":
+            fail("forward.domains", f"not a domain name: {domain!r}")
+        if any(in_zone(name, normalize_zone(zone)) for zone in server.zones):
+            fail("forward.domains", f"{domain!r} is inside a zone dnsd answers itself")
+        if not entries:
+            fail("forward.domains", f"{domain!r}: at least one upstream is needed")
+        for entry in entries:
+            try:
+                parse_upstream(entry)
+            except ValueError as exc:
+                fail("forward.domains", f"{domain!r}: {exc}")
+        domains[name] = entries
     for network in server.allow_recursion:
         try:
             ipaddress.ip_network(network, strict=False)
@@ -423,6 +451,7 @@ def validate(config: Config, origin: str) -> Config:
     return dataclasses.replace(
         config,
         server=dataclasses.replace(server, zones=zones),
+        forward=dataclasses.replace(forward, domains=domains),
         docker=dataclasses.replace(config.docker, zone=docker_zone),
         etcd=dataclasses.replace(etcd, node_id=node_id, advertise=advertise),
     )

@@ -176,16 +176,27 @@ class Daemon:
 
     def _forwarding(self) -> ForwardCache | None:
         forward = self.config.forward
+        domains = {d: parse_upstreams(entries) for d, entries in forward.domains.items()}
+        for domain, listed in domains.items():
+            logger.info("forwarding %s to %s", domain, ", ".join(str(u) for u in listed))
+        upstreams: list[Upstream] = []
         if not forward.enabled:
-            logger.info("forwarding off: names outside the zones get REFUSED")
+            logger.info("forwarding off: other names outside the zones get REFUSED")
+        else:
+            upstreams = self._upstreams()
+            if upstreams:
+                logger.info("forwarding to %s", ", ".join(str(u) for u in upstreams))
+            else:
+                logger.warning("no upstream resolvers found: other names get REFUSED")
+        if not upstreams and not domains:
             return None
-        upstreams = self._upstreams()
-        if not upstreams:
-            logger.warning("no upstream resolvers found: names outside the zones get REFUSED")
-            return None
-        logger.info("forwarding to %s", ", ".join(str(u) for u in upstreams))
         forwarder = self.forwarder = Forwarder(
-            upstreams, self.stats, timeout_s=forward.timeout, latency=self.metrics.upstream_latency
+            upstreams,
+            self.stats,
+            timeout_s=forward.timeout,
+            latency=self.metrics.upstream_latency,
+            domains=domains,
+            tls_ca=forward.tls_ca,
         )
         return ForwardCache(
             forwarder,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -168,6 +169,7 @@ class FakeUpstream:
     answers_per_name: int = 1
     queries: list[tuple[str, str, str]] = field(default_factory=list)  # (proto, name, type)
     port: int = 0
+    tls: ssl.SSLContext | None = None  # the TCP listener speaks DNS over TLS
 
     def start(self) -> FakeUpstream:
         self.port = free_port()
@@ -236,6 +238,12 @@ class FakeUpstream:
                 conn, _ = self._tcp.accept()
             except OSError:
                 return
+            if self.tls is not None:
+                try:
+                    conn = self.tls.wrap_socket(conn, server_side=True)
+                except OSError:  # a client that does not trust us hangs up (ssl.SSLError)
+                    conn.close()
+                    continue
             with conn:
                 try:
                     (length,) = struct.unpack("!H", conn.recv(2))

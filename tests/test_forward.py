@@ -297,3 +297,86 @@ def test_wildcard_listen_owns_loopback_nameservers() -> None:
     assert resolv_conf_upstreams(text, {("0.0.0.0", 5300)}) == [
         Upstream("127.0.0.1"), Upstream("127.0.0.53"), Upstream("10.0.0.53"),
     ]  # fmt: skip
+
+
+def test_domains_go_to_their_own_upstreams(dnsd_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    default, corp, lab = (
+        FakeUpstream(address=a).start() for a in ("1.2.3.4", "10.5.0.1", "10.6.0.1")
+    )
+    try:
+        config = (
+            f'[forward]\nupstreams = ["127.0.0.1:{default.port}"]\n[forward.domains]\n'
+            f'"corp.example." = ["127.0.0.1:{corp.port}"]\n'
+            f'"lab.corp.example" = ["127.0.0.1:{lab.port}"]\n'
+        )
+        dnsd = dnsd_factory(config=config)
+        answer = lambda name: [r.to_text() for rs in query(dnsd.port, name).answer for r in rs]  # noqa: E731
+        assert answer("www.corp.example") == ["10.5.0.1"]
+        assert answer("host.lab.corp.example") == ["10.6.0.1"]  # the longest domain wins
+        assert answer("corp.example.com") == ["1.2.3.4"]  # a suffix of labels, not of text
+        assert [q[1] for q in corp.queries] == ["www.corp.example."]
+        assert [q[1] for q in lab.queries] == ["host.lab.corp.example."]
+        assert [q[1] for q in default.queries] == ["corp.example.com."]
+        # With forwarding off, only the domains are forwarded.
+        only = dnsd_factory("--no-forward", config=config)
+        assert [r.to_text() for rs in query(only.port, "a.corp.example").answer for r in rs] == [
+            "10.5.0.1"
+        ]
+        assert rcode(query(only.port, "example.com")) == "REFUSED"
+    finally:
+        for fake in (default, corp, lab):
+            fake.stop()
+
+
+def test_domain_config_errors_are_clear(tmp_path: Path) -> None:
+    from dnsd.config import ConfigError, load
+
+    def check(toml: str) -> str:
+        path = tmp_path / "c.toml"
+        path.write_text(toml)
+        with pytest.raises(ConfigError) as caught:
+            load(str(path))
+        return str(caught.value)
+
+    assert "inside a zone" in check('[forward.domains]\n"web.docker." = ["10.0.0.1"]\n')
+    assert "not a domain name" in check('[forward.domains]\n"bad name" = ["10.0.0.1"]\n')
+    assert "at least one upstream" in check('[forward.domains]\n"corp." = []\n')
+    assert "ADDR[:PORT]" in check('[forward.domains]\n"corp." = ["nowhere"]\n')
+    assert "TLS server name" in check('[forward]\nupstreams = ["tls://10.0.0.1#a..b"]\n')
+    env = load(None, {"DNSD_FORWARD_DOMAINS": "corp.=10.0.0.1,10.0.0.2;lab=tls://10.0.0.3"})
+    assert env.forward.domains == {
+        "corp.": ["10.0.0.1", "10.0.0.2"],
+        "lab.": ["tls://10.0.0.3"],
+    }
+
+
+def test_dns_over_tls_upstream(dnsd_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import ssl
+
+    from testbed import certs as testbed_certs
+
+    made = testbed_certs.make(tmp_path / "tls")
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(made.server_cert, made.server_key)
+    dot = FakeUpstream(address="10.8.5.3", tls=server_tls).start()
+    try:
+        good = dnsd_factory(
+            config=f'[forward]\nupstreams = ["tls://127.0.0.1:{dot.port}#localhost"]\n'
+            f'tls_ca = "{made.ca}"\n'
+        )
+        reply = query(good.port, "secure.example")
+        assert [r.to_text() for rs in reply.answer for r in rs] == ["10.8.5.3"]
+        assert dot.queries == [("tcp", "secure.example.", "A")]  # over TLS, never plain UDP
+        wrong_name = dnsd_factory(
+            config=f'[forward]\nupstreams = ["tls://127.0.0.1:{dot.port}#dns.elsewhere"]\n'
+            f'tls_ca = "{made.ca}"\ntimeout = 1.0\n'
+        )
+        assert rcode(query(wrong_name.port, "secure.example", timeout=5)) == "SERVFAIL"
+        untrusted = dnsd_factory(  # the system CAs do not know the test CA
+            config=f'[forward]\nupstreams = ["tls://127.0.0.1:{dot.port}#localhost"]\n'
+            "timeout = 1.0\n"
+        )
+        assert rcode(query(untrusted.port, "other.example", timeout=5)) == "SERVFAIL"
+        assert len(dot.queries) == 1  # no question was sent to a server it could not trust
+    finally:
+        dot.stop()

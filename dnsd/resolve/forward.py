@@ -6,7 +6,11 @@ dropped and counted.  A reply is scrubbed before anyone sees it: only the record
 asked and its CNAME/DNAME chain stay in the answer, only an SOA above them in the authority
 section (for negative caching); everything else (NS, additional, out-of-bailiwick) is dropped.
 Upstreams are tried in order of recent health with a per-upstream timeout;
-when every one fails the answer is SERVFAIL.  Knows nothing about caching or the local zone.
+when every one fails the answer is SERVFAIL.  A name under a configured domain goes to that
+domain's upstreams only (the longest domain wins, dnsmasq ``server=/domain/addr`` style); other
+names to the default upstreams, or REFUSED when there are none.  An upstream written
+``tls://ADDR[:PORT][#name]`` is asked over DNS-over-TLS (RFC 7858, port 853), its certificate
+checked against ``name`` (else the address).  Knows nothing about caching or the local zone.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import ipaddress
 import logging
 import random
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Callable
@@ -33,6 +38,7 @@ logger = logging.getLogger(__name__)
 throttled = Throttled(logger, interval_s=60.0)
 
 UPSTREAM_TIMEOUT_S = 2.0
+DOT_PORT = 853
 UPSTREAM_UDP_SIZE = 1232
 MAX_REPLY_BYTES = 65535
 
@@ -41,9 +47,11 @@ MAX_REPLY_BYTES = 65535
 class Upstream:
     host: str
     port: int = 53
+    tls_name: str = ""  # DNS-over-TLS when set: the name its certificate must carry
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return f"tls://{address}#{self.tls_name}" if self.tls_name else address
 
 
 class UpstreamError(Exception):
@@ -58,19 +66,37 @@ class Forwarder:
         timeout_s: float = UPSTREAM_TIMEOUT_S,
         random_id: Callable[[], int] | None = None,
         latency: Any = None,
+        domains: dict[str, list[Upstream]] | None = None,
+        tls_ca: str = "",
     ) -> None:
         self._latency = latency  # prometheus Histogram, or None
-        if not upstreams:
+        self.domains = {d: list(u) for d, u in (domains or {}).items() if u}
+        if not upstreams and not self.domains:
             raise ValueError("forwarding needs at least one upstream")
-        self.upstreams = list(upstreams)
+        self.upstreams = list(upstreams)  # the default ones (names under no domain)
+        # Longest domain first: ``a.corp.example.`` picks ``corp.example.`` over ``example.``.
+        self._domain_order = sorted(self.domains, key=len, reverse=True)
         self._stats = stats
         self._timeout_s = timeout_s
         self._random_id = random_id or (lambda: random.SystemRandom().getrandbits(16))
-        self._failures = dict.fromkeys(self.upstreams, 0)
+        everyone = [*self.upstreams, *(u for ups in self.domains.values() for u in ups)]
+        self._failures = dict.fromkeys(everyone, 0)
+        self._tls_ca = tls_ca
+        self._tls: ssl.SSLContext | None = None
+
+    def route(self, qname: str) -> list[Upstream]:
+        """The upstreams for ``qname``: its longest configured domain's, else the defaults."""
+        for domain in self._domain_order:
+            if _under(qname, domain):
+                return self.domains[domain]
+        return self.upstreams
 
     async def resolve(self, qname: str, qtype: int, qclass: int) -> Answer:
+        upstreams = self.route(qname)
+        if not upstreams:  # only domains configured, or every default was a loop to dnsd
+            return Answer(RCODE_REFUSED, recursive=True)
         # Healthy upstreams first; the order among equals stays as configured.
-        for upstream in sorted(self.upstreams, key=self._failures.__getitem__):
+        for upstream in sorted(upstreams, key=self._failures.__getitem__):
             try:
                 reply = await self._ask(upstream, qname, qtype, qclass)
             except (TimeoutError, OSError, UpstreamError) as exc:
@@ -82,12 +108,10 @@ class Forwarder:
             answer, scrubbed = _to_answer(reply[0], qname, qtype, reply[1])
             self._stats.upstream_scrubbed += scrubbed
             return answer
-        if not self.upstreams:  # every one was a loop back to dnsd
-            return Answer(RCODE_REFUSED, recursive=True)
         throttled.warning(
             "all failed",
             "every upstream failed (%s); answering SERVFAIL for names outside the zones",
-            ", ".join(str(u) for u in self.upstreams),
+            ", ".join(str(u) for u in upstreams),
         )
         return Answer(RCODE_SERVFAIL, recursive=True)
 
@@ -108,9 +132,12 @@ class Forwarder:
         packet = query.pack()
         started = time.monotonic()
         async with asyncio.timeout(self._timeout_s):
-            reply = await self._ask_udp(upstream, packet, ident, qname, qtype, qclass)
-            if reply[0].header.tc:
+            if upstream.tls_name:
                 reply = await self._ask_tcp(upstream, packet, ident, qname, qtype, qclass)
+            else:
+                reply = await self._ask_udp(upstream, packet, ident, qname, qtype, qclass)
+                if reply[0].header.tc:
+                    reply = await self._ask_tcp(upstream, packet, ident, qname, qtype, qclass)
         self._stats.upstream_queries += 1
         if self._latency is not None:
             self._latency.observe(time.monotonic() - started)
@@ -136,7 +163,11 @@ class Forwarder:
     async def _ask_tcp(
         self, upstream: Upstream, packet: bytes, ident: int, qname: str, qtype: int, qclass: int
     ) -> tuple[DNSRecord, int]:
-        reader, writer = await asyncio.open_connection(upstream.host, upstream.port)
+        """One question over TCP, or over TLS for a DoT upstream (a connection per question)."""
+        tls: dict[str, Any] = {}
+        if upstream.tls_name:
+            tls = {"ssl": self._tls_context(), "server_hostname": upstream.tls_name}
+        reader, writer = await asyncio.open_connection(upstream.host, upstream.port, **tls)
         try:
             writer.write(struct.pack("!H", len(packet)) + packet)
             await writer.drain()
@@ -151,6 +182,11 @@ class Forwarder:
             self._stats.upstream_mismatched += 1
             raise UpstreamError("TCP reply does not match the query")
         return reply, len(data)
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._tls is None:  # certificates and names checked; the system CAs unless given
+            self._tls = ssl.create_default_context(cafile=self._tls_ca or None)
+        return self._tls
 
 
 def _matching_reply(
@@ -218,10 +254,24 @@ def _to_answer(reply: DNSRecord, qname: str, qtype: int, size: int) -> tuple[Ans
     return answer, dropped
 
 
-def parse_upstreams(entries: list[str]) -> list[Upstream]:
+def parse_upstream(entry: str) -> Upstream:
+    """``ADDR[:PORT]`` (plain DNS, port 53) or ``tls://ADDR[:PORT][#name]`` (DoT, port 853);
+    raises ValueError."""
     from dnsd.config import parse_hostport  # config imports resolve.acl; keep import local
 
-    return [Upstream(*parse_hostport(entry, 53)) for entry in entries]
+    entry = entry.strip()
+    if not entry.startswith("tls://"):
+        return Upstream(*parse_hostport(entry, 53))
+    address, _, name = entry.removeprefix("tls://").partition("#")
+    host, port = parse_hostport(address, DOT_PORT)
+    name = name.strip().rstrip(".")
+    if name and not all(label and len(label) <= 63 for label in name.split(".")):
+        raise ValueError(f"not a TLS server name: {name!r}")
+    return Upstream(host, port, name or host)
+
+
+def parse_upstreams(entries: list[str]) -> list[Upstream]:
+    return [parse_upstream(entry) for entry in entries]
 
 
 def resolv_conf_upstreams(text: str, own: set[tuple[str, int]]) -> list[Upstream]:
