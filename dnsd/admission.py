@@ -99,4 +99,5 @@ class Admission:
     def reverses(self, record: Record) -> bool:
         """Whether an address record may give its address an automatic PTR: only names under
         a zone do (an opted-in static name outside the zones does not)."""
-        return record.reverse and self.zone_of(record.name) is not None
+        wildcard = record.name.startswith("*.")  # ``*.dev.docker`` is no PTR target
+        return record.reverse and not wildcard and self.zone_of(record.name) is not None

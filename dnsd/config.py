@@ -89,6 +89,7 @@ class DockerConfig:
     zone: str = ""  # empty: the first of server.zones
     resync_interval: float = 60.0
     serve_starting: bool = True  # serve containers whose healthcheck is still "starting"
+    image_names: bool = False  # also answer <name>.<image>.<zone> (dnsdock style)
 
 
 @dataclass(frozen=True)

@@ -259,7 +259,7 @@ class Daemon:
 
 def _naming(config: Config) -> Naming:
     docker = config.docker
-    return Naming(docker.zone, config.server.ttl, docker.serve_starting)
+    return Naming(docker.zone, config.server.ttl, docker.serve_starting, docker.image_names)
 
 
 def _docker_settings(config: Config) -> DockerSettings:

@@ -127,9 +127,14 @@ POOL = [
     Record("alias.docker.", "CNAME", "web.docker.", 5),
     Record("_http._tcp.web.docker.", "SRV", SrvValue(10, 10, 80, "web.docker."), 5),
     Record("db.docker.", "TXT", ("hello",), 5),
+    Record("*.web.docker.", "A", "10.0.0.7", 5),  # RFC 4592 wildcards
+    Record("*.docker.", "CNAME", "db.docker.", 5),
+    Record("_http._tcp.web.docker.", "SRV", SrvValue(10, 30, 80, "db.docker.", True), 5),
+    Record("docker.", "NS", "x.web.docker.", 5),  # apex NS, glue from x.web
 ]
 NAMES = ["web.docker.", "db.docker.", "x.web.docker.", "alias.docker.", "_http._tcp.web.docker.",
-         "nx.docker.", "_tcp.web.docker.", "1.0.0.10.in-addr.arpa.", "docker."]  # fmt: skip
+         "nx.docker.", "_tcp.web.docker.", "1.0.0.10.in-addr.arpa.", "docker.",
+         "q.web.docker.", "a.b.web.docker.", "q.x.web.docker."]  # fmt: skip
 QTYPES = ["A", "AAAA", "SRV", "TXT", "CNAME", "PTR", "ANY", "SOA", "NS"]
 CLIENTS = ["127.0.0.1", "10.0.0.5", "10.1.0.5"]
 

@@ -161,7 +161,10 @@ def test_etcd_flags_turn_etcd_on() -> None:
         ('[docker]\nurl = "not a url"\n', "docker.url"),
         ('[docker]\nurl = "unix://"\n', "docker.url"),
         ('[server]\nzones = ["my zone"]\n', "server.zones"),
-        ('[[static.records]]\nname = "a.*.x"\ntype = "A"\nvalue = "10.0.0.1"\n', "wildcards"),
+        (
+            '[[static.records]]\nname = "a.*.x"\ntype = "A"\nvalue = "10.0.0.1"\n',
+            "wildcard is a whole leftmost",
+        ),
     ],
 )
 def test_check_config_rejects_what_serve_cannot_use(

@@ -197,6 +197,33 @@ def test_every_label(dockerd: Dockerd, dnsd: Dnsd) -> None:
     assert addrs(dnsd.port, f"{ignored}.docker") == []
 
 
+def test_dnsdock_style_names(dockerd: Dockerd, dnsd: Dnsd, tmp_path: Path) -> None:
+    """com.dnsdock.alias, dnsd.wildcard=true (RFC 4592) and, opted in, <name>.<image>."""
+    with_image = start_dnsd(
+        tmp_path, "--no-forward", env={"DNSD_DOCKER_IMAGE_NAMES": "true"}, docker=dockerd.url
+    )
+    try:
+        name = run(dockerd, "-l", "com.dnsdock.alias=db.docker,sql", "-l", "dnsd.wildcard=true")
+        ip = ip_of(dockerd, name)
+        eventually(lambda: addrs(dnsd.port, "db.docker") == [ip])
+        assert addrs(dnsd.port, "sql.docker") == [ip]
+        assert addrs(dnsd.port, f"tenant1.{name}.docker") == [ip]
+        assert addrs(dnsd.port, f"a.b.{name}.docker") == [ip]
+        ptr = dns.reversename.from_address(ip).to_text()
+        assert addrs(dnsd.port, ptr, "PTR") == [f"{name}.docker."]  # no PTR to "*.name"
+        assert addrs(dnsd.port, f"{name}.busybox.docker") == []  # image names: opt-in
+        image = IMAGE.split(":")[0].rsplit("/", 1)[-1]
+        eventually(lambda: addrs(with_image.port, f"{name}.{image}.docker") == [ip])
+        plain = run(dockerd)
+        plain_ip = ip_of(dockerd, plain)
+        eventually(lambda: addrs(dnsd.port, f"{plain}.docker") == [plain_ip])
+        assert rcode(query(dnsd.port, f"x.{plain}.docker")) == "NXDOMAIN"  # no label: none
+        dockerd.docker("rm", "-f", name)
+        eventually(lambda: addrs(dnsd.port, f"tenant1.{name}.docker") == [])
+    finally:
+        with_image.stop()
+
+
 def test_bad_labels_are_counted_and_defaults_used(dockerd: Dockerd, dnsd: Dnsd) -> None:
     name = run(
         dockerd, "-l", "dnsd.ttl=soon", "-l", "dnsd.priority=-3", "-l", "dnsd.ignore=maybe",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import eventually
 
 from dnsd.cli import main
 from dnsd.config import ConfigError, load
@@ -105,3 +106,37 @@ def test_opted_in_outside_names_get_no_automatic_ptr() -> None:
     # A source other than the operator's never leaves the zones, opt-in or not.
     store.replace_owner("etcd", "k", [Record("evil.example.com.", "A", "6.6.6.6", 5)])
     assert store.lookup("evil.example.com.", "A") == []
+
+
+def test_wildcard_records_follow_rfc4592(tmp_path: Path) -> None:
+    """``*.dev`` answers names below ``dev`` that do not exist, never ``dev`` itself or a name
+    that exists; a wildcard added later replaces a cached NXDOMAIN at once."""
+    from conftest import query, rcode, start_dnsd
+
+    hosts = tmp_path / "hosts"
+    hosts.write_text("10.1.0.1 *.dev\n10.1.0.2 api.dev\n10.1.0.3 deep.x.dev\n")
+    config = tmp_path / "dnsd.toml"
+    config.write_text(f'[static]\nhosts = ["{hosts}"]\nwatch_interval = 0.1\n')
+    server = start_dnsd(tmp_path, "--no-forward", "--config", str(config))
+    try:
+
+        def addresses(name: str, rdtype: str = "A") -> list[str]:
+            return sorted(r.to_text() for rs in query(server.port, name, rdtype).answer for r in rs)
+
+        reply = query(server.port, "Anything.DEV.docker")
+        assert [(rs.name.to_text(), r.to_text()) for rs in reply.answer for r in rs] == [
+            ("Anything.DEV.docker.", "10.1.0.1")
+        ]  # synthesised under the asked name, its case echoed
+        assert addresses("a.b.c.dev.docker") == ["10.1.0.1"]  # closest encloser: dev
+        assert addresses("api.dev.docker") == ["10.1.0.2"]  # an existing name wins
+        assert addresses("y.x.dev.docker") == []  # x.dev exists (empty non-terminal)...
+        assert rcode(query(server.port, "y.x.dev.docker")) == "NXDOMAIN"  # ...: no wildcard
+        assert rcode(query(server.port, "dev.docker")) == "NOERROR"  # the parent: NODATA
+        assert addresses("dev.docker") == []
+        assert rcode(query(server.port, "q.dev.docker", "TXT")) == "NOERROR"  # NODATA
+        assert rcode(query(server.port, "10.1.0.1.in-addr.arpa", "PTR")) == "REFUSED"  # no PTR
+        assert rcode(query(server.port, "q.late.docker")) == "NXDOMAIN"  # now cached
+        hosts.write_text(hosts.read_text() + "10.1.0.9 *.late\n")
+        eventually(lambda: addresses("q.late.docker") == ["10.1.0.9"])
+    finally:
+        server.stop()

@@ -21,6 +21,7 @@ from dnsd.records import (
     Record,
     RecordStore,
     SrvValue,
+    ancestors,
     srv_weights,
     wildcard_parts,
 )
@@ -148,9 +149,28 @@ class LocalZone:
             found.depends = tuple(ask.depends)
         return found
 
+    def _holder(self, ask: _Asked, name: str) -> str:
+        """The name whose records answer for ``name``: itself, or when it does not exist the
+        wildcard ``*.<closest encloser>`` if that holds records (RFC 4592).  The answer then
+        depends on the wildcard and on every missing name up to the closest encloser."""
+        if self._store.exists(name) or _is_wildcard(name):
+            return name
+        zone = self.zone_of(name)
+        if zone is None:
+            return name
+        for ancestor in ancestors(name):
+            if ancestor == name:
+                continue
+            ask.depends.add(ancestor)
+            if ancestor == zone or len(ancestor) < len(zone) or self._store.exists(ancestor):
+                wildcard = "*." + ancestor if ancestor != "." else "*."
+                ask.depends.add(wildcard)
+                return wildcard if self._store.exists(wildcard) else name
+        return name
+
     def _addresses(self, ask: _Asked, name: str, rtype: str) -> list[Record]:
         ask.depends.add(name)
-        records = self._store.lookup(name, rtype)
+        records = self._store.lookup(self._holder(ask, name), rtype)
         if not records and _is_wildcard(name):
             ask.depends.add(wildcard_parts(name)[1])  # any change in that subtree
             records = self._wildcards(name, rtype)
@@ -200,7 +220,8 @@ class LocalZone:
                 answer_result = Answer(RCODE_NOERROR, True, answer)
                 answer_result.additional = self._additional(ask, records)
                 return answer_result
-            cname = self._store.lookup(name, "CNAME") if rtype != "CNAME" else []
+            holder = self._holder(ask, name)
+            cname = self._store.lookup(holder, "CNAME") if rtype != "CNAME" else []
             if not cname or name in seen or len(seen) >= MAX_CNAME_CHAIN:
                 break
             seen.add(name)
@@ -211,7 +232,7 @@ class LocalZone:
                 # Outside our zones: the chain asks upstream for the rest, if it may.
                 return Answer(RCODE_NOERROR, True, answer, follow=name)
             zone = target_zone
-        exists = name == zone or self._store.exists(name)
+        exists = name == zone or self._store.exists(name) or self._holder(ask, name) != name
         negative = self._negative(zone, RCODE_NOERROR if exists else RCODE_NXDOMAIN)
         negative.answer = answer
         return negative
@@ -235,16 +256,18 @@ class LocalZone:
         for target in targets:
             name, seen = target, set[str]()
             while True:
-                found = [to_rr(r) for t in _ADDRESS_TYPES for r in self._addresses(ask, name, t)]
+                found = [
+                    to_rr(r, name) for t in _ADDRESS_TYPES for r in self._addresses(ask, name, t)
+                ]
                 extra.extend(found)
-                cname = self._store.lookup(name, "CNAME")
+                cname = self._store.lookup(self._holder(ask, name), "CNAME")
                 if found or not cname or name in seen or len(seen) >= MAX_CNAME_CHAIN:
                     break
                 seen.add(name)
-                name = str(cname[0].value)
+                owner, name = name, str(cname[0].value)
                 if self.zone_of(name) is None:
                     break  # a chain that leaves the zones is the client's to follow
-                extra.append(to_rr(cname[0]))
+                extra.append(to_rr(cname[0], owner))
         return extra
 
     def _negative(self, zone: str, rcode: int) -> Answer:

@@ -9,6 +9,9 @@ container and writes the result to the store.  Names (zone ``docker.`` by defaul
 - ``<name>.<network>``, ``<alias>.<network>`` and ``<alias>``: the address on that network;
 - ``_<service>._<proto>.<owner>`` SRV for every exposed port, under the container name, the
   compose name and the ``dnsd.service`` name, targeting the container's own name;
+- ``com.dnsdock.alias`` names (as ``dnsd.name``); ``*.<name>`` with ``dnsd.wildcard=true``
+  (RFC 4592: any name below that does not exist); ``<name>.<image>`` when
+  ``Naming.image_names`` is on (dnsdock style);
 - the automatic PTR of every address points to ``<name>``.
 
 Bad labels are reported in ``Built.problems`` and the container is still served with defaults.
@@ -52,6 +55,16 @@ class Naming:
     zone: str = "docker."
     ttl: int = 5
     serve_starting: bool = True
+    image_names: bool = False  # also <name>.<image> (dnsdock)
+
+
+DNSDOCK_ALIAS = "com.dnsdock.alias"
+
+
+def image_label(image: str) -> str:
+    """``registry:5000/team/nginx:1.25@sha256:...`` -> ``nginx``."""
+    path = image.split("@", 1)[0].rsplit("/", 1)[-1]
+    return dns_label(path.split(":", 1)[0])
 
 
 @dataclass
@@ -185,7 +198,13 @@ def container_records(attrs: dict[str, Any], naming: Naming) -> Built:
     zone = "" if naming.zone == "." else naming.zone
     ttl = _number(labels, LABEL_PREFIX + "ttl", naming.ttl, 2**31 - 1, built.problems)
     addresses = _addresses((attrs.get("NetworkSettings") or {}).get("Networks") or {})
-    group_names = _group_names(attrs, config, labels, name, built.problems)
+    group_names = _group_names(attrs, config, labels, name, built.problems, naming.zone)
+    own_extra = []  # names only this container can have (under its name, or with it)
+    if _flag(labels, LABEL_PREFIX + "wildcard", built.problems):
+        own_extra.append(f"*.{name}")
+    image = image_label(str(config.get("Image") or ""))
+    if naming.image_names and image:
+        own_extra.append(f"{name}.{image}")
     records: set[Record] = set()
     for address in addresses:
 
@@ -195,7 +214,7 @@ def container_records(attrs: dict[str, Any], naming: Naming) -> Built:
             )
 
         add(name, reverse=True)
-        for group in group_names:
+        for group in [*group_names, *own_extra]:
             add(group)
         if address.network:
             add(f"{name}.{address.network}")
@@ -212,6 +231,7 @@ def container_records(attrs: dict[str, Any], naming: Naming) -> Built:
     built.own_names = {
         r.name for r in records if r.name == canonical or r.name.endswith("." + canonical)
     } | {f"{name}.{a.network}.{zone}" for a in addresses if a.network}
+    built.own_names |= {f"{extra}.{zone}" for extra in own_extra}
     groups = _srv_owners(attrs, labels)
     built.group = groups[-1] if groups else ""  # dnsd.service wins over the compose service
     built.created = str(attrs.get("Created") or "")
@@ -238,6 +258,7 @@ def _group_names(
     labels: dict[str, str],
     name: str,
     problems: list[str],
+    zone: str = "docker.",
 ) -> list[str]:
     """Extra names carrying all the container's addresses."""
     names: list[str] = []
@@ -245,14 +266,18 @@ def _group_names(
     if hostname and not str(attrs.get("Id", "")).startswith(hostname):
         names.append(dns_label(hostname))
     names.extend(_srv_owners(attrs, labels))
-    for extra in (labels.get(LABEL_PREFIX + "name") or "").split(","):
-        if not extra.strip():
-            continue
-        cleaned = dns_name(extra)
-        if not cleaned:
-            problems.append(f"label dnsd.name: unusable name {extra.strip()!r}")
-            continue
-        names.append(cleaned)
+    suffix = "." + zone.rstrip(".")
+    for key in (LABEL_PREFIX + "name", DNSDOCK_ALIAS):
+        for extra in (labels.get(key) or "").split(","):
+            if not extra.strip():
+                continue
+            # dnsdock aliases are full names ("db.docker"): the zone is implied here.
+            text = extra.strip().rstrip(".")
+            cleaned = dns_name(text.removesuffix(suffix) if text != suffix[1:] else "")
+            if not cleaned:
+                problems.append(f"label {key}: unusable name {extra.strip()!r}")
+                continue
+            names.append(cleaned)
     return [n for n in dict.fromkeys(names) if n and n != name]
 
 
@@ -360,7 +385,7 @@ def attrs_from_list(entry: dict[str, Any]) -> dict[str, Any]:
             else ""
         ),
         "Config": {"Hostname": cid[:12], "Labels": entry.get("Labels") or {},
-                   "ExposedPorts": exposed},
+                   "ExposedPorts": exposed, "Image": entry.get("Image") or ""},
         "State": {
             "Running": state in ("running", "paused"),
             "Paused": state == "paused",

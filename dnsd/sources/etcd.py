@@ -108,6 +108,8 @@ class Mirror:
             problem = name_problem(name)
             if problem is not None:
                 raise ValueError(f"the key's name is not servable: {problem}")
+            if "*" in name.split("."):  # SkyDNS wildcards are in questions, never in keys
+                raise ValueError("a key's name cannot hold a '*' label")
             service = parse_value(key, name, value, lease_ttl)
         except ValueError as exc:
             if self.bad_keys.get(key) != str(exc):

@@ -40,7 +40,9 @@ class Names:
     def __init__(self, zones: list[str]) -> None:
         self.zones = zones
 
-    def absolute(self, name: str) -> str:
+    def absolute(self, name: str, owner: bool = False) -> str:
+        """``name`` made absolute (relative names are under the first zone); an ``owner``
+        name may be a wildcard (``*.dev``: RFC 4592, the leftmost label only)."""
         name = name.strip().lower()
         if not name:
             raise ValueError("empty name")
@@ -50,19 +52,19 @@ class Names:
             absolute = name + "."
         else:
             absolute = f"{name}.{self.zones[0]}" if self.zones[0] != "." else name + "."
-        self._check(absolute)
+        self._check(absolute, owner)
         return absolute
 
     @staticmethod
-    def _check(name: str) -> None:
+    def _check(name: str, owner: bool) -> None:
         if len(name) > MAX_NAME_LEN + 1:
             raise ValueError(f"name too long: {name!r}")
-        for label in name[:-1].split("."):
+        for index, label in enumerate(name[:-1].split(".")):
             if not label or len(label) > MAX_LABEL_LEN or not set(label) <= _NAME_CHARS:
                 raise ValueError(f"not a valid DNS name: {name!r}")
-            if "*" in label:
+            if "*" in label and not (owner and index == 0 and label == "*"):
                 raise ValueError(
-                    f"wildcards are not supported in static names (only in etcd): {name!r}"
+                    f"a wildcard is a whole leftmost label of a record's name: {name!r}"
                 )
 
 
@@ -138,7 +140,7 @@ def config_records(
             ttl = spec.get("ttl", default_ttl)
             if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 <= ttl < 2**31:
                 raise ValueError(f"bad ttl {ttl!r}")
-            name = names.absolute(str(spec["name"]))
+            name = names.absolute(str(spec["name"]), owner=True)
             record = Record(name, rtype, parse_value(rtype, spec["value"], names), ttl)
             records.append(_admitted(record, rules))
         except KeyError as exc:
@@ -164,7 +166,7 @@ def parse_hosts(
             address = ipaddress.ip_address(fields[0].split("%", 1)[0])
             rtype = "A" if address.version == 4 else "AAAA"
             for name in fields[1:]:
-                record = Record(names.absolute(name), rtype, str(address), ttl)
+                record = Record(names.absolute(name, owner=True), rtype, str(address), ttl)
                 records.append(_admitted(record, rules))
         except ValueError as exc:
             errors.append(f"{path}:{number}: {exc}")
