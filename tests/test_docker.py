@@ -291,6 +291,48 @@ def test_end_to_end_container_resolves_through_dnsd(
     assert ("udp", "outside.example.", "A") in module_upstream.queries
 
 
+def test_one_resolver_setup_for_every_bridge(
+    dockerd: Dockerd, net: str, tmp_path: Path, module_upstream: FakeUpstream
+) -> None:
+    """docs/resolver.md: dnsd on the docker0 gateway (here on a high port, with the documented
+    DNAT rule: -d the gateway, no -i), containers use --dns <gateway> whatever their network:
+    a user-defined network's embedded DNS forwards *.docker there too."""
+    import subprocess
+
+    port = free_port()
+    server = start_dnsd(
+        tmp_path, "--listen", f"{BRIDGE_IP}:{port}", "--log-queries",
+        "--upstream", f"127.0.0.1:{module_upstream.port}", docker=dockerd.url,
+    )  # fmt: skip
+    rules = [
+        ["-t", "nat", "PREROUTING", "-d", BRIDGE_IP, "-p", proto, "--dport", "53",
+         "-m", "comment", "--comment", "dnsd-test", "-j", "DNAT",
+         "--to-destination", f"{BRIDGE_IP}:{port}"]
+        for proto in ("udp", "tcp")
+    ]  # fmt: skip
+    for rule in rules:
+        subprocess.run(["iptables", rule[0], rule[1], "-I", *rule[2:]], check=True)
+    try:
+        target = run(dockerd)
+        ip = ip_of(dockerd, target)
+        eventually(lambda: addrs(server.port, f"{target}.docker") == [ip])
+        on_bridge = nslookup(dockerd, f"{target}.docker", BRIDGE_IP)
+        assert ip in on_bridge, on_bridge
+        on_net = dockerd.docker(  # the embedded DNS (127.0.0.11) forwards to --dns
+            "run", "--rm", "--pull", "never", "--network", net, "--dns", BRIDGE_IP,
+            "--dns-search", "docker", IMAGE, "nslookup", "-type=a", f"{target}.docker",
+        )  # fmt: skip
+        assert ip in on_net, on_net
+        asked = [line.split() for line in server.log().splitlines() if f" {target}.docker" in line]
+        clients = {words[words.index("query") + 1].rsplit(".", 1)[0] for words in asked}
+        # both containers came to this dnsd: one from docker0, one from the user network
+        assert {"172.29.0", "172.29.1"} <= clients, clients
+    finally:
+        for rule in rules:
+            subprocess.run(["iptables", rule[0], rule[1], "-D", *rule[2:]], check=False)
+        server.stop()
+
+
 def test_docker_unreachable_then_appears(tmp_path: Path, dockerd: Dockerd) -> None:
     """dnsd serves its static zone while Docker is away and picks Docker up later."""
     (tmp_path / "hosts").write_text("10.0.0.1 static\n")
