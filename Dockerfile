@@ -1,7 +1,8 @@
 # dnsd container image.
 #   docker build -t dnsd .                       (public base, dependencies from PyPI)
-#   docker build --network none --build-arg BASE=local/python:3.11 \
-#                --build-arg PIP_EXTRA=--no-index .   (offline: wheels/ holds every wheel)
+#   scripts/build-image --tag dnsd               (no registry: makes local/python:3.11 with
+#       debootstrap, fills wheels/ on the host, then docker build --network none
+#       --build-arg BASE=local/python:3.11 --build-arg PIP_EXTRA=--no-index)
 # Run (non-root; the sysctl lets an unprivileged process bind :53 in the container's network
 # namespace; the Docker socket is root-equivalent: mount it read-only and add its group):
 #   docker run -d --name dnsd --sysctl net.ipv4.ip_unprivileged_port_start=53 \

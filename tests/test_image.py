@@ -30,8 +30,14 @@ def dig(server: str, name: str) -> str:
 def built(dockerd: Dockerd, tmp_path_factory: pytest.TempPathFactory) -> str:
     if not shutil.which("debootstrap"):
         pytest.fail("the image test needs debootstrap (scripts/setup --system)")
-    context = image.build_context(tmp_path_factory.mktemp("context"))
-    image.build(dockerd.url, TAG, context)
+    context = tmp_path_factory.mktemp("context")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "build-image"
+    result = subprocess.run(  # what a user runs (docs/quickstart.md)
+        [str(script), "--docker-url", dockerd.url, "--tag", TAG, "--context", str(context)],
+        capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert f"built {TAG}" in result.stdout
     # Cache-friendly: a code change reuses the dependency layer.
     (context / "dnsd" / "cli.py").write_text((context / "dnsd" / "cli.py").read_text() + "\n#\n")
     result = subprocess.run(

@@ -1,8 +1,13 @@
 """Building dnsd's image without a registry: a Python base from Debian packages (debootstrap),
-wheels downloaded on the host, and `docker build --network none` from a clean context."""
+wheels downloaded on the host, and `docker build --network none` from a clean context.
+
+Also the command behind ``scripts/build-image`` (``python -m testbed.image --help``), so users
+build the image the way the image test does."""
 
 from __future__ import annotations
 
+import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -10,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 BASE_IMAGE = "local/python:3.11"
-BASE_CACHE = Path("/var/cache/dnsd-test/python-base.tar")
+BASE_CACHE = Path(os.environ.get("DNSD_BASE_CACHE", "/var/cache/dnsd-test/python-base.tar"))
 MIRROR = "http://deb.debian.org/debian"
 ROOT = Path(__file__).resolve().parents[2]
 CONTEXT_FILES = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md")
@@ -81,3 +86,37 @@ def build(docker_url: str, tag: str, context: Path) -> str:
     if result.returncode != 0:
         raise RuntimeError(f"docker build failed:\n{result.stdout[-4000:]}\n{result.stderr}")
     return tag
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="scripts/build-image",
+        description="Build dnsd's image with no registry: a Debian base made by debootstrap "
+        f"(cached in {BASE_CACHE}, imported as {BASE_IMAGE}), the dependencies' wheels "
+        "downloaded from PyPI on this host, then 'docker build --network none'. "
+        "(With registry access, 'docker build -t dnsd .' does the same from python:3.11-slim.)",
+    )
+    parser.add_argument("--tag", default="dnsd:latest", help="image tag (default dnsd:latest)")
+    default_url = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    parser.add_argument("--docker-url", default=default_url, help=f"default {default_url}")
+    parser.add_argument(
+        "--context", type=Path, help="build context folder to fill (default: a temporary one)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        if args.context is not None:
+            args.context.mkdir(parents=True, exist_ok=True)
+            build(args.docker_url, args.tag, build_context(args.context))
+        else:
+            with tempfile.TemporaryDirectory(prefix="dnsd-context-") as tmp:
+                build(args.docker_url, args.tag, build_context(Path(tmp)))
+    except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
+        detail = getattr(exc, "stderr", None) or ""
+        print(f"build-image: {exc}\n{detail}".rstrip(), file=sys.stderr)
+        return 1
+    print(f"built {args.tag}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
