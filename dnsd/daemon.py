@@ -117,7 +117,6 @@ class Daemon:
             answer_cache,
             max_udp_size=server.max_udp_size,
             recursion_available=forward is not None,
-            latency=self.metrics.latency,
             query_log=query_log,
         )
         collector = self.metrics.collector
@@ -194,7 +193,6 @@ class Daemon:
             upstreams,
             self.stats,
             timeout_s=forward.timeout,
-            latency=self.metrics.upstream_latency,
             domains=domains,
             tls_ca=forward.tls_ca,
         )

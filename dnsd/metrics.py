@@ -1,8 +1,9 @@
 """Every Prometheus metric dnsd exports, defined once, in a registry of its own per daemon.
 
-The hot path never touches prometheus-client: it bumps plain integers (``Stats``, the
-packed-answer cache's per-label cells) that the collector below reads at scrape time.  Only
-the answer latency histogram of the miss path is a live prometheus-client object.
+No stage touches prometheus-client: they bump plain numbers (``Stats``, its ``Durations``
+histograms, the packed-answer cache's per-label cells) that the collector below reads at scrape
+time.  Names and labels follow CoreDNS where it has the same thing (requests by zone, type and
+transport; request durations; forward requests, responses and durations per upstream).
 """
 
 from __future__ import annotations
@@ -11,41 +12,24 @@ import platform
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import (
-    CollectorRegistry,
-    Histogram,
-    Info,
-    ProcessCollector,
-    disable_created_metrics,
+from prometheus_client import CollectorRegistry, Info, ProcessCollector, disable_created_metrics
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from dnsd import __version__
-from dnsd.stats import Stats
+from dnsd.stats import DURATION_BUCKETS_S, Durations, Stats
 
 disable_created_metrics()  # no *_created series next to every counter and histogram
-
-LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                     0.25, 0.5, 1.0, 2.5)  # fmt: skip
 
 
 class Metrics:
     def __init__(self, stats: Stats) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.latency = Histogram(
-            "dnsd_answer_latency_seconds",
-            "Time to answer a query that missed the packed-answer cache, by transport.",
-            ["transport"],
-            buckets=LATENCY_BUCKETS_S,
-            registry=self.registry,
-        )
-        self.upstream_latency = Histogram(
-            "dnsd_upstream_latency_seconds",
-            "Time an upstream resolver took to answer.",
-            buckets=LATENCY_BUCKETS_S,
-            registry=self.registry,
-        )
         self.collector = StatsCollector(stats)
         self.registry.register(self.collector)
         # As CoreDNS exports them: the build, and the process (CPU, memory, open files).
@@ -60,7 +44,7 @@ class StatsCollector(Collector):
 
     def __init__(self, stats: Stats) -> None:
         self.stats = stats
-        self.answer_cells: Callable[[], dict[tuple[str, str], list[int]]] = dict
+        self.answer_cells: Callable[[], dict[tuple[str, str, str], list[int]]] = dict
         self.records_by_source: Callable[[], dict[str, int]] = dict
         self.rejections: Callable[[], Mapping[tuple[str, str], int]] = dict
         self.extra: Callable[[], dict[str, float]] = dict
@@ -68,15 +52,45 @@ class StatsCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         stats = self.stats
         queries = CounterMetricFamily(
-            "dnsd_queries", "Queries answered, by type, rcode, transport and path (cache: the "
-            "packed-answer cache; resolver: the miss path).",
-            labels=["type", "rcode", "transport", "path"],
+            "dnsd_queries", "Queries answered, by zone (the owned zone of the name, '.' for "
+            "any other), type, rcode, transport and path (cache: the packed-answer cache; "
+            "resolver: the miss path).",
+            labels=["zone", "type", "rcode", "transport", "path"],
         )  # fmt: skip
-        for (qtype, rcode, transport), count in sorted(stats.answers.items()):
-            queries.add_metric([qtype, rcode, transport, "resolver"], count)
-        for (qtype, rcode), cell in sorted(self.answer_cells().items()):
-            queries.add_metric([qtype, rcode, "udp", "cache"], cell[0])
+        for (zone, qtype, rcode, transport), count in sorted(stats.answers.items()):
+            queries.add_metric([zone, qtype, rcode, transport, "resolver"], count)
+        for (zone, qtype, rcode), cell in sorted(self.answer_cells().items()):
+            queries.add_metric([zone, qtype, rcode, "udp", "cache"], cell[0])
         yield queries
+        durations = HistogramMetricFamily(
+            "dnsd_request_duration_seconds", "Time to answer a query, by transport and path "
+            "(cache hits are timed per batch of hits and shared among them).",
+            labels=["transport", "path"],
+        )  # fmt: skip
+        for (transport, path), histogram in sorted(stats.durations.items()):
+            durations.add_metric([transport, path], *_buckets(histogram))
+        yield durations
+        requests = CounterMetricFamily("dnsd_forward_requests", "Questions sent to each "
+                                       "upstream.", labels=["to"])  # fmt: skip
+        for to, count in sorted(stats.upstream_requests.items()):
+            requests.add_metric([to], count)
+        yield requests
+        responses = CounterMetricFamily("dnsd_forward_responses", "Replies from each upstream, "
+                                        "by rcode.", labels=["to", "rcode"])  # fmt: skip
+        for (to, rcode), count in sorted(stats.upstream_responses.items()):
+            responses.add_metric([to, rcode], count)
+        yield responses
+        failures = CounterMetricFamily("dnsd_forward_failures", "Questions an upstream did not "
+                                       "answer usably (timeout, refused, bad reply).",
+                                       labels=["to"])  # fmt: skip
+        for to, count in sorted(stats.upstream_failures.items()):
+            failures.add_metric([to], count)
+        yield failures
+        upstream = HistogramMetricFamily("dnsd_forward_request_duration_seconds", "Time each "
+                                         "upstream took to reply.", labels=["to"])  # fmt: skip
+        for to, histogram in sorted(stats.upstream_durations.items()):
+            upstream.add_metric([to], *_buckets(histogram))
+        yield upstream
         yield _counter("dnsd_answer_cache_hits", "UDP queries answered from the packed-answer "
                        "cache.", sum(c[0] for c in self.answer_cells().values()))  # fmt: skip
         yield _counter("dnsd_answer_cache_misses", "Queries that went through the resolver.",
@@ -148,6 +162,16 @@ _EXTRA_HELP = {
     "dnsd_rrl_dropped": "UDP answers dropped by response rate limiting.",
     "dnsd_rrl_slipped": "UDP answers sent truncated (TC=1) by response rate limiting.",
 }
+
+
+def _buckets(histogram: Durations) -> tuple[list[tuple[str, float]], float]:
+    """Cumulative (bound, count) pairs and the sum, as HistogramMetricFamily takes them."""
+    bounds = [*(repr(b) for b in DURATION_BUCKETS_S), "+Inf"]
+    cumulative, running = [], 0
+    for bound, count in zip(bounds, histogram.counts, strict=True):
+        running += count
+        cumulative.append((bound, float(running)))
+    return cumulative, histogram.total_s
 
 
 def _counter(name: str, documentation: str, value: Any) -> CounterMetricFamily:

@@ -5,8 +5,25 @@ Counters are bare attributes so the hot path pays one attribute increment, nothi
 
 from __future__ import annotations
 
-from collections import Counter
+from bisect import bisect_left
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+
+# Upper bounds (seconds) of the duration buckets, as CoreDNS's request_duration_seconds.
+DURATION_BUCKETS_S = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
+                      0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)  # fmt: skip
+
+
+@dataclass
+class Durations:
+    """A histogram as plain numbers: counts per bucket (the last one: above every bound)."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS_S) + 1))
+    total_s: float = 0.0
+
+    def observe(self, seconds: float, times: int = 1) -> None:
+        self.counts[bisect_left(DURATION_BUCKETS_S, seconds)] += times
+        self.total_s += seconds * times
 
 
 @dataclass
@@ -16,8 +33,20 @@ class Stats:
     formerr: int = 0
     notimp: int = 0
     dropped: Counter[str] = field(default_factory=Counter)  # reason -> packets
-    # (qtype, rcode, transport) -> answers given on the miss path
-    answers: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    # (zone, qtype, rcode, transport) -> answers given on the miss path
+    answers: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
+    # (transport, path) -> how long answers took; path "cache" is sampled (see wire/udp.py)
+    durations: defaultdict[tuple[str, str], Durations] = field(
+        default_factory=lambda: defaultdict(Durations)
+    )
+    # Per upstream ("10.0.0.53:53"): questions sent, (upstream, rcode) replies, failures
+    # (timeouts, refused connections, bad replies) and reply times.
+    upstream_requests: Counter[str] = field(default_factory=Counter)
+    upstream_responses: Counter[tuple[str, str]] = field(default_factory=Counter)
+    upstream_failures: Counter[str] = field(default_factory=Counter)
+    upstream_durations: defaultdict[str, Durations] = field(
+        default_factory=lambda: defaultdict(Durations)
+    )
     upstream_queries: int = 0
     upstream_errors: int = 0
     upstream_mismatched: int = 0

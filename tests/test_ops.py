@@ -38,6 +38,34 @@ def metric(text: str, name: str, **labels: str) -> float:
     raise AssertionError(f"{name} {labels} not in metrics")
 
 
+def test_forward_metrics_per_upstream(tmp_path: Path) -> None:
+    from conftest import FakeUpstream
+
+    good, dead = FakeUpstream().start(), FakeUpstream(mode="silent").start()
+    http = free_port()
+    server = start_dnsd(
+        tmp_path, "--http", f"127.0.0.1:{http}", "--upstream", f"127.0.0.1:{dead.port}",
+        "--upstream", f"127.0.0.1:{good.port}", config="[forward]\ntimeout = 0.3\n",
+    )  # fmt: skip
+    try:
+        query(server.port, "example.com")
+        query(server.port, "nxdomain.example")  # the dead one is at the back of the list now
+        text = get(http, "/metrics")[1]
+        to_good, to_dead = f"127.0.0.1:{good.port}", f"127.0.0.1:{dead.port}"
+        assert metric(text, "dnsd_forward_requests_total", to=to_good) == 2
+        assert metric(text, "dnsd_forward_requests_total", to=to_dead) >= 1
+        assert metric(text, "dnsd_forward_failures_total", to=to_dead) >= 1
+        assert metric(text, "dnsd_forward_responses_total", to=to_good, rcode="NOERROR") == 1
+        assert metric(text, "dnsd_forward_responses_total", to=to_good, rcode="NXDOMAIN") == 1
+        count = "dnsd_forward_request_duration_seconds_count"
+        assert metric(text, count, to=to_good) == 2
+        assert metric(text, "dnsd_queries_total", zone=".", rcode="NXDOMAIN") == 1
+    finally:
+        server.stop()
+        good.stop()
+        dead.stop()
+
+
 def test_health_ready_metrics_records(tmp_path: Path) -> None:
     (tmp_path / "hosts").write_text(HOSTS)
     http = free_port()
@@ -55,14 +83,17 @@ def test_health_ready_metrics_records(tmp_path: Path) -> None:
         query(server.port, "api.docker", tcp=True)
         code, text = get(http, "/metrics")
         assert code == 200
-        labels = {"type": "A", "rcode": "NOERROR", "transport": "udp"}
+        labels = {"zone": "docker.", "type": "A", "rcode": "NOERROR", "transport": "udp"}
         assert metric(text, "dnsd_queries_total", **labels, path="resolver") == 1
         assert metric(text, "dnsd_queries_total", **labels, path="cache") == 2
         assert metric(text, "dnsd_queries_total", rcode="NXDOMAIN", path="resolver") == 1
         assert metric(text, "dnsd_queries_total", transport="tcp", path="resolver") == 1
         assert metric(text, "dnsd_answer_cache_hits_total") == 2
         assert metric(text, "dnsd_records", source="static") == 3
-        assert metric(text, "dnsd_answer_latency_seconds_count", transport="udp") == 2
+        duration = "dnsd_request_duration_seconds_count"
+        assert metric(text, duration, transport="udp", path="resolver") == 2
+        assert metric(text, duration, transport="udp", path="cache") == 2  # hits are timed too
+        assert metric(text, duration, transport="tcp", path="resolver") == 1
         assert "dnsd_build_info{" in text and "process_resident_memory_bytes" in text
         assert "_created" not in text
         code, body = get(http, "/records?name=web*")

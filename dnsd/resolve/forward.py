@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from dnslib import EDNS0, QTYPE, DNSHeader, DNSQuestion, DNSRecord
+from dnslib import EDNS0, QTYPE, RCODE, DNSHeader, DNSQuestion, DNSRecord
 
 from dnsd.logs import Throttled
 from dnsd.resolve.answer import Answer
@@ -65,11 +65,9 @@ class Forwarder:
         stats: Stats,
         timeout_s: float = UPSTREAM_TIMEOUT_S,
         random_id: Callable[[], int] | None = None,
-        latency: Any = None,
         domains: dict[str, list[Upstream]] | None = None,
         tls_ca: str = "",
     ) -> None:
-        self._latency = latency  # prometheus Histogram, or None
         self.domains = {d: list(u) for d, u in (domains or {}).items() if u}
         if not upstreams and not self.domains:
             raise ValueError("forwarding needs at least one upstream")
@@ -102,6 +100,7 @@ class Forwarder:
             except (TimeoutError, OSError, UpstreamError) as exc:
                 self._failures[upstream] = min(self._failures[upstream] + 1, 100)
                 self._stats.upstream_errors += 1
+                self._stats.upstream_failures[str(upstream)] += 1
                 logger.debug("upstream %s failed for %s: %r", upstream, qname, exc)
                 continue
             self._failures[upstream] = 0
@@ -117,19 +116,24 @@ class Forwarder:
 
     async def probe(self, upstream: Upstream, qname: str) -> object:
         """One A question to one upstream, nothing cached (the loop detector's probe)."""
-        return await self._ask(upstream, qname, 1, 1)
+        return await self._ask(upstream, qname, 1, 1, counted=False)
 
     def drop(self, upstream: Upstream) -> None:
         if upstream in self.upstreams:
             self.upstreams.remove(upstream)
 
     async def _ask(
-        self, upstream: Upstream, qname: str, qtype: int, qclass: int
+        self, upstream: Upstream, qname: str, qtype: int, qclass: int, counted: bool = True
     ) -> tuple[DNSRecord, int]:
+        """One question to one upstream; ``counted``: in the per-upstream metrics (the loop
+        detector's probes are not)."""
         ident = self._random_id()
         query = DNSRecord(DNSHeader(id=ident, rd=1), q=DNSQuestion(qname, qtype, qclass))
         query.add_ar(EDNS0(udp_len=UPSTREAM_UDP_SIZE))
         packet = query.pack()
+        to = str(upstream)
+        if counted:
+            self._stats.upstream_requests[to] += 1
         started = time.monotonic()
         async with asyncio.timeout(self._timeout_s):
             if upstream.tls_name:
@@ -138,9 +142,10 @@ class Forwarder:
                 reply = await self._ask_udp(upstream, packet, ident, qname, qtype, qclass)
                 if reply[0].header.tc:
                     reply = await self._ask_tcp(upstream, packet, ident, qname, qtype, qclass)
-        self._stats.upstream_queries += 1
-        if self._latency is not None:
-            self._latency.observe(time.monotonic() - started)
+        if counted:
+            self._stats.upstream_queries += 1
+            self._stats.upstream_durations[to].observe(time.monotonic() - started)
+            self._stats.upstream_responses[(to, RCODE.get(reply[0].header.rcode, "other"))] += 1
         return reply
 
     async def _ask_udp(

@@ -174,8 +174,9 @@ class AnswerCache:
         self.bytes = 0  # packed bytes held
         self.evicted = 0
         self.invalidated = 0
-        # (qtype, rcode) -> [hits]: counted here so the hot path never calls a metrics library.
-        self.cells: dict[tuple[str, str], list[int]] = {}
+        # (zone, qtype, rcode) -> [hits]: counted here so the hot path never calls a metrics
+        # library.
+        self.cells: dict[tuple[str, str, str], list[int]] = {}
 
     @property
     def hits(self) -> int:
@@ -235,7 +236,7 @@ class AnswerCache:
         expires: float,
         recursive: bool,
         client_ip: str | None = None,
-        label: tuple[str, str] = ("", ""),
+        label: tuple[str, str, str] = (".", "", ""),
         aging: tuple[float, float] | None = None,
         depends: tuple[str, ...] = (),
         scopes: tuple[str, ...] = (),

@@ -75,11 +75,9 @@ class QueryHandler:
         max_udp_size: int = DEFAULT_MAX_UDP_SIZE,
         recursion_available: bool = True,
         clock: Callable[[], float] = time.monotonic,
-        latency: Any = None,
         query_log: QueryLog | None = None,
     ) -> None:
         self._query_log = query_log
-        self._latency = latency  # prometheus Histogram with a "transport" label, or None
         self._chain = chain
         self._stats = stats
         self._answer_cache = answer_cache
@@ -92,8 +90,8 @@ class QueryHandler:
         """A response, None to drop, or a coroutine giving one (the question went upstream)."""
         started = self._clock()
         result = self._handle(data, client_ip, udp)
-        if self._latency is not None and isinstance(result, bytes):
-            self._latency.labels("udp" if udp else "tcp").observe(self._clock() - started)
+        if isinstance(result, bytes):
+            self._stats.durations[(_proto(udp), "resolver")].observe(self._clock() - started)
         if self._query_log is not None:
             return self._logged(result, data, client_ip)
         return result
@@ -188,8 +186,7 @@ class QueryHandler:
             throttled.warning("resolve", "resolving %s failed: %r", query.q.qname, exc)
             answer = Answer(RCODE_SERVFAIL)
         response = self._respond(data, query, answer, edns, limit, udp, client_ip)
-        if self._latency is not None:
-            self._latency.labels(_proto(udp)).observe(self._clock() - started)
+        self._stats.durations[(_proto(udp), "resolver")].observe(self._clock() - started)
         return response
 
     def _respond(
@@ -203,7 +200,8 @@ class QueryHandler:
         client_ip: str,
     ) -> bytes | None:
         self._turn += 1
-        label = (qtype_label(query.q.qtype), rcode_label(answer.rcode))
+        zone = self._chain.local.zone_of(str(query.q.qname).lower()) or "."
+        label = (zone, qtype_label(query.q.qtype), rcode_label(answer.rcode))
         response: bytes | None
         try:
             if udp and self._answer_cache is not None and answer.expires_in > 0:
@@ -216,7 +214,7 @@ class QueryHandler:
                 response = self._pack(query, answer, edns, limit, self._turn)
         except Exception as exc:  # an answer dnslib cannot pack: the asker still gets a reply
             throttled.warning("pack", "cannot pack the answer to %s: %r", query.q.qname, exc)
-            label = (label[0], "SERVFAIL")
+            label = (label[0], label[1], "SERVFAIL")
             response = error_response(data, RCODE_SERVFAIL, echo_question=True)
         self._stats.answers[(*label, _proto(udp))] += 1
         return response
@@ -227,7 +225,7 @@ class QueryHandler:
         query: DNSRecord,
         answer: Answer,
         variants: list[bytes],
-        label: tuple[str, str],
+        label: tuple[str, str, str],
         client_ip: str,
     ) -> bytes:
         """Put the packed rotations in the packed-answer cache; the first one to send."""

@@ -1,9 +1,12 @@
 """UDP listener: a raw non-blocking socket read in batches from the event loop's reader callback.
 
-Per readiness callback it reads up to ``BATCH`` datagrams; each is answered from the packed-answer
-cache when possible (no await, no dnslib), otherwise handed to ``QueryHandler``.  Answers that
-need upstream I/O become tasks, bounded by ``max_pending`` (beyond that: dropped and counted).
-asyncio's own datagram transport is avoided on purpose: it calls recvfrom(256 KiB) per datagram.
+Per readiness callback it reads up to ``BATCH`` datagrams; each is answered from the packed-
+answer cache when possible (no await, no dnslib), otherwise handed to ``QueryHandler``. Cache
+hits are timed per batch, not per query: a batch of hits only adds its time, shared among its
+queries, to ``Stats.durations`` (a batch with a miss in it is not timed: the miss path times
+itself). Answers that need upstream I/O become tasks, bounded by ``max_pending`` (beyond that:
+dropped and counted). asyncio's own datagram transport is avoided on purpose: it calls
+recvfrom(256 KiB) per datagram.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ class UdpServer:
         self._clock = clock
         self._pending: set[asyncio.Task[bytes | None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._hit_durations = stats.durations[("udp", "cache")]
 
     @property
     def address(self) -> tuple[str, int]:
@@ -85,22 +89,27 @@ class UdpServer:
 
     def _on_readable(self) -> None:
         sock, cache, now = self._sock, self._cache, self._clock()
+        hits = 0
         for _ in range(BATCH):
             try:
                 data, addr = sock.recvfrom(MAX_QUERY_BYTES)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as exc:  # e.g. an ICMP error queued on the socket
                 logger.debug("udp receive error: %s", exc)
                 continue
             response = cache.answer(data, addr[0], now)
             if response is None:
+                hits = -BATCH  # a miss: this batch is not timed
                 self._slow(data, addr)
                 continue
+            hits += 1
             try:
                 sock.sendto(response, addr)
             except OSError:
                 self._stats.drop("send failed")
+        if hits > 0:
+            self._hit_durations.observe((self._clock() - now) / hits, hits)
 
     def _on_readable_limited(self) -> None:
         """``_on_readable`` with response rate limiting and/or the query log (a separate loop,
