@@ -141,6 +141,9 @@ def test_cname_half_answer_is_not_cached_for_allowed_clients(
 class _BrokenChain:
     """A resolver stage that hands back a record dnslib cannot pack (a 64-byte label)."""
 
+    def zone_of(self, _qname: str) -> str:
+        return "docker."
+
     def resolve(self, *_args: object) -> Answer:
         bad = RR(b"a" * 64 + b".docker.", QTYPE.TXT, rdata=TXT("x"))
         return Answer(0, True, [[bad]])

@@ -38,6 +38,10 @@ class ResolverChain:
         self.budget = budget or UpstreamBudget(DEFAULT_MAX_PENDING)
         self._stats = stats or Stats()
 
+    def zone_of(self, qname: str) -> str:
+        """The owned zone ``qname`` is in, "." for any other name (the metrics' zone label)."""
+        return self.local.zone_of(qname) or "."
+
     def resolve(
         self, qname: str, qtype: int, qclass: int, spelled: str, client_ip: str
     ) -> Answer | Awaitable[Answer]:

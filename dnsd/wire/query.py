@@ -200,7 +200,7 @@ class QueryHandler:
         client_ip: str,
     ) -> bytes | None:
         self._turn += 1
-        zone = self._chain.local.zone_of(str(query.q.qname).lower()) or "."
+        zone = self._chain.zone_of(str(query.q.qname).lower())
         label = (zone, qtype_label(query.q.qtype), rcode_label(answer.rcode))
         response: bytes | None
         try:
