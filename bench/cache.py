@@ -12,6 +12,8 @@ Servers on core 0, dnsperf on core 1, loopback only.  Usage: python bench/cache.
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -23,7 +25,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import dns.message  # noqa: E402
-from run import Servers, dnsperf, free_port, rss_mb, warm  # noqa: E402
+from run import CLIENT_CORE, Servers, dnsperf, free_port, rss_mb, warm  # noqa: E402
 from testbed import etcd as testbed_etcd  # noqa: E402
 
 from dnsd.records import Record, RecordStore  # noqa: E402
@@ -67,6 +69,13 @@ def bench_churn(work: Path, duration: float) -> None:
     queries = work / "queries-churn.txt"
     queries.write_text("".join(f"n{i}.docker A\n" for i in range(CHURN_NAMES)))
     etcd = testbed_etcd.Etcd(1).start()
+    # Keep dnsd's core for dnsd: etcd and the writer (this process) go to the client's core,
+    # as they would run on other machines or cores in a deployment.
+    for member in etcd.members:
+        if member.proc is not None:
+            subprocess.run(["taskset", "-a", "-p", "-c", CLIENT_CORE, str(member.proc.pid)],
+                           check=True, capture_output=True)  # fmt: skip
+    os.sched_setaffinity(0, {int(CLIENT_CORE)})
     servers = Servers(work)
     try:
         port = free_port()
@@ -88,6 +97,7 @@ def bench_churn(work: Path, duration: float) -> None:
     finally:
         servers.stop_all()
         etcd.stop()
+        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
 
 
 def miss_us(count: int, asked: int = 20_000) -> float:

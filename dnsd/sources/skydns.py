@@ -13,6 +13,7 @@ subtree (every key at or below it), filtered by group as CoreDNS does.  A malfor
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 from collections.abc import Iterable
@@ -45,10 +46,12 @@ class Service:
     group: str = ""
     reverse: bool = True  # dnsd's own field: false = no automatic PTR for this address
     lease_ttl: int = 0  # granted TTL of the key's lease, 0 if none
+    is_ip: bool = dataclasses.field(
+        init=False, compare=False
+    )  # the host is an address (parsed once)
 
-    @property
-    def is_ip(self) -> bool:
-        return _is_ip(self.host)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_ip", _is_ip(self.host))
 
 
 def key_to_name(key: str, prefix: str) -> str:
