@@ -205,7 +205,7 @@ class AnswerCache:
         function call per packet on the hot path.  Only a packet that ends like an option-less
         query (class IN's low byte, or an empty OPT RDLEN) can match an exact alias: a cookie
         or padding skips that lookup."""
-        entry = self._entries.get(data[2:]) if data[-1] < 2 else None
+        entry = self._entries.get(data[2:]) if data and data[-1] < 2 else None
         if entry is not None:
             if entry.expires < now and not _restamp(entry, now):
                 return None
