@@ -61,7 +61,7 @@ class Daemon:
         self.metrics = Metrics(self.stats)
         self.store = RecordStore(admission(config))
         self.http: Any = None  # dnsd.http.HttpServer once started
-        self.static = StaticSource(self.store, load_config, config)
+        self.static = StaticSource(self.store, load_config, config, self.stats)
         self.docker: DockerSource | None = None
         if config.docker.enabled:
             self.docker = DockerSource(
@@ -232,9 +232,7 @@ class Daemon:
 
     def reload(self) -> None:
         logger.info("reload requested", extra=event("reload", "static"))
-        self.stats.reloads += 1
-        if not self.static.reload():
-            self.stats.reload_errors += 1
+        self.static.reload()
 
     async def stop(self) -> None:
         for udp in self.udp:

@@ -50,7 +50,10 @@ def test_forward_metrics_per_upstream(tmp_path: Path) -> None:
     try:
         query(server.port, "example.com")
         query(server.port, "nxdomain.example")  # the dead one is at the back of the list now
+        query(server.port, "example.com", tcp=True)  # a forwarding-cache hit (TCP: no packed)
         text = get(http, "/metrics")[1]
+        assert metric(text, "dnsd_forward_cache_misses_total") == 2  # each counted once
+        assert metric(text, "dnsd_forward_cache_hits_total") == 1
         to_good, to_dead = f"127.0.0.1:{good.port}", f"127.0.0.1:{dead.port}"
         assert metric(text, "dnsd_forward_requests_total", to=to_good) == 2
         assert metric(text, "dnsd_forward_requests_total", to=to_dead) >= 1
@@ -81,19 +84,28 @@ def test_health_ready_metrics_records(tmp_path: Path) -> None:
             query(server.port, "web.docker")
         query(server.port, "nope.docker")
         query(server.port, "api.docker", tcp=True)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as junk:  # dropped, not a miss
+            junk.sendto(b"\x00\x01\x81\x00" + bytes(8), ("127.0.0.1", server.port))
+        (tmp_path / "hosts").write_text(HOSTS + "10.0.0.99 late\n")  # a file-change reload
+        eventually(lambda: query(server.port, "late.docker", tcp=True).answer)
         code, text = get(http, "/metrics")
         assert code == 200
         labels = {"zone": "docker.", "type": "A", "rcode": "NOERROR", "transport": "udp"}
         assert metric(text, "dnsd_queries_total", **labels, path="resolver") == 1
         assert metric(text, "dnsd_queries_total", **labels, path="cache") == 2
-        assert metric(text, "dnsd_queries_total", rcode="NXDOMAIN", path="resolver") == 1
-        assert metric(text, "dnsd_queries_total", transport="tcp", path="resolver") == 1
+        nx = {"rcode": "NXDOMAIN", "transport": "udp", "path": "resolver"}
+        assert metric(text, "dnsd_queries_total", **nx) == 1
+        assert metric(text, "dnsd_queries_total", transport="tcp", rcode="NOERROR") >= 1
         assert metric(text, "dnsd_answer_cache_hits_total") == 2
-        assert metric(text, "dnsd_records", source="static") == 3
+        # UDP questions that reached the resolver: web, nope (not TCP, not the drop)
+        assert metric(text, "dnsd_answer_cache_misses_total") == 2
+        assert metric(text, "dnsd_reloads_total") == 1  # a file change counts as a reload
+        assert metric(text, "dnsd_dropped_packets_total", reason="not a query") == 1
+        assert metric(text, "dnsd_records", source="static") == 4
         duration = "dnsd_request_duration_seconds_count"
         assert metric(text, duration, transport="udp", path="resolver") == 2
         assert metric(text, duration, transport="udp", path="cache") == 2  # hits are timed too
-        assert metric(text, duration, transport="tcp", path="resolver") == 1
+        assert metric(text, duration, transport="tcp", path="resolver") >= 2
         assert "dnsd_build_info{" in text and "process_resident_memory_bytes" in text
         assert "_created" not in text
         code, body = get(http, "/records?name=web*")
@@ -106,7 +118,7 @@ def test_health_ready_metrics_records(tmp_path: Path) -> None:
         assert table.stdout.splitlines()[0].split()[:4] == ["NAME", "TYPE", "VALUE", "TTL"]
         assert "api.docker." in table.stdout and "10.0.0.20" in table.stdout
         as_json = cli("records", "--http", f"127.0.0.1:{http}", "--json")
-        assert len(json.loads(as_json.stdout)) == 3
+        assert len(json.loads(as_json.stdout)) == 4
     finally:
         server.stop()
 

@@ -110,13 +110,16 @@ class ForwardCache:
         """Estimated memory the cached answers take."""
         return int(self._entries.currsize)
 
-    def get(self, key: Key) -> Answer | None:
-        """A cached answer with its TTLs counted down, or None."""
+    def get(self, key: Key, counted: bool = True) -> Answer | None:
+        """A cached answer with its TTLs counted down, or None; ``counted`` in the hit and miss
+        counters (a question is counted once, where it first meets the cache)."""
         entry = self._entries.get(key)
         if entry is None:
-            self._stats.forward_cache_misses += 1
+            if counted:
+                self._stats.forward_cache_misses += 1
             return None
-        self._stats.forward_cache_hits += 1
+        if counted:
+            self._stats.forward_cache_hits += 1
         now = self._clock()
         elapsed = int(now - entry.stored_at)
         cached = entry.answer
@@ -129,9 +132,12 @@ class ForwardCache:
             recursive=True,
         )
 
-    async def resolve(self, qname: str, qtype: int, qclass: int) -> Answer:
+    async def resolve(self, qname: str, qtype: int, qclass: int, counted: bool = True) -> Answer:
+        """The answer from the cache or upstream.  ``counted=False``: the caller already
+        looked the question up with ``get`` (and counted it); it is looked up again, uncounted,
+        since an identical question may have filled the entry meanwhile."""
         key = (qname, qtype, qclass)
-        hit = self.get(key)
+        hit = self.get(key, counted)
         if hit is not None:
             return hit
         task = self._inflight.get(key)

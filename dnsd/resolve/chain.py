@@ -66,9 +66,11 @@ class ResolverChain:
         hit = self.forward.get((qname, qtype, qclass))
         if hit is not None:
             return hit
-        return self._upstream(qname, qtype, qclass, client_ip)
+        return self._upstream(qname, qtype, qclass, client_ip, counted=False)
 
-    async def _upstream(self, qname: str, qtype: int, qclass: int, client_ip: str) -> Answer:
+    async def _upstream(
+        self, qname: str, qtype: int, qclass: int, client_ip: str, counted: bool = True
+    ) -> Answer:
         """Ask upstream within the budget (taken when the question starts waiting, so a
         question dropped before it starts holds nothing); over it: SERVFAIL, not cached."""
         assert self.forward is not None
@@ -76,7 +78,7 @@ class ResolverChain:
             self._stats.forward_over_budget += 1
             return Answer(RCODE_SERVFAIL, recursive=True)
         try:
-            return await self.forward.resolve(qname, qtype, qclass)
+            return await self.forward.resolve(qname, qtype, qclass, counted)
         finally:
             self.budget.give(client_ip)
 

@@ -19,6 +19,7 @@ from dnsd.admission import Admission
 from dnsd.config import Config, ConfigError
 from dnsd.logs import event
 from dnsd.records import MxValue, Record, SrvValue, Value
+from dnsd.stats import Stats
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +180,9 @@ class StaticSource:
         store: Any,  # RecordStore; Any keeps this module free of a store import cycle
         load_config: Callable[[], Config],
         config: Config,
+        stats: Stats | None = None,
     ) -> None:
+        self._stats = stats or Stats()
         self._store = store
         self._load_config = load_config
         self._config = config
@@ -213,7 +216,9 @@ class StaticSource:
         return sum(len(r) for r in owners.values())
 
     def reload(self) -> bool:
-        """Re-read the config file and hosts files; on any error keep the last good records."""
+        """Re-read the config file and hosts files; on any error keep the last good records.
+        Counted (``Stats.reloads``, ``reload_errors``) whether SIGHUP or a file change asked."""
+        self._stats.reloads += 1
         try:
             config = self._load_config()
             owners = self.build(config)
@@ -225,6 +230,7 @@ class StaticSource:
             )
             # Remember the bad files' state: retry when they change again, don't loop on them.
             self._stamps = {path: _stamp(path) for path in self._stamps}
+            self._stats.reload_errors += 1
             return False
         self._apply(config, owners)
         logger.info(

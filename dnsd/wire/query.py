@@ -118,7 +118,6 @@ class QueryHandler:
         return response
 
     def _handle(self, data: bytes, client_ip: str, udp: bool) -> Response:
-        self._stats.queries_slow += 1
         if len(data) < HEADER_LEN:
             self._stats.drop("short")
             return None
@@ -162,6 +161,8 @@ class QueryHandler:
                 limit = min(max(edns_size, CLASSIC_UDP_SIZE), self._max_udp_size)
         question = query.q
         spelled = str(question.qname)
+        if udp:  # a question the packed-answer cache did not have (not TCP, not a drop)
+            self._stats.queries_slow += 1
         result = self._chain.resolve(
             spelled.lower(), question.qtype, question.qclass, spelled, client_ip
         )
