@@ -36,6 +36,7 @@ from dnsd.sources.docker_names import Naming
 from dnsd.sources.etcd import EtcdSource
 from dnsd.sources.etcd_client import make_client
 from dnsd.sources.etcd_publish import Publisher, PublishSettings
+from dnsd.sources.lifecycle import Source
 from dnsd.sources.static import StaticSource, admission
 from dnsd.stats import Stats
 from dnsd.wire.answer_cache import AnswerCache
@@ -48,6 +49,7 @@ from dnsd.wire.udp import UdpServer, bind_udp
 logger = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT_S = 1.0
+JOIN_TIMEOUT_S = 0.2  # per source, for its threads to finish once told to stop
 
 
 class StartupError(Exception):
@@ -71,6 +73,11 @@ class Daemon:
         self.publisher: Publisher | None = None
         if config.etcd.enabled:
             self._wire_etcd()
+        self.sources: list[Source] = [
+            source
+            for source in (self.static, self.docker, self.etcd, self.publisher)
+            if source is not None
+        ]
         self.rrl: ResponseRateLimit | None = None
         self.forwarder: Forwarder | None = None
         self.udp: list[UdpServer] = []
@@ -128,7 +135,9 @@ class Daemon:
             from dnsd.http import HttpServer  # aiohttp only when the endpoint is on
 
             http_host, http_port = parse_hostport(self.config.http.listen, 9153)
-            self.http = HttpServer(self, http_host, http_port, self.config.http.request_timeout)
+            self.http = HttpServer(
+                self, self.metrics.registry, http_host, http_port, self.config.http.request_timeout
+            )
             try:
                 await self.http.start()
             except OSError as exc:
@@ -234,11 +243,26 @@ class Daemon:
         logger.info("reload requested", extra=event("reload", "static"))
         self.static.reload()
 
+    # --- what /ready and /records read (dnsd.status.StatusView) -------------------------------
+    @property
+    def listening(self) -> bool:
+        return bool(self.udp) and bool(self.tcp)
+
+    @property
+    def node_id(self) -> str:
+        return self.config.etcd.node_id
+
+    @property
+    def containers(self) -> DockerSource | None:
+        return self.docker
+
     async def stop(self) -> None:
         for udp in self.udp:
             udp.stop_reading()
-        if self.publisher is not None:
-            await asyncio.to_thread(self.publisher.stop, DRAIN_TIMEOUT_S)
+        for source in self.sources:
+            source.stop()
+        if self.publisher is not None:  # its thread withdraws this node's keys on the way out
+            await asyncio.to_thread(self.publisher.join, DRAIN_TIMEOUT_S)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(
@@ -250,6 +274,8 @@ class Daemon:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        for source in self.sources:  # threads blocked in I/O are daemon threads: left behind
+            await asyncio.to_thread(source.join, JOIN_TIMEOUT_S)
         logger.info("stopped", extra=event("stopped"))
 
 

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from dnsd import status
-
-if TYPE_CHECKING:
-    from dnsd.daemon import Daemon
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +27,16 @@ KEEPALIVE_TIMEOUT_S = 2.0
 
 
 class HttpServer:
-    def __init__(self, daemon: Daemon, host: str, port: int, request_timeout_s: float) -> None:
-        self._daemon = daemon
+    def __init__(
+        self,
+        view: status.StatusView,
+        registry: CollectorRegistry,
+        host: str,
+        port: int,
+        request_timeout_s: float,
+    ) -> None:
+        self._view = view
+        self._registry = registry
         self._host, self._port = host, port
         self._request_timeout_s = request_timeout_s
         self._runner: web.AppRunner | None = None
@@ -78,16 +83,16 @@ class HttpServer:
         return web.json_response({"status": "ok"})
 
     async def _ready(self, _request: web.Request) -> web.Response:
-        ready, detail = status.readiness(self._daemon)
+        ready, detail = status.readiness(self._view)
         return web.json_response(detail, status=200 if ready else 503)
 
     async def _metrics(self, _request: web.Request) -> web.Response:
-        body = generate_latest(self._daemon.metrics.registry)
+        body = generate_latest(self._registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _records(self, request: web.Request) -> web.Response:
         rows = status.records(
-            self._daemon, request.query.get("name", ""), request.query.get("source", "")
+            self._view, request.query.get("name", ""), request.query.get("source", "")
         )
         return web.json_response(rows)
 

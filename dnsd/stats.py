@@ -1,6 +1,8 @@
-"""Plain counters shared by every stage; read by logs and tests (and later /metrics).
+"""Plain counters shared by every stage; ``metrics`` exports them at scrape time, tests read
+them directly.
 
-Counters are bare attributes so the hot path pays one attribute increment, nothing more.
+Counters are bare attributes (and ``Durations`` plain lists) so the hot path pays an
+increment, nothing more; no stage imports a metrics library.
 """
 
 from __future__ import annotations

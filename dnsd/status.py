@@ -1,44 +1,60 @@
 """What the HTTP endpoint reports: readiness per source and the name table.
 
-Reads the daemon's parts (store, sources, listeners) on the event loop; writes nothing.
+Reads a ``StatusView`` (the daemon is one) on the event loop; writes nothing.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
-from dnsd.records import MxValue, SrvValue
-
-if TYPE_CHECKING:
-    from dnsd.daemon import Daemon
+from dnsd.records import MxValue, RecordStore, SrvValue, Value
+from dnsd.sources.lifecycle import DOWN, OK, Source
 
 
-def _source(state: str, reason: str, synced: bool) -> dict[str, Any]:
-    """ok; degraded (synced once, serving what it had); down (never synced)."""
-    if state == "ok":
-        return {"status": "ok"}
-    return {"status": "degraded" if synced else "down", "reason": reason}
+class Containers(Protocol):
+    """What the name table shows of the containers (the Docker source)."""
+
+    def unserved(self) -> Iterator[tuple[str, str, Value | None, str, str]]:
+        """(name, type, value, container id, reason) for names lost and containers withheld."""
+        ...
+
+    def container(self, container_id: str) -> tuple[str, str] | None:
+        """(container name, health) of a served container."""
+        ...
 
 
-def readiness(daemon: Daemon) -> tuple[bool, dict[str, Any]]:
-    sources: dict[str, Any] = {"static": {"status": "ok", "records": daemon.store.count("static")}}
-    if daemon.docker is not None:
-        docker = daemon.docker
-        sources["docker"] = _source(docker.state, docker.reason, docker.synced_at is not None)
-        if sources["docker"]["status"] == "down" and docker.optional:
-            # On by default but not there (no socket): watched for, not a failure.
-            sources["docker"]["status"] = "absent"
-    if daemon.etcd is not None:
-        etcd = daemon.etcd
-        sources["etcd"] = _source(etcd.state, etcd.reason, etcd.revision > 0)
-        sources["etcd"]["revision"] = etcd.revision
-    if daemon.publisher is not None:
-        publisher = daemon.publisher
-        sources["etcd-publish"] = _source(publisher.state, publisher.reason, publisher.synced)
-    listening = bool(daemon.udp) and bool(daemon.tcp)
-    ready = listening and all(s["status"] != "down" for s in sources.values())
+class StatusView(Protocol):
+    @property
+    def store(self) -> RecordStore: ...
+
+    @property
+    def sources(self) -> Sequence[Source]: ...
+
+    @property
+    def listening(self) -> bool: ...
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def containers(self) -> Containers | None: ...
+
+
+def readiness(view: StatusView) -> tuple[bool, dict[str, Any]]:
+    """Ready when listening and no source is down (never synced); a source that is degraded
+    (synced once, serving what it had) or absent (optional, not there) does not hold it back."""
+    sources: dict[str, Any] = {}
+    for source in view.sources:
+        health = source.health()
+        entry: dict[str, Any] = {"status": health.state}
+        if health.state != OK:
+            entry["reason"] = health.reason
+        entry.update(health.detail)
+        sources[source.name] = entry
+    listening = view.listening
+    ready = listening and all(s["status"] != DOWN for s in sources.values())
     return ready, {"ready": ready, "listening": listening, "sources": sources}
 
 
@@ -58,43 +74,40 @@ def _matches(name: str, pattern: str) -> bool:
     )
 
 
-def _not_served(daemon: Daemon) -> Iterator[tuple[str, str, Any, str, str, str]]:
+def _not_served(view: StatusView) -> Iterator[tuple[str, str, Any, str, str, str]]:
     """(name, type, value, source, owner, reason) for everything offered but not served:
     records the store refused, names lost to another container, withheld containers."""
-    for refused in daemon.store.rejected():
+    for refused in view.store.rejected():
         record = refused.record
         yield record.name, record.rtype, record.value, refused.source, refused.owner, refused.reason
-    built = daemon.docker.built if daemon.docker is not None else {}
-    zone = daemon.config.docker.zone
-    for container_id, box in built.items():
-        for record in box.records:
-            holders = box.conflicts.get(record.name)
-            if holders is not None:
-                why = f"name held by container {holders}"
-                yield record.name, record.rtype, record.value, "docker", container_id, why
-        if box.withheld:
-            name = f"{box.name}.{zone}" if box.name else "-"
-            yield name, "-", None, "docker", container_id, f"withheld: {box.withheld}"
+    if view.containers is not None:
+        for name, rtype, value, container_id, why in view.containers.unserved():
+            yield name, rtype, value, "docker", container_id, why
 
 
-def records(daemon: Daemon, pattern: str = "", source: str = "") -> list[dict[str, Any]]:
+def _container(view: StatusView, origin: str, owner: str) -> tuple[str, str] | None:
+    if origin != "docker" or view.containers is None:
+        return None
+    return view.containers.container(owner)
+
+
+def records(view: StatusView, pattern: str = "", source: str = "") -> list[dict[str, Any]]:
     """Every record with its source; docker records also carry container and health.  Rows
     with ``served: false`` say what was offered but is not answered, and why."""
-    node = daemon.config.etcd.node_id
-    built = daemon.docker.built if daemon.docker is not None else {}
+    node = view.node_id
     rows = []
-    for name, rtype, value, origin, owner, why in _not_served(daemon):
+    for name, rtype, value, origin, owner, why in _not_served(view):
         if (source and origin != source) or not _matches(name, pattern):
             continue
-        box = built.get(owner) if origin == "docker" else None
+        box = _container(view, origin, owner)
         rows.append({
             "name": name, "type": rtype, "value": _value(value), "ttl": None, "source": origin,
             "owner": owner, "node": node if origin in ("docker", "static") else None,
-            "container": box.name if box is not None else None,
-            "health": (box.health or "none") if box is not None else None,
+            "container": box[0] if box is not None else None,
+            "health": box[1] if box is not None else None,
             "served": False, "reason": why,
         })  # fmt: skip
-    for owned in daemon.store.owned():
+    for owned in view.store.owned():
         record = owned.record
         if source and owned.source != source:
             continue
@@ -112,10 +125,9 @@ def records(daemon: Daemon, pattern: str = "", source: str = "") -> list[dict[st
             "health": None,
             "served": True,
         }
-        box = built.get(owned.owner) if owned.source == "docker" else None
+        box = _container(view, owned.source, owned.owner)
         if box is not None:
-            row["container"] = box.name
-            row["health"] = box.health or "none"
+            row["container"], row["health"] = box
         rows.append(row)
     rows.sort(key=lambda r: (r["name"], r["type"], str(r["value"])))
     return rows

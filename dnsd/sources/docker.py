@@ -19,13 +19,13 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from dnsd.logs import event
-from dnsd.records import Record, RecordStore
+from dnsd.records import Record, RecordStore, Value
 from dnsd.sources.docker_claims import NameClaims, claims_of
 from dnsd.sources.docker_names import (
     Built,
@@ -35,6 +35,7 @@ from dnsd.sources.docker_names import (
     list_fingerprint,
 )
 from dnsd.sources.errors import reason
+from dnsd.sources.lifecycle import ABSENT, DOWN, Backoff, LoopHand, SourceHealth, Threads
 from dnsd.stats import Stats
 
 logger = logging.getLogger(__name__)
@@ -107,6 +108,8 @@ def make_client_factory(settings: DockerSettings) -> Callable[[], Any]:
 
 
 class DockerSource:
+    name = SOURCE
+
     def __init__(
         self,
         store: RecordStore,
@@ -121,9 +124,10 @@ class DockerSource:
         self._stats = stats
         self._client_factory = client_factory or make_client_factory(settings)
         self._jobs: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self._stopping = threading.Event()
+        self._threads = Threads()
+        self._stopping = self._threads.stopping
+        self._hand = LoopHand()
         self._stream: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._fingerprints: dict[str, tuple[Any, ...]] = {}
         self._built: dict[str, Built] = {}
         self._claims = NameClaims()
@@ -144,9 +148,9 @@ class DockerSource:
     # --- lifecycle (event loop) ----------------------------------------------------------
     async def run(self) -> None:
         """Start the threads and queue periodic resyncs until cancelled."""
-        self._loop = asyncio.get_running_loop()
-        threading.Thread(target=self._read_events, name="docker-events", daemon=True).start()
-        threading.Thread(target=self._work, name="docker-worker", daemon=True).start()
+        self._hand.bind(asyncio.get_running_loop())
+        self._threads.start(self._read_events, "docker-events")
+        self._threads.start(self._work, "docker-worker")
         try:
             while True:
                 await asyncio.sleep(self._settings.resync_interval_s)
@@ -163,13 +167,39 @@ class DockerSource:
         return not os.path.exists(DEFAULT_URL.removeprefix("unix://"))
 
     def stop(self) -> None:
-        self._stopping.set()
+        self._threads.stop()
         self._jobs.put(("stop", None))
         self._close_stream()
 
+    def join(self, timeout_s: float) -> None:
+        self._threads.join(timeout_s)
+
+    def unserved(self) -> Iterator[tuple[str, str, Value | None, str, str]]:
+        """(name, type, value, container id, reason): names a container may not serve (held
+        by another) and containers withheld (unhealthy, paused, ignored)."""
+        for container_id, box in self._built.items():
+            for record in box.records:
+                holders = box.conflicts.get(record.name)
+                if holders is not None:
+                    why = f"name held by container {holders}"
+                    yield record.name, record.rtype, record.value, container_id, why
+            if box.withheld:
+                name = f"{box.name}.{self._naming.zone}" if box.name else "-"
+                yield name, "-", None, container_id, f"withheld: {box.withheld}"
+
+    def container(self, container_id: str) -> tuple[str, str] | None:
+        box = self._built.get(container_id)
+        return None if box is None else (box.name, box.health or "none")
+
+    def health(self) -> SourceHealth:
+        health = SourceHealth.of(self.state == "ok", self.reason, self.synced_at is not None)
+        if health.state == DOWN and self.optional:
+            return SourceHealth(ABSENT, health.reason)
+        return health
+
     # --- reader thread ---------------------------------------------------------------------
     def _read_events(self) -> None:
-        backoff = BACKOFF_MIN_S
+        backoff = Backoff(BACKOFF_MIN_S, BACKOFF_MAX_S)
         while not self._stopping.is_set():
             try:
                 client = self._client_factory()
@@ -178,10 +208,9 @@ class DockerSource:
                 )
             except Exception as exc:
                 self._lost(f"unreachable: {docker_reason(exc, self._settings.url)}")
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                self._stopping.wait(backoff.next())
                 continue
-            backoff = BACKOFF_MIN_S
+            backoff.reset()
             self._queue_resync()  # subscribed first, now list: nothing falls in between
             try:
                 for event in self._stream:
@@ -195,7 +224,7 @@ class DockerSource:
             if not self._stopping.is_set():
                 self._lost("event stream ended")
                 self._stats.docker_reconnects += 1
-                self._stopping.wait(backoff)
+                self._stopping.wait(backoff.next())
 
     def _close_stream(self) -> None:
         stream, self._stream = self._stream, None
@@ -314,11 +343,6 @@ class DockerSource:
             return self._inspect(client, container_id)
         except Exception as exc:
             return exc
-
-    def _hand(self, callback: Callable[..., None], *args: Any) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # loop closing during shutdown
-                self._loop.call_soon_threadsafe(callback, *args)
 
     def _lost(self, reason: str) -> None:
         self._hand(self._set_down, reason)

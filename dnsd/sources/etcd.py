@@ -15,7 +15,6 @@ import contextlib
 import itertools
 import logging
 import queue
-import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -26,6 +25,7 @@ from dnsd.logs import event
 from dnsd.records import WILDCARD_LABELS, Record, RecordStore, ancestors, wildcard_parts
 from dnsd.sources.errors import reason
 from dnsd.sources.etcd_client import make_client
+from dnsd.sources.lifecycle import Backoff, LoopHand, SourceHealth, Threads
 from dnsd.sources.skydns import (
     Service,
     apex_records,
@@ -208,6 +208,8 @@ class Mirror:
 
 
 class EtcdSource:
+    name = SOURCE
+
     def __init__(
         self,
         store: RecordStore,
@@ -221,8 +223,9 @@ class EtcdSource:
         self._settings = settings
         self._stats = stats
         self._client_factory = client_factory or (lambda: make_client(settings))
-        self._stopping = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._threads = Threads()
+        self._stopping = self._threads.stopping
+        self._hand = LoopHand()
         self._lease_ttls: dict[int, int] = {}
         self.state = "down"
         self.reason = "not connected yet"
@@ -231,17 +234,27 @@ class EtcdSource:
         self.via = ""
 
     async def run(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        thread = threading.Thread(target=self._follow, name="etcd-watch", daemon=True)
-        thread.start()
+        self._hand.bind(asyncio.get_running_loop())
+        self._threads.start(self._follow, "etcd-watch")
         try:
             await asyncio.Event().wait()
         finally:
-            self._stopping.set()
+            self.stop()
+
+    def stop(self) -> None:
+        self._threads.stop()
+
+    def join(self, timeout_s: float) -> None:
+        self._threads.join(timeout_s)
+
+    def health(self) -> SourceHealth:
+        return SourceHealth.of(
+            self.state == "ok", self.reason, self.revision > 0, revision=self.revision
+        )
 
     # --- watch thread ----------------------------------------------------------------------
     def _follow(self) -> None:
-        backoff = BACKOFF_MIN_S
+        backoff = Backoff(BACKOFF_MIN_S, BACKOFF_MAX_S)
         listed = False
         while not self._stopping.is_set():
             client = None
@@ -256,7 +269,7 @@ class EtcdSource:
                 )
                 endpoint = getattr(client, "endpoint_in_use", None)
                 self._hand(self._set_state, "ok", f"via {getattr(endpoint, 'netloc', '?')}")
-                backoff = BACKOFF_MIN_S
+                backoff.reset()
                 try:
                     self._consume(client, events)
                 finally:
@@ -269,8 +282,7 @@ class EtcdSource:
                     continue
                 self.reconnects += 1
                 self._hand(self._set_state, "degraded", reason(exc))
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                self._stopping.wait(backoff.next())
             finally:
                 if client is not None:
                     with contextlib.suppress(Exception):
@@ -328,11 +340,6 @@ class EtcdSource:
                 self._lease_ttls.clear()
             self._lease_ttls[lease_id] = known
         return known
-
-    def _hand(self, callback: Callable[..., None], *args: Any) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(callback, *args)
 
     # --- event loop --------------------------------------------------------------------------
     def _replace_all(self, entries: list[tuple[str, bytes, int]]) -> None:

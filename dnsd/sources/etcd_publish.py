@@ -25,6 +25,7 @@ from dnsd.logs import event
 from dnsd.records import SrvValue
 from dnsd.sources.docker_names import Built, dns_label
 from dnsd.sources.errors import reason
+from dnsd.sources.lifecycle import SourceHealth, Threads
 from dnsd.sources.skydns import name_to_key
 from dnsd.stats import Stats
 
@@ -96,6 +97,8 @@ def desired_keys(
 
 
 class Publisher:
+    name = "etcd-publish"
+
     def __init__(
         self,
         client_factory: Callable[[], Any],
@@ -110,11 +113,11 @@ class Publisher:
         self._wanted: dict[str, bytes] = {}
         self._published: dict[str, bytes] = {}
         self._wake = threading.Event()
-        self._stopping = threading.Event()
+        self._threads = Threads()
+        self._stopping = self._threads.stopping
         self._lock = threading.Lock()
         self.state = "down"
         self.reason = "not connected yet"
-        self._thread: threading.Thread | None = None
         self.synced = False  # published at least once
 
     def update(self, built: Mapping[str, Built]) -> None:
@@ -125,15 +128,18 @@ class Publisher:
         self._wake.set()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="etcd-publish", daemon=True)
-        self._thread.start()
+        self._threads.start(self._run, "etcd-publish")
 
-    def stop(self, timeout_s: float = 1.0) -> None:
-        """Stop and withdraw this node's keys (revoke the lease), waiting up to timeout_s."""
-        self._stopping.set()
+    def stop(self) -> None:
+        """Stop; the thread then withdraws this node's keys (revokes the lease): ``join``."""
+        self._threads.stop()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
+
+    def join(self, timeout_s: float) -> None:
+        self._threads.join(timeout_s)
+
+    def health(self) -> SourceHealth:
+        return SourceHealth.of(self.state == "ok", self.reason, self.synced)
 
     # --- publisher thread ---------------------------------------------------------------------
     def _run(self) -> None:

@@ -19,6 +19,7 @@ from dnsd.admission import Admission
 from dnsd.config import Config, ConfigError
 from dnsd.logs import event
 from dnsd.records import MxValue, Record, SrvValue, Value
+from dnsd.sources.lifecycle import OK, SourceHealth
 from dnsd.stats import Stats
 
 logger = logging.getLogger(__name__)
@@ -175,6 +176,8 @@ def parse_hosts(
 
 
 class StaticSource:
+    name = SOURCE
+
     def __init__(
         self,
         store: Any,  # RecordStore; Any keeps this module free of a store import cycle
@@ -208,6 +211,17 @@ class StaticSource:
             self.bad_lines += errors
             owners[path] = records
         return owners
+
+    def health(self) -> SourceHealth:
+        """Always OK: a bad reload keeps the last good records (and start-up refuses a bad
+        config)."""
+        return SourceHealth(OK, "", True, {"records": self._store.count(SOURCE)})
+
+    def stop(self) -> None:
+        """Nothing to stop: the file watch is a task the daemon cancels."""
+
+    def join(self, timeout_s: float) -> None:
+        """No threads."""
 
     def load(self) -> int:
         """First load: errors propagate (the daemon refuses to start on a bad config)."""
