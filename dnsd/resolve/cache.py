@@ -21,9 +21,8 @@ from typing import Protocol
 from cachetools import TLRUCache
 from dnslib import QTYPE, RR
 
-from dnsd.resolve.answer import Answer
+from dnsd.resolve.answer import RCODE_NOERROR, RCODE_NXDOMAIN, Answer
 from dnsd.stats import Stats
-from dnsd.wire.codec import RCODE_NOERROR, RCODE_NXDOMAIN
 
 logger = logging.getLogger(__name__)
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 from collections.abc import Awaitable
 
 from dnsd.resolve.acl import Acl
-from dnsd.resolve.answer import Answer
+from dnsd.resolve.answer import RCODE_REFUSED, RCODE_SERVFAIL, Answer
 from dnsd.resolve.budget import DEFAULT_MAX_PENDING, UpstreamBudget
 from dnsd.resolve.cache import ForwardCache
 from dnsd.resolve.local import LocalZone
 from dnsd.resolve.loop import LoopDetector
 from dnsd.stats import Stats
-from dnsd.wire.codec import RCODE_REFUSED, RCODE_SERVFAIL
 
 CLASS_IN = 1
 CLASS_ANY = 255

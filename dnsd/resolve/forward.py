@@ -30,9 +30,8 @@ from typing import Any
 from dnslib import EDNS0, QTYPE, RCODE, DNSHeader, DNSQuestion, DNSRecord
 
 from dnsd.logs import Throttled
-from dnsd.resolve.answer import Answer
+from dnsd.resolve.answer import RCODE_REFUSED, RCODE_SERVFAIL, Answer
 from dnsd.stats import Stats
-from dnsd.wire.codec import RCODE_REFUSED, RCODE_SERVFAIL
 
 logger = logging.getLogger(__name__)
 throttled = Throttled(logger, interval_s=60.0)

@@ -25,9 +25,8 @@ from dnsd.records import (
     srv_weights,
     wildcard_parts,
 )
-from dnsd.resolve.answer import FOREVER, Answer
+from dnsd.resolve.answer import FOREVER, RCODE_NOERROR, RCODE_NXDOMAIN, Answer
 from dnsd.resolve.scopes import inside
-from dnsd.wire.codec import RCODE_NOERROR, RCODE_NXDOMAIN
 
 logger = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from dnsd.logs import event
-from dnsd.records import SrvValue
-from dnsd.sources.docker_names import Built, dns_label
+from dnsd.records import Record, SrvValue
+from dnsd.sources.docker_names import dns_label
 from dnsd.sources.errors import reason
 from dnsd.sources.lifecycle import SourceHealth, Threads
 from dnsd.sources.skydns import name_to_key
@@ -33,6 +33,17 @@ logger = logging.getLogger(__name__)
 
 TXN_OPS = 100  # etcd allows 128 operations per transaction by default
 RETRY_S = 1.0
+
+
+class LocalService(Protocol):
+    """What the publisher needs of one local container (the Docker source's ``Built`` is
+    one): the records it is served with, the host-local names among them, its published
+    ports, and why it is withheld, if it is."""
+
+    withheld: str | None
+    served: list[Record]
+    local_names: set[str]
+    published: dict[tuple[int, str], int]  # (container port, proto) -> host port
 
 
 @dataclass(frozen=True)
@@ -49,7 +60,7 @@ def instance_label(node: str, container_id: str, index: int) -> str:
 
 
 def desired_keys(
-    built: Mapping[str, Built], settings: PublishSettings, prefix: str
+    built: Mapping[str, LocalService], settings: PublishSettings, prefix: str
 ) -> dict[str, bytes]:
     """Every key this node should hold, with its JSON value."""
     keys: dict[str, bytes] = {}
@@ -120,7 +131,7 @@ class Publisher:
         self.reason = "not connected yet"
         self.synced = False  # published at least once
 
-    def update(self, built: Mapping[str, Built]) -> None:
+    def update(self, built: Mapping[str, LocalService]) -> None:
         """New desired state (event loop thread); the publisher thread writes the difference."""
         wanted = desired_keys(built, self._settings, self._prefix)
         with self._lock:

@@ -17,8 +17,9 @@ import socket
 import struct
 
 from dnsd.logs import Throttled
+from dnsd.resolve.answer import RCODE_SERVFAIL
 from dnsd.stats import Stats
-from dnsd.wire.codec import RCODE_SERVFAIL, error_response
+from dnsd.wire.codec import error_response
 from dnsd.wire.query import QueryHandler
 
 logger = logging.getLogger(__name__)

@@ -20,9 +20,10 @@ from collections.abc import Callable
 from functools import partial
 
 from dnsd.logs import Throttled
+from dnsd.resolve.answer import RCODE_SERVFAIL
 from dnsd.stats import Stats
 from dnsd.wire.answer_cache import AnswerCache
-from dnsd.wire.codec import RCODE_SERVFAIL, error_response
+from dnsd.wire.codec import error_response
 from dnsd.wire.query import QueryHandler
 from dnsd.wire.query_log import QueryLog
 from dnsd.wire.rrl import DROP, SLIP, ResponseRateLimit, truncated
