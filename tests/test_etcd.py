@@ -412,15 +412,32 @@ def test_all_of_etcd_down_keeps_last_answers(tmp_path: Path) -> None:
         solo.stop()
 
 
-def test_compaction_relists(etcd: Etcd, mirror: tuple[Dnsd, str]) -> None:
-    server, z = mirror
-    etcd.put(f"/skydns/{z}/c/one", '{"host": "10.11.0.1"}')
-    eventually(lambda: answers(server.port, f"one.c.{z}") == ["10.11.0.1"])
-    revision = json.loads(etcd.ctl("get", "/", "-w", "json").stdout)["header"]["revision"]
-    etcd.ctl("compact", str(revision))
-    etcd.put(f"/skydns/{z}/c/two", '{"host": "10.11.0.2"}')
-    eventually(lambda: answers(server.port, f"two.c.{z}") == ["10.11.0.2"])
-    assert server.proc.poll() is None
+def test_compaction_relists(etcd: Etcd, tmp_path: Path) -> None:
+    """dnsd misses a delete while cut off, and the revision it would resume from is compacted
+    away: only a fresh list can show the delete, and it must."""
+    z = zone()
+    server = start_dnsd(tmp_path, "--no-forward", "--zone", z, "--etcd", etcd.endpoints)
+    try:
+        etcd.put(f"/skydns/{z}/c/one", '{"host": "10.11.0.1"}')
+        eventually(lambda: answers(server.port, f"one.c.{z}") == ["10.11.0.1"])
+        server.proc.send_signal(signal.SIGSTOP)  # cut off: it sees nothing from here on
+        try:
+            etcd.put(f"/skydns/{z}/c/two", '{"host": "10.11.0.2"}')
+            etcd.ctl("del", f"/skydns/{z}/c/one")
+            etcd.put(f"/skydns/{z}/c/three", '{"host": "10.11.0.3"}')  # the delete is history
+            revision = json.loads(etcd.ctl("get", "/", "-w", "json").stdout)["header"]["revision"]
+            etcd.ctl("compact", str(revision))
+            etcd.members[0].kill()  # its watch connection breaks
+            etcd.restart(etcd.members[0])
+            etcd.wait_healthy()
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+        eventually(lambda: answers(server.port, f"two.c.{z}") == ["10.11.0.2"], timeout=20)
+        eventually(lambda: answers(server.port, f"one.c.{z}") == [], timeout=20)
+        assert "compacted: listing again" in server.log()
+        assert server.proc.poll() is None
+    finally:
+        server.stop()
 
 
 def test_tls_and_authentication(tmp_path: Path) -> None:
