@@ -14,9 +14,10 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from dnsd import __version__, logs, tools
-from dnsd.config import SHORT_NAMES, Config, ConfigError, Overrides, load
+from dnsd.config import FLAGS, Config, ConfigError, Overrides, load
 from dnsd.daemon import Daemon, StartupError
 from dnsd.sources.static import StaticSource
 
@@ -42,63 +43,19 @@ def _parser() -> argparse.ArgumentParser:
         "which wins over the config file.",
     )
     serve.add_argument("--config", help="TOML config file (env DNSD_CONFIG)")
-    serve.add_argument(
-        "--listen",
-        action="append",
-        metavar="ADDR:PORT",
-        help="address to serve UDP and TCP on; repeatable (default 127.0.0.1:5300)",
-    )
-    serve.add_argument(
-        "--zone",
-        action="append",
-        metavar="NAME",
-        help="zone dnsd owns; repeatable (default docker.)",
-    )
-    serve.add_argument(
-        "--hosts", action="append", metavar="FILE", help="hosts file 'IP name...'; repeatable"
-    )
-    serve.add_argument(
-        "--upstream",
-        action="append",
-        metavar="ADDR[:PORT]",
-        help="upstream resolver, or tls://ADDR[:PORT][#name] for DNS over TLS; repeatable "
-        "(default: nameservers in /etc/resolv.conf)",
-    )
-    serve.add_argument(
-        "--no-forward",
-        action="store_true",
-        default=None,
-        help="answer only the zones; REFUSED for other names",
-    )
-    serve.add_argument(
-        "--docker-url",
-        metavar="URL",
-        help="Docker Engine API (default: DOCKER_HOST, else unix:///var/run/docker.sock)",
-    )
-    serve.add_argument("--no-docker", action="store_true", default=None, help="do not watch Docker")
-    serve.add_argument(
-        "--log-queries", action="store_true", default=None,
-        help="log one line per query: client, name, type, rcode, source, microseconds",
-    )  # fmt: skip
-    serve.add_argument(
-        "--etcd",
-        metavar="ENDPOINTS",
-        help="share containers through etcd: comma-separated HOST:PORT list (turns etcd on)",
-    )
-    serve.add_argument("--node-id", help="this host's name in etcd keys (default: hostname)")
-    serve.add_argument(
-        "--advertise-ip",
-        metavar="IP",
-        help="publish this host address with published host ports (default: container addresses)",
-    )
-    serve.add_argument(
-        "--http",
-        metavar="ADDR:PORT",
-        help="serve /health /ready /metrics /records here (off by default; /records shows "
-        "the whole name table, keep it on loopback)",
-    )
-    serve.add_argument("--log-format", choices=["text", "json"])
-    serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
+    for flag in FLAGS:
+        default = f" (default: {flag.default})" if flag.default else ""
+        repeat = "; repeatable" if flag.repeat else ""
+        options: dict[str, Any] = {"help": f"{flag.help}{repeat}{default}", "dest": flag.name}
+        if flag.switch is not None:
+            options.update(action="store_true", default=None)
+        else:
+            options.update(metavar=flag.metavar, choices=flag.choices)
+            if flag.repeat:
+                options["action"] = "append"
+            if flag.name == "log_level":
+                options["type"] = str.upper
+        serve.add_argument(flag.option, **options)
 
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file")
@@ -132,16 +89,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _flag_overrides(args: argparse.Namespace) -> Overrides:
     overrides: Overrides = {}
-    for flag, target in SHORT_NAMES.items():
-        value = getattr(args, flag)
-        if value is not None:
-            overrides[target] = value
-    if args.no_forward:
-        overrides[("forward", "enabled")] = False
-    if args.no_docker:
-        overrides[("docker", "enabled")] = False
-    if args.log_queries:
-        overrides[("log", "queries")] = True
+    for flag in FLAGS:
+        value = getattr(args, flag.name)
+        if value is None:
+            continue
+        overrides[(flag.section, flag.key)] = flag.switch if flag.switch is not None else value
     if args.etcd:
         overrides[("etcd", "endpoints")] = [e.strip() for e in args.etcd.split(",") if e.strip()]
         overrides[("etcd", "enabled")] = True

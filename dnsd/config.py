@@ -157,26 +157,98 @@ SECTIONS: dict[str, type] = {
     "log": LogConfig,
 }
 
+
+@dataclass(frozen=True)
+class Flag:
+    """One command-line flag, declared once: ``dnsd serve --help``, the environment's short
+    name (``DNSD_<NAME>``) and the table in docs/configuration.md are all made from it."""
+
+    name: str  # "docker_url" -> --docker-url, DNSD_DOCKER_URL
+    section: str
+    key: str
+    help: str
+    metavar: str | None = None
+    repeat: bool = False  # may be given more than once (a list; comma-separated in the env)
+    switch: bool | None = None  # a flag without a value: sets the key to this
+    choices: tuple[str, ...] | None = None
+    default: str = ""  # the default, as the docs and --help say it
+    also: str = ""  # docs: what else the flag turns on
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        value = "=1" if self.switch is not None else ""
+        return f"{ENV_PREFIX}{self.name.upper()}{value}"
+
+
+FLAGS: tuple[Flag, ...] = (
+    Flag("listen", "server", "listen", "address to serve UDP and TCP on", "ADDR:PORT",
+         repeat=True, default="127.0.0.1:5300"),
+    Flag("zone", "server", "zones", "zone dnsd owns", "NAME", repeat=True, default="docker."),
+    Flag("hosts", "static", "hosts", "hosts file 'IP name...'", "FILE", repeat=True,
+         default="none"),
+    Flag("upstream", "forward", "upstreams",
+         "upstream resolver, or tls://ADDR[:PORT][#name] for DNS over TLS", "ADDR[:PORT]",
+         repeat=True, default="nameservers in /etc/resolv.conf"),
+    Flag("no_forward", "forward", "enabled", "answer only the zones; REFUSED for other names",
+         switch=False, default="forwarding on"),
+    Flag("docker_url", "docker", "url", "Docker Engine API", "URL",
+         default="DOCKER_HOST, else unix:///var/run/docker.sock"),
+    Flag("no_docker", "docker", "enabled", "do not watch Docker", switch=False,
+         default="Docker on"),
+    Flag("log_queries", "log", "queries",
+         "log one line per query: client, name, type, rcode, source, microseconds",
+         switch=True, default="off"),
+    Flag("etcd", "etcd", "endpoints",
+         "share containers through etcd: comma-separated HOST:PORT list (turns etcd on)",
+         "ENDPOINTS", default="etcd off", also="etcd.enabled"),
+    Flag("node_id", "etcd", "node_id", "this host's name in etcd keys", "NODE_ID",
+         default="the host name"),
+    Flag("advertise_ip", "etcd", "advertise_ip",
+         "publish this host address with published host ports", "IP",
+         default="container addresses", also='advertise = "host"'),
+    Flag("http", "http", "listen",
+         "serve /health /ready /metrics /records here (/records shows the whole name table: "
+         "keep it on loopback)", "ADDR:PORT", default="off"),
+    Flag("log_format", "log", "format", "log line format", choices=("text", "json"),
+         default="text"),
+    Flag("log_level", "log", "level", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+         default="INFO"),
+)  # fmt: skip
+
 # Short names shared by flags and the environment: name -> (section, key).
 SHORT_NAMES: dict[str, tuple[str, str]] = {
-    "listen": ("server", "listen"),
-    "zone": ("server", "zones"),
-    "hosts": ("static", "hosts"),
-    "upstream": ("forward", "upstreams"),
-    "docker_url": ("docker", "url"),
-    "etcd": ("etcd", "endpoints"),
-    "node_id": ("etcd", "node_id"),
-    "advertise_ip": ("etcd", "advertise_ip"),
-    "http": ("http", "listen"),
-    "log_format": ("log", "format"),
-    "log_level": ("log", "level"),
+    f.name: (f.section, f.key) for f in FLAGS if f.switch is None
+}
+# Switches and their DNSD_<NAME> variables: DNSD_NO_FORWARD=1 -> forward.enabled = false.
+SWITCHES: dict[str, Flag] = {
+    f"{ENV_PREFIX}{f.name.upper()}": f for f in FLAGS if f.switch is not None
 }
 
-# --no-X flags and their DNSD_NO_X variables switch a section off.
-NEGATIONS: dict[str, tuple[str, str]] = {
-    "DNSD_NO_FORWARD": ("forward", "enabled"),
-    "DNSD_NO_DOCKER": ("docker", "enabled"),
-}
+
+def flag_table() -> str:
+    """The flags table of docs/configuration.md (a test keeps the document equal to it)."""
+    rows = ["| flag | environment | key | default |", "|---|---|---|---|"]
+    for flag in FLAGS:
+        shown = f"`{flag.option}`"
+        if flag.metavar:
+            shown = f"`{flag.option} {flag.metavar}`"
+        elif flag.choices:
+            shown = f"`{flag.option} {'|'.join(flag.choices)}`".replace("|", "\\|")
+        if flag.repeat:
+            shown += " (repeatable)"
+        env = f"`{flag.env}`" + (" (comma-separated)" if flag.repeat else "")
+        key = f"`{flag.section}.{flag.key}`"
+        if flag.switch is not None:
+            key = f"`{flag.section}.{flag.key} = {str(flag.switch).lower()}`"
+        if flag.also:
+            key += f" (+ `{flag.also}`)"
+        rows.append(f"| {shown} | {env} | {key} | {flag.default} |")
+    return "\n".join(rows) + "\n"
+
 
 Overrides = dict[tuple[str, str], Any]
 
@@ -275,7 +347,7 @@ def read_environment(environ: Mapping[str, str]) -> Overrides:
     short = {f"{ENV_PREFIX}{name}".upper(): target for name, target in SHORT_NAMES.items()}
     overrides: Overrides = {}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name in ("DNSD_CONFIG", *NEGATIONS):
+        if not name.startswith(ENV_PREFIX) or name in ("DNSD_CONFIG", *SWITCHES):
             continue
         target = short.get(name) or long_names.get(name)
         if target is None:
@@ -285,9 +357,9 @@ def read_environment(environ: Mapping[str, str]) -> Overrides:
         overrides[target] = _coerce(value, kind, f"environment: {name}")
     if environ.get("DNSD_ETCD"):
         overrides[("etcd", "enabled")] = True
-    for name, target in NEGATIONS.items():
+    for name, flag in SWITCHES.items():
         if name in environ and _coerce(environ[name], bool, f"environment: {name}"):
-            overrides[target] = False
+            overrides[(flag.section, flag.key)] = flag.switch
     return overrides
 
 

@@ -94,3 +94,35 @@ def test_conf_dnsd_toml_documents_every_key() -> None:
             if (section, key) == ("static", "records"):
                 continue  # an array of tables, shown as [[static.records]]
             assert key in written.get(section, {}), f"conf/dnsd.toml lacks {section}.{key}"
+
+
+def test_flags_are_declared_once_and_documented() -> None:
+    """docs/configuration.md's table, --help and the environment names all come from
+    ``config.FLAGS``; each flag names a real key, and its stated default is the real one."""
+    import dataclasses
+    import typing
+
+    from dnsd.cli import _parser
+    from dnsd.config import FLAGS, SECTIONS, flag_table
+
+    assert flag_table() in (CONF.parent / "docs/configuration.md").read_text()
+    serve = next(
+        action.choices["serve"] for action in _parser()._actions if action.dest == "command"
+    )
+    options = {o for action in serve._actions for o in action.option_strings}
+    assert {flag.option for flag in FLAGS} <= options
+    assert options - {flag.option for flag in FLAGS} == {"-h", "--help", "--config"}
+    for flag in FLAGS:
+        fields = {f.name: f for f in dataclasses.fields(SECTIONS[flag.section])}
+        assert flag.key in fields, flag
+        field = fields[flag.key]
+        default = field.default_factory() if callable(field.default_factory) else field.default
+        kind = typing.get_type_hints(SECTIONS[flag.section])[flag.key]
+        if flag.switch is not None:
+            assert kind is bool and default is not flag.switch, flag  # a switch changes it
+        elif flag.also:
+            continue  # its default is what is off without it (etcd off)
+        elif isinstance(default, list) and default:
+            assert flag.default == ", ".join(default), flag
+        elif isinstance(default, str) and default:
+            assert flag.default == default, flag
