@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from testbed.dnsd import free_port  # noqa: E402  (one free_port for tests and benchmarks)
+
 NAMES = 1000
 BIG_NAMES = 10_000
 LATENCY_QPS = 5000
@@ -37,12 +40,6 @@ class Result:
     qps: float
     cpu_us: float
     completed: int
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def cpu_ticks(pid: int) -> int:

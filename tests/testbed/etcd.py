@@ -7,18 +7,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from testbed.dnsd import free_port
 
 
 class Member:
@@ -30,8 +25,8 @@ class Member:
         self.scheme = "https" if certs else "http"
         self.extra_hosts = extra_hosts  # also listen for clients on these addresses
         self.dir = root / name
-        self.client_port = _free_port()
-        self.peer_port = _free_port()
+        self.client_port = free_port()
+        self.peer_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

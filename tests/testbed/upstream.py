@@ -1,0 +1,120 @@
+"""A scriptable DNS server on 127.0.0.1 (UDP, TCP, optionally TLS) standing in for upstream
+resolvers: no test ever talks to the machine's own resolver."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+
+from dnslib import NS, QTYPE, RR, SOA, A, DNSRecord
+
+from testbed.dnsd import free_port
+
+LOOP_PROBE_SUFFIX = "dnsd-loop.invalid."
+
+
+@dataclass
+class FakeUpstream:
+    """A DNS server on 127.0.0.1 (UDP and TCP) whose behaviour each test scripts.
+
+    mode: "answer" (A 1.2.3.4 for every name, or NXDOMAIN for names starting with "nx"),
+    "silent" (never replies), "spoof" (first a reply with a wrong ID, then the right one),
+    "truncate" (TC=1 over UDP; the full answer over TCP), "poison" (the answer plus records
+    for other names in every section: out of bailiwick).
+    """
+
+    mode: str = "answer"
+    ttl: int = 300
+    address: str = "1.2.3.4"
+    answers_per_name: int = 1
+    queries: list[tuple[str, str, str]] = field(default_factory=list)  # (proto, name, type)
+    port: int = 0
+    tls: ssl.SSLContext | None = None  # the TCP listener speaks DNS over TLS
+
+    def start(self) -> FakeUpstream:
+        self.port = free_port()
+        self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._udp.bind(("127.0.0.1", self.port))
+        self._tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._tcp.bind(("127.0.0.1", self.port))
+        self._tcp.listen(16)
+        self._running = True
+        threading.Thread(target=self._serve_udp, daemon=True).start()
+        threading.Thread(target=self._serve_tcp, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._running = False
+        self._udp.close()
+        self._tcp.close()
+
+    def reply_to(self, data: bytes, proto: str) -> DNSRecord:
+        request = DNSRecord.parse(data)
+        name = str(request.q.qname)
+        if not name.endswith(LOOP_PROBE_SUFFIX):  # dnsd's start-up loop check is not counted
+            self.queries.append((proto, name.lower(), QTYPE[request.q.qtype]))
+        reply = request.reply()
+        if name.lower().startswith("nx"):
+            reply.header.rcode = 3
+            soa = SOA("ns.test.", "admin.test.", (1, 60, 60, 60, 30))
+            reply.add_auth(RR("test.", QTYPE.SOA, ttl=self.ttl, rdata=soa))
+        elif request.q.qtype == QTYPE.A:
+            if self.mode == "poison":
+                bad = A("6.6.6.6")
+                reply.add_answer(RR("victim.example.", QTYPE.A, ttl=self.ttl, rdata=bad))
+                reply.add_auth(RR("example.", QTYPE.NS, ttl=self.ttl, rdata=NS("ns.evil.")))
+                reply.add_ar(RR("ns.evil.", QTYPE.A, ttl=self.ttl, rdata=bad))
+            for i in range(self.answers_per_name):
+                address = self.address if i == 0 else f"10.9.{i // 250}.{i % 250 + 1}"
+                reply.add_answer(RR(request.q.qname, QTYPE.A, ttl=self.ttl, rdata=A(address)))
+        return reply
+
+    def _serve_udp(self) -> None:
+        while self._running:
+            try:
+                data, addr = self._udp.recvfrom(65535)
+            except OSError:
+                return
+            if self.mode == "silent":
+                if not str(DNSRecord.parse(data).q.qname).endswith(LOOP_PROBE_SUFFIX):
+                    self.queries.append(("udp", "", ""))
+                continue
+            reply = self.reply_to(data, "udp")
+            if self.mode == "spoof":  # a forged reply (wrong ID, other address) arrives first
+                forged = DNSRecord.parse(data).reply()
+                forged.header.id = (reply.header.id + 1) % 65536
+                forged.add_answer(RR(reply.q.qname, QTYPE.A, ttl=self.ttl, rdata=A("6.6.6.6")))
+                self._udp.sendto(bytes(forged.pack()), addr)
+                time.sleep(0.05)
+            if self.mode == "truncate":
+                reply = DNSRecord(reply.header, q=reply.q)
+                reply.header.tc = 1
+            self._udp.sendto(bytes(reply.pack()), addr)
+
+    def _serve_tcp(self) -> None:
+        while self._running:
+            try:
+                conn, _ = self._tcp.accept()
+            except OSError:
+                return
+            if self.tls is not None:
+                try:
+                    conn = self.tls.wrap_socket(conn, server_side=True)
+                except OSError:  # a client that does not trust us hangs up (ssl.SSLError)
+                    conn.close()
+                    continue
+            with conn:
+                try:
+                    (length,) = struct.unpack("!H", conn.recv(2))
+                    data = b""
+                    while len(data) < length:
+                        data += conn.recv(length - len(data))
+                    packed = bytes(self.reply_to(data, "tcp").pack())
+                    conn.sendall(struct.pack("!H", len(packed)) + packed)
+                except (OSError, struct.error):
+                    pass
