@@ -52,7 +52,7 @@ def dnsd(
         "--upstream", f"127.0.0.1:{module_upstream.port}",
         docker=dockerd.url,
     )  # fmt: skip
-    eventually(lambda: "docker connected" in server.log())
+    server.wait_source("docker")
     yield server
     server.stop()
 
@@ -193,7 +193,8 @@ def test_every_label(dockerd: Dockerd, dnsd: Dnsd) -> None:
     assert addrs(dnsd.port, f"_9999._udp.{name}.docker", "SRV") == [f"5 70 9999 {name}.docker."]
     assert addrs(dnsd.port, "_api._tcp.payments.docker", "SRV") == [f"5 70 8080 {name}.docker."]
     ignored = run(dockerd, "-l", "dnsd.ignore=true")
-    time.sleep(0.5)
+    barrier = run(dockerd)  # started after it: once it is served, the ignored one was seen
+    eventually(lambda: addrs(dnsd.port, f"{barrier}.docker"))
     assert addrs(dnsd.port, f"{ignored}.docker") == []
 
 
@@ -346,7 +347,7 @@ def test_docker_unreachable_then_appears(tmp_path: Path, dockerd: Dockerd) -> No
         log = server.log()
         assert log.count("docker unreachable") == 1  # said once, not per retry
         (tmp_path / "docker.sock").symlink_to(dockerd.socket)
-        eventually(lambda: "docker connected" in server.log(), timeout=20)
+        server.wait_source("docker", timeout=20)
         name = run(dockerd)
         eventually(lambda: addrs(server.port, f"{name}.docker") == [ip_of(dockerd, name)])
     finally:
@@ -415,7 +416,7 @@ def test_containers_cannot_take_names_they_do_not_own(
     http = free_port()
     server = start_dnsd(tmp_path, "--http", f"127.0.0.1:{http}", docker=dockerd.url, config=static)
     try:
-        eventually(lambda: "docker connected" in server.log())
+        server.wait_source("docker")
         victim = run(dockerd, "--network", net)
         victim_ip = ip_of(dockerd, victim, net)
         eventually(lambda: addrs(server.port, f"{victim}.docker") == [victim_ip])

@@ -3,7 +3,6 @@ a scripted Engine API (tests/testbed/fake_engine.py).  The real engine is in tes
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -155,7 +154,8 @@ def test_periodic_resync_heals_a_missed_event(engine: FakeEngine, tmp_path: Path
         engine.containers["b" * 64] = container("b" * 64, "steady", "10.2.0.2")
         eventually(lambda: a_records(server, "steady.docker") == ["10.2.0.2"])
         inspected = engine.requests.count(f"/containers/{'b' * 64}/json")
-        time.sleep(1.0)
+        resyncs = server.metric("dnsd_docker_resyncs_total")
+        eventually(lambda: server.metric("dnsd_docker_resyncs_total") >= resyncs + 2)
         assert engine.requests.count(f"/containers/{'b' * 64}/json") == inspected
     finally:
         server.stop()

@@ -84,7 +84,7 @@ def test_group_filter_follows_coredns() -> None:
 def mirror(etcd: Etcd, tmp_path: Path) -> Iterator[tuple[Dnsd, str]]:
     name = zone()
     server = start_dnsd(tmp_path, "--no-forward", "--zone", name, "--etcd", etcd.endpoints)
-    eventually(lambda: "etcd watching" in server.log())
+    server.wait_source("etcd")
     yield server, name
     server.stop()
 
@@ -149,7 +149,7 @@ def test_hostile_writer_is_confined_to_the_zones(
         f"127.0.0.1:{http}",
     )
     request.addfinalizer(server.stop)
-    eventually(lambda: "etcd watching" in server.log())
+    server.wait_source("etcd")
     put = etcd.put
     put("/skydns/com/example/www", '{"host": "6.6.6.6"}')
     put("/skydns/arpa/in-addr/6/6/6/6", '{"host": "www.example.com"}')
@@ -212,7 +212,7 @@ def host(tmp: Path, etcd: Etcd, node: str, z: str, *extra: str) -> tuple[Dnsd, F
         tmp, "--no-forward", "--zone", z, "--etcd", etcd.endpoints, "--node-id", node,
         "--config", str(config), *extra, docker=engine.url,
     )  # fmt: skip
-    eventually(lambda: "etcd publishing" in server.log())
+    server.wait_source("etcd-publish")
     return server, engine
 
 
@@ -360,7 +360,7 @@ def test_cluster_failover_loses_no_update(cluster: Etcd, tmp_path: Path) -> None
         eventually(lambda: answers(server.port, f"{label}.{z}") == [ip], timeout=timeout)
 
     try:
-        eventually(lambda: "etcd watching" in server.log())
+        server.wait_source("etcd")
         put_and_see("before", "10.9.0.1", watched())
         # 1. The member the watch runs through dies.
         victim = watched()
@@ -398,7 +398,7 @@ def test_all_of_etcd_down_keeps_last_answers(tmp_path: Path) -> None:
         try:
             eventually(lambda: answers(server.port, f"kept.{z}") == ["10.10.0.1"])
             solo.members[0].kill()
-            eventually(lambda: "etcd degraded" in server.log())
+            server.wait_source("etcd", "degraded")
             for _ in range(5):
                 assert answers(server.port, f"kept.{z}") == ["10.10.0.1"]
                 time.sleep(0.2)
@@ -480,7 +480,7 @@ def test_tls_and_authentication(tmp_path: Path) -> None:
             server.stop()
         refused = serve(z, 'user = "reader"\npassword = "wrong"\n')
         try:
-            eventually(lambda: "etcd degraded" in refused.log())
+            refused.wait_source("etcd", "down", reason="authentication")
             assert answers(refused.port, f"auth.{z}") == []
         finally:
             refused.stop()

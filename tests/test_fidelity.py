@@ -19,7 +19,7 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import pytest
-from conftest import ROOT, FakeUpstream, eventually, query, start_dnsd
+from conftest import ROOT, FakeUpstream, query, start_dnsd
 from testbed.etcd import Etcd, available
 
 from dnsd.sources.skydns import name_to_key
@@ -119,7 +119,7 @@ def servers(etcd: Etcd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
         )
         server = start_dnsd(tmp_path_factory.mktemp(f"suite{number}"), config=config)
         started.append(server)
-        eventually(lambda s=server: "etcd listed" in s.log())
+        server.wait_source("etcd")
         ports[number] = server.port
     yield ports
     for server in started:

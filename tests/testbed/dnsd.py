@@ -4,12 +4,15 @@ the other testbed modules, bench/)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,9 +71,42 @@ class Dnsd:
     proc: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    http_port: int | None = None  # its /ready and /metrics (on unless the test set --http)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def _get(self, path: str) -> str:
+        assert self.http_port is not None, "this dnsd has no HTTP endpoint"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as r:
+                return str(r.read().decode())
+        except urllib.error.HTTPError as exc:  # /ready answers 503 until ready
+            return str(exc.read().decode())
+
+    def source(self, name: str) -> dict[str, Any]:
+        """The source's entry in /ready: its status (ok, degraded, down, absent), the reason
+        when not ok, and details; {} if there is no such source."""
+        sources: dict[str, dict[str, Any]] = json.loads(self._get("/ready"))["sources"]
+        return sources.get(name, {})
+
+    def wait_source(
+        self, name: str, status: str = "ok", reason: str = "", timeout: float = 10.0
+    ) -> None:
+        """Until the source has ``status`` (and a reason containing ``reason``)."""
+
+        def reached() -> bool:
+            entry = self.source(name)
+            return entry.get("status") == status and reason in entry.get("reason", "")
+
+        eventually(reached, timeout=timeout)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample of /metrics (0 when the series does not exist yet)."""
+        for line in self._get("/metrics").splitlines():
+            if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -93,9 +129,16 @@ def start_dnsd(
     docker: str | None = None,
 ) -> Dnsd:
     """Start ``dnsd serve``; Docker is off unless ``docker`` gives the Engine's URL ("": on,
-    with its default, as a user who set nothing gets it)."""
+    with its default, as a user who set nothing gets it).  It gets an HTTP endpoint on
+    loopback unless the test sets its own, so tests wait on /ready and /metrics, not logs."""
     port = port or free_port()
     argv = [sys.executable, "-m", "dnsd", "serve", "--listen", f"127.0.0.1:{port}", *args]
+    http_port = None
+    if "--http" in args:  # the test's own endpoint
+        http_port = int(args[args.index("--http") + 1].rsplit(":", 1)[1])
+    elif "listen" not in (config or "").partition("[http]")[2]:
+        http_port = free_port()
+        argv += ["--http", f"127.0.0.1:{http_port}"]
     if docker:
         argv += ["--docker-url", docker]
     elif docker is None:
@@ -111,7 +154,7 @@ def start_dnsd(
     environment.update(env or {})
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=environment)
-    dnsd = Dnsd(proc, port, log_path)
+    dnsd = Dnsd(proc, port, log_path, http_port)
     if wait:
         wait_ready(dnsd)
     return dnsd
