@@ -130,7 +130,11 @@ class Daemon:
         collector.answer_cells = lambda: answer_cache.cells
         collector.records_by_source = self.store.counts
         collector.rejections = lambda: self.store.rejections
-        collector.extra = self._extra_metrics
+        if self.etcd is not None:
+            etcd = self.etcd
+            collector.etcd = lambda: (etcd.revision, etcd.reconnects)
+        collector.publishing = self.publisher is not None
+        collector.rrl = self._rrl_counts  # the limiter is made below, with the listeners
         if self.config.http.listen:
             from dnsd.http import HttpServer  # aiohttp only when the endpoint is on
 
@@ -227,17 +231,8 @@ class Daemon:
             logger.warning("cannot read %s: %s", forward.resolv_conf, exc.strerror)
             return []
 
-    def _extra_metrics(self) -> dict[str, float]:
-        extra: dict[str, float] = {}
-        if self.etcd is not None:
-            extra["dnsd_etcd_revision"] = self.etcd.revision
-            extra["dnsd_etcd_reconnects"] = self.etcd.reconnects
-        if self.publisher is not None:
-            extra["dnsd_etcd_published_keys"] = self.stats.etcd_published
-        if self.rrl is not None:
-            extra["dnsd_rrl_dropped"] = self.rrl.dropped
-            extra["dnsd_rrl_slipped"] = self.rrl.slipped
-        return extra
+    def _rrl_counts(self) -> tuple[int, int] | None:
+        return None if self.rrl is None else (self.rrl.dropped, self.rrl.slipped)
 
     def reload(self) -> None:
         logger.info("reload requested", extra=event("reload", "static"))

@@ -47,7 +47,10 @@ class StatsCollector(Collector):
         self.answer_cells: Callable[[], dict[tuple[str, str, str], list[int]]] = dict
         self.records_by_source: Callable[[], dict[str, int]] = dict
         self.rejections: Callable[[], Mapping[tuple[str, str], int]] = dict
-        self.extra: Callable[[], dict[str, float]] = dict
+        # Wired by the daemon when the part exists: (revision, reconnects), (dropped, slipped).
+        self.etcd: Callable[[], tuple[int, int]] | None = None
+        self.rrl: Callable[[], tuple[int, int] | None] = lambda: None
+        self.publishing = False
 
     def collect(self) -> Iterator[Metric]:
         stats = self.stats
@@ -151,17 +154,21 @@ class StatsCollector(Collector):
                        stats.etcd_lease_renewals)  # fmt: skip
         yield _counter("dnsd_etcd_lease_grants", "Leases granted (1 plus one per loss).",
                        stats.etcd_lease_grants)  # fmt: skip
-        for name, value in sorted(self.extra().items()):
-            yield GaugeMetricFamily(name, _EXTRA_HELP.get(name, name), value=value)
-
-
-_EXTRA_HELP = {
-    "dnsd_etcd_revision": "Last etcd revision the mirror applied.",
-    "dnsd_etcd_reconnects": "etcd watch reconnects.",
-    "dnsd_etcd_published_keys": "Keys this node holds in etcd.",
-    "dnsd_rrl_dropped": "UDP answers dropped by response rate limiting.",
-    "dnsd_rrl_slipped": "UDP answers sent truncated (TC=1) by response rate limiting.",
-}
+        if self.etcd is not None:
+            revision, reconnects = self.etcd()
+            yield GaugeMetricFamily("dnsd_etcd_revision", "Last etcd revision the mirror "
+                                    "applied.", value=revision)  # fmt: skip
+            yield GaugeMetricFamily("dnsd_etcd_reconnects", "etcd watch reconnects.",
+                                    value=reconnects)  # fmt: skip
+        if self.publishing:
+            yield GaugeMetricFamily("dnsd_etcd_published_keys", "Keys this node holds in etcd.",
+                                    value=stats.etcd_published)  # fmt: skip
+        limited = self.rrl()
+        if limited is not None:
+            yield GaugeMetricFamily("dnsd_rrl_dropped", "UDP answers dropped by response rate "
+                                    "limiting.", value=limited[0])  # fmt: skip
+            yield GaugeMetricFamily("dnsd_rrl_slipped", "UDP answers sent truncated (TC=1) by "
+                                    "response rate limiting.", value=limited[1])  # fmt: skip
 
 
 def _buckets(histogram: Durations) -> tuple[list[tuple[str, float]], float]:
