@@ -21,6 +21,17 @@ from typing import Any
 
 from dnsd.admission import in_zone, name_problem
 from dnsd.resolve.acl import DEFAULT_ALLOW_RECURSION
+from dnsd.resolve.cache import (
+    CACHE_BYTES,
+    CACHE_ENTRIES,
+    MAX_ANSWER_BYTES,
+    MAX_NEGATIVE_TTL_S,
+    MAX_TTL_S,
+)
+from dnsd.resolve.forward import UPSTREAM_TIMEOUT_S
+from dnsd.wire.answer_cache import ANSWER_CACHE_BYTES, ANSWER_CACHE_ENTRIES
+from dnsd.wire.query import DEFAULT_MAX_UDP_SIZE
+from dnsd.wire.tcp import IDLE_TIMEOUT_S, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_CLIENT
 
 logger = logging.getLogger(__name__)
 
@@ -35,19 +46,23 @@ class ConfigError(Exception):
     """A configuration problem; the message names the key and where it came from."""
 
 
+# Defaults that code also needs live with that code (the cache sizes in resolve.cache, the
+# TCP limits in wire.tcp, ...): each is written once, and these sections refer to it.
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
     zones: list[str] = field(default_factory=lambda: ["docker."])
     ttl: int = 5
     negative_ttl: int = 5
-    max_udp_size: int = 1232
+    max_udp_size: int = DEFAULT_MAX_UDP_SIZE
     allow_recursion: list[str] = field(default_factory=lambda: list(DEFAULT_ALLOW_RECURSION))
-    tcp_idle_timeout: float = 10.0
-    tcp_max_connections: int = 256
-    tcp_max_connections_per_client: int = 32
-    answer_cache_size: int = 100_000
-    answer_cache_bytes: int = 64 * 1024 * 1024
+    tcp_idle_timeout: float = IDLE_TIMEOUT_S
+    tcp_max_connections: int = MAX_CONNECTIONS
+    tcp_max_connections_per_client: int = MAX_CONNECTIONS_PER_CLIENT
+    answer_cache_size: int = ANSWER_CACHE_ENTRIES
+    answer_cache_bytes: int = ANSWER_CACHE_BYTES
 
 
 @dataclass(frozen=True)
@@ -55,15 +70,15 @@ class ForwardConfig:
     enabled: bool = True
     upstreams: list[str] = field(default_factory=list)  # empty: nameservers in resolv_conf
     resolv_conf: str = "/etc/resolv.conf"
-    timeout: float = 2.0
-    cache_size: int = 10_000
-    cache_bytes: int = 64 * 1024 * 1024  # estimated memory of the cached answers
-    max_cached_answer: int = 8192  # replies larger than this (bytes) are passed on, not kept
+    timeout: float = UPSTREAM_TIMEOUT_S
+    cache_size: int = CACHE_ENTRIES
+    cache_bytes: int = CACHE_BYTES  # estimated memory of the cached answers
+    max_cached_answer: int = MAX_ANSWER_BYTES  # larger replies (bytes) are passed on, not kept
     # domain -> its own upstreams ("corp.example." = ["10.0.0.53", "tls://10.0.0.54#ns.corp"])
     domains: dict[str, list[str]] = field(default_factory=dict)
     tls_ca: str = ""  # CA bundle for tls:// upstreams; empty: the system's
-    max_ttl: int = 3600
-    max_negative_ttl: int = 900
+    max_ttl: int = MAX_TTL_S
+    max_negative_ttl: int = MAX_NEGATIVE_TTL_S
     # Questions waiting on upstreams at once (0: 2048, capped by the open-file limit), and
     # how many of them one client may hold (0: a quarter of that).
     max_pending: int = 0
