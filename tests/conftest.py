@@ -44,6 +44,19 @@ def upstream() -> Iterator[FakeUpstream]:
     fake.stop()
 
 
+@pytest.fixture(scope="module")
+def etcd() -> Iterator[object]:
+    """One real etcd member per test module (tests/testbed/etcd.py)."""
+    from testbed.etcd import Etcd, available
+
+    reason = available()
+    if reason:
+        pytest.fail(f"real etcd tests need etcd-server: {reason}")
+    server = Etcd(1).start()
+    yield server
+    server.stop()
+
+
 def rcode(message: dns.message.Message) -> str:
     return dns.rcode.to_text(message.rcode())
 

@@ -22,16 +22,6 @@ from dnsd.sources.etcd import Mirror
 from dnsd.sources.skydns import Service, group_filter, key_to_name, name_to_key, parse_value
 
 
-@pytest.fixture(scope="module")
-def etcd() -> Iterator[Etcd]:
-    reason = available()
-    if reason:
-        pytest.fail(f"real etcd tests need etcd-server: {reason}")
-    server = Etcd(1).start()
-    yield server
-    server.stop()
-
-
 def answers(port: int, name: str, rdtype: str = "A") -> list[str]:
     reply = query(port, name, rdtype)
     return sorted(item.to_text() for rrset in reply.answer for item in rrset)

@@ -20,7 +20,7 @@ import dns.rdataclass
 import dns.rdatatype
 import pytest
 from conftest import ROOT, FakeUpstream, query, start_dnsd
-from testbed.etcd import Etcd, available
+from testbed.etcd import Etcd
 
 from dnsd.sources.skydns import name_to_key
 
@@ -77,16 +77,6 @@ def ask(port: int, qname: str, qtype: str) -> dns.message.Message:
     if reply.flags & dns.flags.TC:
         reply = query(port, qname, qtype, use_edns=0, tcp=True)
     return reply
-
-
-@pytest.fixture(scope="module")
-def etcd() -> Iterator[Etcd]:
-    reason = available()
-    if reason:
-        pytest.fail(f"the fidelity cases need etcd-server: {reason}")
-    server = Etcd(1).start()
-    yield server
-    server.stop()
 
 
 def _cases() -> Iterator[Any]:
