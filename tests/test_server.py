@@ -382,7 +382,7 @@ def test_tcp_idle_timeout_and_connection_limit(tmp_path: Path, dnsd_factory) -> 
     config = "[server]\ntcp_idle_timeout = 0.5\ntcp_max_connections = 2\n"
     dnsd = dnsd_factory("--no-forward", config=config)
     held = [socket.create_connection(("127.0.0.1", dnsd.port), timeout=3) for _ in range(2)]
-    time.sleep(0.1)
+    eventually(lambda: dnsd.metric("dnsd_tcp_connections_total") == 2)  # both accepted
     with socket.create_connection(("127.0.0.1", dnsd.port), timeout=3) as third:
         assert third.recv(10) == b""  # over the limit: closed at once
     started = time.monotonic()
