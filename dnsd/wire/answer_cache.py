@@ -23,7 +23,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from dnsd.resolve.scopes import scope_key
-from dnsd.wire.codec import HEADER_LEN, question_end, ttl_offsets
+from dnsd.wire.codec import (
+    HEADER_LEN,
+    OPT_FIXED_BYTES,
+    plain_shape,
+    question_end,
+    ttl_offsets,
+)
 
 ANSWER_CACHE_ENTRIES = 100_000
 EVICT_FRACTION = 10  # when full, the oldest 1/EVICT_FRACTION of the entries go
@@ -99,33 +105,6 @@ def _restamp(entry: _Entry, now: float) -> bool:
     entry.variants = itertools.cycle([bytes(packet)])
     entry.expires = min(aging.born + elapsed + FORWARDED_REFRESH_S, aging.final)
     return True
-
-
-_ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"  # QDCOUNT 1, ANCOUNT 0, NSCOUNT 0
-_NO_ADDITIONAL = b"\x00\x00"
-_ONE_ADDITIONAL = b"\x00\x01"
-_OPT_HEAD = b"\x00\x00\x29"  # root owner, type OPT
-OPT_FIXED_BYTES = 9  # owner, type, class (UDP size), TTL (extended rcode, version, DO): no options
-
-
-def plain_shape(data: bytes) -> tuple[int, bool]:
-    """(end of the question, whether EDNS options follow) when ``data`` is a plain query:
-    one question, no answer or authority records, no additional record but one version-0 OPT;
-    (-1, False) otherwise.  The question's end is the first zero byte after the header."""
-    end = data.find(b"\x00", HEADER_LEN)
-    size = len(data)
-    qend = end + 5
-    if end < 0 or qend > size or data[4:10] != _ONE_QUESTION:
-        return -1, False
-    additional = data[10:12]
-    if additional == _NO_ADDITIONAL:
-        return (qend, False) if qend == size else (-1, False)
-    if additional != _ONE_ADDITIONAL or data[qend : qend + 3] != _OPT_HEAD or qend + 11 > size:
-        return -1, False
-    options = int.from_bytes(data[qend + 9 : qend + 11], "big")
-    if qend + 11 + options != size or data[qend + 6] != 0:  # EDNS version 0 only
-        return -1, False
-    return qend, options > 0
 
 
 def normalised_key(data: bytes) -> tuple[bytes | None, int, bool]:

@@ -2,7 +2,10 @@
 
 Used by the hot path (question boundaries, the packed-answer key) and for answers to packets that
 dnslib cannot parse (FORMERR with the readable header, NOTIMP).  Every function is bounds-checked
-and returns ``None``/``-1`` instead of raising on short or malformed input.
+and returns ``None``/``-1`` instead of raising on short or malformed input.  The question's end is
+found here only: ``question_end`` walks the labels; ``plain_shape`` takes the first zero byte, and
+a packet is cached only when the two agree (the packed-answer cache's hot path repeats that
+first-zero-byte search inline, on purpose: a call per packet costs more than the search).
 """
 
 from __future__ import annotations
@@ -91,3 +94,30 @@ def ttl_offsets(data: bytes) -> list[int] | None:
             offsets.append(pos + 4)
         pos += 10 + rdlength
     return offsets if pos == len(data) else None
+
+
+_ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"  # QDCOUNT 1, ANCOUNT 0, NSCOUNT 0
+_NO_ADDITIONAL = b"\x00\x00"
+_ONE_ADDITIONAL = b"\x00\x01"
+_OPT_HEAD = b"\x00\x00\x29"  # root owner, type OPT
+OPT_FIXED_BYTES = 9  # owner, type, class (UDP size), TTL (extended rcode, version, DO): no options
+
+
+def plain_shape(data: bytes) -> tuple[int, bool]:
+    """(end of the question, whether EDNS options follow) when ``data`` is a plain query:
+    one question, no answer or authority records, no additional record but one version-0 OPT;
+    (-1, False) otherwise.  The question's end is the first zero byte after the header."""
+    end = data.find(b"\x00", HEADER_LEN)
+    size = len(data)
+    qend = end + 5
+    if end < 0 or qend > size or data[4:10] != _ONE_QUESTION:
+        return -1, False
+    additional = data[10:12]
+    if additional == _NO_ADDITIONAL:
+        return (qend, False) if qend == size else (-1, False)
+    if additional != _ONE_ADDITIONAL or data[qend : qend + 3] != _OPT_HEAD or qend + 11 > size:
+        return -1, False
+    options = int.from_bytes(data[qend + 9 : qend + 11], "big")
+    if qend + 11 + options != size or data[qend + 6] != 0:  # EDNS version 0 only
+        return -1, False
+    return qend, options > 0

@@ -21,8 +21,8 @@ from dnsd.logs import Throttled
 from dnsd.resolve.answer import RCODE_FORMERR, RCODE_NOTIMP, RCODE_SERVFAIL, Answer
 from dnsd.resolve.chain import ResolverChain
 from dnsd.stats import Stats
-from dnsd.wire.answer_cache import FORWARDED_REFRESH_S, AnswerCache, plain_shape
-from dnsd.wire.codec import HEADER_LEN, error_response, question_end
+from dnsd.wire.answer_cache import FORWARDED_REFRESH_S, AnswerCache
+from dnsd.wire.codec import HEADER_LEN, error_response, plain_shape, question_end
 from dnsd.wire.query_log import QueryLog
 
 logger = logging.getLogger(__name__)
