@@ -99,8 +99,12 @@ def servers(etcd: Etcd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
     started, ports = [], {}
     for number, suite in enumerate(SUITES):
         prefix = f"/fidelity{number}"
-        for name, value in suite["services"]:
-            etcd.put(name_to_key(name, prefix), value)
+        for name, value, *lease in suite["services"]:
+            if lease:  # [name, value, lease TTL]: the key hangs on a lease of that TTL
+                granted = etcd.ctl("lease", "grant", str(lease[0])).stdout.split()[1]
+                etcd.ctl("put", name_to_key(name, prefix), value, "--lease", granted)
+            else:
+                etcd.put(name_to_key(name, prefix), value)
         zones = ", ".join(f'"{z}"' for z in suite["zones"])
         config = (
             f"[server]\nzones = [{zones}]\nttl = {suite['ttl']}\n"
