@@ -224,3 +224,21 @@ def test_forward_cache_caps_ttls_and_coalesces() -> None:
 )
 def test_acl(networks: list[str], client: str, allowed: bool) -> None:
     assert Acl(networks).allows(client) is allowed
+
+
+@pytest.mark.parametrize(
+    ("qname", "depends"),
+    [
+        ("nope.docker.", {"nope.docker.", "*.docker."}),  # not the apex: it always exists
+        ("a.b.nope.docker.", {"a.b.nope.docker.", "b.nope.docker.", "nope.docker.", "*.docker."}),
+        ("q.x.deep.docker.", {"q.x.deep.docker.", "x.deep.docker.", "*.x.deep.docker."}),
+        ("web.docker.", {"web.docker."}),
+    ],
+)
+def test_what_an_answer_depends_on(qname: str, depends: set[str]) -> None:
+    """A cached answer is dropped when one of these names changes; a change anywhere in the
+    zone touches the apex, so no answer may depend on it (negative ones would never stay)."""
+    store = RecordStore()
+    store.replace_owner("static", "config", STORE)
+    answer = LocalZone(store, ["docker."]).answer(qname, QTYPE.A, qname)
+    assert answer is not None and set(answer.depends) == depends

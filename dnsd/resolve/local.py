@@ -160,8 +160,10 @@ class LocalZone:
         for ancestor in ancestors(name):
             if ancestor == name:
                 continue
-            ask.depends.add(ancestor)
-            if ancestor == zone or len(ancestor) < len(zone) or self._store.exists(ancestor):
+            apex = ancestor == zone or len(ancestor) < len(zone)
+            if not apex:  # whether it exists decides the closest encloser (the apex always
+                ask.depends.add(ancestor)  # does: depending on it would drop the entry at
+            if apex or self._store.exists(ancestor):  # every change anywhere in the zone)
                 wildcard = "*." + ancestor if ancestor != "." else "*."
                 ask.depends.add(wildcard)
                 return wildcard if self._store.exists(wildcard) else name
