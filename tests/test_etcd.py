@@ -402,9 +402,11 @@ def test_all_of_etcd_down_keeps_last_answers(tmp_path: Path) -> None:
         solo.stop()
 
 
-def test_compaction_relists(etcd: Etcd, tmp_path: Path) -> None:
-    """dnsd misses a delete while cut off, and the revision it would resume from is compacted
-    away: only a fresh list can show the delete, and it must."""
+@pytest.mark.parametrize("at_the_delete", [False, True])
+def test_compaction_relists(etcd: Etcd, tmp_path: Path, at_the_delete: bool) -> None:
+    """dnsd misses a delete while cut off, and the history it would resume from is compacted
+    away: only a fresh list can show the delete, and it must.  ``at_the_delete``: compacted at
+    exactly the delete's revision, where etcd accepts the resumed watch but drops the delete."""
     z = zone()
     server = start_dnsd(tmp_path, "--no-forward", "--zone", z, "--etcd", etcd.endpoints)
     try:
@@ -414,7 +416,8 @@ def test_compaction_relists(etcd: Etcd, tmp_path: Path) -> None:
         try:
             etcd.put(f"/skydns/{z}/c/two", '{"host": "10.11.0.2"}')
             etcd.ctl("del", f"/skydns/{z}/c/one")
-            etcd.put(f"/skydns/{z}/c/three", '{"host": "10.11.0.3"}')  # the delete is history
+            if not at_the_delete:
+                etcd.put(f"/skydns/{z}/c/three", '{"host": "10.11.0.3"}')  # the delete is history
             revision = json.loads(etcd.ctl("get", "/", "-w", "json").stdout)["header"]["revision"]
             etcd.ctl("compact", str(revision))
             etcd.members[0].kill()  # its watch connection breaks

@@ -2,7 +2,8 @@
 
 A thread lists the prefix once, then watches it from the next revision; watch responses are
 applied in batches.  After any disconnect it re-watches from the last revision seen (nothing
-missed); when that revision has been compacted it lists again.  While etcd is unreachable the
+missed); when that revision has been compacted (checked before re-watching, and reported by the
+watch) it lists again.  While etcd is unreachable the
 mirror keeps its last content (state ``degraded``) and answers go on.  etcd is never read on
 the query path: the mirror turns keys into records (``skydns``) and writes them to the store,
 one owner per name (a name answers for its whole subtree, below the zone apex).
@@ -260,6 +261,9 @@ class EtcdSource:
             client = None
             try:
                 client = self._client_factory()
+                if listed and not self._history_intact(client):
+                    logger.info("etcd revision %d compacted: listing again", self.revision)
+                    listed = False
                 if not listed:
                     self._list(client)
                     listed = True
@@ -287,6 +291,21 @@ class EtcdSource:
                 if client is not None:
                     with contextlib.suppress(Exception):
                         client.close()
+
+    def _history_intact(self, client: Any) -> bool:
+        """Whether every change after the last revision seen is still in etcd's history.  A
+        read at that revision fails once it is compacted; checked before resuming a watch,
+        since a watch resumed at exactly the compaction revision is accepted but silently
+        misses a delete whose tombstone the compaction removed."""
+        try:
+            client.get_prefix_response(
+                self._settings.prefix, revision=self.revision, count_only=True
+            )
+        except Exception as exc:
+            if "compacted" in str(exc):
+                return False
+            raise
+        return True
 
     def _list(self, client: Any) -> None:
         response = client.get_prefix_response(self._settings.prefix)
