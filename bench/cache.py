@@ -20,20 +20,18 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "bench"))
+import dns.message
 
-import dns.message  # noqa: E402
-from run import CLIENT_CORE, Servers, dnsperf, free_port, rss_mb, warm  # noqa: E402
-from testbed import etcd as testbed_etcd  # noqa: E402
+# Run as a script, bench/ is on the path; importing run puts tests/ (the testbed) there too.
+from run import CLIENT_CORE, Servers, dnsperf, free_port, rss_mb, warm
+from testbed import etcd as testbed_etcd
 
-from dnsd.records import Record, RecordStore  # noqa: E402
-from dnsd.resolve.acl import Acl  # noqa: E402
-from dnsd.resolve.chain import ResolverChain  # noqa: E402
-from dnsd.resolve.local import LocalZone  # noqa: E402
-from dnsd.stats import Stats  # noqa: E402
-from dnsd.wire.query import QueryHandler  # noqa: E402
+from dnsd.records import Record, RecordStore
+from dnsd.resolve.acl import Acl
+from dnsd.resolve.chain import ResolverChain
+from dnsd.resolve.local import LocalZone
+from dnsd.stats import Stats
+from dnsd.wire.query import QueryHandler
 
 CHURN_NAMES = 10_000
 CHURN_PER_S = 100

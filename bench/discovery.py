@@ -24,14 +24,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from run import dnsperf, free_port, wait_port  # noqa: E402
-from testbed import dockerd as testbed  # noqa: E402
-from testbed import etcd as testbed_etcd  # noqa: E402
-from testbed.fake_engine import FakeEngine, container  # noqa: E402
+# Run as a script, bench/ is on the path; importing run puts tests/ (the testbed) there too.
+from run import dnsperf, free_port, wait_port
+from testbed import dockerd as testbed
+from testbed import etcd as testbed_etcd
+from testbed.fake_engine import FakeEngine, container
 
 
 def _query(name: str, ident: int) -> bytes:

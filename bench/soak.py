@@ -25,13 +25,11 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "bench"))
+from dnslib import QTYPE, RR, A, DNSRecord
 
-from dnslib import QTYPE, RR, A, DNSRecord  # noqa: E402
-from run import Servers, free_port, rss_mb, run_dnsperf  # noqa: E402
-from testbed import etcd as testbed_etcd  # noqa: E402
+# Run as a script, bench/ is on the path; importing run puts tests/ (the testbed) there too.
+from run import Servers, free_port, rss_mb, run_dnsperf
+from testbed import etcd as testbed_etcd
 
 LOCAL_NAMES = 1000
 SRV_NAMES = 100

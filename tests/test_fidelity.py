@@ -48,8 +48,8 @@ def _row(owner: str, ttl: int, rtype: str, rdata: str, zones: list[str], section
         rdata = " ".join(rdata.split()[:2])
     keep_case = section == "answer"  # the owner's spelling is echoed in the answer only
     owner = owner if keep_case else owner.lower()
-    checked_ttl = str(ttl) if section == "answer" and _in_zones(owner, zones) else ""
-    checked_ttl = "" if rtype == "SOA" else checked_ttl
+    compared = section == "answer" and rtype != "SOA" and _in_zones(owner, zones)
+    checked_ttl = str(ttl) if compared else ""
     return owner, checked_ttl, rtype, rdata.lower() if rtype != "TXT" else rdata
 
 

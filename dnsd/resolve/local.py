@@ -169,9 +169,12 @@ class LocalZone:
                 return wildcard if self._store.exists(wildcard) else name
         return name
 
-    def _addresses(self, ask: _Asked, name: str, rtype: str) -> list[Record]:
+    def _addresses(
+        self, ask: _Asked, name: str, rtype: str, holder: str | None = None
+    ) -> list[Record]:
+        """``name``'s records of ``rtype`` (``holder``: ``_holder(name)``, when known)."""
         ask.depends.add(name)
-        records = self._store.lookup(self._holder(ask, name), rtype)
+        records = self._store.lookup(holder or self._holder(ask, name), rtype)
         if not records and _is_wildcard(name):
             ask.depends.add(wildcard_parts(name)[1])  # any change in that subtree
             records = self._wildcards(name, rtype)
@@ -213,7 +216,8 @@ class LocalZone:
         name, owner_spelling = qname, spelled
         seen: set[str] = set()
         while True:
-            records = self._addresses(ask, name, rtype)
+            holder = self._holder(ask, name)  # once per name: it walks the ancestors
+            records = self._addresses(ask, name, rtype, holder)
             if rtype == "PTR" and not records:  # an explicit PTR wins over automatic ones
                 records = self._automatic_ptr(name)
             if records:
@@ -221,7 +225,6 @@ class LocalZone:
                 answer_result = Answer(RCODE_NOERROR, True, answer)
                 answer_result.additional = self._additional(ask, records)
                 return answer_result
-            holder = self._holder(ask, name)
             cname = self._store.lookup(holder, "CNAME") if rtype != "CNAME" else []
             if not cname or name in seen or len(seen) >= MAX_CNAME_CHAIN:
                 break
@@ -233,7 +236,7 @@ class LocalZone:
                 # Outside our zones: the chain asks upstream for the rest, if it may.
                 return Answer(RCODE_NOERROR, True, answer, follow=name)
             zone = target_zone
-        exists = name == zone or self._store.exists(name) or self._holder(ask, name) != name
+        exists = name == zone or self._store.exists(name) or holder != name
         negative = self._negative(zone, RCODE_NOERROR if exists else RCODE_NXDOMAIN)
         negative.answer = answer
         return negative

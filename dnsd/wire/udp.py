@@ -90,7 +90,7 @@ class UdpServer:
 
     def _on_readable(self) -> None:
         sock, cache, now = self._sock, self._cache, self._clock()
-        hits = 0
+        hits, missed = 0, False
         for _ in range(BATCH):
             try:
                 data, addr = sock.recvfrom(MAX_QUERY_BYTES)
@@ -101,7 +101,7 @@ class UdpServer:
                 continue
             response = cache.answer(data, addr[0], now)
             if response is None:
-                hits = -BATCH  # a miss: this batch is not timed
+                missed = True  # the miss path times itself: this batch is not timed
                 self._slow(data, addr)
                 continue
             hits += 1
@@ -109,7 +109,7 @@ class UdpServer:
                 sock.sendto(response, addr)
             except OSError:
                 self._stats.drop("send failed")
-        if hits > 0:
+        if hits and not missed:
             self._hit_durations.observe((self._clock() - now) / hits, hits)
 
     def _on_readable_limited(self) -> None:
