@@ -67,7 +67,7 @@ class StatsCollector(Collector):
         yield queries
         durations = HistogramMetricFamily(
             "dnsd_request_duration_seconds", "Time to answer a query, by transport and path "
-            "(cache hits are timed per batch of hits and shared among them).",
+            "(cache hits are timed per run of hits read together, shared among them).",
             labels=["transport", "path"],
         )  # fmt: skip
         for (transport, path), histogram in sorted(stats.durations.items()):

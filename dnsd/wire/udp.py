@@ -2,11 +2,11 @@
 
 Per readiness callback it reads up to ``BATCH`` datagrams; each is answered from the packed-
 answer cache when possible (no await, no dnslib), otherwise handed to ``QueryHandler``. Cache
-hits are timed per batch, not per query: a batch of hits only adds its time, shared among its
-queries, to ``Stats.durations`` (a batch with a miss in it is not timed: the miss path times
-itself). Answers that need upstream I/O become tasks, bounded by ``max_pending`` (beyond that:
-dropped and counted). asyncio's own datagram transport is avoided on purpose: it calls
-recvfrom(256 KiB) per datagram.
+hits are timed per run, not per query: each run of consecutive hits in a batch adds its time,
+shared among its queries, to ``Stats.durations`` (a miss ends a run and times itself), so every
+hit is counted for one clock read per run. Answers that need upstream I/O become tasks, bounded
+by ``max_pending`` (beyond that: dropped and counted). asyncio's own datagram transport is
+avoided on purpose: it calls recvfrom(256 KiB) per datagram.
 """
 
 from __future__ import annotations
@@ -89,8 +89,9 @@ class UdpServer:
         self._loop.add_reader(self._sock.fileno(), reader)
 
     def _on_readable(self) -> None:
-        sock, cache, now = self._sock, self._cache, self._clock()
-        hits, missed = 0, False
+        sock, cache, clock = self._sock, self._cache, self._clock
+        now = started = clock()
+        hits = 0  # since ``started``: each run of hits is timed as one
         for _ in range(BATCH):
             try:
                 data, addr = sock.recvfrom(MAX_QUERY_BYTES)
@@ -101,16 +102,19 @@ class UdpServer:
                 continue
             response = cache.answer(data, addr[0], now)
             if response is None:
-                missed = True  # the miss path times itself: this batch is not timed
-                self._slow(data, addr)
+                if hits:
+                    self._hit_durations.observe((clock() - started) / hits, hits)
+                    hits = 0
+                self._slow(data, addr)  # times itself
+                started = clock()
                 continue
             hits += 1
             try:
                 sock.sendto(response, addr)
             except OSError:
                 self._stats.drop("send failed")
-        if hits and not missed:
-            self._hit_durations.observe((self._clock() - now) / hits, hits)
+        if hits:
+            self._hit_durations.observe((clock() - started) / hits, hits)
 
     def _on_readable_limited(self) -> None:
         """``_on_readable`` with response rate limiting and/or the query log (a separate loop,
