@@ -92,13 +92,9 @@ def desired_keys(
                     port = box.published.get((srv.port, proto), 0)
                     if not port:
                         continue
-                key = f"{name_to_key(record.name, prefix)}/"
-                key += instance_label(settings.node_id, container_id, 0)
-                keys[key] = json.dumps(
-                    {"host": srv.target.rstrip("."), "port": port, "priority": srv.priority,
-                     "weight": srv.weight, "ttl": record.ttl}
-                ).encode()  # fmt: skip
-                continue
+                index = 0
+                value = {"host": srv.target.rstrip("."), "port": port, "priority": srv.priority,
+                         "weight": srv.weight, "ttl": record.ttl}  # fmt: skip
             else:
                 continue
             key = f"{name_to_key(record.name, prefix)}/"
