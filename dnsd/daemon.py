@@ -44,7 +44,7 @@ from dnsd.wire.query import QueryHandler
 from dnsd.wire.query_log import QueryLog
 from dnsd.wire.rrl import ResponseRateLimit, RrlSettings
 from dnsd.wire.tcp import TcpServer, bind_tcp
-from dnsd.wire.udp import UdpServer, bind_udp
+from dnsd.wire.udp import HitTimer, UdpServer, bind_udp
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +176,10 @@ class Daemon:
             self.udp.append(udp)
             self.tcp.append(tcp)
             logger.info("listening on %s (udp+tcp)", _show(udp.address), extra=event("listening"))
+        hit_timer = HitTimer(
+            lambda: answer_cache.hits, self.udp, self.stats.durations[("udp", "cache")]
+        )
+        collector.before_collect = hit_timer.account
         self._tasks.append(asyncio.create_task(self.static.watch()))
         if loop is not None and self.forwarder is not None:  # listeners are up: probe now
             self._tasks.append(asyncio.create_task(loop.probe(list(self.forwarder.upstreams))))

@@ -45,6 +45,7 @@ class StatsCollector(Collector):
     def __init__(self, stats: Stats) -> None:
         self.stats = stats
         self.answer_cells: Callable[[], dict[tuple[str, str, str], list[int]]] = dict
+        self.before_collect: Callable[[], None] = lambda: None  # e.g. time the cache hits
         self.records_by_source: Callable[[], dict[str, int]] = dict
         self.rejections: Callable[[], Mapping[tuple[str, str], int]] = dict
         # Wired by the daemon when the part exists: (revision, reconnects), (dropped, slipped).
@@ -53,6 +54,7 @@ class StatsCollector(Collector):
         self.publishing = False
 
     def collect(self) -> Iterator[Metric]:
+        self.before_collect()
         stats = self.stats
         queries = CounterMetricFamily(
             "dnsd_queries", "Queries answered, by zone (the owned zone of the name, '.' for "
@@ -67,7 +69,8 @@ class StatsCollector(Collector):
         yield queries
         durations = HistogramMetricFamily(
             "dnsd_request_duration_seconds", "Time to answer a query, by transport and path "
-            "(cache hits are timed per run of hits read together, shared among them).",
+            "(cache hits: the UDP listener threads' CPU time, shared among the hits since the last "
+            "scrape).",
             labels=["transport", "path"],
         )  # fmt: skip
         for (transport, path), histogram in sorted(stats.durations.items()):
