@@ -12,6 +12,7 @@ import contextlib
 import errno
 import logging
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -39,7 +40,7 @@ from dnsd.sources.etcd_publish import Publisher, PublishSettings
 from dnsd.sources.lifecycle import Source
 from dnsd.sources.static import StaticSource, admission
 from dnsd.stats import Stats
-from dnsd.wire.answer_cache import AnswerCache
+from dnsd.wire.answer_cache import SWEEP_S, AnswerCache
 from dnsd.wire.query import QueryHandler
 from dnsd.wire.query_log import QueryLog
 from dnsd.wire.rrl import ResponseRateLimit, RrlSettings
@@ -100,7 +101,9 @@ class Daemon:
         loaded = self.static.load()
         logger.info("static records loaded: %d", loaded, extra=event("static_loaded", "static"))
         acl = Acl(server.allow_recursion)
-        answer_cache = AnswerCache(acl.allows, server.answer_cache_size, server.answer_cache_bytes)
+        answer_cache = AnswerCache(
+            acl.allows, server.answer_cache_size, server.answer_cache_bytes, acl.decided
+        )
         self.store.subscribe(answer_cache.invalidate)
         local = LocalZone(
             self.store,
@@ -176,6 +179,7 @@ class Daemon:
             self.udp.append(udp)
             self.tcp.append(tcp)
             logger.info("listening on %s (udp+tcp)", _show(udp.address), extra=event("listening"))
+        self._tasks.append(asyncio.create_task(_sweep_answers(answer_cache)))
         hit_timer = HitTimer(
             lambda: answer_cache.hits, self.udp, self.stats.durations[("udp", "cache")]
         )
@@ -313,3 +317,10 @@ def _bind_message(host: str, port: int, proto: str, exc: OSError) -> str:
 def _show(address: tuple[str, int]) -> str:
     host, port = address
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def _sweep_answers(answer_cache: AnswerCache) -> None:
+    """Forwarded answers leave the UDP threads' fast tables when due for a refresh."""
+    while True:
+        await asyncio.sleep(SWEEP_S)
+        answer_cache.sweep(time.monotonic())

@@ -62,8 +62,9 @@ def test_bounded() -> None:
     cache = AnswerCache(lambda ip: True, max_entries=10)
     for i in range(25):
         query = wire(f"n{i}.docker", i)
-        cache.put(query, [response_for(query, b"x")], 1e9, False)
+        cache.put(query, [response_for(query, b"x")], float("inf"), False)
     assert len(cache) <= 10
+    assert len(cache.fast) == len(cache.fast_normalised) == len(cache)  # evicted from both
 
 
 def test_error_response_keeps_id_and_opcode() -> None:
@@ -91,6 +92,54 @@ def test_forwarded_entries_count_ttls_down_in_place() -> None:
     assert parsed.answer[0].ttl == 298 and parsed.authority[0].ttl == 98
     assert parsed.edns == 0  # the OPT record's "TTL" (flags) is left alone
     assert cache.answer(query.to_wire(), "127.0.0.1", 70.5) is None  # the forward cache expired
+
+
+def test_forwarded_entries_leave_the_fast_tables_when_due_and_come_back_restamped() -> None:
+    query = dns.message.make_query("example.com", "A")
+    reply = dns.message.make_response(query)
+    reply.answer.append(dns.rrset.from_text("example.com.", 300, "IN", "A", "1.2.3.4"))
+    plain = query.to_wire()
+    cookie = dns.message.make_query("EXAMPLE.com", "A", use_edns=0)
+    cookie.use_edns(0, options=[dns.edns.GenericOption(10, b"01234567")])
+    cache = AnswerCache(lambda ip: ip == "127.0.0.1")
+    cache.put(plain, [reply.to_wire()], expires=11.0, recursive=True, aging=(10.0, 60.0))
+    cache.put(cookie.to_wire(), [dns.message.make_response(cookie).to_wire()], 11.0, True,
+              aging=(10.0, 60.0))  # fmt: skip
+
+    def ttl(packet: bytes, now: float) -> int | None:
+        answered = cache.respond(packet, "127.0.0.1", now)
+        return None if answered is None else dns.message.from_wire(answered).answer[0].ttl
+
+    assert plain[2:] in cache.fast
+    assert ttl(plain, 10.5) == 300
+    assert cache.respond(plain, "10.1.1.1", 10.5) is None  # not allowed to recurse
+    assert cache.respond(cookie.to_wire(), "10.1.1.1", 10.5) is None
+    assert cache.respond(cookie.to_wire(), "127.0.0.1", 10.5) is not None
+    cache.sweep(10.9)
+    assert plain[2:] in cache.fast
+    cache.sweep(11.0)  # due for a refresh: only ``answer`` (which re-stamps) serves it now
+    assert plain[2:] not in cache.fast and not cache.fast_normalised
+    assert ttl(plain, 12.5) == 298  # re-stamped in place
+    assert plain[2:] not in cache.fast
+    cache.sweep(12.6)  # back, with the re-stamped TTLs
+    assert plain[2:] in cache.fast and ttl(plain, 12.7) == 298
+    cache.sweep(13.0)
+    assert plain[2:] not in cache.fast
+    assert ttl(plain, 70.5) is None  # the forward cache expired: not re-stamped
+    cache.sweep(70.6)
+    assert plain[2:] not in cache.fast
+
+
+def test_fast_tables_ask_the_acl_memo_and_leave_undecided_clients_to_answer() -> None:
+    acl = Acl(["127.0.0.0/8"])
+    cache = AnswerCache(acl.allows, recursion_decided=acl.decided)
+    query = dns.message.make_query("example.com", "A").to_wire()
+    cache.put(query, [response_for(query, b"F")], 11.0, True, aging=(10.0, 60.0))
+    for client, served in [("127.0.0.2", True), ("127.0.0.2", True), ("10.1.1.1", False),
+                           ("10.1.1.1", False)]:  # fmt: skip
+        decided_before = acl.decided(client)
+        assert (cache.respond(query, client, 10.5) is not None) == served
+        assert decided_before in (None, served) and acl.decided(client) == served
 
 
 def test_ttl_offsets_reject_garbage() -> None:
@@ -198,7 +247,7 @@ def test_cached_answers_equal_fresh_ones(steps: list[tuple[object, ...]]) -> Non
             continue
         name, qtype, upper, edns, cookie, client = step
         packet = _packet(name, qtype, upper, edns, cookie, ident)  # type: ignore[arg-type]
-        got = cache.answer(packet, client, 1.0) or cached.handle(packet, client, udp=True)  # type: ignore[arg-type]
+        got = cache.respond(packet, client, 1.0) or cached.handle(packet, client, udp=True)  # type: ignore[arg-type]
         want = fresh.handle(packet, client, udp=True)  # type: ignore[arg-type]
         assert isinstance(got, bytes) and isinstance(want, bytes)
         assert got[:2] == packet[:2]

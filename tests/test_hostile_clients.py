@@ -12,6 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import dns.edns
 import dns.exception
 import dns.flags
 import dns.message
@@ -63,6 +64,39 @@ LONG_LABEL = bytes([64]) + b"a" * 64 + b"\x06docker\x00"
 def open_dnsd(upstream: FakeUpstream, dnsd_factory) -> Dnsd:  # type: ignore[no-untyped-def]
     config = '[[static.records]]\nname = "web"\ntype = "A"\nvalue = "10.0.0.10"\n'
     return dnsd_factory("--upstream", f"127.0.0.1:{upstream.port}", config=config)  # type: ignore[no-any-return]
+
+
+def test_a_query_longer_than_the_udp_read_gets_tc_and_is_answered_over_tcp(
+    open_dnsd: Dnsd,
+) -> None:
+    """dnsd reads 479 bytes per datagram: a longer query (here padded to 600 bytes) may be
+    cut, so it gets TC=1 with its question, and the client asks again over TCP."""
+
+    def padded(size: int) -> dns.message.Message:
+        message = dns.message.make_query("web.docker", "A", use_edns=0)
+        pad = size - len(message.to_wire()) - 4
+        message.use_edns(0, options=[dns.edns.GenericOption(12, b"\x00" * pad)])
+        assert len(message.to_wire()) == size
+        return message
+
+    long = padded(600)
+    reply = ask_raw(open_dnsd.port, long.to_wire())
+    assert reply.flags & dns.flags.TC and reply.question[0].name.to_text() == "web.docker."
+    whole = dns.message.from_wire(ask_raw_tcp(open_dnsd.port, long.to_wire()))
+    assert [r.to_text() for rrset in whole.answer for r in rrset] == ["10.0.0.10"]
+    dropped = "dnsd_dropped_packets_total"
+    assert open_dnsd.metric(dropped, reason="query too long for udp (TC sent)") == 1
+    for size in (384, 478):  # the largest ordinary query, and the largest read whole
+        normal = query_raw_udp(open_dnsd.port, padded(size).to_wire())
+        assert not normal.flags & dns.flags.TC
+        assert [r.to_text() for rrset in normal.answer for r in rrset] == ["10.0.0.10"]
+
+
+def query_raw_udp(port: int, packet: bytes) -> dns.message.Message:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(2)
+        sock.sendto(packet, ("127.0.0.1", port))
+        return dns.message.from_wire(sock.recv(65535))
 
 
 def test_64_byte_label_gets_formerr_not_a_traceback(open_dnsd: Dnsd) -> None:

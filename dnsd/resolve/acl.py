@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from dnsd.resolve.scopes import client_address
 
@@ -26,6 +26,9 @@ class Acl:
     def __init__(self, networks: Iterable[str]) -> None:
         self.networks: list[Network] = [ipaddress.ip_network(n, strict=False) for n in networks]
         self._memo: dict[str, bool] = {}
+        # The verdict for a client already decided, else None: one dict lookup (what the UDP
+        # threads ask before serving a forwarded answer; ``allows`` decides the rest).
+        self.decided: Callable[[str], bool | None] = self._memo.get
 
     def allows(self, client_ip: str) -> bool:
         known = self._memo.get(client_ip)

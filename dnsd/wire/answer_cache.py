@@ -6,8 +6,11 @@ and for EDNS queries the OPT record's fixed part (UDP size, version, DO bit); ED
 A query without options, in lower case, is also found by its exact bytes (minus the ID): one
 dict lookup.  A hit patches the ID and echoes the question's letter case: no dnslib object, no
 await.  The commonest entries (one packed answer for everyone, never expiring: a local name)
-are also in ``fast``, exact bytes -> (response minus its ID, hit counter), which the UDP
-listener thread reads inline (``respond`` is the same lookup, for tests).
+and every forwarded answer with one packed form are also in two plain tables the UDP listener
+thread reads inline (``respond`` is the same lookup, for tests): ``fast`` by exact bytes,
+``fast_normalised`` by normalised key.  Only the event loop changes them: a forwarded entry
+leaves them when its refresh is due (``sweep``, every ``SWEEP_S``) and comes back once it has
+been re-stamped, so it is never served more than ``SWEEP_S`` past its refresh.
 
 Entries hold every rotation of the answer (served in turn), an expiry and the names the answer
 depends on: a store change drops only the entries that depend on a name it touched
@@ -19,9 +22,11 @@ Knows nothing about resolving; ``QueryHandler`` fills it.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
 import struct
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -38,12 +43,15 @@ ANSWER_CACHE_ENTRIES = 100_000
 EVICT_FRACTION = 10  # when full, the oldest 1/EVICT_FRACTION of the entries go
 ANSWER_CACHE_BYTES = 64 * 1024 * 1024  # packed bytes held (rotations and per-client copies)
 FORWARDED_REFRESH_S = 1.0
+SWEEP_S = 0.25  # how often forwarded entries due for a refresh leave the fast tables
 
 
 MAX_CLIENTS_PER_ENTRY = 1024
 
 
 _TTL = struct.Struct("!I")
+FastHit = tuple[bytes, list[int], Callable[[str], bool | None] | None]
+NormalisedHit = tuple[bytes, bytes, list[int], Callable[[str], bool | None] | None]
 
 
 @dataclass(slots=True)
@@ -59,8 +67,8 @@ class _Aging:
 
 class _Entry:
     __slots__ = (
-        "aging", "cell", "clients", "depends", "expires", "keys", "memo", "recursive", "scopes",
-        "size", "variants",
+        "aging", "alias", "cell", "clients", "depends", "expires", "keys", "memo", "qend",
+        "recursive", "scopes", "size", "variants",
     )  # fmt: skip
 
     def __init__(
@@ -83,6 +91,8 @@ class _Entry:
         self.scopes: tuple[str, ...] = ()
         self.memo: dict[str, str] = {}
         self.keys: tuple[bytes, ...] = ()  # the normalised key, and the exact alias if any
+        self.alias: bytes | None = None
+        self.qend = 0  # where the question ends in the packets
         self.depends: tuple[str, ...] = ()
         self.size = 0
 
@@ -146,13 +156,22 @@ class AnswerCache:
         allows_recursion: Callable[[str], bool],
         max_entries: int = ANSWER_CACHE_ENTRIES,
         max_bytes: int = ANSWER_CACHE_BYTES,
+        recursion_decided: Callable[[str], bool | None] | None = None,
     ) -> None:
         self._entries: dict[bytes, _Entry] = {}  # normalised keys and exact aliases
-        # exact alias -> (response without its ID, hit cell): entries with one answer for
-        # every asker and no expiry; read by the UDP threads, changed only with ``_entries``.
-        self.fast: dict[bytes, tuple[bytes, list[int]]] = {}
+        # Entries with one answer for every asker (local, or forwarded and re-stamped in
+        # time): exact alias -> (response without its ID, hit cell, recursion check or None);
+        # normalised key -> (header without ID, what follows the question, cell, check).
+        # Read by the UDP threads; changed on the event loop only.
+        self.fast: dict[bytes, FastHit] = {}
+        self.fast_normalised: dict[bytes, NormalisedHit] = {}
+        self._due: list[tuple[float, bytes]] = []  # (refresh time, key) of fast forwarded entries
+        self._restamped: deque[_Entry] = deque()  # re-stamped by a UDP thread: back in at sweep
         self._dependents: dict[str, set[bytes]] = {}  # name -> normalised keys
         self._allows_recursion = allows_recursion
+        # The fast tables' check: a cheaper lookup that may answer None ("not decided yet":
+        # the asker then takes ``answer``, which asks ``allows_recursion``).
+        self._recursion_check = recursion_decided or allows_recursion
         self._max_entries = max_entries
         self._max_bytes = max_bytes
         self._count = 0
@@ -172,6 +191,8 @@ class AnswerCache:
 
     def clear(self) -> None:
         self.fast.clear()
+        self.fast_normalised.clear()
+        self._due.clear()
         self._entries.clear()
         self._dependents.clear()
         self._count = self.bytes = 0
@@ -185,12 +206,35 @@ class AnswerCache:
                     self.invalidated += self._drop(key)
 
     def respond(self, data: bytes, client_ip: str, now: float) -> bytes | None:
-        """What the UDP listener thread does (inline there): ``fast``, then ``answer``."""
+        """What the UDP listener thread does (inline there): the fast tables, then ``answer``."""
         hit = self.fast.get(data[2:])
         if hit is not None:
-            hit[1][0] += 1
-            return data[:2] + hit[0]
+            tail, cell, allowed = hit
+            if allowed is None or allowed(client_ip):
+                cell[0] += 1
+                return data[:2] + tail
+        qend = data.find(b"\x00", HEADER_LEN) + 5
+        found = self.fast_normalised.get(data[2:qend].lower() + data[qend : qend + OPT_FIXED_BYTES])
+        if found is not None:
+            head, rest, cell, allowed = found
+            if allowed is None or allowed(client_ip):
+                cell[0] += 1
+                return data[:2] + head + data[HEADER_LEN:qend] + rest
         return self.answer(data, client_ip, now)
+
+    def sweep(self, now: float) -> None:
+        """Take forwarded entries due for a refresh out of the fast tables, and put back the
+        ones a UDP thread has re-stamped since (on the event loop, every ``SWEEP_S``)."""
+        due = self._due
+        while due and due[0][0] <= now:
+            key = heapq.heappop(due)[1]
+            entry = self._entries.get(key)
+            if entry is not None and entry.keys[0] == key and entry.expires <= now:
+                self._unfast(entry)
+        while self._restamped:
+            entry = self._restamped.popleft()
+            if self._entries.get(entry.keys[0]) is entry and entry.expires > now:
+                self._make_fast(entry, next(entry.variants))
 
     def answer(self, data: bytes, client_ip: str, now: float) -> bytes | None:
         """The response to ``data`` if known, else None (the caller takes the slow path).
@@ -201,7 +245,7 @@ class AnswerCache:
         or padding skips that lookup."""
         entry = self._entries.get(data[2:]) if data and data[-1] < 2 else None
         if entry is not None:
-            if entry.expires < now and not _restamp(entry, now):
+            if entry.expires < now and not self._restamp(entry, now):
                 return None
             if entry.recursive and not self._allows_recursion(client_ip):
                 return None
@@ -214,7 +258,7 @@ class AnswerCache:
         if qend < 5:
             return None
         entry = self._entries.get(data[2:qend].lower() + data[qend : qend + OPT_FIXED_BYTES])
-        if entry is None or (entry.expires < now and not _restamp(entry, now)):
+        if entry is None or (entry.expires < now and not self._restamp(entry, now)):
             return None
         if entry.recursive and not self._allows_recursion(client_ip):
             return None
@@ -224,6 +268,13 @@ class AnswerCache:
         entry.cell[0] += 1
         template = next(variants)
         return data[:2] + template[2:HEADER_LEN] + data[HEADER_LEN:qend] + template[qend:]
+
+    def _restamp(self, entry: _Entry, now: float) -> bool:
+        if not _restamp(entry, now):
+            return False
+        if entry.clients is None:
+            self._restamped.append(entry)  # the event loop puts it back in the fast tables
+        return True
 
     def put(
         self,
@@ -255,9 +306,11 @@ class AnswerCache:
         size = len(key) + sum(len(t) for t in templates)
         if client_ip is None:
             aged = _aging_of(templates[0], *aging) if aging and len(templates) == 1 else None
-            self._store(key, alias, _Entry(cycle, expires, recursive, cell, aging=aged), depends)
-            if alias is not None and len(templates) == 1 and not recursive and math.isinf(expires):
-                self.fast[alias] = (templates[0][2:], cell)
+            entry = _Entry(cycle, expires, recursive, cell, aging=aged)
+            entry.qend = qend
+            self._store(key, alias, entry, depends)
+            if len(templates) == 1 and (aged is not None or math.isinf(expires)):
+                self._make_fast(entry, templates[0])
         else:
             shared = self._entries.get(key)
             if (
@@ -283,6 +336,7 @@ class AnswerCache:
     ) -> None:
         self._drop(key)
         entry.keys = (key,) if alias is None or alias == key else (key, alias)
+        entry.alias = alias
         entry.depends = depends
         for k in entry.keys:
             self._entries[k] = entry
@@ -294,7 +348,7 @@ class AnswerCache:
         entry = self._entries.get(key)
         if entry is None or entry.keys[0] != key:
             return 0
-        self.fast.pop(entry.keys[-1], None)  # the exact alias (or the key, when the same)
+        self._unfast(entry)
         for k in entry.keys:
             del self._entries[k]
         for name in entry.depends:
@@ -306,6 +360,20 @@ class AnswerCache:
         self._count -= 1
         self.bytes -= entry.size
         return 1
+
+    def _make_fast(self, entry: _Entry, template: bytes) -> None:
+        allowed = self._recursion_check if entry.recursive else None
+        key, qend = entry.keys[0], entry.qend
+        if entry.alias is not None:
+            self.fast[entry.alias] = (template[2:], entry.cell, allowed)
+        self.fast_normalised[key] = (template[2:HEADER_LEN], template[qend:], entry.cell, allowed)
+        if not math.isinf(entry.expires):
+            heapq.heappush(self._due, (entry.expires, key))
+
+    def _unfast(self, entry: _Entry) -> None:
+        if entry.alias is not None:
+            self.fast.pop(entry.alias, None)
+        self.fast_normalised.pop(entry.keys[0], None)
 
     def _evict(self) -> None:
         """The oldest tenth of the entries go (insertion order); one pass over the dict."""

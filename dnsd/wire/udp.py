@@ -30,10 +30,10 @@ from collections.abc import Callable, Iterable
 from functools import partial
 
 from dnsd.logs import Throttled
-from dnsd.resolve.answer import RCODE_SERVFAIL
+from dnsd.resolve.answer import RCODE_NOERROR, RCODE_SERVFAIL
 from dnsd.stats import Durations, Stats
 from dnsd.wire.answer_cache import AnswerCache
-from dnsd.wire.codec import error_response
+from dnsd.wire.codec import HEADER_LEN, OPT_FIXED_BYTES, error_response
 from dnsd.wire.query import QueryHandler
 from dnsd.wire.query_log import QueryLog
 from dnsd.wire.rrl import DROP, SLIP, ResponseRateLimit, truncated
@@ -42,7 +42,11 @@ logger = logging.getLogger(__name__)
 throttled = Throttled(logger)
 
 BATCH = 64  # queued misses resolved per event-loop callback (then the loop's other work runs)
-MAX_QUERY_BYTES = 4096
+# Bytes read per datagram: 479 keeps the bytes object within CPython's small-object allocator
+# (512 bytes with its header), about 80 ns cheaper per read than 4096.  The largest ordinary
+# query is 384 bytes (a 255-byte name, a cookie, RFC 8467 block padding); a datagram that fills
+# the buffer may have been cut, and gets a TC=1 reply: the client asks again over TCP.
+READ_BYTES = 479
 RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
 MAX_PENDING = 2048
 MAX_QUEUED = 4096  # misses waiting for the event loop; beyond that: SERVFAIL, counted
@@ -124,24 +128,38 @@ class UdpServer:
 
     def _serve(self) -> None:
         recvfrom, sendto = self._sock.recvfrom, self._sock.sendto
-        fast = self._cache.fast.get
+        fast, normalised = self._cache.fast.get, self._cache.fast_normalised.get
         answer, clock = self._cache.answer, self._clock
         while True:
             try:
-                data, addr = recvfrom(MAX_QUERY_BYTES)
+                data, addr = recvfrom(READ_BYTES)
             except OSError as exc:  # e.g. an ICMP error queued on the socket
                 if self._stopping:
                     return
                 logger.debug("udp receive error: %s", exc)
                 continue
+            # AnswerCache.respond, inline: a method call would cost more than the lookup.
             hit = fast(data[2:])
             if hit is not None:
-                hit[1][0] += 1
-                try:
-                    sendto(data[:2] + hit[0], addr)
-                except OSError:
-                    self._stats.drop("send failed")
-                continue
+                tail, cell, allowed = hit
+                if allowed is None or allowed(addr[0]):
+                    cell[0] += 1
+                    try:
+                        sendto(data[:2] + tail, addr)
+                    except OSError:
+                        self._stats.drop("send failed")
+                    continue
+            qend = data.find(b"\x00", HEADER_LEN) + 5
+            found = normalised(data[2:qend].lower() + data[qend : qend + OPT_FIXED_BYTES])
+            if found is not None:
+                head, rest, cell, allowed = found
+                if allowed is None or allowed(addr[0]):
+                    cell[0] += 1
+                    try:
+                        sendto(data[:2] + head + data[HEADER_LEN:qend] + rest, addr)
+                    except OSError:
+                        self._stats.drop("send failed")
+                    continue
             if not data and self._stopping:
                 return  # stop_reading's shutdown woke the read: nothing is queued
             response = answer(data, addr[0], clock())
@@ -160,7 +178,7 @@ class UdpServer:
         recvfrom, answer, clock = self._sock.recvfrom, self._cache.answer, self._clock
         while True:
             try:
-                data, addr = recvfrom(MAX_QUERY_BYTES)
+                data, addr = recvfrom(READ_BYTES)
             except OSError as exc:
                 if self._stopping:
                     return
@@ -179,6 +197,12 @@ class UdpServer:
 
     def _queue(self, data: bytes, addr: tuple[str, int]) -> None:
         """Hand a miss to the event loop (called on the listener thread)."""
+        if len(data) >= READ_BYTES:  # perhaps cut short by the read: ask for TCP
+            self._stats.drop("query too long for udp (TC sent)")
+            reply = error_response(data, RCODE_NOERROR, echo_question=True)
+            if reply is not None:
+                self._send(addr, truncated(reply))
+            return
         if len(self._queued) >= MAX_QUEUED:  # the loop is far behind: answer now, count it
             self._stats.drop("too many queued")
             busy = error_response(data, RCODE_SERVFAIL, echo_question=True)
