@@ -119,10 +119,10 @@ def test_forwarded_entries_leave_the_fast_tables_when_due_and_come_back_restampe
     assert plain[2:] in cache.fast
     cache.sweep(11.0)  # due for a refresh: only ``answer`` (which re-stamps) serves it now
     assert plain[2:] not in cache.fast and not cache.fast_normalised
-    assert ttl(plain, 12.5) == 298  # re-stamped in place
-    assert plain[2:] not in cache.fast
-    cache.sweep(12.6)  # back, with the re-stamped TTLs
+    assert ttl(plain, 12.5) == 298  # re-stamped in place, and back with the new TTLs
     assert plain[2:] in cache.fast and ttl(plain, 12.7) == 298
+    cache.sweep(12.6)
+    assert plain[2:] in cache.fast
     cache.sweep(13.0)
     assert plain[2:] not in cache.fast
     assert ttl(plain, 70.5) is None  # the forward cache expired: not re-stamped
@@ -140,6 +140,57 @@ def test_fast_tables_ask_the_acl_memo_and_leave_undecided_clients_to_answer() ->
         decided_before = acl.decided(client)
         assert (cache.respond(query, client, 10.5) is not None) == served
         assert decided_before in (None, served) and acl.decided(client) == served
+
+
+def test_fast_tables_stay_true_while_a_thread_restamps_and_the_loop_drops() -> None:
+    """A UDP thread re-stamps forwarded entries (and puts them back in the fast tables) while
+    the event loop puts and invalidates: once every name is invalidated and the thread has
+    made a full pass, no fast row is left."""
+    import sys
+    import threading
+
+    cache = AnswerCache(lambda ip: True)
+    queries = [dns.message.make_query(f"n{i}.example", "A") for i in range(20)]
+    packets = [q.to_wire() for q in queries]
+    replies = []
+    for i, q in enumerate(queries):
+        reply = dns.message.make_response(q)
+        reply.answer.append(dns.rrset.from_text(f"n{i}.example.", 300, "IN", "A", "1.2.3.4"))
+        replies.append(reply.to_wire())
+    clock = [10.0]
+    passes = [0]
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            for packet in packets:
+                cache.respond(packet, "127.0.0.1", clock[0])
+            passes[0] += 1
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for _ in range(300):
+            now = clock[0]
+            for i, packet in enumerate(packets):
+                cache.put(packet, [replies[i]], now + 1, True, aging=(now, 60.0),
+                          depends=(f"n{i}.example.",))  # fmt: skip
+            clock[0] += 1.5  # every entry due: out of the fast tables until re-stamped
+            cache.sweep(clock[0])
+            seen = passes[0]
+            while passes[0] < seen + 1:
+                pass
+            cache.invalidate({f"n{i}.example." for i in range(20)})
+            seen = passes[0]
+            while passes[0] < seen + 2:  # a full pass after the invalidation
+                pass
+            assert not cache.fast and not cache.fast_normalised
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(interval)
 
 
 def test_ttl_offsets_reject_garbage() -> None:

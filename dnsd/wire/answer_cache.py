@@ -8,9 +8,11 @@ dict lookup.  A hit patches the ID and echoes the question's letter case: no dns
 await.  The commonest entries (one packed answer for everyone, never expiring: a local name)
 and every forwarded answer with one packed form are also in two plain tables the UDP listener
 thread reads inline (``respond`` is the same lookup, for tests): ``fast`` by exact bytes,
-``fast_normalised`` by normalised key.  Only the event loop changes them: a forwarded entry
-leaves them when its refresh is due (``sweep``, every ``SWEEP_S``) and comes back once it has
-been re-stamped, so it is never served more than ``SWEEP_S`` past its refresh.
+``fast_normalised`` by normalised key.  A forwarded entry leaves them when its refresh is due
+(``sweep``, every ``SWEEP_S``, so it is never served more than ``SWEEP_S`` past it) and comes
+back when the next asker's ``answer`` has re-stamped it.  The UDP threads read everything
+without a lock; changes to the entries and the fast tables (the event loop's, and a UDP
+thread putting a re-stamped entry back) are made under ``_lock``.
 
 Entries hold every rotation of the answer (served in turn), an expiry and the names the answer
 depends on: a store change drops only the entries that depend on a name it touched
@@ -26,7 +28,7 @@ import heapq
 import itertools
 import math
 import struct
-from collections import deque
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -162,11 +164,10 @@ class AnswerCache:
         # Entries with one answer for every asker (local, or forwarded and re-stamped in
         # time): exact alias -> (response without its ID, hit cell, recursion check or None);
         # normalised key -> (header without ID, what follows the question, cell, check).
-        # Read by the UDP threads; changed on the event loop only.
         self.fast: dict[bytes, FastHit] = {}
         self.fast_normalised: dict[bytes, NormalisedHit] = {}
         self._due: list[tuple[float, bytes]] = []  # (refresh time, key) of fast forwarded entries
-        self._restamped: deque[_Entry] = deque()  # re-stamped by a UDP thread: back in at sweep
+        self._lock = threading.Lock()
         self._dependents: dict[str, set[bytes]] = {}  # name -> normalised keys
         self._allows_recursion = allows_recursion
         # The fast tables' check: a cheaper lookup that may answer None ("not decided yet":
@@ -190,20 +191,22 @@ class AnswerCache:
         return self._count
 
     def clear(self) -> None:
-        self.fast.clear()
-        self.fast_normalised.clear()
-        self._due.clear()
-        self._entries.clear()
-        self._dependents.clear()
-        self._count = self.bytes = 0
+        with self._lock:
+            self.fast.clear()
+            self.fast_normalised.clear()
+            self._due.clear()
+            self._entries.clear()
+            self._dependents.clear()
+            self._count = self.bytes = 0
 
     def invalidate(self, names: set[str]) -> None:
         """Drop every entry whose answer depends on one of ``names`` (a store change)."""
-        for name in names:
-            keys = self._dependents.pop(name, None)
-            if keys:
-                for key in keys:
-                    self.invalidated += self._drop(key)
+        with self._lock:
+            for name in names:
+                keys = self._dependents.pop(name, None)
+                if keys:
+                    for key in keys:
+                        self.invalidated += self._drop(key)
 
     def respond(self, data: bytes, client_ip: str, now: float) -> bytes | None:
         """What the UDP listener thread does (inline there): the fast tables, then ``answer``."""
@@ -223,18 +226,15 @@ class AnswerCache:
         return self.answer(data, client_ip, now)
 
     def sweep(self, now: float) -> None:
-        """Take forwarded entries due for a refresh out of the fast tables, and put back the
-        ones a UDP thread has re-stamped since (on the event loop, every ``SWEEP_S``)."""
+        """Take forwarded entries due for a refresh out of the fast tables (every
+        ``SWEEP_S``, on the event loop)."""
         due = self._due
-        while due and due[0][0] <= now:
-            key = heapq.heappop(due)[1]
-            entry = self._entries.get(key)
-            if entry is not None and entry.keys[0] == key and entry.expires <= now:
-                self._unfast(entry)
-        while self._restamped:
-            entry = self._restamped.popleft()
-            if self._entries.get(entry.keys[0]) is entry and entry.expires > now:
-                self._make_fast(entry, next(entry.variants))
+        with self._lock:
+            while due and due[0][0] <= now:
+                key = heapq.heappop(due)[1]
+                entry = self._entries.get(key)
+                if entry is not None and entry.keys[0] == key and entry.expires <= now:
+                    self._unfast(entry)
 
     def answer(self, data: bytes, client_ip: str, now: float) -> bytes | None:
         """The response to ``data`` if known, else None (the caller takes the slow path).
@@ -270,10 +270,13 @@ class AnswerCache:
         return data[:2] + template[2:HEADER_LEN] + data[HEADER_LEN:qend] + template[qend:]
 
     def _restamp(self, entry: _Entry, now: float) -> bool:
+        """Re-stamp a forwarded entry and put it back in the fast tables (a UDP thread)."""
         if not _restamp(entry, now):
             return False
         if entry.clients is None:
-            self._restamped.append(entry)  # the event loop puts it back in the fast tables
+            with self._lock:
+                if self._entries.get(entry.keys[0]) is entry:  # not dropped meanwhile
+                    self._make_fast(entry, next(entry.variants))
         return True
 
     def put(
@@ -291,6 +294,23 @@ class AnswerCache:
         """Remember the responses to ``data`` (for ``client_ip`` only, when given), to be
         dropped when a name in ``depends`` changes; returns the first one to send, as
         ``answer`` would."""
+        with self._lock:
+            return self._put(
+                data, variants, expires, recursive, client_ip, label, aging, depends, scopes
+            )
+
+    def _put(
+        self,
+        data: bytes,
+        variants: list[bytes],
+        expires: float,
+        recursive: bool,
+        client_ip: str | None = None,
+        label: tuple[str, str, str] = (".", "", ""),
+        aging: tuple[float, float] | None = None,
+        depends: tuple[str, ...] = (),
+        scopes: tuple[str, ...] = (),
+    ) -> bytes:
         key, qend, has_options = normalised_key(data)
         lower = data[HEADER_LEN:qend].lower()
         if (
