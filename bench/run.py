@@ -1,11 +1,12 @@
 """Side-by-side benchmark: dnsd vs dnsmasq, same names, same dnsperf query files, one run.
 
-Servers are pinned to core 0 and dnsperf to core 1.  Prints, for both servers: queries/s,
-server CPU microseconds per query (from /proc), p99 latency at a fixed 5,000 queries/s, and
-the ratios dnsd/dnsmasq; for these mixes: local A, local SRV, A with 10 % NXDOMAIN, and a
-forwarded name (both forwarding to the same local upstream, warm caches), A with EDNS, A with
-an EDNS cookie option, and A over TCP.  Also dnsd's RSS holding 10,000 names.  Only loopback
-is used.  Usage: python bench/run.py [--duration S]
+Servers are pinned to core 0 and dnsperf to core 1; each case alternates dnsd and dnsmasq in
+three slices of a third of ``--duration`` each and sums them.  Prints, for both servers:
+queries/s, server CPU microseconds per query (from /proc), p99 latency at a fixed 5,000
+queries/s, and the ratios dnsd/dnsmasq; for these mixes: local A, local SRV, A with 10 %
+NXDOMAIN, a forwarded name (both forwarding to the same local upstream, warm caches), A with
+EDNS, A with an EDNS cookie option, and A over TCP.  Also dnsd's RSS holding 10,000 names.
+Only loopback is used.  Usage: python bench/run.py [--duration S]
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from testbed.dnsd import free_port  # noqa: E402  (one free_port for tests and b
 NAMES = 1000
 BIG_NAMES = 10_000
 LATENCY_QPS = 5000
+ROUNDS = 3  # alternating slices per case and server
 SERVER_CORE = "0"
 CLIENT_CORE = "1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -87,6 +89,30 @@ def dnsperf(port: int, queries: Path, duration: float, pid: int, *options: str) 
     if os.environ.get("BENCH_VERBOSE"):
         print(out)
     return Result(qps, cpu_us, completed)
+
+
+def side_by_side(
+    ours: tuple[int, int],
+    theirs: tuple[int, int],
+    queries: Path,
+    duration: float,
+    *options: str,
+    rounds: int = ROUNDS,
+) -> tuple[Result, Result]:
+    """Both servers (port, pid) measured in alternating slices of ``duration / rounds``
+    seconds, the totals summed: a slower minute of the machine weighs on both alike."""
+    slice_s = duration / rounds
+    runs: dict[int, list[Result]] = {ours[0]: [], theirs[0]: []}
+    for _ in range(rounds):
+        for port, pid in (ours, theirs):
+            runs[port].append(dnsperf(port, queries, slice_s, pid, *options))
+
+    def total(results: list[Result]) -> Result:
+        completed = sum(r.completed for r in results)
+        cpu_us = sum(r.cpu_us * r.completed for r in results) / max(completed, 1)
+        return Result(sum(r.qps for r in results) / len(results), cpu_us, completed)
+
+    return total(runs[ours[0]]), total(runs[theirs[0]])
 
 
 def p99_latency_ms(port: int, queries: Path, duration: float) -> float:
@@ -256,8 +282,9 @@ def run(servers: Servers, paths: dict[str, Path], duration: float) -> int:
         )
         warm(dnsd_port, paths[queries])
         warm(their_port, paths[queries])
-        ours = dnsperf(dnsd_port, paths[queries], duration, dnsd.pid, *options)
-        theirs = dnsperf(their_port, paths[queries], duration, their_pid, *options)
+        ours, theirs = side_by_side(
+            (dnsd_port, dnsd.pid), (their_port, their_pid), paths[queries], duration, *options
+        )
         cpu_ratio = f"{ours.cpu_us / theirs.cpu_us:>8.2f}" if theirs.cpu_us else f"{'n/a':>8}"
         print(
             f"{mix:<22}{ours.qps:>12.0f}{theirs.qps:>13.0f}{ours.qps / theirs.qps:>8.2f}"
