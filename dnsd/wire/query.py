@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from dnslib import EDNS0, QTYPE, RCODE, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
+from dnslib.label import DNSBuffer
 
 from dnsd.logs import Throttled
 from dnsd.resolve.answer import RCODE_FORMERR, RCODE_NOTIMP, RCODE_SERVFAIL, Answer
@@ -75,6 +76,7 @@ class QueryHandler:
         self._stats = stats
         self._answer_cache = answer_cache
         self._max_udp_size = max(max_udp_size, CLASSIC_UDP_SIZE)
+        self._opt = EDNS0(udp_len=self._max_udp_size)  # the OPT record of every EDNS reply
         self._recursion_available = recursion_available
         self._clock = clock
         self._turn = 0
@@ -272,31 +274,54 @@ class QueryHandler:
         edns: bool,
         truncated: bool = False,
     ) -> bytes:
-        header = DNSHeader(
-            id=query.header.id,
-            qr=1,
-            aa=answer.authoritative,
-            tc=truncated,
-            rd=query.header.rd,
-            ra=self._recursion_available,
-            rcode=answer.rcode,
+        """The same bytes as a dnslib ``DNSRecord`` of these sections would pack (names
+        compressed against the question and each other), without building one: its header
+        and record list cost more than the packing itself (``pack_reply``)."""
+        flags = (
+            _QR
+            | (_AA if answer.authoritative else 0)
+            | (_TC if truncated else 0)
+            | (_RD if query.header.rd else 0)
+            | (_RA if self._recursion_available else 0)
+            | (answer.rcode & 0x0F)
         )
-        reply = DNSRecord(header, q=query.q)
-        for rr in records:
-            reply.add_answer(rr)
-        for rr in authority:
-            reply.add_auth(rr)
-        for rr in additional:
-            reply.add_ar(rr)
-        if edns:
-            reply.add_ar(EDNS0(udp_len=self._max_udp_size))
-        return bytes(reply.pack())
+        opt = self._opt if edns else None
+        return pack_reply(query.header.id, flags, query.q, records, authority, additional, opt)
 
     def _badvers(self, query: DNSRecord) -> bytes:
         header = DNSHeader(id=query.header.id, qr=1, rd=query.header.rd, rcode=0)
         reply = DNSRecord(header, q=query.q)
         reply.add_ar(EDNS0(udp_len=self._max_udp_size, ext_rcode=EDNS_BADVERS >> 4))
         return bytes(reply.pack())
+
+
+_QR, _AA, _TC, _RD, _RA = 0x8000, 0x0400, 0x0200, 0x0100, 0x0080
+
+
+def pack_reply(
+    ident: int,
+    flags: int,
+    question: DNSQuestion,
+    answer: list[Any],
+    authority: list[Any],
+    additional: list[Any],
+    opt: Any = None,
+) -> bytes:
+    """A reply packed as ``DNSRecord.pack`` does (header, question, sections, an OPT record
+    last when given), with one ``DNSBuffer`` and no ``DNSRecord``/``DNSHeader`` objects."""
+    buffer = DNSBuffer()
+    extra = 0 if opt is None else 1
+    buffer.pack("!HHHHHH", ident, flags, 1, len(answer), len(authority), len(additional) + extra)
+    question.pack(buffer)
+    for rr in answer:
+        rr.pack(buffer)
+    for rr in authority:
+        rr.pack(buffer)
+    for rr in additional:
+        rr.pack(buffer)
+    if opt is not None:
+        opt.pack(buffer)
+    return bytes(buffer.data)
 
 
 def _proto(udp: bool) -> str:
