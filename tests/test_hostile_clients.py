@@ -251,6 +251,64 @@ def test_local_names_unharmed_by_a_random_subdomain_flood(dnsd_factory) -> None:
         dead.stop()
 
 
+def test_misses_beyond_the_queue_bound_get_servfail_while_the_loop_is_busy() -> None:
+    """The UDP listener thread queues misses for the event loop up to ``MAX_QUEUED``; while the
+    loop is stuck (here: a blocking callback), the rest get SERVFAIL at once, counted, and
+    every query is answered."""
+    import asyncio
+
+    from dnsd.wire.udp import MAX_QUEUED, UdpServer, bind_udp
+
+    total = MAX_QUEUED + 1500
+    stats = Stats()
+    acl = Acl(["127.0.0.0/8"])
+    cache = AnswerCache(acl.allows)
+    handler = QueryHandler(
+        ResolverChain(LocalZone(RecordStore(), ["docker."]), None, acl), stats, cache
+    )
+    rcodes: list[int] = []
+
+    async def main() -> None:
+        server = UdpServer(bind_udp("127.0.0.1", 0), handler, cache, stats)
+        server.start()
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        client.bind(("127.0.0.1", 0))
+        client.settimeout(5)
+
+        def read() -> None:
+            for _ in range(total):
+                rcodes.append(client.recv(512)[3] & 0x0F)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        sent = threading.Event()
+
+        def send() -> None:
+            for i in range(total):  # every name distinct: every query a miss
+                name = bytes([5]) + b"n%04d" % i + b"\x06docker\x00"
+                client.sendto(raw_query(name), server.address)
+            sent.set()
+
+        def busy() -> None:  # the event loop stuck until everything was sent
+            threading.Thread(target=send).start()
+            sent.wait(10)
+            time.sleep(0.2)  # and the listener thread has read it all
+
+        asyncio.get_running_loop().call_soon(busy)
+        await asyncio.sleep(0)
+        await asyncio.to_thread(reader.join, 20)
+        server.stop_reading()
+        await server.drain(1.0)
+        client.close()
+
+    asyncio.run(main())
+    servfail = rcodes.count(2)
+    assert len(rcodes) == total  # every query answered
+    assert rcodes.count(3) == MAX_QUEUED  # the queued ones resolved: NXDOMAIN
+    assert servfail == total - MAX_QUEUED == stats.dropped["too many queued"]
+
+
 def test_non_reading_tcp_clients_cannot_hold_every_slot(dnsd_factory) -> None:  # type: ignore[no-untyped-def]
     records = "".join(
         f'[[static.records]]\nname = "big"\ntype = "TXT"\nvalue = ["{i:03d}{"x" * 250}"]\n'
