@@ -82,9 +82,13 @@ class Member:
 
 class Etcd:
     def __init__(
-        self, members: int = 1, extra_hosts: tuple[str, ...] = (), certs: Any = None
+        self,
+        members: int = 1,
+        extra_hosts: tuple[str, ...] = (),
+        certs: Any = None,
+        under: str | None = None,  # where the data goes (a benchmark: /dev/shm)
     ) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="dnsd-etcd-"))
+        self.root = Path(tempfile.mkdtemp(prefix="dnsd-etcd-", dir=under))
         self.certs = certs
         self.members = [Member(f"m{i + 1}", self.root, extra_hosts, certs) for i in range(members)]
         self.auth: list[str] = []  # etcdctl --user ROOT:PW once auth is on
