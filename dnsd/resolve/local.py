@@ -170,11 +170,17 @@ class LocalZone:
         return name
 
     def _addresses(
-        self, ask: _Asked, name: str, rtype: str, holder: str | None = None
+        self,
+        ask: _Asked,
+        name: str,
+        rtype: str,
+        holder: str | None = None,
+        held: list[Record] | None = None,
     ) -> list[Record]:
-        """``name``'s records of ``rtype`` (``holder``: ``_holder(name)``, when known)."""
+        """``name``'s records of ``rtype`` (``holder``: ``_holder(name)``, when known; ``held``:
+        the holder's records, when already looked up)."""
         ask.depends.add(name)
-        records = self._store.lookup(holder or self._holder(ask, name), rtype)
+        records = held or self._store.lookup(holder or self._holder(ask, name), rtype)
         if not records and _is_wildcard(name):
             ask.depends.add(wildcard_parts(name)[1])  # any change in that subtree
             records = self._wildcards(name, rtype)
@@ -216,8 +222,11 @@ class LocalZone:
         name, owner_spelling = qname, spelled
         seen: set[str] = set()
         while True:
-            holder = self._holder(ask, name)  # once per name: it walks the ancestors
-            records = self._addresses(ask, name, rtype, holder)
+            # The common case first: a name holding records of the type is its own holder
+            # (one dict lookup); otherwise ``_holder`` walks the ancestors, once per name.
+            held = self._store.lookup(name, rtype)
+            holder = name if held else self._holder(ask, name)
+            records = self._addresses(ask, name, rtype, holder, held)
             if rtype == "PTR" and not records:  # an explicit PTR wins over automatic ones
                 records = self._automatic_ptr(name)
             if records:
