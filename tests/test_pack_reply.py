@@ -61,16 +61,9 @@ def test_pack_reply_equals_dnslib(
 ) -> None:  # fmt: skip
     question = DNSQuestion(qname, qtype)
     header = DNSHeader(id=ident, qr=1, aa=aa, tc=tc, rd=rd, ra=ra, rcode=rcode)
-    reply = DNSRecord(header, q=question)
-    for rr in answer:
-        reply.add_answer(rr)
-    for rr in authority:
-        reply.add_auth(rr)
-    for rr in additional:
-        reply.add_ar(rr)
     opt = None if edns is None else EDNS0(udp_len=edns)
-    if opt is not None:
-        reply.add_ar(opt)
+    optional = [] if opt is None else [opt]
+    reply = DNSRecord(header, q=question, rr=answer, auth=authority, ar=additional + optional)
     flags = 0x8000 | aa << 10 | tc << 9 | rd << 8 | ra << 7 | rcode
     packed = pack_reply(ident, flags, question, answer, authority, additional, opt)
     assert packed == bytes(reply.pack())

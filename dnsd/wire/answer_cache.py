@@ -24,6 +24,7 @@ Knows nothing about resolving; ``QueryHandler`` fills it.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import math
@@ -31,6 +32,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Concatenate, ParamSpec, TypeVar
 
 from dnsd.resolve.scopes import scope_key
 from dnsd.wire.codec import (
@@ -122,6 +124,23 @@ def _restamp(entry: _Entry, now: float) -> bool:
     return True
 
 
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _locked(
+    method: Callable[Concatenate[AnswerCache, _P], _T],
+) -> Callable[Concatenate[AnswerCache, _P], _T]:
+    """The method runs under the cache's lock (a change the UDP threads may race with)."""
+
+    @functools.wraps(method)
+    def locked(self: AnswerCache, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 def normalised_key(data: bytes) -> tuple[bytes | None, int, bool]:
     """(key, end of the question, whether the query carries EDNS options) for ``data``; key
     None when the packet is not plain (``plain_shape``).
@@ -190,23 +209,23 @@ class AnswerCache:
     def __len__(self) -> int:
         return self._count
 
+    @_locked
     def clear(self) -> None:
-        with self._lock:
-            self.fast.clear()
-            self.fast_normalised.clear()
-            self._due.clear()
-            self._entries.clear()
-            self._dependents.clear()
-            self._count = self.bytes = 0
+        self.fast.clear()
+        self.fast_normalised.clear()
+        self._due.clear()
+        self._entries.clear()
+        self._dependents.clear()
+        self._count = self.bytes = 0
 
+    @_locked
     def invalidate(self, names: set[str]) -> None:
         """Drop every entry whose answer depends on one of ``names`` (a store change)."""
-        with self._lock:
-            for name in names:
-                keys = self._dependents.pop(name, None)
-                if keys:
-                    for key in keys:
-                        self.invalidated += self._drop(key)
+        for name in names:
+            keys = self._dependents.pop(name, None)
+            if keys:
+                for key in keys:
+                    self.invalidated += self._drop(key)
 
     def respond(self, data: bytes, client_ip: str, now: float) -> bytes | None:
         """What the UDP listener thread does (inline there): the fast tables, then ``answer``."""
@@ -225,16 +244,16 @@ class AnswerCache:
                 return data[:2] + head + data[HEADER_LEN:qend] + rest
         return self.answer(data, client_ip, now)
 
+    @_locked
     def sweep(self, now: float) -> None:
         """Take forwarded entries due for a refresh out of the fast tables (every
         ``SWEEP_S``, on the event loop)."""
         due = self._due
-        with self._lock:
-            while due and due[0][0] <= now:
-                key = heapq.heappop(due)[1]
-                entry = self._entries.get(key)
-                if entry is not None and entry.keys[0] == key and entry.expires <= now:
-                    self._unfast(entry)
+        while due and due[0][0] <= now:
+            key = heapq.heappop(due)[1]
+            entry = self._entries.get(key)
+            if entry is not None and entry.keys[0] == key and entry.expires <= now:
+                self._unfast(entry)
 
     def answer(self, data: bytes, client_ip: str, now: float) -> bytes | None:
         """The response to ``data`` if known, else None (the caller takes the slow path).
@@ -279,6 +298,7 @@ class AnswerCache:
                     self._make_fast(entry, next(entry.variants))
         return True
 
+    @_locked
     def put(
         self,
         data: bytes,
@@ -294,23 +314,6 @@ class AnswerCache:
         """Remember the responses to ``data`` (for ``client_ip`` only, when given), to be
         dropped when a name in ``depends`` changes; returns the first one to send, as
         ``answer`` would."""
-        with self._lock:
-            return self._put(
-                data, variants, expires, recursive, client_ip, label, aging, depends, scopes
-            )
-
-    def _put(
-        self,
-        data: bytes,
-        variants: list[bytes],
-        expires: float,
-        recursive: bool,
-        client_ip: str | None = None,
-        label: tuple[str, str, str] = (".", "", ""),
-        aging: tuple[float, float] | None = None,
-        depends: tuple[str, ...] = (),
-        scopes: tuple[str, ...] = (),
-    ) -> bytes:
         key, qend, has_options = normalised_key(data)
         lower = data[HEADER_LEN:qend].lower()
         if (
