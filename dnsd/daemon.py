@@ -102,7 +102,11 @@ class Daemon:
         logger.info("static records loaded: %d", loaded, extra=event("static_loaded", "static"))
         acl = Acl(server.allow_recursion)
         answer_cache = AnswerCache(
-            acl.allows, server.answer_cache_size, server.answer_cache_bytes, acl.decided
+            acl.allows,
+            server.answer_cache_size,
+            server.answer_cache_bytes,
+            recursion_decided=acl.decided,
+            max_udp_size=server.max_udp_size,
         )
         self.store.subscribe(answer_cache.invalidate)
         local = LocalZone(

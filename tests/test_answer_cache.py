@@ -17,7 +17,7 @@ from dnsd.resolve.acl import Acl
 from dnsd.resolve.chain import ResolverChain
 from dnsd.resolve.local import LocalZone
 from dnsd.stats import Stats
-from dnsd.wire.answer_cache import AnswerCache
+from dnsd.wire.answer_cache import AnswerCache, normalised_key
 from dnsd.wire.codec import error_response, question_end
 from dnsd.wire.query import QueryHandler
 
@@ -193,6 +193,35 @@ def test_fast_tables_stay_true_while_a_thread_restamps_and_the_loop_drops() -> N
         sys.setswitchinterval(interval)
 
 
+def test_udp_sizes_that_fit_the_same_answer_share_one_entry() -> None:
+    """The key holds the UDP size clamped as the answer is fitted (512 to max_udp_size): 4096
+    and 8192 share the 1232 entry, 256 the 512 one; a size seen once is then found inline."""
+    cache = AnswerCache(lambda ip: True, max_udp_size=1232)
+
+    def ask(size: int, cookie: bool = True) -> bytes:
+        message = dns.message.make_query("web.docker", "A", use_edns=0, payload=size)
+        if cookie:
+            message.use_edns(0, payload=size, options=[dns.edns.GenericOption(10, b"c" * 8)])
+        return message.to_wire()
+
+    first = ask(4096)
+    depends = ("web.docker.",)
+    cache.put(first, [response_for(first, b"big")], float("inf"), False, depends=depends)
+    small = ask(256)
+    cache.put(small, [response_for(small, b"small")], float("inf"), False, depends=depends)
+    assert len(cache) == 2
+    for size, marker in [(1232, b"big"), (8192, b"big"), (4096, b"big"), (512, b"small"),
+                         (300, b"small"), (700, None)]:  # fmt: skip
+        answered = cache.respond(ask(size), "127.0.0.1", 1.0)
+        assert (answered is None) if marker is None else answered.endswith(marker), size
+    packet = ask(8192)
+    qend = question_end(packet)
+    as_sent = packet[2:qend].lower() + packet[qend : qend + 9]
+    assert as_sent != normalised_key(packet)[0] and as_sent in cache.fast_normalised  # inline
+    cache.invalidate({"web.docker."})  # every key of both entries goes
+    assert not cache.fast_normalised and not cache._entries and len(cache) == 0
+
+
 def test_ttl_offsets_reject_garbage() -> None:
     from dnsd.wire.codec import ttl_offsets
 
@@ -247,7 +276,7 @@ ask = st.tuples(
     st.sampled_from(NAMES),
     st.sampled_from(QTYPES),
     st.booleans(),  # upper-case the name
-    st.sampled_from([None, 512, 1232, 4096]),  # EDNS UDP size, or no EDNS
+    st.sampled_from([None, 256, 512, 1232, 4096, 8192]),  # EDNS UDP size, or no EDNS
     st.booleans(),  # a random cookie option
     st.sampled_from(CLIENTS),
 )

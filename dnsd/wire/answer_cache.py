@@ -36,6 +36,8 @@ from typing import Concatenate, ParamSpec, TypeVar
 
 from dnsd.resolve.scopes import scope_key
 from dnsd.wire.codec import (
+    CLASSIC_UDP_SIZE,
+    DEFAULT_MAX_UDP_SIZE,
     HEADER_LEN,
     OPT_FIXED_BYTES,
     plain_shape,
@@ -51,6 +53,7 @@ SWEEP_S = 0.25  # how often forwarded entries due for a refresh leave the fast t
 
 
 MAX_CLIENTS_PER_ENTRY = 1024
+MAX_SIZE_KEYS = 4  # per entry: keys of other UDP sizes that clamp to its own
 
 
 _TTL = struct.Struct("!I")
@@ -72,7 +75,7 @@ class _Aging:
 class _Entry:
     __slots__ = (
         "aging", "alias", "cell", "clients", "depends", "expires", "keys", "memo", "qend",
-        "recursive", "scopes", "size", "variants",
+        "recursive", "scopes", "size", "sizes", "variants",
     )  # fmt: skip
 
     def __init__(
@@ -96,6 +99,7 @@ class _Entry:
         self.memo: dict[str, str] = {}
         self.keys: tuple[bytes, ...] = ()  # the normalised key, and the exact alias if any
         self.alias: bytes | None = None
+        self.sizes: tuple[bytes, ...] = ()  # normalised keys with other UDP sizes, same answer
         self.qend = 0  # where the question ends in the packets
         self.depends: tuple[str, ...] = ()
         self.size = 0
@@ -141,13 +145,16 @@ def _locked(
     return locked
 
 
-def normalised_key(data: bytes) -> tuple[bytes | None, int, bool]:
+def normalised_key(
+    data: bytes, max_udp_size: int = DEFAULT_MAX_UDP_SIZE
+) -> tuple[bytes | None, int, bool]:
     """(key, end of the question, whether the query carries EDNS options) for ``data``; key
     None when the packet is not plain (``plain_shape``).
 
     The key is the header without its ID, the lower-cased question and the OPT record's fixed
-    part (UDP size, version, DO bit): its options (cookies, padding) are left out.  The hot
-    path builds the same bytes with two slices; only ``put`` checks the packet's shape, so a
+    part (UDP size clamped as the answer is fitted, version, DO bit): its options (cookies,
+    padding) are left out.  The hot path builds the same bytes with two slices (the size as
+    sent: ``answer`` clamps it when that misses); only ``put`` checks the packet's shape, so a
     key it stores always belongs to a well-formed question.  ``put`` caches only packets whose
     labels really end at the first zero byte, so a crafted name with a zero byte inside a label
     can never share a key with a real one.
@@ -157,7 +164,20 @@ def normalised_key(data: bytes) -> tuple[bytes | None, int, bool]:
         return None, -1, False
     # Lower-casing the header with the question is safe: a header byte it changes is an
     # opcode or a count that is never cached, or the Z/AD bits, which no answer depends on.
-    return data[2:qend].lower() + data[qend : qend + OPT_FIXED_BYTES], qend, has_options
+    key = data[2:qend].lower() + data[qend : qend + OPT_FIXED_BYTES]
+    return clamped(key, qend - 2, max_udp_size), qend, has_options
+
+
+def clamped(key: bytes, opt_at: int, max_udp_size: int) -> bytes:
+    """``key`` with the OPT record's UDP size (at ``opt_at``) clamped to what the answer is
+    fitted to (512 to ``max_udp_size``); ``key`` itself when it has no OPT or needs none."""
+    if len(key) < opt_at + OPT_FIXED_BYTES:
+        return key
+    size = (key[opt_at + 3] << 8) | key[opt_at + 4]
+    fitted = min(max(size, CLASSIC_UDP_SIZE), max_udp_size)
+    if fitted == size:
+        return key
+    return key[: opt_at + 3] + fitted.to_bytes(2, "big") + key[opt_at + 5 :]
 
 
 def _for_client(entry: _Entry, client_ip: str) -> Iterator[bytes] | None:
@@ -178,7 +198,9 @@ class AnswerCache:
         max_entries: int = ANSWER_CACHE_ENTRIES,
         max_bytes: int = ANSWER_CACHE_BYTES,
         recursion_decided: Callable[[str], bool | None] | None = None,
+        max_udp_size: int = DEFAULT_MAX_UDP_SIZE,
     ) -> None:
+        self._max_udp_size = max(max_udp_size, CLASSIC_UDP_SIZE)
         self._entries: dict[bytes, _Entry] = {}  # normalised keys and exact aliases
         # Entries with one answer for every asker (local, or forwarded and re-stamped in
         # time): exact alias -> (response without its ID, hit cell, recursion check or None);
@@ -276,8 +298,15 @@ class AnswerCache:
         qend = data.find(b"\x00", HEADER_LEN) + 5
         if qend < 5:
             return None
-        entry = self._entries.get(data[2:qend].lower() + data[qend : qend + OPT_FIXED_BYTES])
-        if entry is None or (entry.expires < now and not self._restamp(entry, now)):
+        key = data[2:qend].lower() + data[qend : qend + OPT_FIXED_BYTES]
+        entry = self._entries.get(key)
+        if entry is None:  # perhaps a UDP size that clamps to a cached one's
+            fitted = clamped(key, qend - 2, self._max_udp_size)
+            entry = None if fitted is key else self._entries.get(fitted)
+            if entry is None:
+                return None
+            self._add_size_key(entry, key)
+        if entry.expires < now and not self._restamp(entry, now):
             return None
         if entry.recursive and not self._allows_recursion(client_ip):
             return None
@@ -287,6 +316,23 @@ class AnswerCache:
         entry.cell[0] += 1
         template = next(variants)
         return data[:2] + template[2:HEADER_LEN] + data[HEADER_LEN:qend] + template[qend:]
+
+    @_locked
+    def _add_size_key(self, entry: _Entry, key: bytes) -> None:
+        """Find ``entry`` by ``key`` (its key with another UDP size) from now on, in the fast
+        table too (a UDP thread; at most ``MAX_SIZE_KEYS`` per entry)."""
+        canonical = entry.keys[0]
+        if (
+            self._entries.get(canonical) is not entry
+            or len(entry.sizes) >= MAX_SIZE_KEYS
+            or key in self._entries
+        ):
+            return
+        entry.sizes += (key,)
+        self._entries[key] = entry
+        fast = self.fast_normalised.get(canonical)
+        if fast is not None:
+            self.fast_normalised[key] = fast
 
     def _restamp(self, entry: _Entry, now: float) -> bool:
         """Re-stamp a forwarded entry and put it back in the fast tables (a UDP thread)."""
@@ -314,7 +360,7 @@ class AnswerCache:
         """Remember the responses to ``data`` (for ``client_ip`` only, when given), to be
         dropped when a name in ``depends`` changes; returns the first one to send, as
         ``answer`` would."""
-        key, qend, has_options = normalised_key(data)
+        key, qend, has_options = normalised_key(data, self._max_udp_size)
         lower = data[HEADER_LEN:qend].lower()
         if (
             key is None
@@ -372,7 +418,7 @@ class AnswerCache:
         if entry is None or entry.keys[0] != key:
             return 0
         self._unfast(entry)
-        for k in entry.keys:
+        for k in entry.keys + entry.sizes:
             del self._entries[k]
         for name in entry.depends:
             keys = self._dependents.get(name)
@@ -389,14 +435,17 @@ class AnswerCache:
         key, qend = entry.keys[0], entry.qend
         if entry.alias is not None:
             self.fast[entry.alias] = (template[2:], entry.cell, allowed)
-        self.fast_normalised[key] = (template[2:HEADER_LEN], template[qend:], entry.cell, allowed)
+        row = (template[2:HEADER_LEN], template[qend:], entry.cell, allowed)
+        for k in (key, *entry.sizes):
+            self.fast_normalised[k] = row
         if not math.isinf(entry.expires):
             heapq.heappush(self._due, (entry.expires, key))
 
     def _unfast(self, entry: _Entry) -> None:
         if entry.alias is not None:
             self.fast.pop(entry.alias, None)
-        self.fast_normalised.pop(entry.keys[0], None)
+        for key in (entry.keys[0], *entry.sizes):
+            self.fast_normalised.pop(key, None)
 
     def _evict(self) -> None:
         """The oldest tenth of the entries go (insertion order); one pass over the dict."""

@@ -13,6 +13,8 @@ from __future__ import annotations
 import struct
 
 HEADER_LEN = 12
+CLASSIC_UDP_SIZE = 512  # a reply to a query without EDNS fits this (RFC 1035)
+DEFAULT_MAX_UDP_SIZE = 1232  # the largest UDP reply dnsd sends by default (DNS flag day 2020)
 MAX_NAME_WIRE_LEN = 255
 
 _HEADER = struct.Struct("!HHHHHH")

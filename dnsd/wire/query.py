@@ -23,14 +23,20 @@ from dnsd.resolve.answer import RCODE_FORMERR, RCODE_NOTIMP, RCODE_SERVFAIL, Ans
 from dnsd.resolve.chain import ResolverChain
 from dnsd.stats import Stats
 from dnsd.wire.answer_cache import FORWARDED_REFRESH_S, AnswerCache
-from dnsd.wire.codec import HEADER_LEN, error_response, plain_shape, question_end
+from dnsd.wire.codec import (
+    CLASSIC_UDP_SIZE,
+    DEFAULT_MAX_UDP_SIZE,
+    HEADER_LEN,
+    error_response,
+    plain_shape,
+    question_end,
+)
 from dnsd.wire.query_log import QueryLog
 
 logger = logging.getLogger(__name__)
 throttled = Throttled(logger)
+__all__ = ["CLASSIC_UDP_SIZE", "DEFAULT_MAX_UDP_SIZE", "QueryHandler", "pack_reply"]
 
-CLASSIC_UDP_SIZE = 512
-DEFAULT_MAX_UDP_SIZE = 1232
 MAX_TCP_SIZE = 65535
 MAX_ROTATIONS = 8
 EDNS_BADVERS = 16
