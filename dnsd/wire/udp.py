@@ -2,15 +2,17 @@
 the ones the packed-answer cache knows; the rest go to the event loop.
 
 The thread's hot path is the brief's: the exact bytes of the query (minus its ID) looked up
-in ``AnswerCache.fast``, the ID patched in, sent. No dnslib object, no await, no poll: a
-blocking read costs one system call per datagram where a readiness loop costs a read, an
-``EAGAIN`` and an ``epoll_wait`` whenever the queue runs dry (measured: 3.6 vs 3.8 µs of CPU
-per query under dnsperf). Other cached answers (letter case, EDNS options, rotations,
-per-network and forwarded answers) come from ``AnswerCache.answer`` on the same thread.
-What the cache cannot answer is queued for the event loop, which resolves it
-(``QueryHandler``); answers that need upstream I/O become tasks, bounded by ``max_pending``
-(beyond that: answered SERVFAIL and counted). The thread only reads the cache: every change
-to it is made on the event loop (a dict lookup is atomic under the GIL).
+in ``AnswerCache.fast``, the ID patched in, sent; a query in other letter case or with EDNS
+options (a cookie) is looked up by its normalised key in ``AnswerCache.fast_normalised`` and
+its question echoed. No dnslib object, no await, no poll: a blocking read costs one system
+call per datagram where a readiness loop costs a read, an ``EAGAIN`` and an ``epoll_wait``
+whenever the queue runs dry (measured: 3.6 vs 3.8 µs of CPU per query under dnsperf). Other
+cached answers (rotations, per-network answers, forwarded ones due for re-stamping, UDP sizes
+not seen yet) come from ``AnswerCache.answer`` on the same thread. What the cache cannot
+answer is queued for the event loop, which resolves it (``QueryHandler``); answers that need
+upstream I/O become tasks, bounded by ``max_pending`` (beyond that: answered SERVFAIL and
+counted). The thread reads the cache without a lock; its changes are made under the cache's
+lock (by the event loop, and by this thread putting a re-stamped entry back).
 
 Cache hits are not timed one by one (a clock read per query would cost more than the lookup):
 ``HitTimer`` shares the listener threads' CPU time among the hits counted since the last
