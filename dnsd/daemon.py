@@ -253,7 +253,7 @@ class Daemon:
     # --- what /ready and /records read (dnsd.status.StatusView) -------------------------------
     @property
     def listening(self) -> bool:
-        return bool(self.udp) and bool(self.tcp)
+        return bool(self.udp) and bool(self.tcp) and all(udp.serving for udp in self.udp)
 
     @property
     def node_id(self) -> str:

@@ -309,6 +309,44 @@ def test_misses_beyond_the_queue_bound_get_servfail_while_the_loop_is_busy() -> 
     assert servfail == total - MAX_QUEUED == stats.dropped["too many queued"]
 
 
+def test_a_failing_cache_lookup_is_answered_by_the_event_loop() -> None:
+    """A bug in the listener thread's cache lookup costs that query the slow path, not the
+    listener: the reply still comes, the thread keeps serving, and stops on request."""
+    import asyncio
+
+    from dnsd.wire.udp import UdpServer, bind_udp
+
+    class Broken(AnswerCache):
+        def answer(self, data: bytes, client_ip: str, now: float) -> bytes | None:
+            raise RuntimeError("a bug")
+
+    stats = Stats()
+    acl = Acl(["127.0.0.0/8"])
+    cache = Broken(acl.allows)
+    store = RecordStore()
+    handler = QueryHandler(ResolverChain(LocalZone(store, ["docker."]), None, acl), stats, cache)
+    replies: list[int] = []
+    states: list[bool] = []
+
+    async def main() -> None:
+        server = UdpServer(bind_udp("127.0.0.1", 0), handler, cache, stats)
+        server.start()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(5)
+            for _ in range(3):
+                client.sendto(raw_query(b"\x03web\x06docker\x00"), server.address)
+                reply = await asyncio.to_thread(client.recv, 512)
+                replies.append(reply[3] & 0x0F)
+        states.append(server.serving)
+        server.stop_reading()
+        await server.drain(2.0)
+        states.append(server.serving)
+
+    asyncio.run(main())
+    assert replies == [3, 3, 3]  # NXDOMAIN: first from the event loop, then the fast table
+    assert states == [True, False]
+
+
 def test_non_reading_tcp_clients_cannot_hold_every_slot(dnsd_factory) -> None:  # type: ignore[no-untyped-def]
     records = "".join(
         f'[[static.records]]\nname = "big"\ntype = "TXT"\nvalue = ["{i:03d}{"x" * 250}"]\n'

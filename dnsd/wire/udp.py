@@ -122,10 +122,15 @@ class UdpServer:
         except OSError:  # ended in between
             return 0.0
 
+    @property
+    def serving(self) -> bool:
+        """The listener thread is running (/ready is false once it has died)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def _run(self, serve: Callable[[], None]) -> None:
         try:
             serve()
-        except Exception:  # a bug: say so once; the socket stays open, TCP keeps answering
+        except Exception:  # a bug: say so once; /ready turns false, TCP keeps answering
             logger.exception("the udp listener on %s stopped", self.address)
 
     def _serve(self) -> None:
@@ -164,7 +169,11 @@ class UdpServer:
                     continue
             if not data and self._stopping:
                 return  # stop_reading's shutdown woke the read: nothing is queued
-            response = answer(data, addr[0], clock())
+            try:
+                response = answer(data, addr[0], clock())
+            except Exception as exc:  # a bug: the event loop answers this one
+                throttled.warning("cache", "cached answer for %s failed: %r", addr[0], exc)
+                response = None
             if response is None:
                 self._queue(data, addr)
                 continue
@@ -189,7 +198,11 @@ class UdpServer:
             if not data and self._stopping:
                 return
             started = query_log.clock() if query_log is not None else 0.0
-            response = answer(data, addr[0], clock())
+            try:
+                response = answer(data, addr[0], clock())
+            except Exception as exc:  # a bug: the event loop answers this one
+                throttled.warning("cache", "cached answer for %s failed: %r", addr[0], exc)
+                response = None
             if response is None:
                 self._queue(data, addr)
                 continue
