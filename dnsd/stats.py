@@ -30,14 +30,14 @@ class Durations:
 
 @dataclass
 class Stats:
-    queries_fast: int = 0  # answered from the packed-answer cache
     queries_slow: int = 0  # went through the resolver chain
     formerr: int = 0
     notimp: int = 0
     dropped: Counter[str] = field(default_factory=Counter)  # reason -> packets
     # (zone, qtype, rcode, transport) -> answers given on the miss path
     answers: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
-    # (transport, path) -> how long answers took; path "cache" is sampled (see wire/udp.py)
+    # (transport, path) -> how long answers took; path "cache": the UDP listener threads' CPU
+    # time shared among the hits (wire/udp.HitTimer)
     durations: defaultdict[tuple[str, str], Durations] = field(
         default_factory=lambda: defaultdict(Durations)
     )
