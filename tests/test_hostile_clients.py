@@ -347,6 +347,52 @@ def test_a_failing_cache_lookup_is_answered_by_the_event_loop() -> None:
     assert states == [True, False]
 
 
+def test_replies_carry_df_and_one_too_big_for_the_path_gets_tc() -> None:
+    """Replies are never fragmented (RFC 9715): the socket sets DF, and a reply the kernel
+    refuses as too big for the path (EMSGSIZE, here from a path of 600 bytes) becomes TC=1,
+    from the resolver and from the answer cache alike."""
+    import asyncio
+    import errno
+
+    from dnsd.records import Record
+    from dnsd.wire.udp import IP_MTU_DISCOVER, IP_PMTUDISC_DO, UdpServer, bind_udp
+
+    class NarrowPath(socket.socket):
+        def sendto(self, data: bytes, address: object) -> int:  # type: ignore[override]
+            if len(data) > 600:
+                raise OSError(errno.EMSGSIZE, "Message too long")
+            return super().sendto(data, address)
+
+    bound = bind_udp("127.0.0.1", 0)
+    assert bound.getsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER) == IP_PMTUDISC_DO
+    narrow = NarrowPath(socket.AF_INET, socket.SOCK_DGRAM, fileno=bound.detach())
+    stats = Stats()
+    acl = Acl(["127.0.0.0/8"])
+    cache = AnswerCache(acl.allows)
+    store = RecordStore()
+    store.replace_owner("static", "h", [Record("big.docker.", "A", f"10.0.1.{i}", 5)
+                                        for i in range(1, 60)])  # fmt: skip
+    handler = QueryHandler(ResolverChain(LocalZone(store, ["docker."]), None, acl), stats, cache)
+    flags: list[tuple[bool, int]] = []
+
+    async def main() -> None:
+        server = UdpServer(narrow, handler, cache, stats)
+        server.start()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(5)
+            for name in ("big.docker", "big.docker"):  # the resolver, then the cache
+                message = dns.message.make_query(name, "A", use_edns=0, payload=1232)
+                client.sendto(message.to_wire(), server.address)
+                reply = dns.message.from_wire(await asyncio.to_thread(client.recv, 2048))
+                flags.append((bool(reply.flags & dns.flags.TC), len(reply.answer)))
+        server.stop_reading()
+        await server.drain(2.0)
+
+    asyncio.run(main())
+    assert flags == [(True, 0), (True, 0)]
+    assert stats.dropped["reply too big for the path (TC sent)"] == 2
+
+
 def test_non_reading_tcp_clients_cannot_hold_every_slot(dnsd_factory) -> None:  # type: ignore[no-untyped-def]
     records = "".join(
         f'[[static.records]]\nname = "big"\ntype = "TXT"\nvalue = ["{i:03d}{"x" * 250}"]\n'

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 import threading
@@ -51,6 +52,9 @@ BATCH = 64  # queued misses resolved per event-loop callback (then the loop's ot
 READ_BYTES = 479
 RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
 MAX_PENDING = 2048
+IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)  # Linux's values
+IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
+IPV6_DONTFRAG = getattr(socket, "IPV6_DONTFRAG", 62)
 MAX_QUEUED = 4096  # misses waiting for the event loop; beyond that: SERVFAIL, counted
 
 
@@ -60,6 +64,14 @@ def bind_udp(host: str, port: int) -> socket.socket:
     try:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        # Replies are never fragmented (RFC 9715, as BIND does): DF on IPv4, no sender
+        # fragments on IPv6; one too big for the path gets TC=1 (``UdpServer._unsent``).  On
+        # IPv4 this also spares the kernel an IP ID per reply.
+        with contextlib.suppress(OSError):
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_DONTFRAG, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
         sock.bind((host, port))
@@ -153,8 +165,8 @@ class UdpServer:
                     cell[0] += 1
                     try:
                         sendto(data[:2] + tail, addr)
-                    except OSError:
-                        self._stats.drop("send failed")
+                    except OSError as exc:
+                        self._unsent(exc, data[:2] + tail, addr)
                     continue
             qend = data.find(b"\x00", HEADER_LEN) + 5
             found = normalised(data[2:qend].lower() + data[qend : qend + OPT_FIXED_BYTES])
@@ -162,10 +174,11 @@ class UdpServer:
                 head, rest, cell, allowed = found
                 if allowed is None or allowed(addr[0]):
                     cell[0] += 1
+                    reply = data[:2] + head + data[HEADER_LEN:qend] + rest
                     try:
-                        sendto(data[:2] + head + data[HEADER_LEN:qend] + rest, addr)
-                    except OSError:
-                        self._stats.drop("send failed")
+                        sendto(reply, addr)
+                    except OSError as exc:
+                        self._unsent(exc, reply, addr)
                     continue
             if not data and self._stopping:
                 return  # stop_reading's shutdown woke the read: nothing is queued
@@ -179,8 +192,8 @@ class UdpServer:
                 continue
             try:
                 sendto(response, addr)
-            except OSError:
-                self._stats.drop("send failed")
+            except OSError as exc:
+                self._unsent(exc, response, addr)
 
     def _serve_limited(self) -> None:
         """``_serve`` with response rate limiting and/or the query log (a separate loop, so
@@ -287,8 +300,18 @@ class UdpServer:
                 response = truncated(response)
         try:
             self._sock.sendto(response, addr)
-        except OSError:
-            self._stats.drop("send failed")
+        except OSError as exc:
+            self._unsent(exc, response, addr)
+
+    def _unsent(self, exc: OSError, response: bytes, addr: tuple[str, int]) -> None:
+        """A reply the kernel refused.  Too big for the path without fragments (replies
+        carry DF, RFC 9715): send TC=1 instead, so the client asks again over TCP."""
+        if exc.errno == errno.EMSGSIZE and len(response) > HEADER_LEN:
+            self._stats.drop("reply too big for the path (TC sent)")
+            with contextlib.suppress(OSError):
+                self._sock.sendto(truncated(response), addr)
+            return
+        self._stats.drop("send failed")
 
     def stop_reading(self) -> None:
         """Stop taking new datagrams: the thread answers what is already queued, then ends."""
