@@ -30,7 +30,7 @@ from dnsd.resolve.cache import (
 )
 from dnsd.resolve.forward import UPSTREAM_TIMEOUT_S
 from dnsd.wire.answer_cache import ANSWER_CACHE_BYTES, ANSWER_CACHE_ENTRIES
-from dnsd.wire.query import DEFAULT_MAX_UDP_SIZE
+from dnsd.wire.codec import DEFAULT_MAX_UDP_SIZE
 from dnsd.wire.tcp import IDLE_TIMEOUT_S, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_CLIENT
 
 logger = logging.getLogger(__name__)

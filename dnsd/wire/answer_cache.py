@@ -339,10 +339,13 @@ class AnswerCache:
         if not _restamp(entry, now):
             return False
         if entry.clients is None:
-            with self._lock:
-                if self._entries.get(entry.keys[0]) is entry:  # not dropped meanwhile
-                    self._make_fast(entry, next(entry.variants))
+            self._put_back(entry)
         return True
+
+    @_locked
+    def _put_back(self, entry: _Entry) -> None:
+        if self._entries.get(entry.keys[0]) is entry:  # not dropped meanwhile
+            self._make_fast(entry, next(entry.variants))
 
     @_locked
     def put(

@@ -18,8 +18,12 @@ DEFAULT_MAX_UDP_SIZE = 1232  # the largest UDP reply dnsd sends by default (DNS 
 MAX_NAME_WIRE_LEN = 255
 
 _HEADER = struct.Struct("!HHHHHH")
-_FLAG_QR = 0x8000
-_FLAG_RD = 0x0100
+# Header flag bits (RFC 1035 4.1.1), as a 16-bit word.
+FLAG_QR = 0x8000
+FLAG_AA = 0x0400
+FLAG_TC = 0x0200
+FLAG_RD = 0x0100
+FLAG_RA = 0x0080
 _OPCODE_MASK = 0x7800
 
 
@@ -50,7 +54,7 @@ def error_response(data: bytes, rcode: int, echo_question: bool = False) -> byte
     if len(data) < HEADER_LEN:
         return None
     ident, flags, _, _, _, _ = _HEADER.unpack_from(data)
-    reply_flags = _FLAG_QR | (flags & (_OPCODE_MASK | _FLAG_RD)) | (rcode & 0x0F)
+    reply_flags = FLAG_QR | (flags & (_OPCODE_MASK | FLAG_RD)) | (rcode & 0x0F)
     question = b""
     if echo_question:
         end = question_end(data)

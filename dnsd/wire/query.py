@@ -26,6 +26,11 @@ from dnsd.wire.answer_cache import FORWARDED_REFRESH_S, AnswerCache
 from dnsd.wire.codec import (
     CLASSIC_UDP_SIZE,
     DEFAULT_MAX_UDP_SIZE,
+    FLAG_AA,
+    FLAG_QR,
+    FLAG_RA,
+    FLAG_RD,
+    FLAG_TC,
     HEADER_LEN,
     error_response,
     plain_shape,
@@ -35,7 +40,6 @@ from dnsd.wire.query_log import QueryLog
 
 logger = logging.getLogger(__name__)
 throttled = Throttled(logger)
-__all__ = ["CLASSIC_UDP_SIZE", "DEFAULT_MAX_UDP_SIZE", "QueryHandler", "pack_reply"]
 
 MAX_TCP_SIZE = 65535
 MAX_ROTATIONS = 8
@@ -284,11 +288,11 @@ class QueryHandler:
         compressed against the question and each other), without building one: its header
         and record list cost more than the packing itself (``pack_reply``)."""
         flags = (
-            _QR
-            | (_AA if answer.authoritative else 0)
-            | (_TC if truncated else 0)
-            | (_RD if query.header.rd else 0)
-            | (_RA if self._recursion_available else 0)
+            FLAG_QR
+            | (FLAG_AA if answer.authoritative else 0)
+            | (FLAG_TC if truncated else 0)
+            | (FLAG_RD if query.header.rd else 0)
+            | (FLAG_RA if self._recursion_available else 0)
             | (answer.rcode & 0x0F)
         )
         opt = self._opt if edns else None
@@ -299,9 +303,6 @@ class QueryHandler:
         reply = DNSRecord(header, q=query.q)
         reply.add_ar(EDNS0(udp_len=self._max_udp_size, ext_rcode=EDNS_BADVERS >> 4))
         return bytes(reply.pack())
-
-
-_QR, _AA, _TC, _RD, _RA = 0x8000, 0x0400, 0x0200, 0x0100, 0x0080
 
 
 def pack_reply(

@@ -126,11 +126,10 @@ class UdpServer:
 
     def cpu_seconds(self) -> float:
         """CPU time the listener thread has used (0 before it starts or after it ends)."""
-        thread = self._thread
-        if thread is None or thread.ident is None or not thread.is_alive():
+        if not self.serving or self._thread is None or self._thread.ident is None:
             return 0.0
         try:
-            return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+            return time.clock_gettime(time.pthread_getcpuclockid(self._thread.ident))
         except OSError:  # ended in between
             return 0.0
 
@@ -232,10 +231,7 @@ class UdpServer:
                 self._send(addr, truncated(reply))
             return
         if len(self._queued) >= MAX_QUEUED:  # the loop is far behind: answer now, count it
-            self._stats.drop("too many queued")
-            busy = error_response(data, RCODE_SERVFAIL, echo_question=True)
-            if busy is not None:
-                self._send(addr, busy)
+            self._busy(data, addr, "too many queued")
             return
         self._queued.append((data, addr))
         if not self._wake_scheduled:
@@ -272,15 +268,19 @@ class UdpServer:
             return
         if len(self._pending) >= self._max_pending:
             result.close()
-            self._stats.drop("too many pending")  # counted, and still answered
-            busy = error_response(data, RCODE_SERVFAIL, echo_question=True)
-            if busy is not None:
-                self._send(addr, busy)
+            self._busy(data, addr, "too many pending")
             return
         assert self._loop is not None
         task = self._loop.create_task(result)
         self._pending.add(task)
         task.add_done_callback(partial(self._finished, addr))
+
+    def _busy(self, data: bytes, addr: tuple[str, int], reason: str) -> None:
+        """Over a bound: counted, and still answered (SERVFAIL)."""
+        self._stats.drop(reason)
+        busy = error_response(data, RCODE_SERVFAIL, echo_question=True)
+        if busy is not None:
+            self._send(addr, busy)
 
     def _finished(self, addr: tuple[str, int], task: asyncio.Task[bytes | None]) -> None:
         self._pending.discard(task)
