@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -74,12 +75,19 @@ class Record:
     scope: str | None = None
     # Whether this A/AAAA record gives its address an automatic PTR back to ``name``.
     reverse: bool = True
+    # Computed once: the store hashes a record several times per change (sets, its index).
+    _hash: int = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.rtype not in RECORD_TYPES:
             raise ValueError(f"unsupported record type {self.rtype!r}")
         if not self.name.endswith(".") or self.name != self.name.lower():
             raise ValueError(f"record name must be absolute and lower-case: {self.name!r}")
+        fields = (self.name, self.rtype, self.value, self.ttl, self.scope, self.reverse)
+        object.__setattr__(self, "_hash", hash(fields))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,8 +165,20 @@ def wildcard_parts(pattern: str) -> tuple[list[str], str]:
     return labels[:fixed], ".".join(suffix) + "." if suffix else "."
 
 
-@lru_cache(maxsize=16384)  # bounded: hosts reloads with new addresses must not grow it
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
+
+
 def reverse_name(address: str) -> str:
+    """``10.0.0.1`` -> ``1.0.0.10.in-addr.arpa.``; ``ValueError`` for what is no address."""
+    if _IPV4.fullmatch(address):  # the common case without ipaddress (a store at 100k keys)
+        a, b, c, d = address.split(".")
+        return f"{d}.{c}.{b}.{a}.in-addr.arpa."
+    return _reverse_name(address)
+
+
+@lru_cache(maxsize=16384)  # bounded: hosts reloads with new addresses must not grow it
+def _reverse_name(address: str) -> str:
     return ipaddress.ip_address(address).reverse_pointer + "."
 
 
@@ -188,7 +208,9 @@ class RecordStore:
         self._logged_kinds: Counter[tuple[str, str]] = Counter()
         self.rejections: Counter[tuple[str, str]] = Counter()  # (source, reason) -> records
         self._owned: dict[tuple[str, str], frozenset[Record]] = {}
-        self._index: dict[tuple[str, str], dict[Record, int]] = {}
+        # (name, type) -> its one record, or each record with the number of owners holding it
+        # (most names hold one record of a type: no dict for them, a third of the memory).
+        self._index: dict[tuple[str, str], Record | dict[Record, int]] = {}
         self._names: dict[str, int] = {}
         self._reverse: dict[str, dict[str, int]] = {}
         self._listeners: list[Callable[[set[str]], None]] = []
@@ -198,15 +220,24 @@ class RecordStore:
     # --- reading -------------------------------------------------------------------------
     def lookup(self, name: str, rtype: str) -> list[Record]:
         found = self._index.get((name, rtype))
-        return list(found) if found else []
+        if found is None:
+            return []
+        return list(found) if isinstance(found, dict) else [found]
 
     def holds(self, record: Record) -> bool:
         """Whether ``record`` is served (offered and admitted)."""
-        return record in self._index.get((record.name, record.rtype), ())
+        found = self._index.get((record.name, record.rtype))
+        if isinstance(found, dict):
+            return record in found
+        return found == record
 
     def exists(self, name: str) -> bool:
         """True when the name holds records or is an ancestor of a name that does."""
         return name in self._names or name in self._reverse
+
+    def held_by_static(self, name: str) -> bool:
+        """Whether the operator's static zone holds ``name`` (no other source may join it)."""
+        return name in self._static_names
 
     def reverse(self, ptr_name: str) -> list[str]:
         """Target names for an automatic PTR (``4.3.2.1.in-addr.arpa.``)."""
@@ -379,12 +410,39 @@ class RecordStore:
             if key[0] != STATIC and any(record.name in dirty for record in offered):
                 self._admit(key, offered, trust_current=False)
 
+    def _add_name(self, name: str) -> None:
+        """Count one more record at ``name``; a name that comes into existence counts once at
+        its parent, so a name's count is its records plus its child names (``exists``) and a
+        record costs one dict update, not one per ancestor."""
+        while True:
+            count = self._names.get(name, 0)
+            self._names[name] = count + 1
+            if count or name == ".":
+                return
+            name = name.partition(".")[2] or "."
+
+    def _drop_name(self, name: str) -> None:
+        while True:
+            count = self._names[name] - 1
+            if count:
+                self._names[name] = count
+                return
+            del self._names[name]
+            if name == ".":
+                return
+            name = name.partition(".")[2] or "."
+
     def _indexed(self, record: Record) -> None:
         self._touched.add(record.name)
-        bucket = self._index.setdefault((record.name, record.rtype), {})
-        bucket[record] = bucket.get(record, 0) + 1
-        for name in ancestors(record.name):
-            _inc(self._names, name)
+        key = (record.name, record.rtype)
+        found = self._index.get(key)
+        if found is None:
+            self._index[key] = record
+        else:
+            if not isinstance(found, dict):
+                found = self._index[key] = {found: 1}
+            found[record] = found.get(record, 0) + 1
+        self._add_name(record.name)
         if record.reverse and record.rtype in ("A", "AAAA"):
             ptr = reverse_name(str(record.value))
             self._touched.add(ptr)
@@ -393,15 +451,18 @@ class RecordStore:
     def _unindex(self, record: Record) -> None:
         self._touched.add(record.name)
         key = (record.name, record.rtype)
-        bucket = self._index[key]
-        if bucket[record] == 1:
-            del bucket[record]
-            if not bucket:
-                del self._index[key]
+        found = self._index[key]
+        if not isinstance(found, dict):
+            del self._index[key]
         else:
-            bucket[record] -= 1
-        for name in ancestors(record.name):
-            _dec(self._names, name)
+            count = found.pop(record)
+            if count > 1:
+                found[record] = count - 1
+            elif len(found) == 1:
+                ((last, left),) = found.items()
+                if left == 1:
+                    self._index[key] = last
+        self._drop_name(record.name)
         if record.reverse and record.rtype in ("A", "AAAA"):
             ptr = reverse_name(str(record.value))
             self._touched.add(ptr)

@@ -113,6 +113,18 @@ def test_skydns_records_from_etcdctl(etcd: Etcd, mirror: tuple[Dnsd, str]) -> No
     assert reply.flags & dns.flags.AA and reply.answer[0].ttl == 5
 
 
+def test_targetstrip_names_the_nameserver(etcd: Etcd, mirror: tuple[Dnsd, str]) -> None:
+    """``…/dns/ns/c/ns1`` and ``…/c/ns2`` with targetstrip 1: one NS ``c.ns.dns.<zone>``
+    with both addresses as glue, as CoreDNS answers."""
+    server, z = mirror
+    etcd.put(f"/skydns/{z}/dns/ns/c/ns1", '{"host": "10.0.0.53", "targetstrip": 1}')
+    etcd.put(f"/skydns/{z}/dns/ns/c/ns2", '{"host": "10.0.0.54", "targetstrip": 1}')
+    eventually(lambda: answers(server.port, z, "NS") == [f"c.ns.dns.{z}."])
+    reply = query(server.port, z, "NS")
+    glue = sorted((rs.name.to_text(), r.to_text()) for rs in reply.additional for r in rs)
+    assert glue == [(f"c.ns.dns.{z}.", "10.0.0.53"), (f"c.ns.dns.{z}.", "10.0.0.54")]
+
+
 def test_groups(etcd: Etcd, mirror: tuple[Dnsd, str]) -> None:
     server, z = mirror
     etcd.put(f"/skydns/{z}/dom/a", '{"host": "127.0.0.1", "group": "g1"}')

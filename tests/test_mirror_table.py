@@ -68,6 +68,13 @@ def _served(store: RecordStore, name: str, rtype: str) -> list[str]:
         ({"/skydns/docker/dns/ns/a": '{"host": "10.0.0.53"}',
           "/skydns/docker/dns/ns/b": '{"host": "ns.example.org"}'},
          "docker.", "NS", ["a.ns.dns.docker."]),
+        # targetstrip names the nameserver (as CoreDNS): one NS, both addresses at its name.
+        ({"/skydns/docker/dns/ns/c/ns1": '{"host": "10.0.0.53", "targetstrip": 1}',
+          "/skydns/docker/dns/ns/c/ns2": '{"host": "10.0.0.54", "targetstrip": 1}'},
+         "docker.", "NS", ["c.ns.dns.docker."]),
+        ({"/skydns/docker/dns/ns/c/ns1": '{"host": "10.0.0.53", "targetstrip": 1}',
+          "/skydns/docker/dns/ns/c/ns2": '{"host": "10.0.0.54", "targetstrip": 1}'},
+         "c.ns.dns.docker.", "A", ["10.0.0.53", "10.0.0.54"]),
         ({"/skydns/docker/dns/apex/x": '{"host": "10.0.0.80"}',
           "/skydns/docker/other": '{"host": "10.0.0.81"}'}, "docker.", "A", ["10.0.0.80"]),
         # Explicit PTR keys.

@@ -16,25 +16,35 @@ import contextlib
 import itertools
 import logging
 import queue
+import sys
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from dnsd.admission import name_problem, value_problem
 from dnsd.config import EtcdConfig
-from dnsd.logs import event
-from dnsd.records import WILDCARD_LABELS, Record, RecordStore, ancestors, wildcard_parts
-from dnsd.sources.errors import reason
+from dnsd.logs import Throttled, event
+from dnsd.records import (
+    WILDCARD_LABELS,
+    Record,
+    RecordStore,
+    ancestors,
+    wildcard_parts,
+)
+from dnsd.sources.errors import explain
 from dnsd.sources.etcd_client import make_client
 from dnsd.sources.lifecycle import Backoff, LoopHand, SourceHealth, Threads
 from dnsd.sources.skydns import (
     Service,
-    apex_records,
+    apex_service_records,
+    cname_for,
     key_to_name,
     parse_value,
-    ptr_record,
     records_for,
+    service_records,
     speaks_for_apex,
+    target_of,
 )
 from dnsd.stats import Stats
 
@@ -43,18 +53,41 @@ logger = logging.getLogger(__name__)
 SOURCE = "etcd"
 BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 5.0
-BATCH_WAIT_S = 0.005  # gather a burst of watch events into one store update
+BATCH_WAIT_S = 0.005  # gather a burst of watch events into one hand-over to the loop
+SLICE_S = 0.003  # the longest the event loop applies changes before serving again
+SLICE_KEYS = 64  # changes per store update within a slice
+PAGE_KEYS = 1000  # keys per page of a list (fewer while a page is over gRPC's limit)
 
 
 MAX_WILDCARD_NAMES = 1000  # names one wildcard answer may gather: bounds a hostile query's cost
+_LOGGED_PER_REASON = 10  # bad keys of one kind logged one by one; then a throttled summary
+_throttled = Throttled(logger, interval_s=60.0)
+
+Change = tuple[str, bytes | None, int]  # (key, value or None for a delete, lease TTL)
 
 
 def _parent(name: str) -> str:
     return name.partition(".")[2] or "."
 
 
+def _name_owner(name: str) -> str:
+    """The store owner of what a name answers as a whole (its CNAME, or every record of a
+    name whose keys carry groups); a key is its own owner, and keys start with the prefix."""
+    return "=" + name
+
+
 class Mirror:
-    """Keys -> services -> records per name.  Runs on the event loop thread only."""
+    """Keys -> services -> records, applied per key.  Runs on the event loop thread only.
+
+    Each key is one owner in the store and offers its records at its own name and at every
+    ancestor below the apex (a name answers for its subtree), so a change costs what the key
+    gives, whatever the size of the subtree.  Two things depend on the keys beside it and
+    are owned by the name instead (recomputed for the names a change touched): the CNAME of
+    a name with exactly one key, and every record of a name whose subtree holds keys with a
+    ``group`` (CoreDNS's group filter reads the whole subtree; such names cost their subtree
+    per change, groups being rare).  Any value that cannot be served is refused here with a
+    reason, and anything that still fails while one key is applied costs that key only.
+    """
 
     def __init__(self, store: RecordStore, prefix: str, zones: list[str], ttl: int) -> None:
         self._store = store
@@ -62,10 +95,13 @@ class Mirror:
         self._zones = zones
         self._ttl = ttl
         self.services: dict[str, Service] = {}
-        self._subtree: dict[str, set[str]] = {}  # name -> keys at or below it
+        # name -> keys at or below it (one key as itself, most names hold one: no set)
+        self._subtree: dict[str, str | set[str]] = {}
         self._children: dict[str, set[str]] = {}  # name -> names one label below it (wildcards)
-        self._published: dict[str, list[Record]] = {}  # name -> the records it answers with
+        self._grouped: dict[str, int] = {}  # name -> keys at or below it that carry a group
+        self._owners: dict[str, tuple[str, ...]] = {}  # key -> the names it offers records at
         self.bad_keys: dict[str, str] = {}  # key -> why it was skipped
+        self._logged_reasons: dict[str, int] = {}
 
     def _owner_names(self, name: str) -> list[str]:
         """The name and its ancestors down to (not including) its zone's apex; the apex too
@@ -77,91 +113,174 @@ class Mirror:
         for ancestor in ancestors(name):
             if ancestor == zone or len(ancestor) < len(zone):
                 break
-            found.append(ancestor)
+            found.append(sys.intern(ancestor))  # shared by every record at the name
         if speaks_for_apex(name, zone):
             found.append(zone)
         return found
 
     def replace_all(self, entries: Iterable[tuple[str, bytes, int]]) -> int:
-        old_names = set(self._subtree)
-        self.services.clear()
-        self._subtree.clear()
-        self._children.clear()
-        self.bad_keys.clear()
-        for key, value, lease_ttl in entries:
-            self._put(key, value, lease_ttl)
-        self._publish(old_names | set(self._subtree), replace=True)
+        """The whole prefix as listed: keys not in ``entries`` are deleted."""
+        self.apply(self.relist_changes(entries))
         return len(self.services)
 
-    def apply(self, changes: Iterable[tuple[str, bytes | None, int]]) -> None:
-        """(key, value or None for a delete, lease TTL) in revision order."""
-        touched: set[str] = set()
+    def relist_changes(self, entries: Iterable[tuple[str, bytes, int]]) -> list[Change]:
+        """The changes that make the mirror hold exactly ``entries``."""
+        changes: list[Change] = list(entries)
+        listed = {key.rstrip("/") for key, _, _ in changes}
+        gone = [key for key in (*self.services, *self.bad_keys) if key not in listed]
+        return [(key, None, 0) for key in gone] + changes
+
+    def apply(self, changes: Iterable[Change]) -> None:
+        """Changes in revision order, as one store update."""
+        owners: dict[str, list[Record]] = {}
+        touched: set[str] = set()  # names whose name-level records may differ
+        regroup: set[str] = set()  # names whose group state flipped: their keys' records too
         for key, value, lease_ttl in changes:
-            touched.update(self._delete(key))
-            if value is not None:
-                touched.update(self._put(key, value, lease_ttl))
-        self._publish(touched)
+            key = key.rstrip("/")
+            try:
+                service = None if value is None else self._parse(key, value, lease_ttl)
+            except ValueError as exc:
+                service = None
+                self._refuse(key, str(exc))
+            else:
+                self.bad_keys.pop(key, None)
+            try:
+                records = self._set_key(key, service, touched, regroup)
+            except Exception as exc:  # a bug must cost this key only, never the batch
+                logger.exception("etcd key %s: could not apply", key)
+                with contextlib.suppress(Exception):
+                    self._set_key(key, None, touched, regroup)
+                self._refuse(key, f"internal error: {type(exc).__name__}")
+                records = []
+            if records is not None:
+                owners[key] = records
+        for name in regroup:
+            for key in self._keys_at(name):
+                owners[key] = self._key_records(self.services[key])
+        for name in touched:
+            owners[_name_owner(name)] = self._name_records(name)
+        self._store.update_owners(SOURCE, owners)
 
-    def _put(self, key: str, value: bytes, lease_ttl: int) -> list[str]:
-        key = key.rstrip("/")
+    def _parse(self, key: str, value: bytes, lease_ttl: int) -> Service:
         name = key_to_name(key, self._prefix)
-        try:
-            problem = name_problem(name)
-            if problem is not None:
-                raise ValueError(f"the key's name is not servable: {problem}")
-            if "*" in name.split("."):  # SkyDNS wildcards are in questions, never in keys
-                raise ValueError("a key's name cannot hold a '*' label")
-            service = parse_value(key, name, value, lease_ttl)
-        except ValueError as exc:
-            if self.bad_keys.get(key) != str(exc):
-                logger.warning(
-                    "etcd key %s skipped: %s", key, exc, extra=event("etcd_bad_key", SOURCE)
-                )
-            self.bad_keys[key] = str(exc)
-            return []
-        self.bad_keys.pop(key, None)
-        self.services[key] = service
-        owners = self._owner_names(name)
-        for owner in owners:
-            if owner not in self._subtree:
-                self._subtree[owner] = set()
-                if owner not in self._zones:  # wildcards match names below an apex only
-                    self._children.setdefault(_parent(owner), set()).add(owner)
-            self._subtree[owner].add(key)
-        return owners
+        problem = name_problem(name)
+        if problem is not None:
+            raise ValueError(f"the key's name is not servable: {problem}")
+        if "*" in name.split("."):  # SkyDNS wildcards are in questions, never in keys
+            raise ValueError("a key's name cannot hold a '*' label")
+        return parse_value(key, name, value, lease_ttl)  # the host, if an address, canonical
 
-    def _delete(self, key: str) -> list[str]:
-        key = key.rstrip("/")
-        self.bad_keys.pop(key, None)
-        service = self.services.pop(key, None)
-        if service is None:
-            return []
-        owners = self._owner_names(service.name)
-        for owner in owners:
-            keys = self._subtree.get(owner)
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
-                    del self._subtree[owner]
-                    if owner in self._zones:
-                        continue
+    def _refuse(self, key: str, why: str) -> None:
+        if self.bad_keys.get(key) == why:
+            return
+        self.bad_keys[key] = why
+        kind = why.split(":", 1)[0]
+        seen = self._logged_reasons.get(kind, 0)
+        if seen < _LOGGED_PER_REASON:
+            self._logged_reasons[kind] = seen + 1
+            logger.warning("etcd key %s skipped: %s", key, why, extra=event("etcd_bad_key", SOURCE))
+        else:
+            _throttled.warning(
+                f"etcd bad key {kind}",
+                "etcd keys skipped (%s), e.g. %s: %s; %d skipped in all, listed in /records",
+                kind,
+                key,
+                why,
+                len(self.bad_keys),
+            )
+
+    def _set_key(
+        self, key: str, service: Service | None, touched: set[str], regroup: set[str]
+    ) -> list[Record] | None:
+        """Index ``service`` as the key's value (None: the key is gone); its records (None:
+        unchanged)."""
+        old = self.services.pop(key, None)
+        if old is not None and old == service:  # the same value again (a relist, a republish)
+            self.services[key] = old
+            return None
+        if old is not None:
+            for owner in self._owners.pop(key):
+                touched.add(owner)
+                if old.group and self._count_group(owner, -1):
+                    regroup.add(owner)
+                if not self._drop_key(owner, key):
+                    continue
+                if owner not in self._zones:
                     siblings = self._children[_parent(owner)]
                     siblings.discard(owner)
                     if not siblings:
                         del self._children[_parent(owner)]
-        return owners
+        if service is None:
+            return []
+        self.services[key] = service
+        owners = self._owners[key] = tuple(self._owner_names(service.name))
+        for owner in owners:
+            touched.add(owner)
+            if self._add_key(owner, key) and owner not in self._zones:
+                # wildcards match names below an apex only
+                self._children.setdefault(_parent(owner), set()).add(owner)
+            if service.group and self._count_group(owner, +1):
+                regroup.add(owner)
+        return self._key_records(service)
 
-    def _records(self, name: str) -> list[Record]:
-        services = [self.services[k] for k in self._subtree.get(name, ())]
-        if name in self._zones:
-            return apex_records(name, services, self._ttl)
-        records = records_for(name, services, self._ttl)
-        for service in services:
-            if service.name == name:
-                ptr = ptr_record(service, self._ttl)
-                if ptr is not None:
-                    records.append(ptr)
+    def _keys_at(self, name: str) -> Collection[str]:
+        keys = self._subtree.get(name)
+        if keys is None:
+            return ()
+        return (keys,) if type(keys) is str else keys
+
+    def _add_key(self, name: str, key: str) -> bool:
+        """Note ``key`` at or below ``name``; True when the name is new."""
+        keys = self._subtree.get(name)
+        if keys is None:
+            self._subtree[name] = key
+            return True
+        if type(keys) is str:
+            if keys != key:
+                self._subtree[name] = {keys, key}
+        else:
+            keys.add(key)  # type: ignore[union-attr]
+        return False
+
+    def _drop_key(self, name: str, key: str) -> bool:
+        """Forget ``key`` at or below ``name``; True when the name is gone."""
+        keys = self._subtree[name]
+        if type(keys) is str:
+            del self._subtree[name]
+            return True
+        keys.discard(key)  # type: ignore[union-attr]
+        if len(keys) == 1:
+            self._subtree[name] = next(iter(keys))
+        return False
+
+    def _count_group(self, name: str, step: int) -> bool:
+        """Count a grouped key in or out of ``name``; True when the name's mode flipped."""
+        count = self._grouped.get(name, 0) + step
+        if count:
+            self._grouped[name] = count
+        else:
+            del self._grouped[name]
+        return count == (1 if step > 0 else 0)
+
+    def _key_records(self, service: Service) -> list[Record]:
+        records: list[Record] = []
+        target = target_of(service) if service.host else None
+        for owner in self._owners[service.key]:
+            if owner in self._zones:
+                records += apex_service_records(owner, service, self._ttl)
+            elif owner not in self._grouped:
+                records += service_records(owner, service, self._ttl, target)
         return records
+
+    def _name_records(self, name: str) -> list[Record]:
+        keys = self._keys_at(name)
+        if not keys or name in self._zones:
+            return []
+        if name in self._grouped:
+            return records_for(name, [self.services[k] for k in keys], self._ttl)
+        if len(keys) == 1:
+            return cname_for(name, [self.services[k] for k in keys], self._ttl)
+        return []
 
     def wildcard(self, pattern: str, rtype: str) -> list[Record]:
         """SkyDNS wildcards over etcd names only: a ``*`` or ``any`` label matches any one
@@ -182,12 +301,12 @@ class Mirror:
                 nodes = {f"{label}.{node}" for node in nodes} & self._subtree.keys()
             if not nodes:
                 return []
-        # A name the store refused (held by the static zone) brings none of its keys.
+        # A name the static zone holds brings none of its keys.
         services = [
             self.services[key]
             for node in sorted(nodes)
-            if any(self._store.holds(r) for r in self._published.get(node, ()))
-            for key in self._subtree[node]
+            if not self._store.held_by_static(node)
+            for key in self._keys_at(node)
         ]
         return [
             record
@@ -195,20 +314,12 @@ class Mirror:
             if record.rtype == rtype and value_problem(record) is None
         ]
 
-    def _publish(self, names: set[str], replace: bool = False) -> None:
-        owners = {name: self._records(name) for name in names}
-        for name, records in owners.items():
-            if records:
-                self._published[name] = records
-            else:
-                self._published.pop(name, None)
-        if replace:
-            self._store.replace_source(SOURCE, {n: r for n, r in owners.items() if r})
-        else:
-            self._store.update_owners(SOURCE, owners)
-
 
 class EtcdSource:
+    """Follows the prefix on a thread; the event loop applies what it read in slices of at
+    most ``SLICE_S`` of CPU, so a bulk change never holds the loop for long: queries (and the
+    UDP listener threads' misses) are answered between slices."""
+
     name = SOURCE
 
     def __init__(
@@ -227,15 +338,20 @@ class EtcdSource:
         self._threads = Threads()
         self._stopping = self._threads.stopping
         self._hand = LoopHand()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._lease_ttls: dict[int, int] = {}
+        self._backlog: deque[Change | Callable[[], None]] = deque()
+        self._draining = False
         self.state = "down"
         self.reason = "not connected yet"
         self.revision = 0
+        self.listed = False  # a whole list has been applied
         self.reconnects = 0
         self.via = ""
 
     async def run(self) -> None:
-        self._hand.bind(asyncio.get_running_loop())
+        self._loop = asyncio.get_running_loop()
+        self._hand.bind(self._loop)
         self._threads.start(self._follow, "etcd-watch")
         try:
             await asyncio.Event().wait()
@@ -249,8 +365,15 @@ class EtcdSource:
         self._threads.join(timeout_s)
 
     def health(self) -> SourceHealth:
+        """OK once connected and the first list is applied (a restarted dnsd is not ready
+        while it would still answer NXDOMAIN for names in etcd)."""
+        listing = self.state == "ok" and not self.listed
         return SourceHealth.of(
-            self.state == "ok", self.reason, self.revision > 0, revision=self.revision
+            self.state == "ok" and self.listed,
+            "applying the first list" if listing else self.reason,
+            self.listed,
+            revision=self.revision,
+            backlog=len(self._backlog),
         )
 
     # --- watch thread ----------------------------------------------------------------------
@@ -284,8 +407,11 @@ class EtcdSource:
                     logger.info("etcd revision %d compacted: listing again", self.revision)
                     listed = False
                     continue
+                if _too_big(exc):  # a watch reply over the message limit: pages never are
+                    logger.warning("etcd watch reply too big: listing again, in pages")
+                    listed = False
                 self.reconnects += 1
-                self._hand(self._set_state, "degraded", reason(exc))
+                self._hand(self._set_state, "degraded", describe(exc, client))
                 self._stopping.wait(backoff.next())
             finally:
                 if client is not None:
@@ -308,13 +434,34 @@ class EtcdSource:
         return True
 
     def _list(self, client: Any) -> None:
-        response = client.get_prefix_response(self._settings.prefix)
-        entries = [
-            (kv.key.decode(errors="replace"), kv.value, self._lease_ttl(client, kv.lease))
-            for kv in response.kvs
-        ]
-        self.revision = response.header.revision
-        self._hand(self._replace_all, entries)
+        """Reads the prefix in pages, all at the first page's revision, so no reply nears
+        gRPC's message limit whatever the prefix holds (a page that still does, with a few
+        values of megabytes, is asked again smaller)."""
+        prefix = self._settings.prefix.encode()
+        end = _range_end(prefix)
+        start, revision, limit = prefix, 0, PAGE_KEYS
+        entries: list[tuple[str, bytes, int]] = []
+        while True:
+            try:
+                response = client.get_range_response(
+                    start, end, limit=limit, revision=revision or None
+                )
+            except Exception as exc:
+                if _too_big(exc) and limit > 1:
+                    limit = max(limit // 8, 1)
+                    continue
+                raise
+            revision = revision or response.header.revision
+            entries += [
+                (kv.key.decode(errors="replace"), kv.value, self._lease_ttl(client, kv.lease))
+                for kv in response.kvs
+            ]
+            if not response.more or not response.kvs:
+                break
+            start = response.kvs[-1].key + b"\0"
+            limit = min(limit * 2, PAGE_KEYS)
+        self.revision = revision
+        self._hand(self._relist, entries, revision)
 
     def _consume(self, client: Any, events: queue.Queue[Any]) -> None:
         while not self._stopping.is_set():
@@ -329,11 +476,11 @@ class EtcdSource:
                     batch.append(events.get(timeout=max(deadline - time.monotonic(), 0)))
                 except queue.Empty:
                     break
-            changes: list[tuple[str, bytes | None, int]] = []
+            changes: list[Change] = []
             for response in batch:
                 if isinstance(response, Exception):
                     if changes:
-                        self._hand(self._apply, changes)
+                        self._hand(self._enqueue, changes)
                     raise response
                 for change in response.events:
                     key = change.key.decode(errors="replace")
@@ -344,7 +491,7 @@ class EtcdSource:
                         changes.append((key, change.value, self._lease_ttl(client, lease)))
                 self.revision = max(self.revision, response.header.revision)
             if changes:
-                self._hand(self._apply, changes)
+                self._hand(self._enqueue, changes)
 
     def _lease_ttl(self, client: Any, lease_id: int) -> int:
         if not lease_id:
@@ -361,21 +508,58 @@ class EtcdSource:
         return known
 
     # --- event loop --------------------------------------------------------------------------
-    def _replace_all(self, entries: list[tuple[str, bytes, int]]) -> None:
-        count = self.mirror.replace_all(entries)
-        self._stats.etcd_bad_keys = len(self.mirror.bad_keys)
-        logger.info(
-            "etcd listed: %d keys (%d skipped), revision %d",
-            count,
-            len(self.mirror.bad_keys),
-            self.revision,
-            extra=event("etcd_listed", SOURCE),
-        )
+    def _relist(self, entries: list[tuple[str, bytes, int]], revision: int) -> None:
+        """A whole list: its changes (what differs from the mirror, and deletes for keys no
+        longer there) are queued behind anything pending, then it counts as listed."""
+        keys = len(entries)
 
-    def _apply(self, changes: list[tuple[str, bytes | None, int]]) -> None:
-        self.mirror.apply(changes)
-        self._stats.etcd_bad_keys = len(self.mirror.bad_keys)
-        self._stats.etcd_updates += len(changes)
+        def listed() -> None:
+            self.listed = True
+            logger.info(
+                "etcd listed: %d keys (%d skipped), revision %d",
+                keys - len(self.mirror.bad_keys),
+                len(self.mirror.bad_keys),
+                revision,
+                extra=event("etcd_listed", SOURCE),
+            )
+
+        self._enqueue(self.mirror.relist_changes(entries))
+        self._enqueue([listed])
+
+    def _enqueue(self, items: list[Change] | list[Callable[[], None]]) -> None:
+        self._backlog.extend(items)
+        if not self._draining:
+            self._draining = True
+            self._drain()
+
+    def _drain(self) -> None:
+        """Apply the backlog for at most ``SLICE_S``, then let the loop serve; go on after."""
+        deadline = time.perf_counter() + SLICE_S
+        backlog = self._backlog
+        try:
+            while backlog:
+                chunk: list[Change] = []
+                while backlog and len(chunk) < SLICE_KEYS:
+                    item = backlog[0]
+                    if callable(item):
+                        if chunk:
+                            break
+                        backlog.popleft()
+                        item()
+                        continue
+                    chunk.append(item)
+                    backlog.popleft()
+                if chunk:
+                    self.mirror.apply(chunk)
+                    self._stats.etcd_updates += len(chunk)
+                if time.perf_counter() >= deadline:
+                    break
+        finally:
+            self._stats.etcd_bad_keys = len(self.mirror.bad_keys)
+            if backlog and self._loop is not None and not self._loop.is_closed():
+                self._loop.call_soon(self._drain)
+            else:
+                self._draining = False
 
     def _set_state(self, state: str, detail: str) -> None:
         """``detail``: for "ok" the member in use, otherwise why not."""
@@ -398,3 +582,21 @@ class EtcdSource:
             )
             self.reason = detail
         self.state = state
+
+
+def _range_end(prefix: bytes) -> bytes:
+    """The first key after every key starting with ``prefix`` (etcd's prefix range end)."""
+    trimmed = prefix.rstrip(b"\xff")
+    return trimmed[:-1] + bytes([trimmed[-1] + 1]) if trimmed else b"\0"
+
+
+def _too_big(exc: BaseException) -> bool:
+    code = getattr(exc, "code", None)
+    return callable(code) and getattr(code(), "name", "") == "RESOURCE_EXHAUSTED"
+
+
+def describe(exc: BaseException, client: Any) -> str:
+    """Why etcd could not be used, in words, naming the endpoint when known."""
+    endpoint = getattr(getattr(client, "endpoint_in_use", None), "netloc", None)
+    where = f" ({endpoint})" if endpoint else ""
+    return explain(exc) + where

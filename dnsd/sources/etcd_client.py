@@ -16,6 +16,9 @@ KEEPALIVE_OPTIONS = [
     ("grpc.http2.ping_timeout_ms", 1500),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    # Lists are read in pages well under gRPC's 4 MB default; a watch reply gathering many
+    # revisions of big values may not be, so replies up to this size are taken.
+    ("grpc.max_receive_message_length", 64 * 2**20),
 ]
 FAILED_MEMBER_RETRY_S = 2.0
 

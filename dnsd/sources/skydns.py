@@ -13,12 +13,13 @@ subtree (every key at or below it), filtered by group as CoreDNS does.  A malfor
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import json
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from dnsd.admission import name_problem
 from dnsd.records import MxValue, Record, SrvValue
 
 DEFAULT_PRIORITY = 10
@@ -46,12 +47,15 @@ class Service:
     group: str = ""
     reverse: bool = True  # dnsd's own field: false = no automatic PTR for this address
     lease_ttl: int = 0  # granted TTL of the key's lease, 0 if none
-    is_ip: bool = dataclasses.field(
-        init=False, compare=False
-    )  # the host is an address (parsed once)
+    family: int = -1  # 4 or 6: the host is an address; 0: a name or none; -1: not yet known
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "is_ip", _is_ip(self.host))
+        if self.family < 0:
+            object.__setattr__(self, "family", _family(self.host))
+
+    @property
+    def is_ip(self) -> bool:
+        return self.family > 0
 
 
 def key_to_name(key: str, prefix: str) -> str:
@@ -68,9 +72,12 @@ def name_to_key(name: str, prefix: str) -> str:
 
 
 def parse_value(key: str, name: str, raw: bytes, lease_ttl: int = 0) -> Service:
+    """The key's value as a ``Service``; ``ValueError`` saying why when any field could not be
+    served (the caller skips the key): every field is checked here, so a value that parses
+    can always enter the store."""
     try:
         document = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ValueError(f"not JSON: {exc}") from None
     if not isinstance(document, dict):
         raise ValueError("not a JSON object")
@@ -80,35 +87,53 @@ def parse_value(key: str, name: str, raw: bytes, lease_ttl: int = 0) -> Service:
             continue
         value = document[field]
         if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ValueError(f"{field!r} must be a number, got {value!r}")
+            raise ValueError(f"{field!r} must be a number, got {_short(value)}")
         if not isinstance(value, kind):
-            raise ValueError(f"{field!r} must be a {kind.__name__}, got {value!r}")
+            raise ValueError(f"{field!r} must be a {kind.__name__}, got {_short(value)}")
         fields[field] = value
     for field in ("port", "priority", "weight"):
         if not 0 <= int(fields.get(field, 0)) <= 65535:  # type: ignore[call-overload]
             raise ValueError(f"{field!r} out of range")
     if not 0 <= int(fields.get("ttl", 0)) < 2**31:  # type: ignore[call-overload]
         raise ValueError("'ttl' out of range")
-    host = str(fields.get("host", "")).strip().rstrip(".").lower() if "host" in fields else ""
-    if host and not _is_ip(host) and not _is_hostname(host):
-        raise ValueError(f"'host' is neither an IP address nor a DNS name: {host!r}")
-    fields["host"] = host
-    if not host and not fields.get("text"):
+    labels = name.rstrip(".").count(".") + 1 if name != "." else 0
+    if not 0 <= int(fields.get("targetstrip", 0)) < max(labels, 1):  # type: ignore[call-overload]
+        raise ValueError(f"'targetstrip' must leave at least one label of {name}")
+    fields["host"], fields["family"] = _host(str(fields.get("host", "")))
+    if not fields["host"] and not fields.get("text"):
         raise ValueError("needs a 'host' or a 'text'")
     return Service(key=key, name=name, lease_ttl=lease_ttl, **fields)  # type: ignore[arg-type]
 
 
-def _is_ip(text: str) -> bool:
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _host(text: str) -> tuple[str, int]:
+    """An address in its canonical form, or a lower-case name without the final dot; and
+    the address family (0 for a name)."""
+    host = text.strip().rstrip(".").lower()
+    if not host:
+        return "", 0
     try:
-        ipaddress.ip_address(text)
+        address = ipaddress.ip_address(host)
     except ValueError:
-        return False
-    return True
+        address = None
+    if address is not None:
+        if getattr(address, "scope_id", None):  # fe80::1%eth0: means nothing to another host
+            raise ValueError(f"'host' is a scoped address: {_short(text)}")
+        return sys.intern(str(address)), address.version
+    if ":" in host or name_problem(host + ".") is not None:
+        raise ValueError(f"'host' is neither an IP address nor a DNS name: {_short(text)}")
+    return sys.intern(host), 0
 
 
-def _is_hostname(text: str) -> bool:
-    labels = text.split(".")
-    return len(text) <= 253 and all(0 < len(label) <= 63 and " " not in label for label in labels)
+def _family(text: str) -> int:
+    try:
+        return ipaddress.ip_address(text).version
+    except ValueError:
+        return 0
 
 
 def group_filter(services: list[Service]) -> list[Service]:
@@ -130,11 +155,54 @@ def service_ttl(service: Service, default_ttl: int) -> int:
     return min(ttl, service.lease_ttl) if service.lease_ttl else ttl
 
 
-def _target(service: Service) -> str:
+def target_of(service: Service) -> str:
+    """The name an SRV/MX/NS record of the key points at (interned: shared by every record)."""
     if not service.is_ip:
-        return service.host + "."
+        return sys.intern(service.host + ".")
+    if not service.targetstrip:
+        return service.name
     labels = service.name.rstrip(".").split(".")
-    return ".".join(labels[service.targetstrip :]) + "." if service.targetstrip else service.name
+    return sys.intern(".".join(labels[service.targetstrip :]) + ".")
+
+
+def service_records(
+    name: str, service: Service, default_ttl: int, target: str | None = None
+) -> list[Record]:
+    """What one key gives ``name`` (its own name or an ancestor) on its own: A/AAAA, SRV,
+    TXT, MX and an explicit PTR; never a CNAME, which depends on the keys beside it.
+    ``target``: ``target_of(service)``, when the caller has it."""
+    records: list[Record] = []
+    ttl = service_ttl(service, default_ttl)
+    if service.host:
+        target = target or target_of(service)
+        if service.family:
+            # The automatic PTR of an address points at the name the key stands for: its own
+            # name, or what targetstrip leaves of it (a publisher's instance label stripped).
+            rtype = "A" if service.family == 4 else "AAAA"
+            reverse = service.reverse and name == target
+            records.append(Record(name, rtype, service.host, ttl, reverse=reverse))
+        weight = service.weight or DEFAULT_WEIGHT
+        srv = SrvValue(service.priority, weight, service.port, target, shares=True)
+        records.append(Record(name, "SRV", srv, ttl))
+        if service.mail:
+            records.append(Record(name, "MX", MxValue(service.priority, target), ttl))
+    if service.text:
+        records.append(Record(name, "TXT", _chunks(service.text), ttl))
+    if service.name == name:
+        ptr = ptr_record(service, default_ttl)
+        if ptr is not None:
+            records.append(ptr)
+    return records
+
+
+def cname_for(name: str, services: list[Service], default_ttl: int) -> list[Record]:
+    """A name whose only key (after the group filter) has a name host is a CNAME to it."""
+    if len(services) != 1:
+        return []
+    (service,) = services
+    if not service.host or service.is_ip or service.host + "." == name:
+        return []
+    return [Record(name, "CNAME", service.host + ".", service_ttl(service, default_ttl))]
 
 
 def records_for(name: str, services: Iterable[Service], default_ttl: int) -> list[Record]:
@@ -143,30 +211,14 @@ def records_for(name: str, services: Iterable[Service], default_ttl: int) -> lis
     records: list[Record] = []
     srv_seen: set[tuple[int, int, str]] = set()  # one SRV per (priority, port, target)
     for service in chosen:
-        ttl = service_ttl(service, default_ttl)
-        if service.host and service.is_ip:
-            address = ipaddress.ip_address(service.host)
-            rtype = "A" if address.version == 4 else "AAAA"
-            # The automatic PTR of an address points at the name the key stands for: its own
-            # name, or what targetstrip leaves of it (a publisher's instance label stripped).
-            reverse = service.reverse and name == _target(service)
-            records.append(Record(name, rtype, str(address), ttl, reverse=reverse))
-        target = _target(service) if service.host else ""
-        if target and (service.priority, service.port, target) not in srv_seen:
-            srv_seen.add((service.priority, service.port, target))
-            weight = service.weight or DEFAULT_WEIGHT
-            srv = SrvValue(service.priority, weight, service.port, target, shares=True)
-            records.append(Record(name, "SRV", srv, ttl))
-        if service.text:
-            records.append(Record(name, "TXT", _chunks(service.text), ttl))
-        if service.mail and service.host:
-            records.append(Record(name, "MX", MxValue(service.priority, _target(service)), ttl))
-    hosts = [s for s in chosen if s.host and not s.is_ip]
-    if len(chosen) == 1 and hosts and hosts[0].host + "." != name:
-        records.append(
-            Record(name, "CNAME", hosts[0].host + ".", service_ttl(hosts[0], default_ttl))
-        )
-    return records
+        for record in service_records(name, service, default_ttl):
+            if isinstance(record.value, SrvValue):
+                srv = record.value
+                if (srv.priority, srv.port, srv.target) in srv_seen:
+                    continue
+                srv_seen.add((srv.priority, srv.port, srv.target))
+            records.append(record)
+    return records + cname_for(name, chosen, default_ttl)
 
 
 def apex_markers(zone: str) -> tuple[str, str]:
@@ -180,20 +232,26 @@ def speaks_for_apex(name: str, zone: str) -> bool:
     return any(name == m or name.endswith("." + m) for m in apex_markers(zone))
 
 
-def apex_records(zone: str, services: Iterable[Service], default_ttl: int) -> list[Record]:
-    """The apex's NS and A/AAAA records: every ``ns.dns`` key with an address host names a
-    nameserver (the key's own name, its address the glue); ``apex.dns`` keys give the apex's
-    addresses.  Other keys never aggregate up to the apex."""
+def apex_service_records(zone: str, service: Service, default_ttl: int) -> list[Record]:
+    """What one key gives its zone's apex: an ``apex.dns`` key its address; an ``ns.dns`` key
+    with an address host names a nameserver, the key's name less ``targetstrip`` labels (as
+    CoreDNS), whose address is the glue.  Other keys never aggregate up to the apex."""
     ns_marker, apex_marker = apex_markers(zone)
-    addresses = [s for s in services if s.name == apex_marker or s.name.endswith("." + apex_marker)]
-    records = [r for r in records_for(zone, addresses, default_ttl) if r.rtype in ("A", "AAAA")]
-    nameservers = {
-        s.name: service_ttl(s, default_ttl)
-        for s in sorted(services, key=lambda s: s.key)
-        if s.is_ip and (s.name == ns_marker or s.name.endswith("." + ns_marker))
-    }
-    records += [Record(zone, "NS", name, ttl) for name, ttl in nameservers.items()]
-    return records
+    if service.name == apex_marker or service.name.endswith("." + apex_marker):
+        found = service_records(zone, service, default_ttl)
+        return [r for r in found if r.rtype in ("A", "AAAA")]
+    if service.is_ip and (service.name == ns_marker or service.name.endswith("." + ns_marker)):
+        return [Record(zone, "NS", target_of(service), service_ttl(service, default_ttl))]
+    return []
+
+
+def apex_records(zone: str, services: Iterable[Service], default_ttl: int) -> list[Record]:
+    """The apex's NS and A/AAAA records from every key that speaks for it."""
+    return [
+        record
+        for service in sorted(services, key=lambda s: s.key)
+        for record in apex_service_records(zone, service, default_ttl)
+    ]
 
 
 def _chunks(text: str) -> tuple[str, ...]:
