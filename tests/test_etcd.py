@@ -119,7 +119,8 @@ def test_targetstrip_names_the_nameserver(etcd: Etcd, mirror: tuple[Dnsd, str]) 
     server, z = mirror
     etcd.put(f"/skydns/{z}/dns/ns/c/ns1", '{"host": "10.0.0.53", "targetstrip": 1}')
     etcd.put(f"/skydns/{z}/dns/ns/c/ns2", '{"host": "10.0.0.54", "targetstrip": 1}')
-    eventually(lambda: answers(server.port, z, "NS") == [f"c.ns.dns.{z}."])
+    eventually(lambda: answers(server.port, f"ns2.c.ns.dns.{z}") == ["10.0.0.54"])
+    assert answers(server.port, z, "NS") == [f"c.ns.dns.{z}."]
     reply = query(server.port, z, "NS")
     glue = sorted((rs.name.to_text(), r.to_text()) for rs in reply.additional for r in rs)
     assert glue == [(f"c.ns.dns.{z}.", "10.0.0.53"), (f"c.ns.dns.{z}.", "10.0.0.54")]
@@ -234,7 +235,7 @@ def test_two_hosts_share_containers_and_a_crash_withdraws(etcd: Etcd, tmp_path: 
         eventually(lambda: answers(a.port, f"db.{z}") == ["10.7.0.2"])
         assert answers(b.port, f"api.shop.{z}") == ["10.7.0.1"]
         srv = answers(b.port, f"_http._tcp.web.{z}", "SRV")
-        assert srv == [f"10 100 80 web.{z}."]  # the container's name, not a key's
+        assert srv == [f"10 10 80 web.{z}."]  # the container's name and weight, as locally
         eventually(lambda: answers(a.port, f"_http._tcp.web.{z}", "SRV") == srv)
         assert answers(a.port, f"web.{z}") == ["10.7.0.1"]  # local + etcd copy: merged
         keys = etcd.ctl("get", f"/skydns/{z}", "--prefix", "--keys-only").stdout.split()
@@ -266,7 +267,8 @@ def test_two_hosts_share_containers_and_a_crash_withdraws(etcd: Etcd, tmp_path: 
 
 def test_every_host_gives_the_same_srv_answer(etcd: Etcd, tmp_path: Path) -> None:
     """Replicas of one service on two hosts, different weights: each host merges its own
-    Docker records with everyone's etcd keys, and both answer alike (weights in percent)."""
+    Docker records with everyone's etcd keys, and both answer alike, with the containers'
+    own weights (as a single host does)."""
     z = zone()
     a, engine_a = host(tmp_path, etcd, "hostf", z)
     b, engine_b = host(tmp_path, etcd, "hostg", z)
@@ -281,7 +283,7 @@ def test_every_host_gives_the_same_srv_answer(etcd: Etcd, tmp_path: Path) -> Non
                 cid, name, ip, ports=("8080/tcp",), labels={**labels, "dnsd.weight": weight}
             )
             engine.emit("start", cid)
-        want = [f"5 27 8080 lbl3.{z}.", f"5 63 8080 lbl1.{z}.", f"5 9 8080 lbl2.{z}."]
+        want = [f"5 10 8080 lbl2.{z}.", f"5 30 8080 lbl3.{z}.", f"5 70 8080 lbl1.{z}."]
         asked = f"_api._tcp.payments.{z}"
         for server in (a, b):
             eventually(lambda s=server: answers(s.port, asked, "SRV") == want, timeout=5)

@@ -80,6 +80,25 @@ def _served(store: RecordStore, name: str, rtype: str) -> list[str]:
         # Explicit PTR keys.
         ({"/skydns/arpa/in-addr/10/0/0/7": '{"host": "seven.docker"}'},
          "7.0.0.10.in-addr.arpa.", "PTR", ["seven.docker."]),
+        # dnsd's own keys (dnsd_node): the name without the instance label, nothing more.
+        ({"/skydns/docker/web/hosta-1": '{"host": "10.0.0.1", "targetstrip": 1, '
+                                        '"dnsd_node": "hosta"}'}, "web.docker.", "A", ["10.0.0.1"]),
+        ({"/skydns/docker/web/hosta-1": '{"host": "10.0.0.1", "targetstrip": 1, '
+                                        '"dnsd_node": "hosta"}'}, "hosta-1.web.docker.", "A", []),
+        ({"/skydns/docker/web/hosta-1": '{"host": "10.0.0.1", "targetstrip": 1, '
+                                        '"dnsd_node": "hosta"}'}, "web.docker.", "SRV", []),
+        ({"/skydns/docker/shop/api/hosta-1": '{"host": "10.0.0.1", "dnsd_node": "hosta"}'},
+         "shop.docker.", "A", []),
+        ({"/skydns/docker/web/*/hosta-1": '{"host": "10.0.0.1", "dnsd_node": "hosta"}'},
+         "*.web.docker.", "A", ["10.0.0.1"]),
+        ({"/skydns/docker/web/_tcp/_http/hosta-1": '{"host": "web.docker", "port": 80, '
+                                                   '"weight": 10, "dnsd_node": "hosta"}',
+          "/skydns/docker/web/_tcp/_http/hostb-2": '{"host": "web2.docker", "port": 80, '
+                                                   '"weight": 30, "dnsd_node": "hostb"}'},
+         "_http._tcp.web.docker.", "SRV", ["10 10 80 web.docker.", "10 30 80 web2.docker."]),
+        ({"/skydns/docker/web/_tcp/_http/hosta-1": '{"host": "web.docker", "port": 80, '
+                                                   '"dnsd_node": "hosta"}'},
+         "_http._tcp.web.docker.", "CNAME", []),
         # Refused: outside the zones, a PTR pointing outside, a wildcard key, malformed values.
         ({"/skydns/com/example/www": '{"host": "6.6.6.6"}'}, "www.example.com.", "A", []),
         ({"/skydns/arpa/in-addr/6/6/6/6": '{"host": "evil.example"}'},

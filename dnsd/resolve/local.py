@@ -269,9 +269,13 @@ class LocalZone:
         for target in targets:
             name, seen = target, set[str]()
             while True:
-                found = [
-                    to_rr(r, name) for t in _ADDRESS_TYPES for r in self._addresses(ask, name, t)
-                ]
+                # The same address from several sources (local Docker, its etcd copy) once.
+                unique = {
+                    (r.rtype, r.value): r
+                    for t in _ADDRESS_TYPES
+                    for r in self._addresses(ask, name, t)
+                }
+                found = [to_rr(r, name) for r in unique.values()]
                 extra.extend(found)
                 cname = self._store.lookup(self._holder(ask, name), "CNAME")
                 if found or not cname or name in seen or len(seen) >= MAX_CNAME_CHAIN:

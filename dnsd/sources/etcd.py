@@ -24,6 +24,7 @@ from typing import Any
 
 from dnsd.admission import name_problem, value_problem
 from dnsd.config import EtcdConfig
+from dnsd.heap import Settler
 from dnsd.logs import Throttled, event
 from dnsd.records import (
     WILDCARD_LABELS,
@@ -41,9 +42,11 @@ from dnsd.sources.skydns import (
     cname_for,
     key_to_name,
     parse_value,
+    published_records,
     records_for,
     service_records,
     speaks_for_apex,
+    stands_for,
     target_of,
 )
 from dnsd.stats import Stats
@@ -63,7 +66,8 @@ MAX_WILDCARD_NAMES = 1000  # names one wildcard answer may gather: bounds a host
 _LOGGED_PER_REASON = 10  # bad keys of one kind logged one by one; then a throttled summary
 _throttled = Throttled(logger, interval_s=60.0)
 
-Change = tuple[str, bytes | None, int]  # (key, value or None for a delete, lease TTL)
+# (key, value or None for a delete, lease TTL[, lease ID])
+Change = tuple[str, bytes | None, int] | tuple[str, bytes | None, int, int]
 
 
 def _parent(name: str) -> str:
@@ -118,15 +122,15 @@ class Mirror:
             found.append(zone)
         return found
 
-    def replace_all(self, entries: Iterable[tuple[str, bytes, int]]) -> int:
+    def replace_all(self, entries: Iterable[Change]) -> int:
         """The whole prefix as listed: keys not in ``entries`` are deleted."""
         self.apply(self.relist_changes(entries))
         return len(self.services)
 
-    def relist_changes(self, entries: Iterable[tuple[str, bytes, int]]) -> list[Change]:
+    def relist_changes(self, entries: Iterable[Change]) -> list[Change]:
         """The changes that make the mirror hold exactly ``entries``."""
         changes: list[Change] = list(entries)
-        listed = {key.rstrip("/") for key, _, _ in changes}
+        listed = {entry[0].rstrip("/") for entry in changes}
         gone = [key for key in (*self.services, *self.bad_keys) if key not in listed]
         return [(key, None, 0) for key in gone] + changes
 
@@ -135,10 +139,10 @@ class Mirror:
         owners: dict[str, list[Record]] = {}
         touched: set[str] = set()  # names whose name-level records may differ
         regroup: set[str] = set()  # names whose group state flipped: their keys' records too
-        for key, value, lease_ttl in changes:
+        for key, value, lease_ttl, *lease in changes:
             key = key.rstrip("/")
             try:
-                service = None if value is None else self._parse(key, value, lease_ttl)
+                service = None if value is None else self._parse(key, value, lease_ttl, *lease)
             except ValueError as exc:
                 service = None
                 self._refuse(key, str(exc))
@@ -161,14 +165,19 @@ class Mirror:
             owners[_name_owner(name)] = self._name_records(name)
         self._store.update_owners(SOURCE, owners)
 
-    def _parse(self, key: str, value: bytes, lease_ttl: int) -> Service:
+    def _parse(self, key: str, value: bytes, lease_ttl: int, lease: int = 0) -> Service:
         name = key_to_name(key, self._prefix)
         problem = name_problem(name)
         if problem is not None:
             raise ValueError(f"the key's name is not servable: {problem}")
-        if "*" in name.split("."):  # SkyDNS wildcards are in questions, never in keys
+        service = parse_value(key, name, value, lease_ttl, lease)  # an address canonical
+        labels = name.split(".")
+        if service.node:  # dnsd's own: ``*`` only as the first label it stands for (RFC 4592)
+            if "*" in labels[:1] + labels[2:]:
+                raise ValueError("a '*' label other than first in the name the key stands for")
+        elif "*" in labels:  # SkyDNS wildcards are in questions, never in keys
             raise ValueError("a key's name cannot hold a '*' label")
-        return parse_value(key, name, value, lease_ttl)  # the host, if an address, canonical
+        return service
 
     def _refuse(self, key: str, why: str) -> None:
         if self.bad_keys.get(key) == why:
@@ -201,7 +210,7 @@ class Mirror:
         if old is not None:
             for owner in self._owners.pop(key):
                 touched.add(owner)
-                if old.group and self._count_group(owner, -1):
+                if old.group and not old.node and self._count_group(owner, -1):
                     regroup.add(owner)
                 if not self._drop_key(owner, key):
                     continue
@@ -213,13 +222,18 @@ class Mirror:
         if service is None:
             return []
         self.services[key] = service
-        owners = self._owners[key] = tuple(self._owner_names(service.name))
+        owners: tuple[str, ...]
+        if service.node:  # dnsd's own key: its one name, nothing aggregates
+            owners = (sys.intern(stands_for(service)),)
+        else:
+            owners = tuple(self._owner_names(service.name))
+        self._owners[key] = owners
         for owner in owners:
             touched.add(owner)
             if self._add_key(owner, key) and owner not in self._zones:
                 # wildcards match names below an apex only
                 self._children.setdefault(_parent(owner), set()).add(owner)
-            if service.group and self._count_group(owner, +1):
+            if service.group and not service.node and self._count_group(owner, +1):
                 regroup.add(owner)
         return self._key_records(service)
 
@@ -263,6 +277,8 @@ class Mirror:
         return count == (1 if step > 0 else 0)
 
     def _key_records(self, service: Service) -> list[Record]:
+        if service.node:
+            return published_records(service, self._ttl)
         records: list[Record] = []
         target = target_of(service) if service.host else None
         for owner in self._owners[service.key]:
@@ -276,7 +292,7 @@ class Mirror:
         keys = self._keys_at(name)
         if not keys or name in self._zones:
             return []
-        if name in self._grouped:
+        if name in self._grouped:  # (dnsd's own keys are left out: they answer on their own)
             return records_for(name, [self.services[k] for k in keys], self._ttl)
         if len(keys) == 1:
             return cname_for(name, [self.services[k] for k in keys], self._ttl)
@@ -342,6 +358,7 @@ class EtcdSource:
         self._lease_ttls: dict[int, int] = {}
         self._backlog: deque[Change | Callable[[], None]] = deque()
         self._draining = False
+        self._heap = Settler()  # after bulk changes: no full GC pause over the whole store
         self.state = "down"
         self.reason = "not connected yet"
         self.revision = 0
@@ -440,7 +457,7 @@ class EtcdSource:
         prefix = self._settings.prefix.encode()
         end = _range_end(prefix)
         start, revision, limit = prefix, 0, PAGE_KEYS
-        entries: list[tuple[str, bytes, int]] = []
+        entries: list[Change] = []
         while True:
             try:
                 response = client.get_range_response(
@@ -453,7 +470,12 @@ class EtcdSource:
                 raise
             revision = revision or response.header.revision
             entries += [
-                (kv.key.decode(errors="replace"), kv.value, self._lease_ttl(client, kv.lease))
+                (
+                    kv.key.decode(errors="replace"),
+                    kv.value,
+                    self._lease_ttl(client, kv.lease),
+                    kv.lease,
+                )
                 for kv in response.kvs
             ]
             if not response.more or not response.kvs:
@@ -488,7 +510,8 @@ class EtcdSource:
                         changes.append((key, None, 0))
                     else:
                         lease = getattr(change, "lease", 0) or 0
-                        changes.append((key, change.value, self._lease_ttl(client, lease)))
+                        ttl = self._lease_ttl(client, lease)
+                        changes.append((key, change.value, ttl, lease))
                 self.revision = max(self.revision, response.header.revision)
             if changes:
                 self._hand(self._enqueue, changes)
@@ -508,7 +531,7 @@ class EtcdSource:
         return known
 
     # --- event loop --------------------------------------------------------------------------
-    def _relist(self, entries: list[tuple[str, bytes, int]], revision: int) -> None:
+    def _relist(self, entries: list[Change], revision: int) -> None:
         """A whole list: its changes (what differs from the mirror, and deletes for keys no
         longer there) are queued behind anything pending, then it counts as listed."""
         keys = len(entries)
@@ -552,6 +575,7 @@ class EtcdSource:
                 if chunk:
                     self.mirror.apply(chunk)
                     self._stats.etcd_updates += len(chunk)
+                    self._heap.changed(len(chunk))
                 if time.perf_counter() >= deadline:
                     break
         finally:

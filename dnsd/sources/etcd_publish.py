@@ -2,13 +2,15 @@
 
 Keys are ``<prefix>/<name reversed>/<node>-<container id prefix>[-<n>]`` (DNS-safe instance
 labels), for every name a container answers to except host-local ones (``<name>.<network>``),
-and for its SRV names with the port and the container's own name as the target. Every key hangs
-on this node's lease, kept alive every TTL/3: a crashed host's keys vanish everywhere within the
-lease TTL. On start, keys an earlier run of the same node left are deleted. While etcd is
-unreachable the publisher keeps trying; on return it re-grants the lease if it expired and
-publishes everything again. Advertise mode ``container`` publishes container addresses
-(routed/overlay networks); ``host`` publishes ``advertise_ip`` with the host ports of published
-(-p) ports.
+wildcards (``*.<name>``) included, and for its SRV names with the port and the container's own
+name as the target.  Every value carries ``dnsd_node``: the mirror then serves the key exactly
+as this host serves the container (``skydns.published_records``), so every host answers
+alike.  Every key hangs on this node's lease, kept alive every TTL/3: a crashed host's keys
+vanish everywhere within the lease TTL.  On start, keys an earlier run of the same node left
+are deleted.  While etcd is unreachable the publisher keeps trying; on return it re-grants the
+lease if it expired and publishes everything again.  Advertise mode ``container`` publishes
+container addresses (routed/overlay networks); ``host`` publishes ``advertise_ip`` with the
+host ports of published (-p) ports.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dnsd.records import Record, SrvValue
 from dnsd.sources.docker_names import dns_label
 from dnsd.sources.errors import reason
 from dnsd.sources.lifecycle import SourceHealth, Threads
-from dnsd.sources.skydns import name_to_key
+from dnsd.sources.skydns import NODE_FIELD, name_to_key
 from dnsd.stats import Stats
 
 logger = logging.getLogger(__name__)
@@ -65,6 +67,7 @@ def desired_keys(
     """Every key this node should hold, with its JSON value."""
     keys: dict[str, bytes] = {}
     host_mode = settings.advertise == "host"
+    node = settings.node_id
     for container_id, box in built.items():
         if box.withheld:
             continue
@@ -79,7 +82,7 @@ def desired_keys(
                 # (SRV targets and automatic PTRs); only a container's own name gets a PTR.
                 index = 0 if host_mode else addresses.index(str(record.value))
                 host = settings.advertise_ip if host_mode else str(record.value)
-                value = {"host": host, "ttl": record.ttl, "targetstrip": 1}
+                value = {"host": host, "ttl": record.ttl, "targetstrip": 1, NODE_FIELD: node}
                 if not record.reverse:
                     value["reverse"] = False
             elif isinstance(record.value, SrvValue):
@@ -94,7 +97,7 @@ def desired_keys(
                         continue
                 index = 0
                 value = {"host": srv.target.rstrip("."), "port": port, "priority": srv.priority,
-                         "weight": srv.weight, "ttl": record.ttl}  # fmt: skip
+                         "weight": srv.weight, "ttl": record.ttl, NODE_FIELD: node}  # fmt: skip
             else:
                 continue
             key = f"{name_to_key(record.name, prefix)}/"

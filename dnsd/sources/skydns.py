@@ -26,8 +26,12 @@ DEFAULT_PRIORITY = 10
 DEFAULT_WEIGHT = 100
 _FIELDS = {
     "host": str, "port": int, "priority": int, "weight": int, "text": str, "mail": bool,
-    "ttl": int, "targetstrip": int, "group": str, "reverse": bool,
+    "ttl": int, "targetstrip": int, "group": str, "reverse": bool, "dnsd_node": str,
 }  # fmt: skip
+# dnsd's own keys carry the publishing node: such a key stands for its name without the last
+# label (the instance) and answers exactly as the container's own host does (see
+# ``published_records``); CoreDNS ignores the field and reads them as SkyDNS keys.
+NODE_FIELD = "dnsd_node"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +50,9 @@ class Service:
     targetstrip: int = 0
     group: str = ""
     reverse: bool = True  # dnsd's own field: false = no automatic PTR for this address
+    node: str = ""  # dnsd's own field (dnsd_node): the node that published the key
     lease_ttl: int = 0  # granted TTL of the key's lease, 0 if none
+    lease: int = 0  # the key's lease ID, 0 if none
     family: int = -1  # 4 or 6: the host is an address; 0: a name or none; -1: not yet known
 
     def __post_init__(self) -> None:
@@ -71,7 +77,7 @@ def name_to_key(name: str, prefix: str) -> str:
     return prefix.rstrip("/") + "/" + "/".join(reversed(labels))
 
 
-def parse_value(key: str, name: str, raw: bytes, lease_ttl: int = 0) -> Service:
+def parse_value(key: str, name: str, raw: bytes, lease_ttl: int = 0, lease: int = 0) -> Service:
     """The key's value as a ``Service``; ``ValueError`` saying why when any field could not be
     served (the caller skips the key): every field is checked here, so a value that parses
     can always enter the store."""
@@ -99,10 +105,12 @@ def parse_value(key: str, name: str, raw: bytes, lease_ttl: int = 0) -> Service:
     labels = name.rstrip(".").count(".") + 1 if name != "." else 0
     if not 0 <= int(fields.get("targetstrip", 0)) < max(labels, 1):  # type: ignore[call-overload]
         raise ValueError(f"'targetstrip' must leave at least one label of {name}")
+    if NODE_FIELD in fields:
+        fields["node"] = fields.pop(NODE_FIELD)
     fields["host"], fields["family"] = _host(str(fields.get("host", "")))
     if not fields["host"] and not fields.get("text"):
         raise ValueError("needs a 'host' or a 'text'")
-    return Service(key=key, name=name, lease_ttl=lease_ttl, **fields)  # type: ignore[arg-type]
+    return Service(key=key, name=name, lease_ttl=lease_ttl, lease=lease, **fields)  # type: ignore[arg-type]
 
 
 def _short(value: object) -> str:
@@ -195,19 +203,49 @@ def service_records(
     return records
 
 
+def stands_for(service: Service) -> str:
+    """The name a key's records are served at: dnsd's own keys stand for their name without
+    the instance label; other keys for their own name (and its ancestors)."""
+    if not service.node:
+        return service.name
+    return service.name.partition(".")[2] or "."
+
+
+def published_records(service: Service, default_ttl: int) -> list[Record]:
+    """A dnsd key's records, as the container's own host serves them: its address (A/AAAA,
+    with the automatic PTR unless ``reverse`` is false), or with a name host and a port one
+    SRV whose weight is the container's own (RFC 2782 weight, not a share), and TXT.  No
+    SRV from an address key (no port-0 records), no CNAME, nothing at the instance name or at
+    ancestors."""
+    name = stands_for(service)
+    ttl = service_ttl(service, default_ttl)
+    records: list[Record] = []
+    if service.family:
+        rtype = "A" if service.family == 4 else "AAAA"
+        records.append(Record(name, rtype, service.host, ttl, reverse=service.reverse))
+    elif service.host and service.port:
+        target = sys.intern(service.host + ".")
+        srv = SrvValue(service.priority, service.weight, service.port, target)
+        records.append(Record(name, "SRV", srv, ttl))
+    if service.text:
+        records.append(Record(name, "TXT", _chunks(service.text), ttl))
+    return records
+
+
 def cname_for(name: str, services: list[Service], default_ttl: int) -> list[Record]:
     """A name whose only key (after the group filter) has a name host is a CNAME to it."""
     if len(services) != 1:
         return []
     (service,) = services
-    if not service.host or service.is_ip or service.host + "." == name:
+    if service.node or not service.host or service.is_ip or service.host + "." == name:
         return []
     return [Record(name, "CNAME", service.host + ".", service_ttl(service, default_ttl))]
 
 
 def records_for(name: str, services: Iterable[Service], default_ttl: int) -> list[Record]:
-    """Every record ``name`` answers with, given the services at and below it."""
-    chosen = group_filter(sorted(services, key=lambda s: s.key))
+    """Every record ``name`` answers with, given the services at and below it, by SkyDNS's
+    rules (dnsd's own keys are not read this way: ``published_records``)."""
+    chosen = group_filter(sorted((s for s in services if not s.node), key=lambda s: s.key))
     records: list[Record] = []
     srv_seen: set[tuple[int, int, str]] = set()  # one SRV per (priority, port, target)
     for service in chosen:
