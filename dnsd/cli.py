@@ -75,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
         help="static, docker or etcd",
     )  # fmt: skip
     records.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    records.add_argument(
+        "--nodes", action="store_true",
+        help="list the nodes publishing to etcd (keys, lease time left) instead of records",
+    )  # fmt: skip
 
     ask = commands.add_parser("query", help="ask a DNS server one question (a small dig)")
     ask.add_argument("name")
@@ -107,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     if args.command == "check-config":
         return _check_config(args.file)
+    if args.command == "records" and args.nodes:
+        return tools.print_nodes(args.http, args.json)
     if args.command == "records":
         return tools.print_records(args.http, args.name, args.source, args.json)
     if args.command == "query":

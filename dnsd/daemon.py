@@ -263,6 +263,10 @@ class Daemon:
     def containers(self) -> DockerSource | None:
         return self.docker
 
+    @property
+    def cluster(self) -> EtcdSource | None:
+        return self.etcd
+
     async def stop(self) -> None:
         for udp in self.udp:
             udp.stop_reading()

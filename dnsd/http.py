@@ -1,6 +1,6 @@
 """The operator's HTTP endpoint (aiohttp, on the event loop): /health, /ready, /metrics,
-/records.  Off unless ``[http] listen`` / ``--http`` is set; /records reveals the whole name
-table, so bind it to loopback unless you mean otherwise.
+/records, /nodes (etcd's publishing nodes).  Off unless ``[http] listen`` / ``--http`` is
+set; /records reveals the whole name table, so bind it to loopback unless you mean otherwise.
 
 A connection gets ``request_timeout`` seconds for everything (headers, body, answer), small
 header and body limits and a short keep-alive, so a slow or silent client (slowloris) cannot
@@ -46,6 +46,7 @@ class HttpServer:
         app.router.add_get("/ready", self._ready)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/records", self._records)
+        app.router.add_get("/nodes", self._nodes)
         self._app = app
 
     async def start(self) -> None:
@@ -63,7 +64,7 @@ class HttpServer:
         self._server = await loop.create_server(
             self._connection, self._host, self._port, reuse_address=True
         )
-        logger.info("http endpoint on %s:%d (/health /ready /metrics /records)",
+        logger.info("http endpoint on %s:%d (/health /ready /metrics /records /nodes)",
                     self._host, self._port)  # fmt: skip
 
     def _connection(self) -> Any:
@@ -95,6 +96,10 @@ class HttpServer:
             self._view, request.query.get("name", ""), request.query.get("source", "")
         )
         return web.json_response(rows)
+
+    async def _nodes(self, _request: web.Request) -> web.Response:
+        cluster = self._view.cluster
+        return web.json_response(cluster.nodes() if cluster is not None else [])
 
 
 def _expire(handler: Any) -> None:

@@ -25,6 +25,22 @@ class Containers(Protocol):
         ...
 
 
+class Cluster(Protocol):
+    """What the name table shows of the etcd mirror."""
+
+    def node_of(self, owner: str) -> str | None:
+        """The node that published the etcd key ``owner``, if dnsd did."""
+        ...
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """The publishing nodes with their key counts and lease time left."""
+        ...
+
+    def unserved(self) -> Iterator[tuple[str, str, str]]:
+        """(name, key, reason) for keys skipped as unservable."""
+        ...
+
+
 class StatusView(Protocol):
     @property
     def store(self) -> RecordStore: ...
@@ -40,6 +56,9 @@ class StatusView(Protocol):
 
     @property
     def containers(self) -> Containers | None: ...
+
+    @property
+    def cluster(self) -> Cluster | None: ...
 
 
 def readiness(view: StatusView) -> tuple[bool, dict[str, Any]]:
@@ -83,6 +102,19 @@ def _not_served(view: StatusView) -> Iterator[tuple[str, str, Any, str, str, str
     if view.containers is not None:
         for name, rtype, value, container_id, why in view.containers.unserved():
             yield name, rtype, value, "docker", container_id, why
+    if view.cluster is not None:
+        for name, key, why in view.cluster.unserved():
+            yield name, "-", None, "etcd", key, why
+
+
+def _node(view: StatusView, origin: str, owner: str) -> str | None:
+    """The node a record comes from: this one for its own sources, the publishing node for
+    dnsd's etcd keys."""
+    if origin in ("docker", "static"):
+        return view.node_id
+    if origin == "etcd" and view.cluster is not None:
+        return view.cluster.node_of(owner)
+    return None
 
 
 def _container(view: StatusView, origin: str, owner: str) -> tuple[str, str] | None:
@@ -94,7 +126,6 @@ def _container(view: StatusView, origin: str, owner: str) -> tuple[str, str] | N
 def records(view: StatusView, pattern: str = "", source: str = "") -> list[dict[str, Any]]:
     """Every record with its source; docker records also carry container and health.  Rows
     with ``served: false`` say what was offered but is not answered, and why."""
-    node = view.node_id
     rows = []
     for name, rtype, value, origin, owner, why in _not_served(view):
         if (source and origin != source) or not _matches(name, pattern):
@@ -102,7 +133,7 @@ def records(view: StatusView, pattern: str = "", source: str = "") -> list[dict[
         box = _container(view, origin, owner)
         rows.append({
             "name": name, "type": rtype, "value": _value(value), "ttl": None, "source": origin,
-            "owner": owner, "node": node if origin in ("docker", "static") else None,
+            "owner": owner, "node": _node(view, origin, owner),
             "container": box[0] if box is not None else None,
             "health": box[1] if box is not None else None,
             "served": False, "reason": why,
@@ -120,7 +151,7 @@ def records(view: StatusView, pattern: str = "", source: str = "") -> list[dict[
             "ttl": record.ttl,
             "source": owned.source,
             "owner": owned.owner,
-            "node": node if owned.source in ("docker", "static") else None,
+            "node": _node(view, owned.source, owned.owner),
             "container": None,
             "health": None,
             "served": True,

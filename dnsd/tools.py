@@ -16,20 +16,19 @@ from dnslib import QTYPE, DNSRecord
 
 from dnsd.config import parse_hostport
 
-COLUMNS = ("name", "type", "value", "ttl", "source", "container", "health", "reason")
+COLUMNS = ("name", "type", "value", "ttl", "source", "node", "container", "health", "reason")
+NODE_COLUMNS = ("node", "keys", "lease", "lease_left_s")
 
 
-def fetch_records(http: str, name: str = "", source: str = "") -> list[dict[str, Any]]:
-    query = urllib.parse.urlencode({k: v for k, v in (("name", name), ("source", source)) if v})
-    url = f"http://{http}/records" + (f"?{query}" if query else "")
-    with urllib.request.urlopen(url, timeout=5) as response:
+def _fetch(http: str, path: str) -> list[dict[str, Any]]:
+    with urllib.request.urlopen(f"http://{http}{path}", timeout=5) as response:
         rows: list[dict[str, Any]] = json.load(response)
     return rows
 
 
-def print_records(http: str, name: str, source: str, as_json: bool) -> int:
+def _print_rows(http: str, path: str, columns: tuple[str, ...], what: str, as_json: bool) -> int:
     try:
-        rows = fetch_records(http, name, source)
+        rows = _fetch(http, path)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         print(f"dnsd: cannot reach dnsd's HTTP endpoint at {http}: {reason} "
@@ -38,13 +37,24 @@ def print_records(http: str, name: str, source: str, as_json: bool) -> int:
     if as_json:
         print(json.dumps(rows, indent=2))
         return 0
-    table = [[str(row.get(c) if row.get(c) is not None else "-") for c in COLUMNS] for row in rows]
-    widths = [max([len(c), *(len(r[i]) for r in table)]) for i, c in enumerate(COLUMNS)]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(COLUMNS, widths, strict=True)).rstrip())
+    table = [[str(row.get(c) if row.get(c) is not None else "-") for c in columns] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in table)]) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
     for row in table:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
-    print(f"{len(rows)} records", file=sys.stderr)
+    print(f"{len(rows)} {what}", file=sys.stderr)
     return 0
+
+
+def print_records(http: str, name: str, source: str, as_json: bool) -> int:
+    query = urllib.parse.urlencode({k: v for k, v in (("name", name), ("source", source)) if v})
+    path = "/records" + (f"?{query}" if query else "")
+    return _print_rows(http, path, COLUMNS, "records", as_json)
+
+
+def print_nodes(http: str, as_json: bool) -> int:
+    """The nodes publishing to etcd: their keys and the time their lease has left."""
+    return _print_rows(http, "/nodes", NODE_COLUMNS, "nodes", as_json)
 
 
 def query(name: str, rtype: str, server: str, tcp: bool, timeout: float) -> int:

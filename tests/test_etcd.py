@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -303,6 +305,50 @@ def test_every_host_gives_the_same_srv_answer(etcd: Etcd, tmp_path: Path) -> Non
         engine_b.stop()
 
 
+def test_operators_see_the_publishing_nodes(etcd: Etcd, tmp_path: Path) -> None:
+    """/records names the node that published each etcd record; /nodes and ``dnsd records
+    --nodes`` list the publishing nodes with their key counts and lease time left; keys
+    skipped as unservable are rows of /records with the reason."""
+    z = zone()
+    a, engine_a = host(tmp_path, etcd, "nodea", z)
+    b, engine_b = host(tmp_path, etcd, "nodeb", z)
+    try:
+        engine_a.containers["c" * 64] = container("c" * 64, "web", "10.8.0.1", ports=("80/tcp",))
+        engine_a.emit("start", "c" * 64)
+        etcd.put(f"/skydns/{z}/bad/k", '{"host": "fe80::1%eth0"}')
+        etcd.put(f"/skydns/{z}/foreign/k", '{"host": "10.8.0.9"}')
+        eventually(lambda: answers(b.port, f"web.{z}") == ["10.8.0.1"])
+        eventually(lambda: answers(b.port, f"foreign.{z}") == ["10.8.0.9"])
+        rows = json.loads(b._get(f"/records?source=etcd&name=*{z}"))
+        nodes = {(r["name"], r["type"]): r["node"] for r in rows if r["served"]}
+        assert nodes[(f"web.{z}.", "A")] == "nodea"
+        assert nodes[(f"_http._tcp.web.{z}.", "SRV")] == "nodea"
+        assert nodes[(f"foreign.{z}.", "A")] is None  # written by another tool
+        skipped = [r for r in rows if not r["served"]]
+        assert [(r["name"], r["owner"]) for r in skipped] == [(f"k.bad.{z}.", f"/skydns/{z}/bad/k")]
+        assert "scoped" in skipped[0]["reason"]
+
+        def listed() -> list[dict[str, object]]:
+            found = [n for n in json.loads(b._get("/nodes")) if n["node"] in ("nodea", "nodeb")]
+            return found if found and found[0]["lease_left_s"] is not None else []
+
+        (node,) = eventually(listed, timeout=10)  # nodeb has no containers: no keys
+        assert node["node"] == "nodea" and node["keys"] == 2  # web A, _http._tcp.web SRV
+        assert 0 < float(node["lease_left_s"]) <= 3  # type: ignore[arg-type]
+        printed = subprocess.run(
+            [sys.executable, "-m", "dnsd", "records", "--nodes", "--http",
+             f"127.0.0.1:{b.http_port}"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout  # fmt: skip
+        assert printed.splitlines()[0].split() == ["NODE", "KEYS", "LEASE", "LEASE_LEFT_S"]
+        assert any(line.split()[:2] == ["nodea", "2"] for line in printed.splitlines())
+    finally:
+        for server in (a, b):
+            server.stop()
+        engine_a.stop()
+        engine_b.stop()
+
+
 def test_earlier_run_leftovers_are_removed(etcd: Etcd, tmp_path: Path) -> None:
     z = zone()
     etcd.put(f"/skydns/{z}/ghost/hostc-000000000000", '{"host": "10.8.0.1"}')
@@ -403,6 +449,8 @@ def test_all_of_etcd_down_keeps_last_answers(tmp_path: Path) -> None:
             eventually(lambda: answers(server.port, f"kept.{z}") == ["10.10.0.1"])
             solo.members[0].kill()
             server.wait_source("etcd", "degraded")
+            why = server.source("etcd")["reason"]  # in words, naming the member
+            assert "StatusCode" not in why and solo.members[0].endpoint in why, why
             for _ in range(5):
                 assert answers(server.port, f"kept.{z}") == ["10.10.0.1"]
                 time.sleep(0.2)

@@ -52,9 +52,10 @@ def explain(exc: BaseException) -> str:
     code, details = getattr(exc, "code", None), getattr(exc, "details", None)
     if callable(code) and callable(details):
         status = getattr(code(), "name", str(code()))
-        text = str(details() or "").lower()
-        if text.startswith("etcdserver: "):  # etcd's own words: already readable
-            return "etcd refused the request: " + text.removeprefix("etcdserver: ")[:150]
+        raw = str(details() or "")
+        if raw.startswith("etcdserver: "):  # etcd's own words: already readable
+            return "etcd refused the request: " + raw.removeprefix("etcdserver: ")[:150]
+        text = raw.lower()
         for phrase, words in _DETAIL_WORDS:
             if phrase in text:
                 return words

@@ -19,7 +19,8 @@ import queue
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from dnsd.admission import name_problem, value_problem
@@ -59,6 +60,7 @@ BACKOFF_MAX_S = 5.0
 BATCH_WAIT_S = 0.005  # gather a burst of watch events into one hand-over to the loop
 SLICE_S = 0.003  # the longest the event loop applies changes before serving again
 SLICE_KEYS = 64  # changes per store update within a slice
+LEASE_POLL_S = 5.0  # how often the publishing nodes' lease time left is read
 PAGE_KEYS = 1000  # keys per page of a list (fewer while a page is over gRPC's limit)
 
 
@@ -72,6 +74,14 @@ Change = tuple[str, bytes | None, int] | tuple[str, bytes | None, int, int]
 
 def _parent(name: str) -> str:
     return name.partition(".")[2] or "."
+
+
+@dataclass(slots=True)
+class NodeKeys:
+    """What one publishing node holds in etcd: its keys, and the lease they hang on."""
+
+    keys: int = 0
+    lease: int = 0
 
 
 def _name_owner(name: str) -> str:
@@ -104,6 +114,7 @@ class Mirror:
         self._children: dict[str, set[str]] = {}  # name -> names one label below it (wildcards)
         self._grouped: dict[str, int] = {}  # name -> keys at or below it that carry a group
         self._owners: dict[str, tuple[str, ...]] = {}  # key -> the names it offers records at
+        self.nodes: dict[str, NodeKeys] = {}  # publishing node (dnsd_node) -> its keys
         self.bad_keys: dict[str, str] = {}  # key -> why it was skipped
         self._logged_reasons: dict[str, int] = {}
 
@@ -208,6 +219,8 @@ class Mirror:
             self.services[key] = old
             return None
         if old is not None:
+            if old.node:
+                self._count_node(old, -1)
             for owner in self._owners.pop(key):
                 touched.add(owner)
                 if old.group and not old.node and self._count_group(owner, -1):
@@ -222,6 +235,8 @@ class Mirror:
         if service is None:
             return []
         self.services[key] = service
+        if service.node:
+            self._count_node(service, +1)
         owners: tuple[str, ...]
         if service.node:  # dnsd's own key: its one name, nothing aggregates
             owners = (sys.intern(stands_for(service)),)
@@ -236,6 +251,16 @@ class Mirror:
             if service.group and not service.node and self._count_group(owner, +1):
                 regroup.add(owner)
         return self._key_records(service)
+
+    def _count_node(self, service: Service, step: int) -> None:
+        entry = self.nodes.get(service.node)
+        if entry is None:
+            entry = self.nodes[service.node] = NodeKeys()
+        entry.keys += step
+        if step > 0 and service.lease:
+            entry.lease = service.lease
+        if not entry.keys:
+            del self.nodes[service.node]
 
     def _keys_at(self, name: str) -> Collection[str]:
         keys = self._subtree.get(name)
@@ -356,6 +381,9 @@ class EtcdSource:
         self._hand = LoopHand()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lease_ttls: dict[int, int] = {}
+        self._node_leases: frozenset[int] = frozenset()  # for the watch thread to poll
+        self._lease_left: dict[int, tuple[int, float]] = {}  # lease -> (TTL left, when read)
+        self._clock = time.monotonic
         self._backlog: deque[Change | Callable[[], None]] = deque()
         self._draining = False
         self._heap = Settler()  # after bulk changes: no full GC pause over the whole store
@@ -486,7 +514,11 @@ class EtcdSource:
         self._hand(self._relist, entries, revision)
 
     def _consume(self, client: Any, events: queue.Queue[Any]) -> None:
+        polled = 0.0
         while not self._stopping.is_set():
+            if self._clock() - polled >= LEASE_POLL_S:
+                polled = self._clock()
+                self._poll_leases(client)
             try:
                 first = events.get(timeout=1.0)
             except queue.Empty:
@@ -515,6 +547,14 @@ class EtcdSource:
                 self.revision = max(self.revision, response.header.revision)
             if changes:
                 self._hand(self._enqueue, changes)
+
+    def _poll_leases(self, client: Any) -> None:
+        """How long each publishing node's lease has left (for the nodes view)."""
+        left: dict[int, tuple[int, float]] = {}
+        for lease in self._node_leases:
+            with contextlib.suppress(Exception):
+                left[lease] = (int(client.get_lease_info(lease).TTL), self._clock())
+        self._lease_left = left
 
     def _lease_ttl(self, client: Any, lease_id: int) -> int:
         if not lease_id:
@@ -580,10 +620,37 @@ class EtcdSource:
                     break
         finally:
             self._stats.etcd_bad_keys = len(self.mirror.bad_keys)
+            self._node_leases = frozenset(n.lease for n in self.mirror.nodes.values() if n.lease)
             if backlog and self._loop is not None and not self._loop.is_closed():
                 self._loop.call_soon(self._drain)
             else:
                 self._draining = False
+
+    # --- what /records and /nodes show (event loop) ------------------------------------------
+    def node_of(self, owner: str) -> str | None:
+        """The node that published the key ``owner`` (dnsd's own keys), else None."""
+        service = self.mirror.services.get(owner)
+        return service.node or None if service is not None else None
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Every publishing node: its keys, its lease and the seconds the lease has left (as
+        last read from etcd, counted down since; None before the first read or when the
+        lease is gone)."""
+        now, rows = self._clock(), []
+        for node, held in sorted(self.mirror.nodes.items()):
+            known = self._lease_left.get(held.lease)
+            left = None
+            if known is not None and known[0] >= 0:
+                left = round(max(known[0] - (now - known[1]), 0.0), 1)
+            rows.append({"node": node, "keys": held.keys,
+                         "lease": f"{held.lease:x}" if held.lease else None,
+                         "lease_left_s": left})  # fmt: skip
+        return rows
+
+    def unserved(self) -> Iterator[tuple[str, str, str]]:
+        """(name, key, reason) for every key skipped as unservable."""
+        for key, why in list(self.mirror.bad_keys.items()):
+            yield key_to_name(key, self._settings.prefix), key, why
 
     def _set_state(self, state: str, detail: str) -> None:
         """``detail``: for "ok" the member in use, otherwise why not."""
