@@ -5,7 +5,11 @@ mass reschedule writes them), then churns single keys at that size and deletes t
 Reports µs of CPU per changed key for each phase and the RSS growth.  No etcd, no sockets: this
 is the cost the event loop pays per key (run ``bench/cluster.py`` for the whole path).
 
-    .venv/bin/python bench/mirror.py [--keys 100000] [--batch 125]
+    .venv/bin/python bench/mirror.py [--keys 100000] [--batch 125] [--marked]
+
+Keys are written as dnsd publishes them with ``--marked`` (``dnsd_node``: one record each),
+else as another writer might (an address and a port: an A and an SRV at the key's name and
+at its parent).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import resource
 import time
 
 from dnsd.admission import Admission
+from dnsd.heap import Settler
 from dnsd.records import RecordStore
 from dnsd.sources.etcd import Mirror
 
@@ -30,11 +35,13 @@ def rss_mb() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
-def value(i: int) -> bytes:
-    return json.dumps(
-        {"host": f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", "port": 80, "ttl": 30,
-         "targetstrip": 1}
-    ).encode()  # fmt: skip
+MARKED = {"dnsd_node": "node1"}  # as dnsd publishes (--marked)
+FOREIGN = {"port": 80}  # as another writer might: each key an A and an SRV, at two names
+
+
+def value(i: int, extra: dict[str, object]) -> bytes:
+    host = f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
+    return json.dumps({"host": host, "ttl": 30, "targetstrip": 1, **extra}).encode()
 
 
 def key(i: int) -> str:
@@ -55,34 +62,44 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--keys", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=125)
+    parser.add_argument("--marked", action="store_true", help="keys as dnsd publishes them")
     args = parser.parse_args()
+    extra = MARKED if args.marked else FOREIGN
     store = RecordStore(Admission(["docker."]))
     store.subscribe(lambda names: None)
     mirror = Mirror(store, PREFIX, ["docker."], 30)
     mirror.replace_all([])
+    heap = Settler()  # as the etcd source does after each slice
     before = rss_mb()
     n, batch = args.keys, args.batch
 
     def bulk_put() -> None:
         for start in range(0, n, batch):
-            mirror.apply([(key(i), value(i), 10) for i in range(start, min(start + batch, n))])
+            mirror.apply(
+                [(key(i), value(i, extra), 10) for i in range(start, min(start + batch, n))]
+            )
+            heap.changed(batch)
 
     def churn() -> None:
         rng = random.Random(1)
         for _ in range(2000):
             i = rng.randrange(n)
-            mirror.apply([(key(i), value(i + 1), 10)])
+            mirror.apply([(key(i), value(i + 1, extra), 10)])
+            heap.changed(1)
 
     def bulk_delete() -> None:
         for start in range(0, n, batch):
             mirror.apply([(key(i), None, 0) for i in range(start, min(start + batch, n))])
+            heap.changed(batch)
 
     results = {"bulk put": timed("bulk put (batches)", n, bulk_put)}
     grown = rss_mb() - before
     results["churn"] = timed("churn at full size (one key)", 2000, churn)
     results["bulk delete"] = timed("bulk delete (batches)", n, bulk_delete)
     print(f"RSS growth with {n} keys: {grown:.0f} MB")
-    print(json.dumps({"keys": n, "us_per_key": results, "rss_growth_mb": round(grown)}))
+    kind = "marked" if args.marked else "foreign"
+    summary = {"keys": n, "kind": kind, "us_per_key": results, "rss_growth_mb": round(grown)}
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from dnsd.logs import Throttled
 
@@ -182,6 +182,42 @@ def _reverse_name(address: str) -> str:
     return ipaddress.ip_address(address).reverse_pointer + "."
 
 
+Item = TypeVar("Item", Record, str)
+# key -> its one item, or each item with how many times it was added.  Most keys hold one
+# item (a name's one record of a type, an address's one name): no dict for them.
+Bag = dict[Any, "Item | dict[Item, int]"]
+
+
+def _bag_add(table: Bag[Item], key: Any, item: Item) -> None:
+    found = table.get(key)
+    if found is None:
+        table[key] = item
+        return
+    if not isinstance(found, dict):
+        found = table[key] = {found: 1}
+    found[item] = found.get(item, 0) + 1
+
+
+def _bag_remove(table: Bag[Item], key: Any, item: Item) -> None:
+    found = table[key]
+    if not isinstance(found, dict):
+        del table[key]
+        return
+    count = found.pop(item)
+    if count > 1:
+        found[item] = count - 1
+    elif len(found) == 1:
+        ((last, left),) = found.items()
+        if left == 1:
+            table[key] = last
+
+
+def _bag_items(found: Item | dict[Item, int] | None) -> list[Item]:
+    if found is None:
+        return []
+    return list(found) if isinstance(found, dict) else [found]
+
+
 def _inc(counter: dict[str, int], key: str) -> None:
     counter[key] = counter.get(key, 0) + 1
 
@@ -208,21 +244,17 @@ class RecordStore:
         self._logged_kinds: Counter[tuple[str, str]] = Counter()
         self.rejections: Counter[tuple[str, str]] = Counter()  # (source, reason) -> records
         self._owned: dict[tuple[str, str], frozenset[Record]] = {}
-        # (name, type) -> its one record, or each record with the number of owners holding it
-        # (most names hold one record of a type: no dict for them, a third of the memory).
-        self._index: dict[tuple[str, str], Record | dict[Record, int]] = {}
+        # (name, type) -> its records, each with the number of owners holding it
+        self._index: Bag[Record] = {}
         self._names: dict[str, int] = {}
-        self._reverse: dict[str, dict[str, int]] = {}
+        self._reverse: Bag[str] = {}  # automatic PTR name -> the names of its address
         self._listeners: list[Callable[[set[str]], None]] = []
         self._touched: set[str] = set()  # names whose records changed in this change
         self.generation = 0
 
     # --- reading -------------------------------------------------------------------------
     def lookup(self, name: str, rtype: str) -> list[Record]:
-        found = self._index.get((name, rtype))
-        if found is None:
-            return []
-        return list(found) if isinstance(found, dict) else [found]
+        return _bag_items(self._index.get((name, rtype)))
 
     def holds(self, record: Record) -> bool:
         """Whether ``record`` is served (offered and admitted)."""
@@ -241,8 +273,7 @@ class RecordStore:
 
     def reverse(self, ptr_name: str) -> list[str]:
         """Target names for an automatic PTR (``4.3.2.1.in-addr.arpa.``)."""
-        found = self._reverse.get(ptr_name)
-        return list(found) if found else []
+        return _bag_items(self._reverse.get(ptr_name))
 
     def owned(self) -> Iterator[Owned]:
         for (source, owner), records in self._owned.items():
@@ -434,49 +465,33 @@ class RecordStore:
 
     def _indexed(self, record: Record) -> None:
         self._touched.add(record.name)
-        key = (record.name, record.rtype)
-        found = self._index.get(key)
-        if found is None:
-            self._index[key] = record
-        else:
-            if not isinstance(found, dict):
-                found = self._index[key] = {found: 1}
-            found[record] = found.get(record, 0) + 1
+        _bag_add(self._index, (record.name, record.rtype), record)
         self._add_name(record.name)
         if record.reverse and record.rtype in ("A", "AAAA"):
             ptr = reverse_name(str(record.value))
             self._touched.add(ptr)
-            _inc(self._reverse.setdefault(ptr, {}), record.name)
+            _bag_add(self._reverse, ptr, record.name)
 
     def _unindex(self, record: Record) -> None:
         self._touched.add(record.name)
-        key = (record.name, record.rtype)
-        found = self._index[key]
-        if not isinstance(found, dict):
-            del self._index[key]
-        else:
-            count = found.pop(record)
-            if count > 1:
-                found[record] = count - 1
-            elif len(found) == 1:
-                ((last, left),) = found.items()
-                if left == 1:
-                    self._index[key] = last
+        _bag_remove(self._index, (record.name, record.rtype), record)
         self._drop_name(record.name)
         if record.reverse and record.rtype in ("A", "AAAA"):
             ptr = reverse_name(str(record.value))
             self._touched.add(ptr)
-            targets = self._reverse[ptr]
-            _dec(targets, record.name)
-            if not targets:
-                del self._reverse[ptr]
+            _bag_remove(self._reverse, ptr, record.name)
 
     def _changed(self) -> None:
         if self._static_dirty:
             self._readmit()
         self.generation += 1
         touched, self._touched = self._touched, set()
-        names = {name for changed in touched for name in ancestors(changed)}
+        names: set[str] = set()
+        for changed in touched:  # with its ancestors, each walk stopping at a name already in
+            for name in ancestors(changed):
+                if name in names:
+                    break
+                names.add(name)
         for listener in self._listeners:
             listener(names)
 

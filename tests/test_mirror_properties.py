@@ -136,7 +136,7 @@ def test_one_key_changes_only_its_own_names(
         assert key not in mirror.services
         return
     assert key in mirror.services
-    own = set(mirror._owners[key])
+    own = set(mirror.names_of(key))
     changed = {r.name for r in before ^ after}
     reverse = {n for n in changed if n.endswith(".arpa.")}  # its address's automatic PTR
     assert changed - reverse <= own

@@ -213,17 +213,18 @@ class Mirror:
         self, key: str, service: Service | None, touched: set[str], regroup: set[str]
     ) -> list[Record] | None:
         """Index ``service`` as the key's value (None: the key is gone); its records (None:
-        unchanged)."""
+        unchanged).  dnsd's own keys are counted per node and nothing else: they answer on
+        their own, so no name-level state depends on them."""
         old = self.services.pop(key, None)
         if old is not None and old == service:  # the same value again (a relist, a republish)
             self.services[key] = old
             return None
-        if old is not None:
-            if old.node:
-                self._count_node(old, -1)
+        if old is not None and old.node:
+            self._count_node(old, -1)
+        elif old is not None:
             for owner in self._owners.pop(key):
                 touched.add(owner)
-                if old.group and not old.node and self._count_group(owner, -1):
+                if old.group and self._count_group(owner, -1):
                     regroup.add(owner)
                 if not self._drop_key(owner, key):
                     continue
@@ -237,20 +238,23 @@ class Mirror:
         self.services[key] = service
         if service.node:
             self._count_node(service, +1)
-        owners: tuple[str, ...]
-        if service.node:  # dnsd's own key: its one name, nothing aggregates
-            owners = (sys.intern(stands_for(service)),)
-        else:
-            owners = tuple(self._owner_names(service.name))
-        self._owners[key] = owners
+            return self._key_records(service)
+        owners = self._owners[key] = tuple(self._owner_names(service.name))
         for owner in owners:
             touched.add(owner)
             if self._add_key(owner, key) and owner not in self._zones:
                 # wildcards match names below an apex only
                 self._children.setdefault(_parent(owner), set()).add(owner)
-            if service.group and not service.node and self._count_group(owner, +1):
+            if service.group and self._count_group(owner, +1):
                 regroup.add(owner)
         return self._key_records(service)
+
+    def names_of(self, key: str) -> tuple[str, ...]:
+        """The names a held key offers records at."""
+        service = self.services.get(key)
+        if service is None:
+            return ()
+        return (stands_for(service),) if service.node else self._owners[key]
 
     def _count_node(self, service: Service, step: int) -> None:
         entry = self.nodes.get(service.node)
@@ -314,10 +318,10 @@ class Mirror:
         return records
 
     def _name_records(self, name: str) -> list[Record]:
-        keys = self._keys_at(name)
+        keys = self._keys_at(name)  # (never dnsd's own keys: they answer on their own)
         if not keys or name in self._zones:
             return []
-        if name in self._grouped:  # (dnsd's own keys are left out: they answer on their own)
+        if name in self._grouped:
             return records_for(name, [self.services[k] for k in keys], self._ttl)
         if len(keys) == 1:
             return cname_for(name, [self.services[k] for k in keys], self._ttl)
