@@ -2,11 +2,13 @@
 meanwhile, and dnsd's memory.
 
 For each size (default 20,000 and 100,000 keys, siblings under one parent, written in
-transactions of 125 puts as a mass reschedule writes them): a fresh dnsd mirroring a real
-etcd (data on tmpfs), two probes at 50 questions per second — a cached local name, and new
-names under it each time (the event loop's path) — then the bulk write.  Reports the seconds
-from the last write until the last key answers, each probe's losses and p50/p99, dnsd's CPU
-seconds for the whole bulk, its RSS before and after, and the same for deleting them all.
+transactions of 125 puts as a mass reschedule writes them; as dnsd publishes them, or with
+``--foreign`` as another SkyDNS writer would, each key then answering at its parent too): a
+fresh dnsd mirroring a real etcd (data on tmpfs), two probes at 50 questions per second (a
+cached local name, and new names under it each time: the event loop's path), then the bulk
+write.  Reports the seconds from the last write until the last key answers, each probe's
+losses and p50/p99, dnsd's CPU seconds for the whole bulk, its RSS before and after, and the
+same for deleting them all.
 
 Targets (issue 17): 20,000 keys answer within 3 s of the last write, 100,000 within 10 s; the
 probes lose nothing with p99 <= 50 ms; RSS with 100,000 keys <= 250 MB.
@@ -39,7 +41,7 @@ def answers(port: int, name: str) -> list[str]:
     return sorted(item.to_text() for rrset in reply.answer for item in rrset)
 
 
-def one_size(etcd: Etcd, tmp: Path, count: int) -> dict[str, object]:
+def one_size(etcd: Etcd, tmp: Path, count: int, node: str) -> dict[str, object]:
     zone, prefix = "bulk", f"/bench{count}"
     (tmp / "hosts").write_text(f"10.9.9.9 probe.{zone}\n")
     server: Dnsd = start_dnsd(
@@ -49,8 +51,11 @@ def one_size(etcd: Etcd, tmp: Path, count: int) -> dict[str, object]:
     try:
         server.wait_source("etcd", timeout=60)
         pid = server.proc.pid
-        result: dict[str, object] = {"keys": count, "rss_before_mb": round(rss_mb(pid))}
-        keys = service_keys(prefix, zone, count)
+        result: dict[str, object] = {
+            "keys": count, "written_as": "dnsd" if node else "other writer",
+            "rss_before_mb": round(rss_mb(pid)),
+        }  # fmt: skip
+        keys = service_keys(prefix, zone, count, node=node)
         last = f"k{count - 1}.svc0.{zone}"
         for phase in ("put", "delete"):
             cpu = cpu_s(pid)
@@ -84,12 +89,16 @@ def one_size(etcd: Etcd, tmp: Path, count: int) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="20000,100000")
+    parser.add_argument(
+        "--foreign", action="store_true",
+        help="keys as another SkyDNS writer writes them (default: as dnsd publishes them)",
+    )  # fmt: skip
     args = parser.parse_args()
     etcd = Etcd(1, under="/dev/shm").start()
     try:
         for count in (int(size) for size in args.sizes.split(",")):
             with tempfile.TemporaryDirectory(prefix="dnsd-bulk-") as tmp:
-                result = one_size(etcd, Path(tmp), count)
+                result = one_size(etcd, Path(tmp), count, "" if args.foreign else "bulknode")
             print(json.dumps(result, indent=2), flush=True)
     finally:
         etcd.stop()

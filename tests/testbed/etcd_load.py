@@ -29,14 +29,21 @@ def address(i: int) -> str:
     return f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
 
 
-def service_keys(prefix: str, zone: str, count: int, parents: int = 1) -> dict[str, bytes]:
-    """``count`` keys as a publisher writes them: siblings under ``parents`` service names."""
-    return {
-        f"{prefix}/{zone}/svc{i % parents}/k{i}": json.dumps(
-            {"host": address(i), "ttl": 30, "targetstrip": 1}
-        ).encode()
-        for i in range(count)
-    }
+def service_keys(
+    prefix: str, zone: str, count: int, parents: int = 1, node: str = ""
+) -> dict[str, bytes]:
+    """``count`` keys for ``k<i>.svc<i % parents>.<zone>``, siblings under ``parents`` service
+    names: as dnsd publishes them when ``node`` is given (an instance label below the name,
+    ``dnsd_node``), else as another SkyDNS writer would (the key is the name)."""
+    keys = {}
+    for i in range(count):
+        value: dict[str, object] = {"host": address(i), "ttl": 30, "targetstrip": 1}
+        key = f"{prefix}/{zone}/svc{i % parents}/k{i}"
+        if node:
+            key += f"/{node}-{i:x}"
+            value["dnsd_node"] = node
+        keys[key] = json.dumps(value).encode()
+    return keys
 
 
 def bulk_put(endpoint: str, items: dict[str, bytes], per_txn: int = TXN_PUTS) -> float:
