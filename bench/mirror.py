@@ -24,7 +24,7 @@ import time
 from dnsd.admission import Admission
 from dnsd.heap import Settler
 from dnsd.records import RecordStore
-from dnsd.sources.etcd import Mirror
+from dnsd.sources.etcd_mirror import Mirror
 
 PREFIX = "/skydns"
 

@@ -20,7 +20,7 @@ from testbed.fake_engine import FakeEngine, container
 
 from dnsd.admission import Admission
 from dnsd.records import Record, RecordStore
-from dnsd.sources.etcd import Mirror
+from dnsd.sources.etcd_mirror import Mirror
 from dnsd.sources.skydns import Service, group_filter, key_to_name, name_to_key, parse_value
 
 

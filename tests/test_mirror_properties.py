@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from dnsd.admission import Admission
 from dnsd.records import Record, RecordStore
-from dnsd.sources.etcd import Mirror
+from dnsd.sources.etcd_mirror import Mirror
 
 P = "/skydns"
 ZONES = ["docker."]

@@ -9,7 +9,7 @@ import pytest
 
 from dnsd.admission import Admission
 from dnsd.records import RecordStore, srv_weights
-from dnsd.sources.etcd import Mirror
+from dnsd.sources.etcd_mirror import Mirror
 
 P = "/skydns"
 
