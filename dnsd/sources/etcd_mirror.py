@@ -29,7 +29,6 @@ from dnsd.sources.skydns import (
     service_records,
     speaks_for_apex,
     stands_for,
-    target_of,
 )
 
 logger = logging.getLogger(__name__)
@@ -280,13 +279,11 @@ class Mirror:
     def _key_records(self, service: Service) -> list[Record]:
         if service.node:
             return published_records(service, self._ttl)
-        records: list[Record] = []
-        target = target_of(service) if service.host else None
-        for owner in self._owners[service.key]:
-            if owner in self._zones:
-                records += apex_service_records(owner, service, self._ttl)
-            elif owner not in self._grouped:
-                records += service_records(owner, service, self._ttl, target)
+        owners = self._owners[service.key]
+        names = [o for o in owners if o not in self._zones and o not in self._grouped]
+        records = service_records(names, service, self._ttl)
+        for zone in (o for o in owners if o in self._zones):
+            records += apex_service_records(zone, service, self._ttl)
         return records
 
     def _name_records(self, name: str) -> list[Record]:

@@ -174,31 +174,34 @@ def target_of(service: Service) -> str:
 
 
 def service_records(
-    name: str, service: Service, default_ttl: int, target: str | None = None
+    names: Iterable[str], service: Service, default_ttl: int
 ) -> list[Record]:
-    """What one key gives ``name`` (its own name or an ancestor) on its own: A/AAAA, SRV,
-    TXT, MX and an explicit PTR; never a CNAME, which depends on the keys beside it.
-    ``target``: ``target_of(service)``, when the caller has it."""
+    """What one key gives each of ``names`` (its own name and ancestors) on its own: A/AAAA,
+    SRV, TXT, MX and an explicit PTR; never a CNAME, which depends on the keys beside it.
+    The values are built once and shared by the names' records."""
     records: list[Record] = []
     ttl = service_ttl(service, default_ttl)
+    target = target_of(service) if service.host else ""
     if service.host:
-        target = target or target_of(service)
-        if service.family:
-            # The automatic PTR of an address points at the name the key stands for: its own
-            # name, or what targetstrip leaves of it (a publisher's instance label stripped).
-            rtype = "A" if service.family == 4 else "AAAA"
-            reverse = service.reverse and name == target
-            records.append(Record(name, rtype, service.host, ttl, reverse=reverse))
         weight = service.weight or DEFAULT_WEIGHT
         srv = SrvValue(service.priority, weight, service.port, target, shares=True)
-        records.append(Record(name, "SRV", srv, ttl))
-        if service.mail:
-            records.append(Record(name, "MX", MxValue(service.priority, target), ttl))
-    if service.text:
-        records.append(Record(name, "TXT", _chunks(service.text), ttl))
-    if service.name == name:
-        ptr = ptr_record(service, default_ttl)
-        if ptr is not None:
+    mx = MxValue(service.priority, target) if service.mail and service.host else None
+    text = _chunks(service.text) if service.text else None
+    ptr = ptr_record(service, default_ttl)
+    rtype = "A" if service.family == 4 else "AAAA"
+    for name in names:
+        if service.host:
+            if service.family:
+                # The automatic PTR of an address points at the name the key stands for: its
+                # own name, or what targetstrip leaves of it (an instance label stripped).
+                reverse = service.reverse and name == target
+                records.append(Record(name, rtype, service.host, ttl, reverse=reverse))
+            records.append(Record(name, "SRV", srv, ttl))
+            if mx is not None:
+                records.append(Record(name, "MX", mx, ttl))
+        if text is not None:
+            records.append(Record(name, "TXT", text, ttl))
+        if ptr is not None and service.name == name:
             records.append(ptr)
     return records
 
@@ -249,7 +252,7 @@ def records_for(name: str, services: Iterable[Service], default_ttl: int) -> lis
     records: list[Record] = []
     srv_seen: set[tuple[int, int, str]] = set()  # one SRV per (priority, port, target)
     for service in chosen:
-        for record in service_records(name, service, default_ttl):
+        for record in service_records((name,), service, default_ttl):
             if isinstance(record.value, SrvValue):
                 srv = record.value
                 if (srv.priority, srv.port, srv.target) in srv_seen:
@@ -276,7 +279,7 @@ def apex_service_records(zone: str, service: Service, default_ttl: int) -> list[
     CoreDNS), whose address is the glue.  Other keys never aggregate up to the apex."""
     ns_marker, apex_marker = apex_markers(zone)
     if service.name == apex_marker or service.name.endswith("." + apex_marker):
-        found = service_records(zone, service, default_ttl)
+        found = service_records((zone,), service, default_ttl)
         return [r for r in found if r.rtype in ("A", "AAAA")]
     if service.is_ip and (service.name == ns_marker or service.name.endswith("." + ns_marker)):
         return [Record(zone, "NS", target_of(service), service_ttl(service, default_ttl))]
