@@ -75,19 +75,12 @@ class Record:
     scope: str | None = None
     # Whether this A/AAAA record gives its address an automatic PTR back to ``name``.
     reverse: bool = True
-    # Computed once: the store hashes a record several times per change (sets, its index).
-    _hash: int = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.rtype not in RECORD_TYPES:
             raise ValueError(f"unsupported record type {self.rtype!r}")
         if not self.name.endswith(".") or self.name != self.name.lower():
             raise ValueError(f"record name must be absolute and lower-case: {self.name!r}")
-        fields = (self.name, self.rtype, self.value, self.ttl, self.scope, self.reverse)
-        object.__setattr__(self, "_hash", hash(fields))
-
-    def __hash__(self) -> int:
-        return self._hash
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,19 +224,27 @@ def _dec(counter: dict[str, int], key: str) -> None:
 
 
 Key = tuple[str, str]  # (source, owner)
+Records = tuple[Record, ...]
+
+
+def _unique(records: Iterable[Record]) -> Records:
+    """The records in their order, each once."""
+    return tuple(dict.fromkeys(records))
 
 
 class RecordStore:
     def __init__(self, admission: Admission | None = None) -> None:
         self._admission = admission
-        self._offered: dict[Key, frozenset[Record]] = {}  # as the sources gave them
+        # Each owner's records as a tuple without repeats (a third the size of a frozenset;
+        # sets are built only to compare an owner's old and new records).
+        self._offered: dict[Key, Records] = {}  # as the sources gave them
         self._rejected: dict[Key, dict[Record, str]] = {}
         self._static_names: dict[str, int] = {}
         self._static_dirty: set[str] = set()  # static names that came or went in this change
         self._logged: set[tuple[str, str, str, str]] = set()
         self._logged_kinds: Counter[tuple[str, str]] = Counter()
         self.rejections: Counter[tuple[str, str]] = Counter()  # (source, reason) -> records
-        self._owned: dict[tuple[str, str], frozenset[Record]] = {}
+        self._owned: dict[Key, Records] = {}  # as admitted
         # (name, type) -> its records, each with the number of owners holding it
         self._index: Bag[Record] = {}
         self._names: dict[str, int] = {}
@@ -304,7 +305,7 @@ class RecordStore:
     # --- writing -------------------------------------------------------------------------
     def replace_owner(self, source: str, owner: str, records: Iterable[Record]) -> bool:
         """Set one owner's records; returns True when anything changed."""
-        changed = self._set((source, owner), frozenset(records))
+        changed = self._set((source, owner), _unique(records))
         if changed:
             self._changed()
         return changed
@@ -316,26 +317,26 @@ class RecordStore:
         """Set several owners of one source at once (an empty list removes one); one change."""
         changed = False
         for owner, records in owners.items():
-            changed |= self._set((source, owner), frozenset(records))
+            changed |= self._set((source, owner), _unique(records))
         if changed:
             self._changed()
         return changed
 
     def replace_source(self, source: str, owners: Mapping[str, Iterable[Record]]) -> bool:
         """Set every owner of one source at once; owners not named are removed."""
-        wanted = {(source, owner): frozenset(recs) for owner, recs in owners.items()}
+        wanted = {(source, owner): _unique(recs) for owner, recs in owners.items()}
         stale = [key for key in self._offered if key[0] == source and key not in wanted]
         changed = False
         for key in stale:
-            changed |= self._set(key, frozenset())
+            changed |= self._set(key, ())
         for key, records in wanted.items():
             changed |= self._set(key, records)
         if changed:
             self._changed()
         return changed
 
-    def _set(self, key: Key, offered: frozenset[Record]) -> bool:
-        if self._offered.get(key, frozenset()) == offered:
+    def _set(self, key: Key, offered: Records) -> bool:
+        if self._offered.get(key, ()) == offered:
             return False
         if offered:
             self._offered[key] = offered
@@ -343,18 +344,21 @@ class RecordStore:
             self._offered.pop(key, None)
         return self._admit(key, offered, trust_current=True)
 
-    def _admit(self, key: Key, offered: frozenset[Record], trust_current: bool) -> bool:
+    def _admit(self, key: Key, offered: Records, trust_current: bool) -> bool:
         """Index what of ``offered`` may be served; set the rest aside with the reason."""
-        current = self._owned.get(key, frozenset()) if trust_current else frozenset()
-        admitted: set[Record] = set()
+        current = set(self._owned.get(key, ())) if trust_current else set()
+        admitted: list[Record] = []
         rejected: dict[Record, str] = {}
+        reformed = False
         for record in offered:
             if record in current:
-                admitted.add(record)
+                admitted.append(record)
                 continue
             why = self._problem(key[0], record)
             if why is None:
-                admitted.add(self._served_form(record))
+                served = self._served_form(record)
+                reformed |= served is not record
+                admitted.append(served)
             else:
                 rejected[record] = why
                 self._reject(key, record, why)
@@ -362,9 +366,9 @@ class RecordStore:
             self._rejected[key] = rejected
         else:
             self._rejected.pop(key, None)
-        # The common case (everything admitted as offered) shares the offered set: no copy.
-        same = not rejected and admitted == offered
-        return self._index_owner(key, offered if same else frozenset(admitted))
+        # The common case (everything admitted as offered) shares the offered tuple: no copy.
+        same = not rejected and not reformed
+        return self._index_owner(key, offered if same else _unique(admitted))
 
     def _problem(self, source: str, record: Record) -> str | None:
         if source != STATIC and record.name in self._static_names:
@@ -408,23 +412,26 @@ class RecordStore:
             extra={"event": "record_refused", "source": source, "dns_name": record.name},
         )
 
-    def _index_owner(self, key: Key, records: frozenset[Record]) -> bool:
-        old = self._owned.get(key, frozenset())
-        if old == records:
+    def _index_owner(self, key: Key, records: Records) -> bool:
+        held = self._owned.get(key, ())
+        if held == records:
             return False
-        if key[0] == STATIC:
-            self._track_static(old, records)
-        for record in old - records:
-            self._unindex(record)
-        for record in records - old:
-            self._indexed(record)
         if records:
             self._owned[key] = records
         else:
             self._owned.pop(key, None)
+        old, new = set(held), set(records)
+        if old == new:  # the same records in another order
+            return False
+        if key[0] == STATIC:
+            self._track_static(old, new)
+        for record in old - new:
+            self._unindex(record)
+        for record in new - old:
+            self._indexed(record)
         return True
 
-    def _track_static(self, old: frozenset[Record], new: frozenset[Record]) -> None:
+    def _track_static(self, old: set[Record], new: set[Record]) -> None:
         for record in new - old:
             if record.name not in self._static_names:
                 self._static_dirty.add(record.name)

@@ -173,9 +173,7 @@ def target_of(service: Service) -> str:
     return sys.intern(".".join(labels[service.targetstrip :]) + ".")
 
 
-def service_records(
-    names: Iterable[str], service: Service, default_ttl: int
-) -> list[Record]:
+def service_records(names: Iterable[str], service: Service, default_ttl: int) -> list[Record]:
     """What one key gives each of ``names`` (its own name and ancestors) on its own: A/AAAA,
     SRV, TXT, MX and an explicit PTR; never a CNAME, which depends on the keys beside it.
     The values are built once and shared by the names' records."""
