@@ -10,7 +10,7 @@ write.  Reports the seconds from the last write until the last key answers, each
 losses and p50/p99, dnsd's CPU seconds for the whole bulk, its RSS before and after, and the
 same for deleting them all.
 
-Targets (issue 17): 20,000 keys answer within 3 s of the last write, 100,000 within 10 s; the
+Targets: 20,000 keys answer within 3 s of the last write, 100,000 within 10 s; the
 probes lose nothing with p99 <= 50 ms; RSS with 100,000 keys <= 250 MB.
 
     .venv/bin/python bench/etcd_bulk.py [--sizes 20000,100000]

@@ -142,25 +142,27 @@ def test_one_key_changes_only_its_own_names(
     assert changed - reverse <= own
 
 
-def test_a_scoped_address_in_a_batch_costs_only_itself() -> None:
-    mirror, store = _mirror()
+def _batch_around(mirror: Mirror, middle: bytes) -> list[str]:
+    """Applies keys a, b (``middle``) and c under web.docker in one batch; web's addresses."""
     mirror.apply(
         [
             (f"{P}/docker/web/a", b'{"host": "10.0.0.1"}', 0),
-            (f"{P}/docker/web/b", b'{"host": "fe80::1%eth0"}', 0),
+            (f"{P}/docker/web/b", middle, 0),
             (f"{P}/docker/web/c", b'{"host": "10.0.0.3"}', 0),
         ]
     )
-    assert sorted(str(r.value) for r in store.lookup("web.docker.", "A")) == [
-        "10.0.0.1",
-        "10.0.0.3",
-    ]
+    return sorted(str(r.value) for r in mirror._store.lookup("web.docker.", "A"))
+
+
+def test_a_scoped_address_in_a_batch_costs_only_itself() -> None:
+    mirror, _ = _mirror()
+    assert _batch_around(mirror, b'{"host": "fe80::1%eth0"}') == ["10.0.0.1", "10.0.0.3"]
     assert "scoped" in mirror.bad_keys[f"{P}/docker/web/b"]
 
 
 def test_a_failure_while_applying_one_key_costs_only_that_key(monkeypatch: Any) -> None:
     """Whatever still goes wrong inside (a bug) is caught per key, counted and logged."""
-    mirror, store = _mirror()
+    mirror, _ = _mirror()
     real = mirror._key_records
 
     def broken(service: Any) -> list[Record]:
@@ -169,16 +171,6 @@ def test_a_failure_while_applying_one_key_costs_only_that_key(monkeypatch: Any) 
         return real(service)
 
     monkeypatch.setattr(mirror, "_key_records", broken)
-    mirror.apply(
-        [
-            (f"{P}/docker/web/a", b'{"host": "10.0.0.1"}', 0),
-            (f"{P}/docker/web/b", b'{"host": "10.0.0.2"}', 0),
-            (f"{P}/docker/web/c", b'{"host": "10.0.0.3"}', 0),
-        ]
-    )
-    assert sorted(str(r.value) for r in store.lookup("web.docker.", "A")) == [
-        "10.0.0.1",
-        "10.0.0.3",
-    ]
+    assert _batch_around(mirror, b'{"host": "10.0.0.2"}') == ["10.0.0.1", "10.0.0.3"]
     assert mirror.bad_keys[f"{P}/docker/web/b"] == "internal error: RuntimeError"
     assert f"{P}/docker/web/b" not in mirror.services

@@ -1,7 +1,7 @@
 """UDP listener: a thread per socket reads datagrams with blocking ``recvfrom`` and answers
 the ones the packed-answer cache knows; the rest go to the event loop.
 
-The thread's hot path is the brief's: the exact bytes of the query (minus its ID) looked up
+The thread's hot path: the exact bytes of the query (minus its ID) looked up
 in ``AnswerCache.fast``, the ID patched in, sent; a query in other letter case or with EDNS
 options (a cookie) is looked up by its normalised key in ``AnswerCache.fast_normalised`` and
 its question echoed. No dnslib object, no await, no poll: a blocking read costs one system
