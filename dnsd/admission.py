@@ -79,9 +79,14 @@ class Admission:
     def __init__(self, zones: Iterable[str], outside_sources: Iterable[str] = ()) -> None:
         self.zones = tuple(zones)
         self.outside_sources = frozenset(outside_sources)
+        # (zone, "." + zone) in order; the root matches every name (its suffix is "").
+        self._suffixes = tuple((zone, "" if zone == "." else "." + zone) for zone in self.zones)
 
     def zone_of(self, name: str) -> str | None:
-        return next((zone for zone in self.zones if in_zone(name, zone)), None)
+        for zone, suffix in self._suffixes:  # a plain loop: every record of a change asks
+            if name.endswith(suffix) or name == zone:
+                return zone
+        return None
 
     def problem(self, source: str, record: Record) -> str | None:
         """Why ``source`` may not publish ``record``, or None."""

@@ -159,12 +159,12 @@ def wildcard_parts(pattern: str) -> tuple[list[str], str]:
 
 
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_IPV4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
+IPV4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")  # dotted quad, canonical form
 
 
 def reverse_name(address: str) -> str:
     """``10.0.0.1`` -> ``1.0.0.10.in-addr.arpa.``; ``ValueError`` for what is no address."""
-    if _IPV4.fullmatch(address):  # the common case without ipaddress (a store at 100k keys)
+    if IPV4.fullmatch(address):  # the common case without ipaddress (a store at 100k keys)
         a, b, c, d = address.split(".")
         return f"{d}.{c}.{b}.{a}.in-addr.arpa."
     return _reverse_name(address)
@@ -229,6 +229,8 @@ Records = tuple[Record, ...]
 
 def _unique(records: Iterable[Record]) -> Records:
     """The records in their order, each once."""
+    if isinstance(records, (list, tuple)) and len(records) < 2:
+        return tuple(records)
     return tuple(dict.fromkeys(records))
 
 
@@ -346,12 +348,13 @@ class RecordStore:
 
     def _admit(self, key: Key, offered: Records, trust_current: bool) -> bool:
         """Index what of ``offered`` may be served; set the rest aside with the reason."""
-        current = set(self._owned.get(key, ())) if trust_current else set()
+        held = self._owned.get(key, ()) if trust_current else ()
+        current = set(held) if held else None  # a new owner (most of a bulk change): no set
         admitted: list[Record] = []
         rejected: dict[Record, str] = {}
         reformed = False
         for record in offered:
-            if record in current:
+            if current is not None and record in current:
                 admitted.append(record)
                 continue
             why = self._problem(key[0], record)
@@ -420,6 +423,14 @@ class RecordStore:
             self._owned[key] = records
         else:
             self._owned.pop(key, None)
+        if not held or not records:  # an owner that comes or goes: no sets to compare
+            if key[0] == STATIC:
+                self._track_static(set(held), set(records))
+            for record in held:
+                self._unindex(record)
+            for record in records:
+                self._indexed(record)
+            return True
         old, new = set(held), set(records)
         if old == new:  # the same records in another order
             return False

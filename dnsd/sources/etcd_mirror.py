@@ -190,6 +190,16 @@ class Mirror:
         if old is not None and old == service:  # the same value again (a relist, a republish)
             self.services[key] = old
             return None
+        if (
+            old is not None
+            and service is not None
+            and not old.node
+            and not service.node
+            and old.group == service.group
+        ):  # a new value at the same key (its name comes from the key): the tree stays
+            self.services[key] = service
+            touched.update(self._owners[key])
+            return self._key_records(service)
         if old is not None and old.node:
             self._count_node(old, -1)
         elif old is not None:

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from dnsd.admission import name_problem
-from dnsd.records import MxValue, Record, SrvValue
+from dnsd.records import IPV4, MxValue, Record, SrvValue
 
 DEFAULT_PRIORITY = 10
 DEFAULT_WEIGHT = 100
@@ -88,19 +88,19 @@ def parse_value(key: str, name: str, raw: bytes, lease_ttl: int = 0, lease: int 
     if not isinstance(document, dict):
         raise ValueError("not a JSON object")
     fields: dict[str, object] = {}
-    for field, kind in _FIELDS.items():
-        if field not in document or document[field] is None:
+    for field, value in document.items():  # the value's own fields: usually a few
+        kind = _FIELDS.get(field)
+        if kind is None or value is None:  # unknown fields are other writers' own
             continue
-        value = document[field]
         if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
             raise ValueError(f"{field!r} must be a number, got {_short(value)}")
         if not isinstance(value, kind):
             raise ValueError(f"{field!r} must be a {kind.__name__}, got {_short(value)}")
         fields[field] = value
     for field in ("port", "priority", "weight"):
-        if not 0 <= int(fields.get(field, 0)) <= 65535:  # type: ignore[call-overload]
+        if field in fields and not 0 <= fields[field] <= 65535:  # type: ignore[operator]
             raise ValueError(f"{field!r} out of range")
-    if not 0 <= int(fields.get("ttl", 0)) < 2**31:  # type: ignore[call-overload]
+    if "ttl" in fields and not 0 <= fields["ttl"] < 2**31:  # type: ignore[operator]
         raise ValueError("'ttl' out of range")
     labels = name.rstrip(".").count(".") + 1 if name != "." else 0
     if not 0 <= int(fields.get("targetstrip", 0)) < max(labels, 1):  # type: ignore[call-overload]
@@ -124,6 +124,8 @@ def _host(text: str) -> tuple[str, int]:
     host = text.strip().rstrip(".").lower()
     if not host:
         return "", 0
+    if IPV4.fullmatch(host):  # canonical already (no leading zeros): the common case, cheaply
+        return sys.intern(host), 4
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
