@@ -18,6 +18,7 @@ from typing import Any
 
 from dnsd import __version__, logs, tools
 from dnsd.config import FLAGS, Config, ConfigError, Overrides, load
+from dnsd.config import warnings as config_warnings
 from dnsd.daemon import Daemon, StartupError
 from dnsd.sources.static import StaticSource
 
@@ -135,6 +136,8 @@ def _check_config(path: str) -> int:
         return EXIT_CONFIG
     count = sum(len(records) for records in owners.values())
     print(f"{path}: ok ({count} static records)")
+    for warning in config_warnings(config):
+        print(f"{path}: warning: {warning}", file=sys.stderr)
     if config.static.outside_zones:
         zones = ", ".join(config.server.zones)
         print(
@@ -160,6 +163,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"dnsd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     logs.setup(config.log.format, config.log.level)
+    for warning in config_warnings(config):
+        logger.warning("configuration: %s", warning)
     # A thread waiting for the GIL gets it within this time (CPython's default is 5 ms): with
     # the etcd watch and the event loop busy on a bulk change, a UDP listener thread otherwise
     # waits for many such turns (probe p99 at 100,000 keys: 110-210 ms; with 1 ms: 11-23 ms).

@@ -40,6 +40,13 @@ ENV_PREFIX = "DNSD_"
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DOCKER_SCHEMES = ("unix", "tcp", "http", "https", "ssh")
+MAX_DNS_TTL = 2**31 - 1
+# Top-level names no registry delegates (RFC 6761, 6762; ICANN's .internal; names in common
+# private use): a zone there cannot take a real domain's names.
+UNDELEGATED_TLDS = frozenset(
+    f"{name}." for name in ("docker", "local", "internal", "test", "localhost", "invalid",
+                            "example", "lan", "home", "corp", "intranet", "private")
+)  # fmt: skip
 
 
 class ConfigError(Exception):
@@ -482,6 +489,13 @@ def validate(config: Config, origin: str) -> Config:
     ):  # fmt: skip
         if getattr(server, key) < (0 if "ttl" in key else 1):
             fail(f"server.{key}", "must be positive")
+    ttls = {
+        "server.ttl": server.ttl, "server.negative_ttl": server.negative_ttl,
+        "forward.max_ttl": forward.max_ttl, "forward.max_negative_ttl": forward.max_negative_ttl,
+    }  # fmt: skip
+    for key, ttl in ttls.items():
+        if not 0 <= ttl <= MAX_DNS_TTL:  # RFC 2181 8: a TTL is 0 .. 2^31 - 1 seconds
+            fail(key, f"must be between 0 and {MAX_DNS_TTL} seconds (a DNS TTL), got {ttl}")
     if not 512 <= server.max_udp_size <= 65535:
         fail("server.max_udp_size", "must be between 512 and 65535")
     rrl = config.rrl
@@ -504,8 +518,8 @@ def validate(config: Config, origin: str) -> Config:
     if config.log.level.upper() not in LOG_LEVELS:
         fail("log.level", f"must be one of {', '.join(LOG_LEVELS)}")
     etcd = config.etcd
-    if etcd.lease_ttl < 2:
-        fail("etcd.lease_ttl", "must be at least 2 seconds")
+    if not 2 <= etcd.lease_ttl <= MAX_DNS_TTL:
+        fail("etcd.lease_ttl", f"must be between 2 and {MAX_DNS_TTL} seconds")
     if etcd.advertise not in ("container", "host"):
         fail("etcd.advertise", "must be 'container' or 'host'")
     if etcd.advertise == "host" or etcd.advertise_ip:
@@ -543,3 +557,34 @@ def validate(config: Config, origin: str) -> Config:
         docker=dataclasses.replace(config.docker, zone=docker_zone),
         etcd=dataclasses.replace(etcd, node_id=node_id, advertise=advertise),
     )
+
+
+def warnings(config: Config) -> list[str]:
+    """What a validated configuration allows that is rarely meant: each line names the key.
+    ``check-config`` prints them and ``serve`` logs them at start."""
+    found = []
+    if config.etcd.enabled:
+        broad = [
+            zone
+            for zone in config.server.zones
+            if zone.count(".") <= 1 and zone not in UNDELEGATED_TLDS
+        ]
+        if broad:
+            found.append(
+                f"key 'server.zones': {', '.join(broad)} is the root or a top-level domain and "
+                "etcd is on: any etcd writer may publish any name under it "
+                "(for example a bank's or a registry's), answered with authority"
+            )
+    if config.forward.enabled:
+        everyone = [
+            network
+            for network in config.server.allow_recursion
+            if ipaddress.ip_network(network, strict=False).prefixlen == 0
+        ]
+        if everyone:
+            found.append(
+                f"key 'server.allow_recursion': {', '.join(everyone)} lets every address on "
+                "the Internet use dnsd as a resolver (an open resolver: a tool for "
+                "amplification attacks); list the networks of your clients instead"
+            )
+    return found

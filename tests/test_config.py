@@ -183,3 +183,69 @@ def test_tools_give_usage_errors_not_tracebacks(capsys: pytest.CaptureFixture[st
         main(["records", "--source", "dockr"])
     assert exited.value.code == 2
     assert "invalid choice: 'dockr'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[server]\nttl = 99999999999\n", "server.ttl"),
+        ("[server]\nnegative_ttl = 2147483648\n", "server.negative_ttl"),
+        ("[forward]\nmax_ttl = 99999999999\n", "forward.max_ttl"),
+        ("[forward]\nmax_negative_ttl = -1\n", "forward.max_negative_ttl"),
+        ("[etcd]\nlease_ttl = 99999999999\n", "etcd.lease_ttl"),
+    ],
+)
+def test_ttls_outside_dns_limits_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, key: str
+) -> None:
+    path = write(tmp_path, text)
+    assert main(["check-config", path]) == 2
+    assert f"key '{key}'" in capsys.readouterr().err
+    assert main(["serve", "--config", path]) == 2  # serve refuses what check-config refuses
+    assert f"key '{key}'" in capsys.readouterr().err
+
+
+def test_largest_dns_ttl_is_accepted(tmp_path: Path) -> None:
+    path = write(tmp_path, "[server]\nttl = 2147483647\nnegative_ttl = 2147483647\n")
+    assert load(path).server.ttl == 2**31 - 1
+
+
+@pytest.mark.parametrize(
+    ("text", "warned"),
+    [
+        ('[server]\nzones = ["."]\n[etcd]\nenabled = true\n', "key 'server.zones': ."),
+        ('[server]\nzones = ["docker.", "com"]\n[etcd]\nenabled = true\n', "com. is the root"),
+        ('[server]\nallow_recursion = ["0.0.0.0/0"]\n', "open resolver"),
+        ('[server]\nallow_recursion = ["127.0.0.1/8", "::/0"]\n', "open resolver"),
+    ],
+)
+def test_dangerous_settings_are_warned_about(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, warned: str
+) -> None:
+    path = write(tmp_path, text)
+    assert main(["check-config", path]) == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err and warned in err
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[server]\nzones = ["."]\n',  # etcd off: only the operator's own records
+        '[server]\nzones = ["corp.example."]\n[etcd]\nenabled = true\n',
+        '[server]\nallow_recursion = ["0.0.0.0/0"]\n[forward]\nenabled = false\n',
+    ],
+)
+def test_ordinary_settings_get_no_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    assert main(["check-config", write(tmp_path, text)]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_default_zone_with_etcd_gets_no_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # docker. is a top-level name no registry delegates: publishing under it takes no one's
+    assert main(["check-config", write(tmp_path, "[etcd]\nenabled = true\n")]) == 0
+    assert "warning" not in capsys.readouterr().err
