@@ -90,6 +90,10 @@ class ForwardConfig:
     # how many of them one client may hold (0: a quarter of that).
     max_pending: int = 0
     max_pending_per_client: int = 0
+    # DNS rebinding protection: refuse forwarded answers holding private, loopback or
+    # link-local addresses, except for names under rebind_allowed (and forward.domains).
+    stop_rebind: bool = False
+    rebind_allowed: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -466,6 +470,12 @@ def validate(config: Config, origin: str) -> Config:
             except ValueError as exc:
                 fail("forward.domains", f"{domain!r}: {exc}")
         domains[name] = entries
+    allowed = []
+    for domain in forward.rebind_allowed:
+        name = normalize_zone(domain)
+        if name_problem(name) or "*" in name:
+            fail("forward.rebind_allowed", f"not a domain name: {domain!r}")
+        allowed.append(name)
     for network in server.allow_recursion:
         try:
             ipaddress.ip_network(network, strict=False)
@@ -553,7 +563,7 @@ def validate(config: Config, origin: str) -> Config:
     return dataclasses.replace(
         config,
         server=dataclasses.replace(server, zones=zones),
-        forward=dataclasses.replace(forward, domains=domains),
+        forward=dataclasses.replace(forward, domains=domains, rebind_allowed=allowed),
         docker=dataclasses.replace(config.docker, zone=docker_zone),
         etcd=dataclasses.replace(etcd, node_id=node_id, advertise=advertise),
     )

@@ -32,6 +32,7 @@ from dnsd.resolve.forward import (
 )
 from dnsd.resolve.local import LocalZone, no_wildcards
 from dnsd.resolve.loop import LoopDetector
+from dnsd.resolve.rebind import RebindGuard
 from dnsd.sources.docker import DockerSettings, DockerSource
 from dnsd.sources.docker_names import Naming
 from dnsd.sources.etcd import EtcdSource
@@ -220,6 +221,10 @@ class Daemon:
             timeout_s=forward.timeout,
             domains=domains,
             tls_ca=forward.tls_ca,
+            zones=tuple(self.config.server.zones),
+            rebind=RebindGuard([*forward.rebind_allowed, *domains])
+            if forward.stop_rebind
+            else None,
         )
         return ForwardCache(
             forwarder,

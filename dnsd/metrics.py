@@ -114,7 +114,14 @@ class StatsCollector(Collector):
                        "upstream: too many pending, in all or for the client.",
                        stats.forward_over_budget)  # fmt: skip
         yield _counter("dnsd_upstream_scrubbed", "Upstream records dropped: not part of the "
-                       "answer to the question asked.", stats.upstream_scrubbed)  # fmt: skip
+                       "answer to the question asked, or at a name in dnsd's own zones.",
+                       stats.upstream_scrubbed)  # fmt: skip
+        yield _counter("dnsd_forward_entered_zone", "Forwarded answers whose CNAME chain "
+                       "entered dnsd's zones: cut there and completed from the local zone.",
+                       stats.forward_entered_zone)  # fmt: skip
+        yield _counter("dnsd_forward_rebind_refused", "Forwarded answers refused: they held "
+                       "a private, loopback or link-local address (forward.stop_rebind).",
+                       stats.forward_rebind_refused)  # fmt: skip
         yield _counter("dnsd_upstream_queries", "Upstream queries answered.",
                        stats.upstream_queries)  # fmt: skip
         yield _counter("dnsd_upstream_errors", "Upstream queries that failed (timeout, "

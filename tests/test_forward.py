@@ -380,3 +380,106 @@ def test_dns_over_tls_upstream(dnsd_factory, tmp_path: Path) -> None:  # type: i
         assert len(dot.queries) == 1  # no question was sent to a server it could not trust
     finally:
         dot.stop()
+
+
+ZONE_WITH_API = (
+    '[[static.records]]\nname = "api"\ntype = "A"\nvalue = "10.0.0.20"\n'
+    '[[static.records]]\nname = "out"\ntype = "CNAME"\nvalue = "cname1.example.com."\n'
+)
+
+
+def answers(message: dns.message.Message) -> list[str]:
+    return [line for rrset in message.answer for line in rrset.to_text().splitlines()]
+
+
+def test_upstream_records_for_our_zones_never_reach_clients(
+    upstream: FakeUpstream,
+    dnsd_factory,  # type: ignore[no-untyped-def]
+) -> None:
+    upstream.scripted["cname1.example.com."] = (
+        "cname1.example.com. 300 CNAME api.docker.\napi.docker. 3000 A 6.6.6.6"
+    )
+    upstream.scripted["cname2.example.com."] = (
+        "cname2.example.com. 300 CNAME nothing.docker.\nnothing.docker. 3000 A 6.6.6.6"
+    )
+    dnsd = dnsd_factory("--upstream", f"127.0.0.1:{upstream.port}", config=ZONE_WITH_API)
+    for _ in range(2):  # from upstream, then from the caches
+        reply = query(dnsd.port, "cname1.example.com.")
+        chain = answers(reply)
+        assert len(chain) == 2 and chain[0].endswith("IN CNAME api.docker.")
+        assert chain[1].startswith("api.docker.") and chain[1].endswith("IN A 10.0.0.20")
+        assert "6.6.6.6" not in reply.to_text()
+        # Through a local CNAME that leaves the zone and comes back (an etcd or static one).
+        reply = query(dnsd.port, "out.docker.")
+        assert "6.6.6.6" not in reply.to_text()
+        assert answers(reply)[-1].endswith("IN A 10.0.0.20")
+        # A chain into a name the zone does not hold: the zone's NXDOMAIN and SOA.
+        reply = query(dnsd.port, "cname2.example.com.")
+        assert rcode(reply) == "NXDOMAIN"
+        assert "6.6.6.6" not in reply.to_text()
+        assert [rrset.name.to_text() for rrset in reply.authority] == ["docker."]
+    assert dnsd.metric("dnsd_forward_entered_zone") >= 3  # later: the answer cache
+
+
+def test_a_chain_into_the_zone_follows_the_zone_as_it_changes(
+    upstream: FakeUpstream,
+    dnsd_factory,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_text("10.0.0.30 moving\n")
+    upstream.scripted["in.example.com."] = "in.example.com. 300 CNAME moving.docker."
+    config = f'[static]\nhosts = ["{hosts}"]\nwatch_interval = 0.1\n'
+    dnsd = dnsd_factory("--upstream", f"127.0.0.1:{upstream.port}", config=config)
+    assert answers(query(dnsd.port, "in.example.com."))[-1].endswith("A 10.0.0.30")
+    hosts.write_text("10.0.0.31 moving\n")
+    eventually(lambda: answers(query(dnsd.port, "in.example.com."))[-1].endswith("A 10.0.0.31"))
+    assert len([q for q in upstream.queries if q[1] == "in.example.com."]) == 1  # cached
+
+
+@pytest.mark.parametrize(
+    ("address", "refused"),
+    [
+        ("192.168.1.1", True),
+        ("10.1.2.3", True),
+        ("127.0.0.1", True),
+        ("169.254.169.254", True),
+        ("100.64.0.1", True),
+        ("::1", True),
+        ("fe80::1", True),
+        ("fd00::1", True),
+        ("::ffff:a00:1", True),  # ::ffff:10.0.0.1
+        ("93.184.216.34", False),
+        ("2606:2800:220:1::1", False),
+    ],
+)
+def test_rebind_guard_refuses_non_global_addresses(address: str, refused: bool) -> None:
+    from dnsd.resolve.rebind import RebindGuard
+
+    rtype = "AAAA" if ":" in address else "A"
+    records = RR.fromZone(f"evil.example. 60 {rtype} {address}")
+    guard = RebindGuard(["corp.example."])
+    assert guard.allows("evil.example.", records) is not refused
+    assert guard.allows("host.corp.example.", records)  # an allowed domain keeps everything
+
+
+def test_stop_rebind_refuses_private_answers_but_allowed_domains(
+    upstream: FakeUpstream,
+    dnsd_factory,  # type: ignore[no-untyped-def]
+) -> None:
+    upstream.scripted["evil.example.org."] = "evil.example.org. 300 A 169.254.169.254"
+    upstream.scripted["nas.home.example."] = "nas.home.example. 300 A 192.168.1.10"
+    upstream.scripted["www.example.org."] = "www.example.org. 300 A 93.184.216.34"
+    target = ["--upstream", f"127.0.0.1:{upstream.port}"]
+    off = dnsd_factory(*target)
+    assert answers(query(off.port, "evil.example.org."))  # off by default: passed on
+    config = '[forward]\nstop_rebind = true\nrebind_allowed = ["home.example"]\n'
+    dnsd = dnsd_factory(*target, config=config)
+    for _ in range(2):  # the refusal is not cached as an answer
+        reply = query(dnsd.port, "evil.example.org.")
+        assert rcode(reply) == "REFUSED" and not reply.answer
+    assert answers(query(dnsd.port, "nas.home.example.")) == [
+        "nas.home.example. 300 IN A 192.168.1.10"
+    ]
+    assert rcode(query(dnsd.port, "www.example.org.")) == "NOERROR"
+    assert dnsd.metric("dnsd_forward_rebind_refused") == 2

@@ -36,6 +36,7 @@ class Answer:
     per_client: bool = False  # depends on the asker's network (network-aware answers)
     scopes: tuple[str, ...] = ()  # ... namely on which of these networks hold the asker
     follow: str | None = None  # a CNAME chain left our zones here: the rest is upstream's
+    enters: str | None = None  # an upstream's chain entered our zones here: the rest is ours
     wire_size: int = 0  # bytes of the upstream reply it was parsed from (forwarded answers)
     # Names whose change in the record store can change this answer (local answers).
     depends: tuple[str, ...] = ()

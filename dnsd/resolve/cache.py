@@ -129,6 +129,7 @@ class ForwardCache:
             additional=[_aged(rr, elapsed) for rr in cached.additional],
             expires_in=entry.expires_at - now,
             recursive=True,
+            enters=cached.enters,
         )
 
     async def resolve(self, qname: str, qtype: int, qclass: int, counted: bool = True) -> Answer:

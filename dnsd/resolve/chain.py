@@ -64,7 +64,7 @@ class ResolverChain:
             return Answer(RCODE_REFUSED)
         hit = self.forward.get((qname, qtype, qclass))
         if hit is not None:
-            return hit
+            return self._completed(hit, qtype, client_ip)
         return self._upstream(qname, qtype, qclass, client_ip, counted=False)
 
     async def _upstream(
@@ -77,9 +77,35 @@ class ResolverChain:
             self._stats.forward_over_budget += 1
             return Answer(RCODE_SERVFAIL, recursive=True)
         try:
-            return await self.forward.resolve(qname, qtype, qclass, counted)
+            answer = await self.forward.resolve(qname, qtype, qclass, counted)
         finally:
             self.budget.give(client_ip)
+        return self._completed(answer, qtype, client_ip)
+
+    def _completed(self, upstream: Answer, qtype: int, client_ip: str) -> Answer:
+        """An upstream chain that entered our zones, completed from the local zone (the
+        upstream's records there were never kept): its rcode, its records, and its
+        dependencies, so a store change drops the whole answer.  A local chain that leaves the
+        zones again is cut there, never sent upstream a second time (no loop)."""
+        target = upstream.enters
+        if target is None:
+            return upstream
+        local = self.local.answer(target, qtype, target, client_ip)
+        if local is None:  # cannot happen for a name in the zones; pass the cut chain on
+            upstream.enters = None
+            return upstream
+        self._stats.forward_entered_zone += 1
+        return Answer(
+            rcode=local.rcode,
+            answer=upstream.answer + local.answer,
+            authority=local.authority,
+            additional=local.additional,
+            expires_in=min(upstream.expires_in, local.expires_in),
+            recursive=True,
+            per_client=local.per_client,
+            scopes=local.scopes,
+            depends=local.depends or (target,),
+        )
 
     async def _follow(
         self, local: Answer, target: str, qtype: int, qclass: int, client_ip: str
@@ -88,6 +114,7 @@ class ResolverChain:
         recursive resolver would for stub clients (busybox, glibc) that do not chase CNAMEs."""
         assert self.forward is not None
         upstream = await self._upstream(target.lower(), qtype, qclass, client_ip)
+        depends = local.depends + upstream.depends  # the upstream's part may enter a zone again
         return Answer(
             rcode=upstream.rcode,
             authoritative=local.authoritative,
@@ -96,5 +123,7 @@ class ResolverChain:
             additional=upstream.additional,
             expires_in=upstream.expires_in,
             recursive=True,
-            depends=local.depends,
+            per_client=local.per_client or upstream.per_client,
+            scopes=local.scopes + upstream.scopes,
+            depends=depends,
         )

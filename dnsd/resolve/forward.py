@@ -4,7 +4,9 @@ Each upstream query gets a fresh random ID and a fresh socket (so a fresh random
 replies are accepted only from the upstream asked, with the ID and question sent; anything else is
 dropped and counted.  A reply is scrubbed before anyone sees it: only the records for the name
 asked and its CNAME/DNAME chain stay in the answer, only an SOA above them in the authority
-section (for negative caching); everything else (NS, additional, out-of-bailiwick) is dropped.
+section (for negative caching); everything else (NS, additional, out-of-bailiwick) is dropped,
+and so is every record at a name in dnsd's own zones: a chain that enters them is cut there
+(``Answer.enters``) and completed from the local zone by the resolver chain.
 Upstreams are tried in order of recent health with a per-upstream timeout;
 when every one fails the answer is SERVFAIL.  A name under a configured domain goes to that
 domain's upstreams only (the longest domain wins, dnsmasq ``server=/domain/addr`` style); other
@@ -31,6 +33,7 @@ from dnslib import EDNS0, QTYPE, RCODE, DNSHeader, DNSQuestion, DNSRecord
 
 from dnsd.logs import Throttled
 from dnsd.resolve.answer import RCODE_REFUSED, RCODE_SERVFAIL, Answer
+from dnsd.resolve.rebind import RebindGuard
 from dnsd.stats import Stats
 
 logger = logging.getLogger(__name__)
@@ -66,6 +69,8 @@ class Forwarder:
         random_id: Callable[[], int] | None = None,
         domains: dict[str, list[Upstream]] | None = None,
         tls_ca: str = "",
+        zones: tuple[str, ...] = (),
+        rebind: RebindGuard | None = None,
     ) -> None:
         self.domains = {d: list(u) for d, u in (domains or {}).items() if u}
         if not upstreams and not self.domains:
@@ -80,6 +85,11 @@ class Forwarder:
         self._failures = dict.fromkeys(everyone, 0)
         self._tls_ca = tls_ca
         self._tls: ssl.SSLContext | None = None
+        self._zones = zones  # dnsd's own: no upstream record at a name in them is passed on
+        self._rebind = rebind  # None: private addresses from upstream are passed on
+
+    def owns(self, name: str) -> bool:
+        return any(_under(name, zone) for zone in self._zones)
 
     def route(self, qname: str) -> list[Upstream]:
         """The upstreams for ``qname``: its longest configured domain's, else the defaults."""
@@ -103,8 +113,18 @@ class Forwarder:
                 logger.debug("upstream %s failed for %s: %r", upstream, qname, exc)
                 continue
             self._failures[upstream] = 0
-            answer, scrubbed = _to_answer(reply[0], qname, qtype, reply[1])
+            answer, scrubbed = _to_answer(reply[0], qname, qtype, reply[1], self.owns)
             self._stats.upstream_scrubbed += scrubbed
+            records = [rr for rrset in answer.answer for rr in rrset]
+            if self._rebind is not None and not self._rebind.allows(qname, records):
+                self._stats.forward_rebind_refused += 1
+                throttled.warning(
+                    "rebind",
+                    "refused an upstream answer for %s holding a private address "
+                    "(forward.stop_rebind; allow the domain in forward.rebind_allowed)",
+                    qname,
+                )
+                return Answer(RCODE_REFUSED, recursive=True)
             return answer
         throttled.warning(
             "all failed",
@@ -212,9 +232,26 @@ def _under(name: str, owner: str) -> bool:
     return owner == "." or name == owner or name.endswith("." + owner)
 
 
-def scrub(reply: DNSRecord, qname: str, qtype: int) -> tuple[list[Any], list[Any], int]:
-    """(answer records, authority records, how many were dropped) for the question asked."""
+@dataclass(slots=True)
+class Scrubbed:
+    """What of an upstream reply may be passed on."""
+
+    answer: list[Any]
+    authority: list[Any]
+    dropped: int
+    # The chain's first name inside dnsd's own zones (a CNAME pointing in): the upstream's
+    # word ends there, and the rest of the answer is the local zone's.
+    enters: str | None = None
+
+
+def scrub(
+    reply: DNSRecord, qname: str, qtype: int, owned: Callable[[str], bool] = lambda _: False
+) -> Scrubbed:
+    """The records for the question asked and its CNAME/DNAME chain, and an SOA above them;
+    never a record at a name ``owned`` (dnsd's own zones): an upstream has no say there, so a
+    chain that enters them is cut where it enters."""
     chain = {qname}
+    enters: str | None = None
     owners = [str(rr.rname).lower() for rr in reply.rr]
     keep = [False] * len(reply.rr)
     grew = True
@@ -222,7 +259,7 @@ def scrub(reply: DNSRecord, qname: str, qtype: int) -> tuple[list[Any], list[Any
         grew = False
         for index, rr in enumerate(reply.rr):
             owner = owners[index]
-            if keep[index]:
+            if keep[index] or owned(owner):
                 continue
             if rr.rtype == QTYPE.DNAME:
                 keep[index] = any(_under(n, owner) and n != owner for n in chain)
@@ -231,31 +268,40 @@ def scrub(reply: DNSRecord, qname: str, qtype: int) -> tuple[list[Any], list[Any
                 continue
             keep[index] = True
             if rr.rtype == QTYPE.CNAME and qtype != QTYPE.CNAME:
-                chain.add(str(rr.rdata.label).lower())
+                target = str(rr.rdata.label).lower()
+                if owned(target):
+                    enters = enters or target
+                    continue
+                chain.add(target)
                 grew = True
     kept = [rr for rr, wanted in zip(reply.rr, keep, strict=True) if wanted]
     authority = [
         rr
         for rr in reply.auth
-        if rr.rtype == QTYPE.SOA and any(_under(n, str(rr.rname).lower()) for n in chain)
+        if rr.rtype == QTYPE.SOA
+        and not owned(str(rr.rname).lower())
+        and any(_under(n, str(rr.rname).lower()) for n in chain)
     ]
     additional = [rr for rr in reply.ar if rr.rtype != QTYPE.OPT]
     dropped = len(reply.rr) - len(kept) + len(reply.auth) - len(authority) + len(additional)
-    return kept, authority, dropped
+    return Scrubbed(kept, authority, dropped, enters)
 
 
-def _to_answer(reply: DNSRecord, qname: str, qtype: int, size: int) -> tuple[Answer, int]:
-    answer_rrs, authority, dropped = scrub(reply, qname, qtype)
+def _to_answer(
+    reply: DNSRecord, qname: str, qtype: int, size: int, owned: Callable[[str], bool]
+) -> tuple[Answer, int]:
+    scrubbed = scrub(reply, qname, qtype, owned)
     # Each upstream RR is its own "RRset" so rotation never reorders a CNAME chain.
     answer = Answer(
         rcode=reply.header.rcode,
         authoritative=False,
-        answer=[[rr] for rr in answer_rrs],
-        authority=authority,
+        answer=[[rr] for rr in scrubbed.answer],
+        authority=scrubbed.authority,
         recursive=True,
         wire_size=size,
+        enters=scrubbed.enters,
     )
-    return answer, dropped
+    return answer, scrubbed.dropped
 
 
 def parse_upstream(entry: str) -> Upstream:

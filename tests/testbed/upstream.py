@@ -34,6 +34,8 @@ class FakeUpstream:
     queries: list[tuple[str, str, str]] = field(default_factory=list)  # (proto, name, type)
     port: int = 0
     tls: ssl.SSLContext | None = None  # the TCP listener speaks DNS over TLS
+    # name (lower-case, absolute) -> zone-file lines answered for it, whatever the type asked
+    scripted: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> FakeUpstream:
         self.port = free_port()
@@ -59,7 +61,10 @@ class FakeUpstream:
         if not name.endswith(LOOP_PROBE_SUFFIX):  # dnsd's start-up loop check is not counted
             self.queries.append((proto, name.lower(), QTYPE[request.q.qtype]))
         reply = request.reply()
-        if name.lower().startswith("nx"):
+        if name.lower() in self.scripted:
+            for rr in RR.fromZone(self.scripted[name.lower()]):
+                reply.add_answer(rr)
+        elif name.lower().startswith("nx"):
             reply.header.rcode = 3
             soa = SOA("ns.test.", "admin.test.", (1, 60, 60, 60, 30))
             reply.add_auth(RR("test.", QTYPE.SOA, ttl=self.ttl, rdata=soa))
