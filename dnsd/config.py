@@ -31,6 +31,7 @@ from dnsd.resolve.cache import (
 from dnsd.resolve.forward import UPSTREAM_TIMEOUT_S
 from dnsd.wire.answer_cache import ANSWER_CACHE_BYTES, ANSWER_CACHE_ENTRIES
 from dnsd.wire.codec import DEFAULT_MAX_UDP_SIZE
+from dnsd.wire.query_log import DEFAULT_LINES_PER_SECOND
 from dnsd.wire.tcp import IDLE_TIMEOUT_S, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_CLIENT
 
 logger = logging.getLogger(__name__)
@@ -157,6 +158,7 @@ class LogConfig:
     format: str = "text"
     level: str = "INFO"
     queries: bool = False  # one line per query (client, name, type, rcode, source, µs)
+    queries_per_second: int = DEFAULT_LINES_PER_SECOND  # query log lines; the rest counted
 
 
 @dataclass(frozen=True)
@@ -525,6 +527,8 @@ def validate(config: Config, origin: str) -> Config:
             fail(f"forward.{key}", "must be 0 (automatic) or positive")
     if config.log.format not in LOG_FORMATS:
         fail("log.format", f"must be one of {', '.join(LOG_FORMATS)}")
+    if config.log.queries_per_second < 1:
+        fail("log.queries_per_second", "must be positive")
     if config.log.level.upper() not in LOG_LEVELS:
         fail("log.level", f"must be one of {', '.join(LOG_LEVELS)}")
     etcd = config.etcd

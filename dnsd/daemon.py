@@ -125,7 +125,10 @@ class Daemon:
         if self.forwarder is not None:
             loop = LoopDetector(self.forwarder.probe, self.forwarder.drop)
         chain = ResolverChain(local, forward, acl, budget, self.stats, loop)
-        query_log = QueryLog() if self.config.log.queries else None
+        log = self.config.log
+        query_log = None
+        if log.queries:
+            query_log = QueryLog(lines_per_second=log.queries_per_second, stats=self.stats)
         handler = QueryHandler(
             chain,
             self.stats,

@@ -122,6 +122,8 @@ class StatsCollector(Collector):
         yield _counter("dnsd_forward_rebind_refused", "Forwarded answers refused: they held "
                        "a private, loopback or link-local address (forward.stop_rebind).",
                        stats.forward_rebind_refused)  # fmt: skip
+        yield _counter("dnsd_query_log_skipped", "Query log lines left out: over "
+                       "log.queries_per_second.", stats.query_log_skipped)  # fmt: skip
         yield _counter("dnsd_upstream_queries", "Upstream queries answered.",
                        stats.upstream_queries)  # fmt: skip
         yield _counter("dnsd_upstream_errors", "Upstream queries that failed (timeout, "

@@ -248,3 +248,50 @@ def test_no_query_log_by_default(tmp_path: Path) -> None:
         assert "query 127.0.0.1" not in server.log()
     finally:
         server.stop()
+
+
+def test_query_log_rate_limit_counts_what_it_leaves_out() -> None:
+    import logging
+
+    from dnsd.stats import Stats
+    from dnsd.wire.query_log import QueryLog
+
+    now = [100.0]
+    stats = Stats()
+    query_log = QueryLog(clock=lambda: now[0], lines_per_second=3, stats=stats)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("dnsd.queries")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    packet = bytes.fromhex("1234010000010000000000000377656206646f636b65720000010001")
+    try:
+        for _ in range(10):
+            query_log.log("127.0.0.1", packet, packet, "local", now[0])
+        assert len(records) == 3 and stats.query_log_skipped == 7
+        now[0] += 1.0  # the next second: the first line says what was left out
+        query_log.log("127.0.0.1", packet, packet, "local", now[0])
+        assert "7 lines left out" in records[3].getMessage()
+        assert records[4].getMessage().startswith("query 127.0.0.1 web.docker. A")
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_query_log_flood_stays_bounded(tmp_path: Path) -> None:
+    config = "[log]\nqueries = true\nqueries_per_second = 20\n"
+    server = start_dnsd(tmp_path, "--no-forward", config=config)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(2)
+            packet = bytes.fromhex("1234010000010000000000000377656206646f636b65720000010001")
+            for _ in range(2000):
+                sock.sendto(packet, ("127.0.0.1", server.port))
+                sock.recv(512)
+        lines = [line for line in server.log().splitlines() if "query 127.0.0.1" in line]
+        skipped = eventually(lambda: server.metric("dnsd_query_log_skipped"))
+        assert len(lines) + skipped == 2000  # every query logged or counted, none lost
+        assert len(lines) <= 20 * 30  # 20 a second, whatever the load
+        assert skipped >= 1000
+    finally:
+        server.stop()
