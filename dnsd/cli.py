@@ -130,9 +130,9 @@ def _check_config(path: str) -> int:
         print(f"dnsd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if static.bad_lines:
-        print(
-            f"dnsd: {path}: {static.bad_lines} bad hosts-file line(s), see above", file=sys.stderr
-        )
+        for example in static.bad_examples[:20]:
+            print(f"dnsd: {example}", file=sys.stderr)
+        print(f"dnsd: {path}: {static.bad_lines} bad hosts-file line(s)", file=sys.stderr)
         return EXIT_CONFIG
     count = sum(len(records) for records in owners.values())
     print(f"{path}: ok ({count} static records)")

@@ -104,6 +104,8 @@ class StaticConfig:
     records: list[dict[str, Any]] = field(default_factory=list)
     # Names outside server.zones (answered with AA to every client): only when set on purpose.
     outside_zones: bool = False
+    # A larger hosts file is not read (the last good records stay): 16 MiB is ~350,000 lines.
+    max_hosts_bytes: int = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -527,6 +529,8 @@ def validate(config: Config, origin: str) -> Config:
             fail(f"forward.{key}", "must be 0 (automatic) or positive")
     if config.log.format not in LOG_FORMATS:
         fail("log.format", f"must be one of {', '.join(LOG_FORMATS)}")
+    if config.static.max_hosts_bytes < 1:
+        fail("static.max_hosts_bytes", "must be positive")
     if config.log.queries_per_second < 1:
         fail("log.queries_per_second", "must be positive")
     if config.log.level.upper() not in LOG_LEVELS:

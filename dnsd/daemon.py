@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dnsd.config import Config, parse_hostport
-from dnsd.logs import event
+from dnsd.logs import Throttled, event
 from dnsd.metrics import Metrics
 from dnsd.records import RecordStore
 from dnsd.resolve.acl import Acl
@@ -49,6 +49,7 @@ from dnsd.wire.tcp import TcpServer, bind_tcp
 from dnsd.wire.udp import HitTimer, UdpServer, bind_udp
 
 logger = logging.getLogger(__name__)
+_reloads_logged = Throttled(logger, interval_s=10.0)
 
 DRAIN_TIMEOUT_S = 1.0
 JOIN_TIMEOUT_S = 0.2  # per source, for its threads to finish once told to stop
@@ -255,7 +256,8 @@ class Daemon:
         return None if self.rrl is None else (self.rrl.dropped, self.rrl.slipped)
 
     def reload(self) -> None:
-        logger.info("reload requested", extra=event("reload", "static"))
+        # A signal storm (1,500 SIGHUPs) must not write a line each: once per 10 s, counted.
+        _reloads_logged.info("reload", "reload requested")
         self.static.reload()
 
     # --- what /ready and /records read (dnsd.status.StatusView) -------------------------------

@@ -69,13 +69,22 @@ class Throttled:
 
     def warning(self, kind: str, message: str, *args: object) -> bool:
         """Log ``message`` unless ``kind`` was logged less than the interval ago; True if logged."""
+        return self.log(logging.WARNING, kind, message, *args)
+
+    def info(self, kind: str, message: str, *args: object) -> bool:
+        return self.log(logging.INFO, kind, message, *args)
+
+    def error(self, kind: str, message: str, *args: object) -> bool:
+        return self.log(logging.ERROR, kind, message, *args)
+
+    def log(self, level: int, kind: str, message: str, *args: object) -> bool:
         now = self._clock()
         if now < self._next.get(kind, 0.0):
             self._held[kind] = self._held.get(kind, 0) + 1
             return False
         held = self._held.pop(kind, 0)
         suffix = f" ({held} more like it since the last line)" if held else ""
-        self._logger.warning(message + suffix, *args)
+        self._logger.log(level, message + suffix, *args)
         if len(self._next) > 1024:
             self._next.clear()
         self._next[kind] = now + self._interval_s

@@ -153,6 +153,8 @@ class StatsCollector(Collector):
             refused.add_metric([source, why], count)
         yield refused
         yield _counter("dnsd_reloads", "Static reloads (SIGHUP or file change).", stats.reloads)
+        yield _counter("dnsd_reload_errors", "Static reloads that failed (the last good records "
+                       "stay).", stats.reload_errors)  # fmt: skip
         yield _counter("dnsd_docker_events", "Docker events received.", stats.docker_events)
         yield _counter("dnsd_docker_reconnects", "Docker event stream reconnects.",
                        stats.docker_reconnects)  # fmt: skip

@@ -140,3 +140,77 @@ def test_wildcard_records_follow_rfc4592(tmp_path: Path) -> None:
         eventually(lambda: addresses("q.late.docker") == ["10.1.0.9"])
     finally:
         server.stop()
+
+
+def _log_lines(dnsd: object, fragment: str) -> int:
+    return sum(fragment in line for line in dnsd.log().splitlines())  # type: ignore[attr-defined]
+
+
+def test_bad_hosts_lines_cost_one_log_line_per_load(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from conftest import query, start_dnsd
+
+    hosts = tmp_path / "hosts"
+    random_bytes = os.urandom(1_000_000)  # thousands of bad lines, and a good one at the end
+    hosts.write_bytes(random_bytes + b"\n10.0.0.7 good\n")
+    config = f'[static]\nhosts = ["{hosts}"]\nwatch_interval = 60\n'
+    dnsd = start_dnsd(tmp_path, "--no-forward", config=config)
+    try:
+        assert query(dnsd.port, "good.docker").answer
+        dnsd.proc.send_signal(signal.SIGHUP)
+        eventually(lambda: dnsd.metric("dnsd_reloads") >= 1)
+        assert query(dnsd.port, "good.docker").answer
+        assert _log_lines(dnsd, "bad line(s) skipped") == 2  # the load and the reload
+        assert len(dnsd.log()) < 20_000  # not a line per bad line (was 38 MB per 10 MB)
+    finally:
+        dnsd.stop()
+
+
+def test_oversized_hosts_file_is_refused_and_the_last_records_stay(tmp_path: Path) -> None:
+    import signal
+
+    from conftest import query, start_dnsd
+
+    hosts = tmp_path / "hosts"
+    hosts.write_text("10.0.0.7 good\n")
+    config = f'[static]\nhosts = ["{hosts}"]\nwatch_interval = 0.1\nmax_hosts_bytes = 100000\n'
+    dnsd = start_dnsd(tmp_path, "--no-forward", config=config)
+    try:
+        assert query(dnsd.port, "good.docker").answer
+        hosts.write_text("".join(f"10.1.{i // 250}.{i % 250} h{i}\n" for i in range(20000)))
+        eventually(lambda: _log_lines(dnsd, "over static.max_hosts_bytes") >= 1)
+        assert query(dnsd.port, "good.docker").answer  # the last good records
+        assert not query(dnsd.port, "h1.docker").answer
+        assert dnsd.metric("dnsd_reload_errors") >= 1
+        dnsd.proc.send_signal(signal.SIGHUP)
+        assert dnsd.proc.poll() is None
+    finally:
+        dnsd.stop()
+    path = tmp_path / "check.toml"
+    path.write_text(config)
+    assert main(["check-config", str(path)]) == 2
+
+
+def test_a_sighup_storm_is_logged_in_a_few_lines(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from conftest import query, start_dnsd
+
+    hosts = tmp_path / "hosts"
+    hosts.write_text("10.0.0.7 good\n")
+    config = f'[static]\nhosts = ["{hosts}"]\nwatch_interval = 60\n'
+    dnsd = start_dnsd(tmp_path, "--no-forward", config=config)
+    try:
+        before = len(dnsd.log().splitlines())
+        for _ in range(300):
+            dnsd.proc.send_signal(signal.SIGHUP)
+            time.sleep(0.005)
+        eventually(lambda: dnsd.metric("dnsd_reloads") >= 1)
+        assert query(dnsd.port, "good.docker").answer
+        added = len(dnsd.log().splitlines()) - before
+        assert added <= 6, dnsd.log()[-2000:]  # was two lines per signal
+    finally:
+        dnsd.stop()

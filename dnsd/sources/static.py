@@ -17,7 +17,7 @@ from typing import Any
 
 from dnsd.admission import Admission
 from dnsd.config import Config, ConfigError
-from dnsd.logs import event
+from dnsd.logs import Throttled, event
 from dnsd.records import MxValue, Record, SrvValue, Value
 from dnsd.sources.lifecycle import OK, SourceHealth
 from dnsd.stats import Stats
@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 SOURCE = "static"
 MAX_NAME_LEN = 253
+_reloads_logged = Throttled(logger, interval_s=10.0)  # per kind: a SIGHUP storm, a bad file
+MAX_BAD_LINES_KEPT = 100  # bad hosts lines remembered with their reason; the rest counted
 MAX_LABEL_LEN = 63
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_*")
 
@@ -157,7 +159,7 @@ def parse_hosts(
 ) -> tuple[list[Record], list[str]]:
     """Hosts-file lines ``IP name [name...]`` -> (records, errors naming file:line)."""
     records: list[Record] = []
-    errors: list[str] = []
+    errors: list[str] = []  # every bad line counted; only the first MAX_BAD_LINES_KEPT kept
     for number, line in enumerate(text.splitlines(), 1):
         fields = line.split("#", 1)[0].split()
         if not fields:
@@ -171,7 +173,7 @@ def parse_hosts(
                 record = Record(names.absolute(name, owner=True), rtype, str(address), ttl)
                 records.append(_admitted(record, rules))
         except ValueError as exc:
-            errors.append(f"{path}:{number}: {exc}")
+            errors.append(f"{path}:{number}: {exc}" if len(errors) < MAX_BAD_LINES_KEPT else "")
     return records, errors
 
 
@@ -190,25 +192,46 @@ class StaticSource:
         self._load_config = load_config
         self._config = config
         self._stamps: dict[str, tuple[int, int, int] | None] = {}
-        self.bad_lines: list[str] = []  # hosts-file errors of the last build, file:line
+        self.bad_lines = 0  # hosts-file lines skipped by the last build
+        self.bad_examples: list[str] = []  # the first of them, file:line and why
 
     def build(self, config: Config) -> dict[str, list[Record]]:
         """Every owner's records for ``config`` (raises ConfigError if the records are bad)."""
         names = Names(config.server.zones)
         ttl = config.server.ttl
         rules = admission(config)
-        self.bad_lines = []
+        self.bad_lines = 0
+        self.bad_examples = []
         owners = {"config": config_records(config.static.records, names, ttl, rules)}
+        limit = config.static.max_hosts_bytes
         for path in config.static.hosts:
             try:
                 with open(path, encoding="utf-8", errors="replace") as handle:
-                    text = handle.read()
+                    size = os.fstat(handle.fileno()).st_size
+                    if size > limit:
+                        raise ConfigError(
+                            f"{path}: hosts file of {size} bytes is over static.max_hosts_bytes "
+                            f"({limit}): not read"
+                        )
+                    text = handle.read(limit + 1)  # a file growing while read stops here too
             except OSError as exc:
                 raise ConfigError(f"{path}: cannot read hosts file: {exc.strerror}") from None
+            if len(text) > limit:
+                raise ConfigError(f"{path}: hosts file over static.max_hosts_bytes ({limit})")
             records, errors = parse_hosts(text, path, names, ttl, rules)
-            for error in errors:
-                logger.warning("skipping bad hosts line %s", error)
-            self.bad_lines += errors
+            if errors:  # one line per file and load, however many lines are bad
+                shown = "; ".join(error for error in errors[:3] if error)
+                logger.warning(
+                    "hosts file %s: %d bad line(s) skipped, e.g. %s",
+                    path,
+                    len(errors),
+                    shown,
+                    extra=event("bad_hosts_lines", SOURCE),
+                )
+                for error in errors[:MAX_BAD_LINES_KEPT]:
+                    logger.debug("skipping bad hosts line %s", error)
+            self.bad_lines += len(errors)
+            self.bad_examples += [error for error in errors if error]
             owners[path] = records
         return owners
 
@@ -237,20 +260,16 @@ class StaticSource:
             config = self._load_config()
             owners = self.build(config)
         except ConfigError as exc:
-            logger.error(
-                "reload failed, keeping the last good records: %s",
-                exc,
-                extra=event("reload_failed", SOURCE),
+            _reloads_logged.error(
+                f"reload failed: {exc}", "reload failed, keeping the last good records: %s", exc
             )
             # Remember the bad files' state: retry when they change again, don't loop on them.
             self._stamps = {path: _stamp(path) for path in self._stamps}
             self._stats.reload_errors += 1
             return False
         self._apply(config, owners)
-        logger.info(
-            "static records reloaded: %d",
-            sum(len(r) for r in owners.values()),
-            extra=event("reloaded", SOURCE),
+        _reloads_logged.info(
+            "reloaded", "static records reloaded: %d", sum(len(r) for r in owners.values())
         )
         return True
 
