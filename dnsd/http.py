@@ -14,16 +14,40 @@ import logging
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from dnsd import status
+from dnsd.logs import Throttled
 
 logger = logging.getLogger(__name__)
+_throttled = Throttled(logger, interval_s=60.0)
+
+
+class MalformedRequests(logging.Filter):
+    """aiohttp logs a malformed request (a bad request line, header or length) as an error
+    with a full traceback: about 700 bytes a request, so anyone who can connect can fill the
+    log.  Such records become one throttled warning line (counted there); others pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError):
+            return True
+        reason = f"{type(error).__name__} {error.code}"
+        _throttled.warning(
+            f"malformed {reason}", "malformed HTTP request answered 400: %s (%s)", reason,
+            record.getMessage(),
+        )  # fmt: skip
+        return False
+
 
 MAX_BODY_BYTES = 1024  # every endpoint is a GET
 MAX_HEADER_LINE_BYTES = 4096
 MAX_HEADERS = 32
 KEEPALIVE_TIMEOUT_S = 2.0
+
+
+_MALFORMED = MalformedRequests()
 
 
 class HttpServer:
@@ -60,6 +84,7 @@ class HttpServer:
             max_headers=MAX_HEADERS,
         )
         await self._runner.setup()
+        logging.getLogger("aiohttp.server").addFilter(_MALFORMED)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             self._connection, self._host, self._port, reuse_address=True

@@ -490,3 +490,25 @@ def test_response_rate_limiting_for_clients_outside_allow_recursion(dnsd_factory
     with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=5) as response:
         text = response.read().decode()
     assert "dnsd_rrl_slipped" in text and "dnsd_rrl_dropped" in text
+
+
+def test_malformed_http_requests_cost_a_throttled_line(dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    dnsd = dnsd_factory("--no-forward")
+    before = len(dnsd.log())
+    bad = [
+        b"GET /\x01\x02 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"BLAH\r\n\r\n",
+        b"GET / HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+        b"\x16\x03\x01\x00\xa5\x01\x00\r\n\r\n",  # a TLS hello to the plain-HTTP port
+    ]
+    for _ in range(250):
+        for payload in bad:
+            with socket.create_connection(("127.0.0.1", dnsd.http_port), timeout=5) as sock:
+                sock.sendall(payload)
+                assert sock.recv(64).startswith(b"HTTP/1.")  # answered (400), never hung
+    grown = len(dnsd.log()) - before
+    assert grown < 2_000, dnsd.log()[-3000:]  # was 726 KB per 1,000 requests
+    assert "Traceback" not in dnsd.log()
+    assert "malformed HTTP request" in dnsd.log()
+    with urllib.request.urlopen(f"http://127.0.0.1:{dnsd.http_port}/health", timeout=5) as r:
+        assert r.status == 200
