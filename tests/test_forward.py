@@ -483,3 +483,32 @@ def test_stop_rebind_refuses_private_answers_but_allowed_domains(
     ]
     assert rcode(query(dnsd.port, "www.example.org.")) == "NOERROR"
     assert dnsd.metric("dnsd_forward_rebind_refused") == 2
+
+
+@pytest.mark.parametrize("tcp", [False, True])
+def test_a_dot_inside_a_label_is_a_name_like_any_other(
+    upstream: FakeUpstream,
+    dnsd_factory,  # type: ignore[no-untyped-def]
+    tcp: bool,
+) -> None:
+    import dns.name
+    import dns.query
+
+    config = '[[static.records]]\nname = "web"\ntype = "A"\nvalue = "10.0.0.1"\n'
+    dnsd = dnsd_factory("--upstream", f"127.0.0.1:{upstream.port}", config=config)
+    send = dns.query.tcp if tcp else dns.query.udp
+
+    def ask(*labels: bytes) -> dns.message.Message:
+        message = dns.message.make_query(dns.name.Name([*labels, b""]), "A")
+        return send(message, "127.0.0.1", port=dnsd.port, timeout=3)  # type: ignore[no-any-return]
+
+    for labels in ([b"we.b", b"docker"], [b"web.", b"docker"], [b".", b"docker"]):
+        reply = ask(*labels)  # one label under docker. that the zone does not hold
+        assert rcode(reply) == "NXDOMAIN" and not reply.answer
+    reply = ask(b"web.docker")  # one top-level label: not the zone's web.docker.
+    assert "10.0.0.1" not in reply.to_text() and rcode(reply) != "SERVFAIL"
+    for labels in ([b"a.b", b"example", b"org"], [b"a.", b"example", b"org"]):
+        reply = ask(*labels)  # forwarded with its own labels, its answer passed on
+        assert rcode(reply) == "NOERROR"
+        assert reply.answer[0].name == dns.name.Name([*labels, b""])
+    assert rcode(ask(b"web", b"docker")) == "NOERROR"

@@ -32,6 +32,7 @@ from typing import Any
 from dnslib import EDNS0, QTYPE, RCODE, DNSHeader, DNSQuestion, DNSRecord
 
 from dnsd.logs import Throttled
+from dnsd.names import label_of, text_of
 from dnsd.resolve.answer import RCODE_REFUSED, RCODE_SERVFAIL, Answer
 from dnsd.resolve.rebind import RebindGuard
 from dnsd.stats import Stats
@@ -147,7 +148,7 @@ class Forwarder:
         """One question to one upstream; ``counted``: in the per-upstream metrics (the loop
         detector's probes are not)."""
         ident = self._random_id()
-        query = DNSRecord(DNSHeader(id=ident, rd=1), q=DNSQuestion(qname, qtype, qclass))
+        query = DNSRecord(DNSHeader(id=ident, rd=1), q=DNSQuestion(label_of(qname), qtype, qclass))
         query.add_ar(EDNS0(udp_len=UPSTREAM_UDP_SIZE))
         packet = query.pack()
         to = str(upstream)
@@ -223,7 +224,7 @@ def _matching_reply(
     if reply.header.id != ident or not reply.header.qr or len(reply.questions) != 1:
         return None
     question = reply.q
-    if str(question.qname).lower() != qname or question.qtype != qtype:
+    if text_of(question.qname).lower() != qname or question.qtype != qtype:
         return None
     return reply if question.qclass == qclass else None
 
@@ -252,7 +253,7 @@ def scrub(
     chain that enters them is cut where it enters."""
     chain = {qname}
     enters: str | None = None
-    owners = [str(rr.rname).lower() for rr in reply.rr]
+    owners = [text_of(rr.rname).lower() for rr in reply.rr]
     keep = [False] * len(reply.rr)
     grew = True
     while grew:  # CNAMEs may come in any order: follow the chain until it stops growing
@@ -268,7 +269,7 @@ def scrub(
                 continue
             keep[index] = True
             if rr.rtype == QTYPE.CNAME and qtype != QTYPE.CNAME:
-                target = str(rr.rdata.label).lower()
+                target = text_of(rr.rdata.label).lower()
                 if owned(target):
                     enters = enters or target
                     continue
@@ -279,8 +280,8 @@ def scrub(
         rr
         for rr in reply.auth
         if rr.rtype == QTYPE.SOA
-        and not owned(str(rr.rname).lower())
-        and any(_under(n, str(rr.rname).lower()) for n in chain)
+        and not owned(text_of(rr.rname).lower())
+        and any(_under(n, text_of(rr.rname).lower()) for n in chain)
     ]
     additional = [rr for rr in reply.ar if rr.rtype != QTYPE.OPT]
     dropped = len(reply.rr) - len(kept) + len(reply.auth) - len(authority) + len(additional)

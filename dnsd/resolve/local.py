@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from dnslib import AAAA, CNAME, MX, NS, PTR, QTYPE, RD, RR, SOA, SRV, TXT, A
 
+from dnsd.names import label_of
 from dnsd.records import (
     WILDCARD_LABELS,
     MxValue,
@@ -65,7 +66,7 @@ def _rdata(record: Record) -> object:
 def to_rr(record: Record, qname: str | None = None) -> RR:
     """A dnslib RR for ``record``; ``qname`` keeps the asker's spelling of the owner name."""
     rtype = getattr(QTYPE, record.rtype)
-    return RR(qname or record.name, rtype, ttl=record.ttl, rdata=_rdata(record))
+    return RR(label_of(qname or record.name), rtype, ttl=record.ttl, rdata=_rdata(record))
 
 
 # Records matching a wildcard pattern (``*.web.docker.``, ``prod.any.docker.``) of one type.
@@ -204,7 +205,9 @@ class LocalZone:
             return self._nameservers(ask, zone, spelled)
         if qtype == QTYPE_ANY:
             if qname == zone or self._store.exists(qname):
-                hinfo = RR(spelled, QTYPE.HINFO, ttl=self._negative_ttl, rdata=_RFC8482_HINFO)
+                hinfo = RR(
+                    label_of(spelled), QTYPE.HINFO, ttl=self._negative_ttl, rdata=_RFC8482_HINFO
+                )
                 return Answer(RCODE_NOERROR, True, [[hinfo]])
             return self._negative(zone, RCODE_NXDOMAIN)
         return self._lookup(ask, zone, qname, qtype, spelled)

@@ -19,6 +19,7 @@ from dnslib import EDNS0, QTYPE, RCODE, DNSHeader, DNSLabel, DNSQuestion, DNSRec
 from dnslib.label import DNSBuffer
 
 from dnsd.logs import Throttled
+from dnsd.names import text_of
 from dnsd.resolve.answer import RCODE_FORMERR, RCODE_NOTIMP, RCODE_SERVFAIL, Answer
 from dnsd.resolve.chain import ResolverChain
 from dnsd.stats import Stats
@@ -165,7 +166,7 @@ class QueryHandler:
             if edns_size is not None:
                 limit = min(max(edns_size, CLASSIC_UDP_SIZE), self._max_udp_size)
         question = query.q
-        spelled = str(question.qname)
+        spelled = text_of(question.qname)
         if udp:  # a question the packed-answer cache did not have (not TCP, not a drop)
             self._stats.queries_slow += 1
         result = self._chain.resolve(
@@ -206,7 +207,7 @@ class QueryHandler:
         client_ip: str,
     ) -> bytes | None:
         self._turn += 1
-        zone = self._chain.zone_of(str(query.q.qname).lower())
+        zone = self._chain.zone_of(text_of(query.q.qname).lower())
         label = (zone, qtype_label(query.q.qtype), rcode_label(answer.rcode))
         response: bytes | None
         try:
@@ -245,7 +246,7 @@ class QueryHandler:
         client = client_ip if answer.per_client else None
         # Every entry depends at least on its own name (a forwarded answer is shadowed by a
         # record the store gains for that name).
-        depends = answer.depends or (str(query.q.qname).lower(),)
+        depends = answer.depends or (text_of(query.q.qname).lower(),)
         return self._answer_cache.put(
             data, variants, expires, answer.recursive, client, label, aging, depends, answer.scopes
         )
