@@ -10,6 +10,8 @@ given a deadline when it is made."""
 from __future__ import annotations
 
 import asyncio
+import heapq
+import json
 import logging
 from typing import Any
 
@@ -19,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from dnsd import status
 from dnsd.logs import Throttled
+from dnsd.slices import in_slices
 
 logger = logging.getLogger(__name__)
 _throttled = Throttled(logger, interval_s=60.0)
@@ -45,6 +48,8 @@ MAX_BODY_BYTES = 1024  # every endpoint is a GET
 MAX_HEADER_LINE_BYTES = 4096
 MAX_HEADERS = 32
 KEEPALIVE_TIMEOUT_S = 2.0
+SORTED_RUN_ROWS = 1024  # /records: rows sorted at once (then merged)
+WRITTEN_ROWS = 256  # /records: rows encoded and written at once
 
 
 _MALFORMED = MalformedRequests()
@@ -116,11 +121,36 @@ class HttpServer:
         body = generate_latest(self._registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def _records(self, request: web.Request) -> web.Response:
-        rows = status.records(
-            self._view, request.query.get("name", ""), request.query.get("source", "")
-        )
-        return web.json_response(rows)
+    async def _records(self, request: web.Request) -> web.StreamResponse:
+        """The name table as a JSON list, built and written in slices (``dnsd.slices``): at
+        50,000 names it is about 9 MB and 0.3 s of work, which in one go would hold every
+        answer on the event loop.  Runs of rows are sorted as they come, then merged."""
+        pattern, source = request.query.get("name", ""), request.query.get("source", "")
+        runs: list[list[dict[str, Any]]] = []
+        run: list[dict[str, Any]] = []
+        async for row in in_slices(status.rows(self._view, pattern, source)):
+            run.append(row)
+            if len(run) == SORTED_RUN_ROWS:
+                run.sort(key=status.sort_key)
+                runs.append(run)
+                run = []
+        run.sort(key=status.sort_key)
+        runs.append(run)
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        await response.write(b"[")
+        batch: list[dict[str, Any]] = []
+        separator = b""
+        async for row in in_slices(heapq.merge(*runs, key=status.sort_key)):
+            batch.append(row)
+            if len(batch) == WRITTEN_ROWS:
+                await response.write(separator + json.dumps(batch)[1:-1].encode())
+                separator, batch = b", ", []
+        if batch:
+            await response.write(separator + json.dumps(batch)[1:-1].encode())
+        await response.write(b"]")
+        await response.write_eof()
+        return response
 
     async def _nodes(self, _request: web.Request) -> web.Response:
         cluster = self._view.cluster

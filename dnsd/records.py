@@ -279,7 +279,9 @@ class RecordStore:
         return _bag_items(self._reverse.get(ptr_name))
 
     def owned(self) -> Iterator[Owned]:
-        for (source, owner), records in self._owned.items():
+        """Every served record with its owner, from a snapshot taken at the first step (each
+        owner's records are an immutable tuple): the store may change between steps."""
+        for (source, owner), records in list(self._owned.items()):
             for record in records:
                 yield Owned(record, source, owner)
 
@@ -295,9 +297,10 @@ class RecordStore:
         return found
 
     def rejected(self) -> Iterator[Rejected]:
-        """Records offered but not served, with the reason (for /records)."""
-        for (source, owner), records in self._rejected.items():
-            for record, why in records.items():
+        """Records offered but not served, with the reason (for /records); a snapshot, as
+        ``owned``."""
+        for (source, owner), records in list(self._rejected.items()):
+            for record, why in list(records.items()):
                 yield Rejected(record, source, owner, why)
 
     def subscribe(self, listener: Callable[[set[str]], None]) -> None:

@@ -123,28 +123,35 @@ def _container(view: StatusView, origin: str, owner: str) -> tuple[str, str] | N
     return view.containers.container(owner)
 
 
-def records(view: StatusView, pattern: str = "", source: str = "") -> list[dict[str, Any]]:
-    """Every record with its source; docker records also carry container and health.  Rows
-    with ``served: false`` say what was offered but is not answered, and why."""
-    rows = []
+def sort_key(row: dict[str, Any]) -> tuple[str, str, str]:
+    """The name table's order: by name, type, value."""
+    return row["name"], row["type"], str(row["value"])
+
+
+def rows(view: StatusView, pattern: str = "", source: str = "") -> Iterator[dict[str, Any]]:
+    """The name table's rows, unsorted (``sort_key`` orders them): every record with its
+    source; docker records also carry container and health.  Rows with ``served: false``
+    say what was offered but is not answered, and why.  Reads snapshots of the store and
+    the sources, so a consumer may pause between rows (``dnsd.slices``) while they change."""
     for name, rtype, value, origin, owner, why in _not_served(view):
         if (source and origin != source) or not _matches(name, pattern):
             continue
         box = _container(view, origin, owner)
-        rows.append({
+        yield {
             "name": name, "type": rtype, "value": _value(value), "ttl": None, "source": origin,
             "owner": owner, "node": _node(view, origin, owner),
             "container": box[0] if box is not None else None,
             "health": box[1] if box is not None else None,
             "served": False, "reason": why,
-        })  # fmt: skip
+        }  # fmt: skip
     for owned in view.store.owned():
         record = owned.record
         if source and owned.source != source:
             continue
         if not _matches(record.name, pattern):
             continue
-        row: dict[str, Any] = {
+        box = _container(view, owned.source, owned.owner)
+        yield {
             "name": record.name,
             "type": record.rtype,
             "value": _value(record.value),
@@ -152,13 +159,12 @@ def records(view: StatusView, pattern: str = "", source: str = "") -> list[dict[
             "source": owned.source,
             "owner": owned.owner,
             "node": _node(view, owned.source, owned.owner),
-            "container": None,
-            "health": None,
+            "container": box[0] if box is not None else None,
+            "health": box[1] if box is not None else None,
             "served": True,
         }
-        box = _container(view, owned.source, owned.owner)
-        if box is not None:
-            row["container"], row["health"] = box
-        rows.append(row)
-    rows.sort(key=lambda r: (r["name"], r["type"], str(r["value"])))
-    return rows
+
+
+def records(view: StatusView, pattern: str = "", source: str = "") -> list[dict[str, Any]]:
+    """``rows`` sorted, in one go (the HTTP endpoint builds them in slices instead)."""
+    return sorted(rows(view, pattern, source), key=sort_key)

@@ -177,7 +177,7 @@ class DockerSource:
     def unserved(self) -> Iterator[tuple[str, str, Value | None, str, str]]:
         """(name, type, value, container id, reason): names a container may not serve (held
         by another) and containers withheld (unhealthy, paused, ignored)."""
-        for container_id, box in self._built.items():
+        for container_id, box in list(self._built.items()):
             for record in box.records:
                 holders = box.conflicts.get(record.name)
                 if holders is not None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from dnsd.admission import Admission
 from dnsd.config import Config, ConfigError
+from dnsd.heap import Settler
 from dnsd.logs import Throttled, event
 from dnsd.records import MxValue, Record, SrvValue, Value
 from dnsd.sources.lifecycle import OK, SourceHealth
@@ -192,6 +193,9 @@ class StaticSource:
         self._load_config = load_config
         self._config = config
         self._stamps: dict[str, tuple[int, int, int] | None] = {}
+        # Big hosts files: the loaded records leave the collector's view (dnsd.heap), so a
+        # later full collection does not walk them while the event loop waits.
+        self._heap = Settler()
         self.bad_lines = 0  # hosts-file lines skipped by the last build
         self.bad_examples: list[str] = []  # the first of them, file:line and why
 
@@ -277,6 +281,7 @@ class StaticSource:
         self._config = config
         self._stamps = {path: _stamp(path) for path in self._watched()}
         self._store.replace_source(SOURCE, owners)
+        self._heap.changed(sum(len(records) for records in owners.values()))
 
     def _watched(self) -> list[str]:
         paths = list(self._config.static.hosts)
