@@ -19,7 +19,8 @@ from typing import Any
 from dnsd import __version__, logs, tools
 from dnsd.config import FLAGS, Config, ConfigError, Overrides, load
 from dnsd.config import warnings as config_warnings
-from dnsd.daemon import Daemon, StartupError
+from dnsd.daemon import SHUTDOWN_DEADLINE_S, Daemon, StartupError
+from dnsd.shutdown import ShutdownGuard, stop_soon
 from dnsd.sources.static import StaticSource
 
 logger = logging.getLogger(__name__)
@@ -182,8 +183,9 @@ def _serve(args: argparse.Namespace) -> int:
 async def _run(daemon: Daemon) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    # SIGTERM/SIGINT: handled even while the loop is busy, and the exit forced at the deadline.
+    guard = ShutdownGuard(SHUTDOWN_DEADLINE_S, stop_soon(loop, stop))
+    guard.install(signal.SIGTERM, signal.SIGINT)
     loop.add_signal_handler(signal.SIGHUP, daemon.reload)
     try:
         await daemon.start()

@@ -53,6 +53,9 @@ _reloads_logged = Throttled(logger, interval_s=10.0)
 
 DRAIN_TIMEOUT_S = 1.0
 JOIN_TIMEOUT_S = 0.2  # per source, for its threads to finish once told to stop
+# SIGTERM to exit, whatever dnsd is doing (dnsd.shutdown): the orderly stop (withdraw this
+# node's etcd keys, drain answers in flight) takes at most about 2 x DRAIN_TIMEOUT_S.
+SHUTDOWN_DEADLINE_S = 3.0
 
 
 class StartupError(Exception):
@@ -258,7 +261,7 @@ class Daemon:
     def reload(self) -> None:
         # A signal storm (1,500 SIGHUPs) must not write a line each: once per 10 s, counted.
         _reloads_logged.info("reload", "reload requested")
-        self.static.reload()
+        self.static.request_reload()
 
     # --- what /ready and /records read (dnsd.status.StatusView) -------------------------------
     @property

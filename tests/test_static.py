@@ -27,7 +27,8 @@ def test_relative_names_belong_to_the_first_zone() -> None:
 
 def test_hosts_lines() -> None:
     text = "# comment\n10.0.0.1 web web-1  # trailing\n\nfd00::1 web\nbad\n300.1.1.1 x\n"
-    records, errors = parse_hosts(text, "h", NAMES, 5)
+    records, errors, bad = parse_hosts(text, "h", NAMES, 5)
+    assert bad == 2
     assert {(r.name, r.rtype, r.value) for r in records} == {
         ("web.docker.", "A", "10.0.0.1"),
         ("web-1.docker.", "A", "10.0.0.1"),
@@ -212,5 +213,102 @@ def test_a_sighup_storm_is_logged_in_a_few_lines(tmp_path: Path) -> None:
         assert query(dnsd.port, "good.docker").answer
         added = len(dnsd.log().splitlines()) - before
         assert added <= 6, dnsd.log()[-2000:]  # was two lines per signal
+    finally:
+        dnsd.stop()
+
+
+def _blocklist(count: int) -> str:
+    """An ad-block hosts list: valid lines, every name outside dnsd's zones (so refused one by
+    one: parsing costs what the file holds, applying almost nothing)."""
+    return "".join(f"0.0.0.0 ads{i}.tracker{i % 97}.example.com.\n" for i in range(count))
+
+
+def test_a_big_hosts_file_is_parsed_off_the_event_loop(tmp_path: Path) -> None:
+    """A reload of 200,000 lines (about 2 s of parsing, on the event loop before) runs on a
+    worker thread: a probe on the loop's path (new names each time) loses nothing."""
+    import signal
+
+    from conftest import query, start_dnsd
+    from testbed.etcd_load import Probe
+
+    hosts = tmp_path / "hosts"
+    hosts.write_text("10.9.9.9 probe\n")
+    config = f'[static]\nhosts = ["{hosts}"]\nwatch_interval = 60\n'
+    dnsd = start_dnsd(tmp_path, "--no-forward", config=config)
+    try:
+        hosts.write_text("10.9.9.9 probe\n" + _blocklist(200_000) + "10.0.0.7 good\n")
+        with Probe(dnsd.port, "probe.docker", timeout=0.2, miss=True) as probe:
+            dnsd.proc.send_signal(signal.SIGHUP)
+            eventually(lambda: query(dnsd.port, "good.docker").answer, timeout=60)
+        assert probe.lost == 0, probe.summary()
+        assert len(probe.latencies) > 20, probe.summary()
+        assert _log_lines(dnsd, "200000 bad line(s) skipped") == 1
+    finally:
+        dnsd.stop()
+
+
+def _ended_within(dnsd: object, seconds: float) -> float:
+    import signal
+    import time
+
+    proc = dnsd.proc  # type: ignore[attr-defined]
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(seconds)
+    except Exception:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"dnsd still running {seconds} s after SIGTERM") from None
+    assert proc.returncode == 0, dnsd.log()[-2000:]  # type: ignore[attr-defined]
+    return time.monotonic() - started
+
+
+def test_sigterm_ends_dnsd_during_a_long_reload(tmp_path: Path) -> None:
+    """SIGTERM while a 400,000-line reload is being parsed: dnsd ends within its shutdown
+    deadline (it waited for the whole parse before)."""
+    import signal
+    import time
+
+    from conftest import start_dnsd
+
+    from dnsd.daemon import SHUTDOWN_DEADLINE_S
+
+    hosts = tmp_path / "hosts"
+    hosts.write_text("10.9.9.9 probe\n")
+    config = f'[static]\nhosts = ["{hosts}"]\nwatch_interval = 60\n'
+    dnsd = start_dnsd(tmp_path, "--no-forward", config=config)
+    try:
+        hosts.write_text(_blocklist(400_000))
+        dnsd.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert _ended_within(dnsd, SHUTDOWN_DEADLINE_S + 1) < SHUTDOWN_DEADLINE_S + 1
+        assert "stopped" in dnsd.log()
+    finally:
+        dnsd.stop()
+
+
+def test_sigterm_ends_dnsd_while_the_event_loop_is_busy(tmp_path: Path) -> None:
+    """SIGTERM during a first load of 300,000 hosts lines (900,000 names: many seconds with
+    the event loop busy): the watchdog ends dnsd at the deadline, exit status 0."""
+    import time
+
+    from conftest import start_dnsd
+
+    from dnsd.daemon import SHUTDOWN_DEADLINE_S
+
+    hosts = tmp_path / "hosts"
+    hosts.write_text(
+        "".join(
+            f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255} a{i} b{i} c{i}\n" for i in range(300_000)
+        )
+    )
+    config = f'[static]\nhosts = ["{hosts}"]\n'
+    dnsd = start_dnsd(tmp_path, "--no-forward", config=config, wait=False)
+    try:
+        time.sleep(1.5)
+        assert dnsd.proc.poll() is None
+        assert _ended_within(dnsd, SHUTDOWN_DEADLINE_S + 1.5) < SHUTDOWN_DEADLINE_S + 1.5
+        assert "exiting now" in dnsd.log()
     finally:
         dnsd.stop()

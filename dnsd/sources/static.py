@@ -9,9 +9,11 @@ wire format or the resolver.
 from __future__ import annotations
 
 import asyncio
+import io
 import ipaddress
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +21,7 @@ from dnsd.admission import Admission
 from dnsd.config import Config, ConfigError
 from dnsd.heap import Settler
 from dnsd.logs import Throttled, event
+from dnsd.offload import on_daemon_thread
 from dnsd.records import MxValue, Record, SrvValue, Value
 from dnsd.sources.lifecycle import OK, SourceHealth
 from dnsd.stats import Stats
@@ -28,6 +31,7 @@ logger = logging.getLogger(__name__)
 SOURCE = "static"
 MAX_NAME_LEN = 253
 _reloads_logged = Throttled(logger, interval_s=10.0)  # per kind: a SIGHUP storm, a bad file
+YIELD_EVERY_LINES = 256  # parse_hosts offers the GIL to other threads this often
 MAX_BAD_LINES_KEPT = 100  # bad hosts lines remembered with their reason; the rest counted
 MAX_LABEL_LEN = 63
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_*")
@@ -157,11 +161,17 @@ def config_records(
 
 def parse_hosts(
     text: str, path: str, names: Names, ttl: int, rules: Admission | None = None
-) -> tuple[list[Record], list[str]]:
-    """Hosts-file lines ``IP name [name...]`` -> (records, errors naming file:line)."""
+) -> tuple[list[Record], list[str], int]:
+    """Hosts-file lines ``IP name [name...]`` -> (records, the first ``MAX_BAD_LINES_KEPT``
+    errors naming file:line, the number of bad lines)."""
     records: list[Record] = []
-    errors: list[str] = []  # every bad line counted; only the first MAX_BAD_LINES_KEPT kept
-    for number, line in enumerate(text.splitlines(), 1):
+    errors: list[str] = []
+    bad = 0
+    # Lines one at a time (no list of a million strings for the collector to walk at every
+    # young collection while a worker thread parses: that stalled the event loop too).
+    for number, line in enumerate(io.StringIO(text), 1):
+        if not number % YIELD_EVERY_LINES:
+            time.sleep(0)  # on a worker thread: the GIL goes to the listeners and the loop
         fields = line.split("#", 1)[0].split()
         if not fields:
             continue
@@ -174,8 +184,10 @@ def parse_hosts(
                 record = Record(names.absolute(name, owner=True), rtype, str(address), ttl)
                 records.append(_admitted(record, rules))
         except ValueError as exc:
-            errors.append(f"{path}:{number}: {exc}" if len(errors) < MAX_BAD_LINES_KEPT else "")
-    return records, errors
+            bad += 1
+            if len(errors) < MAX_BAD_LINES_KEPT:
+                errors.append(f"{path}:{number}: {exc}")
+    return records, errors, bad
 
 
 class StaticSource:
@@ -196,6 +208,9 @@ class StaticSource:
         # Big hosts files: the loaded records leave the collector's view (dnsd.heap), so a
         # later full collection does not walk them while the event loop waits.
         self._heap = Settler()
+        self._reloading = asyncio.Lock()  # one reload at a time, in the order asked
+        self._waiting = False  # a requested reload has not started yet
+        self._reloads: set[asyncio.Task[bool]] = set()
         self.bad_lines = 0  # hosts-file lines skipped by the last build
         self.bad_examples: list[str] = []  # the first of them, file:line and why
 
@@ -222,20 +237,20 @@ class StaticSource:
                 raise ConfigError(f"{path}: cannot read hosts file: {exc.strerror}") from None
             if len(text) > limit:
                 raise ConfigError(f"{path}: hosts file over static.max_hosts_bytes ({limit})")
-            records, errors = parse_hosts(text, path, names, ttl, rules)
-            if errors:  # one line per file and load, however many lines are bad
-                shown = "; ".join(error for error in errors[:3] if error)
+            records, errors, bad = parse_hosts(text, path, names, ttl, rules)
+            if bad:  # one line per file and load, however many lines are bad
+                shown = "; ".join(errors[:3])
                 logger.warning(
                     "hosts file %s: %d bad line(s) skipped, e.g. %s",
                     path,
-                    len(errors),
+                    bad,
                     shown,
                     extra=event("bad_hosts_lines", SOURCE),
                 )
                 for error in errors[:MAX_BAD_LINES_KEPT]:
                     logger.debug("skipping bad hosts line %s", error)
-            self.bad_lines += len(errors)
-            self.bad_examples += [error for error in errors if error]
+            self.bad_lines += bad
+            self.bad_examples += errors
             owners[path] = records
         return owners
 
@@ -256,13 +271,31 @@ class StaticSource:
         self._apply(self._config, owners)
         return sum(len(r) for r in owners.values())
 
-    def reload(self) -> bool:
+    def request_reload(self) -> None:
+        """Reload soon (SIGHUP): at most one reload runs and one waits, however many ask."""
+        if self._waiting:
+            return
+        self._waiting = True
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def reload(self) -> bool:
         """Re-read the config file and hosts files; on any error keep the last good records.
-        Counted (``Stats.reloads``, ``reload_errors``) whether SIGHUP or a file change asked."""
-        self._stats.reloads += 1
+        Reading and parsing run on a worker thread (a 16 MiB hosts file is seconds of work),
+        so the event loop serves meanwhile; the result is applied on the loop.  Counted
+        (``Stats.reloads``, ``reload_errors``) whether SIGHUP or a file change asked."""
+        async with self._reloading:
+            self._waiting = False
+            try:
+                return await self._reload_once()
+            finally:
+                self._stats.reloads += 1  # counted once done, whatever came of it
+
+    async def _reload_once(self) -> bool:
         try:
-            config = self._load_config()
-            owners = self.build(config)
+            config = await on_daemon_thread(self._load_config, "reload config")
+            owners = await on_daemon_thread(lambda: self.build(config), "parse hosts")
         except ConfigError as exc:
             _reloads_logged.error(
                 f"reload failed: {exc}", "reload failed, keeping the last good records: %s", exc
@@ -299,7 +332,7 @@ class StaticSource:
             await asyncio.sleep(interval if interval > 0 else 3600)
             if interval > 0 and self.changed():
                 logger.info("a watched file changed, reloading")
-                self.reload()
+                await self.reload()
 
 
 def _stamp(path: str) -> tuple[int, int, int] | None:
