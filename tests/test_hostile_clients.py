@@ -512,3 +512,52 @@ def test_malformed_http_requests_cost_a_throttled_line(dnsd_factory) -> None:  #
     assert "malformed HTTP request" in dnsd.log()
     with urllib.request.urlopen(f"http://127.0.0.1:{dnsd.http_port}/health", timeout=5) as r:
         assert r.status == 200
+
+
+def test_malformed_packets_are_answered_on_the_listener_thread(tmp_path: Path) -> None:
+    """While the event loop is busy (a reload applying 200,000 hosts names, about 2 s), packets
+    with another opcode get NOTIMP and ones with two questions FORMERR at once, from the UDP
+    listener thread: a probe on the loop's path stalls meanwhile, these never do."""
+    import signal
+
+    from conftest import start_dnsd
+    from testbed.etcd_load import Probe
+
+    hosts = tmp_path / "hosts"
+    hosts.write_text("10.9.9.9 probe\n")
+    config = f'[static]\nhosts = ["{hosts}"]\nwatch_interval = 60\n'
+    server = start_dnsd(tmp_path, "--no-forward", config=config)
+    try:
+        hosts.write_text(
+            "10.9.9.9 probe\n"
+            + "".join(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255} n{i}\n" for i in range(200_000))
+        )
+        question = dns.message.make_query("web.docker", "A").to_wire()
+        notify = question[:2] + bytes([question[2] | 0x20]) + question[3:]  # opcode 4
+        two = question[:4] + b"\x00\x02" + question[6:]
+        slowest = {"NOTIMP": 0.0, "FORMERR": 0.0}
+        lost = 0
+        with Probe(server.port, "probe.docker", timeout=0.25, miss=True) as loop_path:
+            server.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 6  # the parse (~2 s) and the apply (~2 s)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.settimeout(0.25)
+                while time.monotonic() < deadline:
+                    for packet, expected in ((notify, 4), (two, 1)):
+                        started = time.monotonic()
+                        sock.sendto(packet, ("127.0.0.1", server.port))
+                        try:
+                            reply = sock.recv(512)
+                        except TimeoutError:
+                            lost += 1
+                            continue
+                        assert reply[:2] == packet[:2] and reply[3] & 0x0F == expected
+                        name = "NOTIMP" if expected == 4 else "FORMERR"
+                        slowest[name] = max(slowest[name], time.monotonic() - started)
+                    time.sleep(0.02)
+        eventually(lambda: query(server.port, "n199999.docker").answer, timeout=30)
+        stalled = loop_path.lost or loop_path.percentile(1.0) > 0.15
+        assert stalled, f"the event loop was never busy: {loop_path.summary()}"
+        assert lost == 0 and max(slowest.values()) < 0.15, (lost, slowest)
+    finally:
+        server.stop()

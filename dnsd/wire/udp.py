@@ -40,6 +40,7 @@ from dnsd.wire.codec import HEADER_LEN, OPT_FIXED_BYTES, error_response
 from dnsd.wire.query import QueryHandler
 from dnsd.wire.query_log import QueryLog
 from dnsd.wire.rrl import DROP, SLIP, ResponseRateLimit, truncated
+from dnsd.wire.screen import PASS, screened
 
 logger = logging.getLogger(__name__)
 throttled = Throttled(logger)
@@ -223,7 +224,13 @@ class UdpServer:
             self._send(addr, response)
 
     def _queue(self, data: bytes, addr: tuple[str, int]) -> None:
-        """Hand a miss to the event loop (called on the listener thread)."""
+        """Hand a miss to the event loop (called on the listener thread); what is not a
+        question to resolve is answered or dropped here (``dnsd.wire.screen``)."""
+        verdict = screened(data, self._stats)
+        if verdict != PASS:
+            if verdict is not None:
+                self._send(addr, verdict)
+            return
         if len(data) >= READ_BYTES:  # perhaps cut short by the read: ask for TCP
             self._stats.drop("query too long for udp (TC sent)")
             reply = error_response(data, RCODE_NOERROR, echo_question=True)

@@ -1,0 +1,38 @@
+"""Packets that are not a question dnsd can resolve, answered from their bytes alone.
+
+Run on the UDP listener thread before a miss is queued for the event loop, so a flood of
+malformed or unsupported packets is answered (FORMERR, NOTIMP) or dropped at the listener's
+speed and never takes the loop's time or the miss queue's room from real questions.  The
+verdicts are the event loop's own (``QueryHandler._handle``), in the same order.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from dnsd.resolve.answer import RCODE_FORMERR, RCODE_NOTIMP
+from dnsd.stats import Stats
+from dnsd.wire.codec import HEADER_LEN, error_response, question_end
+
+PASS: Final = b""  # a question for the resolver (an empty reply is never sent)
+
+
+def screened(data: bytes, stats: Stats) -> bytes | None:
+    """``PASS``, a reply to send (FORMERR/NOTIMP), or None to drop (counted)."""
+    if len(data) < HEADER_LEN:
+        stats.drop("short")
+        return None
+    if data[2] & 0x80:
+        stats.drop("not a query")
+        return None
+    if question_end(data) < 0:  # a label over 63 bytes, a pointer, a name over 255 bytes
+        stats.formerr += 1
+        return error_response(data, RCODE_FORMERR)
+    questions = data[4] << 8 | data[5]
+    if data[2] & 0x78:  # an opcode other than QUERY
+        stats.notimp += 1
+        return error_response(data, RCODE_NOTIMP, echo_question=questions == 1)
+    if questions != 1:
+        stats.formerr += 1
+        return error_response(data, RCODE_FORMERR)
+    return PASS
