@@ -252,12 +252,13 @@ def test_local_names_unharmed_by_a_random_subdomain_flood(dnsd_factory) -> None:
 
 
 def test_misses_beyond_the_queue_bound_get_servfail_while_the_loop_is_busy() -> None:
-    """The UDP listener thread queues misses for the event loop up to ``MAX_QUEUED``; while the
-    loop is stuck (here: a blocking callback), the rest get SERVFAIL at once, counted, and
-    every query is answered."""
+    """The UDP listener thread queues misses for the event loop, from one address up to
+    ``MAX_QUEUED_PER_CLIENT`` (its share: ``FairQueue``); while the loop is stuck (here: a
+    blocking callback), the rest get SERVFAIL at once, counted, and every query is answered."""
     import asyncio
 
-    from dnsd.wire.udp import MAX_QUEUED, UdpServer, bind_udp
+    from dnsd.wire.fair_queue import TOO_MANY_FROM_ONE
+    from dnsd.wire.udp import MAX_QUEUED, MAX_QUEUED_PER_CLIENT, UdpServer, bind_udp
 
     total = MAX_QUEUED + 1500
     stats = Stats()
@@ -305,8 +306,8 @@ def test_misses_beyond_the_queue_bound_get_servfail_while_the_loop_is_busy() -> 
     asyncio.run(main())
     servfail = rcodes.count(2)
     assert len(rcodes) == total  # every query answered
-    assert rcodes.count(3) == MAX_QUEUED  # the queued ones resolved: NXDOMAIN
-    assert servfail == total - MAX_QUEUED == stats.dropped["too many queued"]
+    assert rcodes.count(3) == MAX_QUEUED_PER_CLIENT  # the queued ones resolved: NXDOMAIN
+    assert servfail == total - MAX_QUEUED_PER_CLIENT == stats.dropped[TOO_MANY_FROM_ONE]
 
 
 def test_a_failing_cache_lookup_is_answered_by_the_event_loop() -> None:

@@ -28,7 +28,6 @@ import logging
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from functools import partial
 
@@ -37,6 +36,7 @@ from dnsd.resolve.answer import RCODE_NOERROR, RCODE_SERVFAIL
 from dnsd.stats import Durations, Stats
 from dnsd.wire.answer_cache import AnswerCache
 from dnsd.wire.codec import HEADER_LEN, OPT_FIXED_BYTES, error_response
+from dnsd.wire.fair_queue import FairQueue
 from dnsd.wire.query import QueryHandler
 from dnsd.wire.query_log import QueryLog
 from dnsd.wire.rrl import DROP, SLIP, ResponseRateLimit, truncated
@@ -57,6 +57,7 @@ IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)  # Linux's values
 IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
 IPV6_DONTFRAG = getattr(socket, "IPV6_DONTFRAG", 62)
 MAX_QUEUED = 4096  # misses waiting for the event loop; beyond that: SERVFAIL, counted
+MAX_QUEUED_PER_CLIENT = 512  # of them from one address (taken round-robin: FairQueue)
 
 
 def bind_udp(host: str, port: int) -> socket.socket:
@@ -105,7 +106,7 @@ class UdpServer:
         self._clock = clock
         self._pending: set[asyncio.Task[bytes | None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queued: deque[tuple[bytes, tuple[str, int]]] = deque()
+        self._queued = FairQueue(MAX_QUEUED, MAX_QUEUED_PER_CLIENT)
         self._wake_scheduled = False
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -237,10 +238,10 @@ class UdpServer:
             if reply is not None:
                 self._send(addr, truncated(reply))
             return
-        if len(self._queued) >= MAX_QUEUED:  # the loop is far behind: answer now, count it
-            self._busy(data, addr, "too many queued")
+        refused = self._queued.put(data, addr)
+        if refused is not None:  # the loop is far behind: answer now, count it
+            self._busy(data, addr, refused)
             return
-        self._queued.append((data, addr))
         if not self._wake_scheduled:
             self._wake_scheduled = True
             assert self._loop is not None
@@ -248,15 +249,16 @@ class UdpServer:
                 self._loop.call_soon_threadsafe(self._resolve_queued)
 
     def _resolve_queued(self) -> None:
-        """Resolve up to ``BATCH`` queued misses (on the event loop); more: come back later."""
+        """Resolve up to ``BATCH`` queued misses, a client at a time (on the event loop);
+        more: come back later."""
         self._wake_scheduled = False
         queued = self._queued
         for _ in range(BATCH):
-            if not queued:
+            item = queued.take()
+            if item is None:
                 return
-            data, addr = queued.popleft()
-            self._slow(data, addr)
-        if queued and not self._wake_scheduled:
+            self._slow(*item)
+        if len(queued) and not self._wake_scheduled:
             self._wake_scheduled = True
             assert self._loop is not None
             self._loop.call_soon(self._resolve_queued)
@@ -343,9 +345,8 @@ class UdpServer:
         self._sock.close()
 
     def _resolve_queued_all(self) -> None:
-        while self._queued:
-            data, addr = self._queued.popleft()
-            self._slow(data, addr)
+        while (item := self._queued.take()) is not None:
+            self._slow(*item)
 
 
 class HitTimer:
