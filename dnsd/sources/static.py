@@ -13,7 +13,6 @@ import io
 import ipaddress
 import logging
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,7 +30,6 @@ logger = logging.getLogger(__name__)
 SOURCE = "static"
 MAX_NAME_LEN = 253
 _reloads_logged = Throttled(logger, interval_s=10.0)  # per kind: a SIGHUP storm, a bad file
-YIELD_EVERY_LINES = 256  # parse_hosts offers the GIL to other threads this often
 MAX_BAD_LINES_KEPT = 100  # bad hosts lines remembered with their reason; the rest counted
 MAX_LABEL_LEN = 63
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_*")
@@ -170,8 +168,6 @@ def parse_hosts(
     # Lines one at a time (no list of a million strings for the collector to walk at every
     # young collection while a worker thread parses: that stalled the event loop too).
     for number, line in enumerate(io.StringIO(text), 1):
-        if not number % YIELD_EVERY_LINES:
-            time.sleep(0)  # on a worker thread: the GIL goes to the listeners and the loop
         fields = line.split("#", 1)[0].split()
         if not fields:
             continue

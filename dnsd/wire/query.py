@@ -38,6 +38,7 @@ from dnsd.wire.codec import (
     question_end,
 )
 from dnsd.wire.query_log import QueryLog
+from dnsd.wire.screen import PASS, screened
 
 logger = logging.getLogger(__name__)
 throttled = Throttled(logger)
@@ -124,16 +125,10 @@ class QueryHandler:
         return response
 
     def _handle(self, data: bytes, client_ip: str, udp: bool) -> Response:
-        if len(data) < HEADER_LEN:
-            self._stats.drop("short")
-            return None
-        if data[2] & 0x80:
-            self._stats.drop("not a query")
-            return None
+        verdict = screened(data, self._stats)  # as the UDP listener thread does for misses
+        if verdict != PASS:
+            return verdict
         qend = question_end(data)
-        if qend < 0:  # a label over 63 bytes, a pointer, a name over 255 bytes
-            self._stats.formerr += 1
-            return error_response(data, RCODE_FORMERR)
         plain = _parse_plain(data, qend)
         if plain is not None:  # the common case, read straight from the bytes
             query, edns_size = plain

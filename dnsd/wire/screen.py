@@ -2,8 +2,8 @@
 
 Run on the UDP listener thread before a miss is queued for the event loop, so a flood of
 malformed or unsupported packets is answered (FORMERR, NOTIMP) or dropped at the listener's
-speed and never takes the loop's time or the miss queue's room from real questions.  The
-verdicts are the event loop's own (``QueryHandler._handle``), in the same order.
+speed and never takes the loop's time or the miss queue's room from real questions.
+``QueryHandler`` starts with the same screen, so TCP gets the same verdicts.
 """
 
 from __future__ import annotations
