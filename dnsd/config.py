@@ -31,6 +31,7 @@ from dnsd.resolve.cache import (
 from dnsd.resolve.forward import UPSTREAM_TIMEOUT_S
 from dnsd.wire.answer_cache import ANSWER_CACHE_BYTES, ANSWER_CACHE_ENTRIES
 from dnsd.wire.codec import DEFAULT_MAX_UDP_SIZE
+from dnsd.wire.miss_rate import MISSES_PER_CLIENT_PER_SECOND
 from dnsd.wire.query_log import DEFAULT_LINES_PER_SECOND
 from dnsd.wire.tcp import IDLE_TIMEOUT_S, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_CLIENT
 
@@ -69,6 +70,7 @@ class ServerConfig:
     tcp_idle_timeout: float = IDLE_TIMEOUT_S
     tcp_max_connections: int = MAX_CONNECTIONS
     tcp_max_connections_per_client: int = MAX_CONNECTIONS_PER_CLIENT
+    udp_miss_rate_per_client: int = MISSES_PER_CLIENT_PER_SECOND  # 0: no limit
     answer_cache_size: int = ANSWER_CACHE_ENTRIES
     answer_cache_bytes: int = ANSWER_CACHE_BYTES
 
@@ -499,9 +501,9 @@ def validate(config: Config, origin: str) -> Config:
                  f"{docker_url!r}")  # fmt: skip
     for key in (
         "ttl", "negative_ttl", "tcp_max_connections", "tcp_max_connections_per_client",
-        "answer_cache_size", "answer_cache_bytes",
+        "answer_cache_size", "answer_cache_bytes", "udp_miss_rate_per_client",
     ):  # fmt: skip
-        if getattr(server, key) < (0 if "ttl" in key else 1):
+        if getattr(server, key) < (0 if "ttl" in key or "rate" in key else 1):
             fail(f"server.{key}", "must be positive")
     ttls = {
         "server.ttl": server.ttl, "server.negative_ttl": server.negative_ttl,

@@ -176,8 +176,9 @@ class Daemon:
             host, port = parse_hostport(entry, 53)
             udp_sock, tcp_sock = _bind_pair(host, port)
             udp = UdpServer(
-                udp_sock, handler, answer_cache, self.stats, rrl=rrl, query_log=query_log
-            )
+                udp_sock, handler, answer_cache, self.stats, rrl=rrl, query_log=query_log,
+                misses_per_client=server.udp_miss_rate_per_client,
+            )  # fmt: skip
             tcp = TcpServer(
                 tcp_sock,
                 handler,

@@ -54,6 +54,7 @@ def test_precedence_defaults_file_env_flags(tmp_path: Path) -> None:
         ('[forward]\nupstreams = ["1.2.3"]\n', "key 'forward.upstreams'"),
         ('[server]\nallow_recursion = ["10.0.0.0/33"]\n', "key 'server.allow_recursion'"),
         ("[server]\nmax_udp_size = 100\n", "key 'server.max_udp_size'"),
+        ("[server]\nudp_miss_rate_per_client = -1\n", "key 'server.udp_miss_rate_per_client'"),
         ('[log]\nformat = "xml"\n', "key 'log.format'"),
         ("[server\n", "not valid TOML"),
     ],

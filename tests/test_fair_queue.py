@@ -20,3 +20,20 @@ def test_clients_take_turns_and_one_client_is_held_to_its_share() -> None:
     for i in range(10):
         assert queue.put(b"x", (f"10.0.1.{i}", 1)) is None
     assert queue.put(b"x", ("10.0.2.1", 1)) == TOO_MANY
+
+
+def test_one_address_is_held_to_its_misses_per_second() -> None:
+    from dnsd.wire import miss_rate
+    from dnsd.wire.miss_rate import MissRate
+
+    rate = MissRate(3)
+    assert [rate.allows("10.0.0.1", 5.0 + i / 10) for i in range(5)] == [1, 1, 1, 0, 0]
+    assert rate.allows("10.0.0.2", 5.9)  # another address has its own count
+    assert rate.allows("10.0.0.1", 6.0)  # a new second, a fresh count
+    assert all(MissRate(0).allows("10.0.0.1", 1.0) for _ in range(10_000))  # 0: no limit
+    full = MissRate(1)
+    for i in range(miss_rate.MAX_COUNTED):
+        full.allows(f"a{i}", 1.0)
+    # Past the bound a new address goes uncounted (the table never grows without end).
+    assert full.allows("new", 1.0) and full.allows("new", 1.0)
+    assert not full.allows("a0", 1.0)

@@ -37,6 +37,7 @@ from dnsd.stats import Durations, Stats
 from dnsd.wire.answer_cache import AnswerCache
 from dnsd.wire.codec import HEADER_LEN, OPT_FIXED_BYTES, error_response
 from dnsd.wire.fair_queue import FairQueue
+from dnsd.wire.miss_rate import MISSES_PER_CLIENT_PER_SECOND, TOO_MANY_MISSES, MissRate
 from dnsd.wire.query import QueryHandler
 from dnsd.wire.query_log import QueryLog
 from dnsd.wire.rrl import DROP, SLIP, ResponseRateLimit, truncated
@@ -94,8 +95,10 @@ class UdpServer:
         clock: Callable[[], float] = time.monotonic,
         rrl: ResponseRateLimit | None = None,
         query_log: QueryLog | None = None,
+        misses_per_client: int = MISSES_PER_CLIENT_PER_SECOND,
     ) -> None:
         self._rrl = rrl
+        self._miss_rate = MissRate(misses_per_client)
         self._rrl_lock = threading.Lock()  # the limiter is asked from the thread and the loop
         self._query_log = query_log
         self._sock = sock
@@ -237,6 +240,9 @@ class UdpServer:
             reply = error_response(data, RCODE_NOERROR, echo_question=True)
             if reply is not None:
                 self._send(addr, truncated(reply))
+            return
+        if not self._miss_rate.allows(addr[0], self._clock()):
+            self._busy(data, addr, TOO_MANY_MISSES)
             return
         refused = self._queued.put(data, addr)
         if refused is not None:  # the loop is far behind: answer now, count it
