@@ -10,10 +10,12 @@ precedence rule: a name the operator's static zone holds cannot be joined by any
 Refused records are kept aside with the reason (for /records), counted, and logged once; when
 the static zone lets go of a name, other sources' records for it are admitted again.
 
-All mutation happens on the event-loop thread in one synchronous call, so a query never sees half
-an update.  Each change bumps ``generation`` and tells listeners (the packed-answer cache) which
-names it touched, ancestors included (a new ``a.b.docker.`` changes what ``b.docker.``
-answers: NXDOMAIN becomes NODATA), and the reverse names of addresses that came or went.
+All mutation happens on the event-loop thread, in one synchronous call (a query never sees half
+an update) or, for a change too big for one (``replace_source_steps``: a reload of a huge hosts
+file), in steps the loop serves between; a query in between sees part of it.  Each change bumps
+``generation`` and tells listeners (the packed-answer cache) which names it touched, ancestors
+included (a new ``a.b.docker.`` changes what ``b.docker.`` answers: NXDOMAIN becomes NODATA),
+and the reverse names of addresses that came or went.
 The store knows nothing about DNS wire format or sockets.
 """
 
@@ -30,6 +32,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from dnsd.logs import Throttled
+from dnsd.slices import Steps, drive
 
 if TYPE_CHECKING:
     from dnsd.admission import Admission
@@ -225,13 +228,45 @@ def _dec(counter: dict[str, int], key: str) -> None:
 
 Key = tuple[str, str]  # (source, owner)
 Records = tuple[Record, ...]
+# Records handled between two points where a long change may pause (``replace_source_steps``).
+STEP = 128
 
 
-def _unique(records: Iterable[Record]) -> Records:
+def _unique(records: list[Record] | tuple[Record, ...]) -> Records:
     """The records in their order, each once."""
-    if isinstance(records, (list, tuple)) and len(records) < 2:
-        return tuple(records)
-    return tuple(dict.fromkeys(records))
+    return tuple(records) if len(records) < 2 else tuple(dict.fromkeys(records))
+
+
+def _unique_steps(records: Iterable[Record]) -> Steps[Records]:
+    """``_unique`` in steps, for any iterable."""
+    items = records if isinstance(records, (list, tuple)) else list(records)
+    if len(items) <= STEP:
+        return _unique(items)
+    seen: dict[Record, None] = {}
+    for start in range(0, len(items), STEP):
+        seen.update(dict.fromkeys(items[start : start + STEP]))
+        yield
+    return tuple(seen)
+
+
+def _equal_steps(old: Records, new: Records) -> Steps[bool]:
+    if old is new:
+        return True
+    if len(old) != len(new):
+        return False
+    for start in range(0, len(old), STEP):
+        if old[start : start + STEP] != new[start : start + STEP]:
+            return False
+        yield
+    return True
+
+
+def _set_steps(records: Records) -> Steps[set[Record]]:
+    found: set[Record] = set()
+    for start in range(0, len(records), STEP):
+        found.update(records[start : start + STEP])
+        yield
+    return found
 
 
 class RecordStore:
@@ -310,7 +345,7 @@ class RecordStore:
     # --- writing -------------------------------------------------------------------------
     def replace_owner(self, source: str, owner: str, records: Iterable[Record]) -> bool:
         """Set one owner's records; returns True when anything changed."""
-        changed = self._set((source, owner), _unique(records))
+        changed = drive(self._set_steps((source, owner), records))
         if changed:
             self._changed()
         return changed
@@ -322,59 +357,94 @@ class RecordStore:
         """Set several owners of one source at once (an empty list removes one); one change."""
         changed = False
         for owner, records in owners.items():
-            changed |= self._set((source, owner), _unique(records))
+            changed |= drive(self._set_steps((source, owner), records))
         if changed:
             self._changed()
         return changed
 
     def replace_source(self, source: str, owners: Mapping[str, Iterable[Record]]) -> bool:
         """Set every owner of one source at once; owners not named are removed."""
-        wanted = {(source, owner): _unique(recs) for owner, recs in owners.items()}
-        stale = [key for key in self._offered if key[0] == source and key not in wanted]
+        return drive(self.replace_source_steps(source, owners))
+
+    def replace_source_steps(
+        self, source: str, owners: Mapping[str, Iterable[Record]]
+    ) -> Steps[bool]:
+        """``replace_source`` in steps of at most ``STEP`` records of work, for a caller that
+        serves between them (``dnsd.slices.run_in_slices``, calling ``publish_partial`` before
+        each pause): a 200,000-name hosts file costs seconds, this way never more than a few
+        milliseconds at a time."""
+        stale = [key for key in self._offered if key[0] == source and key[1] not in owners]
         changed = False
         for key in stale:
-            changed |= self._set(key, ())
-        for key, records in wanted.items():
-            changed |= self._set(key, records)
+            changed |= yield from self._set_steps(key, ())
+        for owner, records in owners.items():
+            changed |= yield from self._set_steps((source, owner), records)
         if changed:
             self._changed()
         return changed
 
-    def _set(self, key: Key, offered: Records) -> bool:
-        if self._offered.get(key, ()) == offered:
+    def publish_partial(self) -> None:
+        """Between the steps of a change: tell the listeners what changed so far, so a query
+        in between sees part of the change but never a stale cached answer.  The static zone's
+        precedence over other sources is settled when the change ends."""
+        if self._touched:
+            self._changed(readmit=False)
+
+    def _set_steps(self, key: Key, records: Iterable[Record]) -> Steps[bool]:
+        if isinstance(records, (list, tuple)) and len(records) <= STEP:  # most owners: no steps
+            offered = _unique(records)
+        else:
+            offered = yield from _unique_steps(records)
+        before = self._offered.get(key, ())
+        if (
+            before == offered
+            if len(offered) <= STEP
+            else (yield from _equal_steps(before, offered))
+        ):
             return False
         if offered:
             self._offered[key] = offered
         else:
             self._offered.pop(key, None)
-        return self._admit(key, offered, trust_current=True)
+        return (yield from self._admit_steps(key, offered, trust_current=True))
 
-    def _admit(self, key: Key, offered: Records, trust_current: bool) -> bool:
+    def _admit_steps(self, key: Key, offered: Records, trust_current: bool) -> Steps[bool]:
         """Index what of ``offered`` may be served; set the rest aside with the reason."""
         held = self._owned.get(key, ()) if trust_current else ()
-        current = set(held) if held else None  # a new owner (most of a bulk change): no set
+        # A new owner (most of a bulk change): no set.
+        current = (
+            (set(held) if len(held) <= STEP else (yield from _set_steps(held))) if held else None
+        )
         admitted: list[Record] = []
         rejected: dict[Record, str] = {}
         reformed = False
-        for record in offered:
-            if current is not None and record in current:
-                admitted.append(record)
-                continue
-            why = self._problem(key[0], record)
-            if why is None:
-                served = self._served_form(record)
-                reformed |= served is not record
-                admitted.append(served)
-            else:
-                rejected[record] = why
-                self._reject(key, record, why)
+        for start in range(0, len(offered), STEP):
+            for record in offered[start : start + STEP]:
+                if current is not None and record in current:
+                    admitted.append(record)
+                    continue
+                why = self._problem(key[0], record)
+                if why is None:
+                    served = self._served_form(record)
+                    reformed |= served is not record
+                    admitted.append(served)
+                else:
+                    rejected[record] = why
+                    self._reject(key, record, why)
+            yield
         if rejected:
             self._rejected[key] = rejected
         else:
             self._rejected.pop(key, None)
         # The common case (everything admitted as offered) shares the offered tuple: no copy.
         same = not rejected and not reformed
-        return self._index_owner(key, offered if same else _unique(admitted))
+        if same:
+            records = offered
+        elif len(admitted) <= STEP:
+            records = _unique(admitted)
+        else:
+            records = yield from _unique_steps(admitted)
+        return (yield from self._index_owner_steps(key, records))
 
     def _problem(self, source: str, record: Record) -> str | None:
         if source != STATIC and record.name in self._static_names:
@@ -418,31 +488,47 @@ class RecordStore:
             extra={"event": "record_refused", "source": source, "dns_name": record.name},
         )
 
-    def _index_owner(self, key: Key, records: Records) -> bool:
+    def _index_owner_steps(self, key: Key, records: Records) -> Steps[bool]:
         held = self._owned.get(key, ())
-        if held == records:
+        if held == records if len(records) <= STEP else (yield from _equal_steps(held, records)):
             return False
         if records:
             self._owned[key] = records
         else:
             self._owned.pop(key, None)
         if not held or not records:  # an owner that comes or goes: no sets to compare
-            if key[0] == STATIC:
-                self._track_static(set(held), set(records))
-            for record in held:
+            removed, added = held, records
+        else:
+            new = yield from _set_steps(records)
+            old = yield from _set_steps(held)
+            removed_list: list[Record] = []
+            added_list: list[Record] = []
+            for start in range(0, len(held), STEP):
+                removed_list += [
+                    record for record in held[start : start + STEP] if record not in new
+                ]
+                yield
+            for start in range(0, len(records), STEP):
+                added_list += [r for r in records[start : start + STEP] if r not in old]
+                yield
+            if not removed_list and not added_list:  # the same records in another order
+                return False
+            removed, added = tuple(removed_list), tuple(added_list)
+        static = key[0] == STATIC
+        for start in range(0, len(removed), STEP):
+            chunk = removed[start : start + STEP]
+            if static:
+                self._track_static(set(chunk), set())
+            for record in chunk:
                 self._unindex(record)
-            for record in records:
+            yield
+        for start in range(0, len(added), STEP):
+            chunk = added[start : start + STEP]
+            if static:
+                self._track_static(set(), set(chunk))
+            for record in chunk:
                 self._indexed(record)
-            return True
-        old, new = set(held), set(records)
-        if old == new:  # the same records in another order
-            return False
-        if key[0] == STATIC:
-            self._track_static(old, new)
-        for record in old - new:
-            self._unindex(record)
-        for record in new - old:
-            self._indexed(record)
+            yield
         return True
 
     def _track_static(self, old: set[Record], new: set[Record]) -> None:
@@ -460,7 +546,7 @@ class RecordStore:
         dirty, self._static_dirty = self._static_dirty, set()
         for key, offered in list(self._offered.items()):
             if key[0] != STATIC and any(record.name in dirty for record in offered):
-                self._admit(key, offered, trust_current=False)
+                drive(self._admit_steps(key, offered, trust_current=False))
 
     def _add_name(self, name: str) -> None:
         """Count one more record at ``name``; a name that comes into existence counts once at
@@ -502,8 +588,8 @@ class RecordStore:
             self._touched.add(ptr)
             _bag_remove(self._reverse, ptr, record.name)
 
-    def _changed(self) -> None:
-        if self._static_dirty:
+    def _changed(self, readmit: bool = True) -> None:
+        if readmit and self._static_dirty:
             self._readmit()
         self.generation += 1
         touched, self._touched = self._touched, set()

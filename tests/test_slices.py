@@ -54,3 +54,59 @@ def test_in_slices_does_not_yield_within_the_budget() -> None:
         return turns
 
     assert asyncio.run(run()) == -1  # the scheduled task never got a turn meanwhile
+
+
+def test_steps_pause_with_a_partial_publish_and_end_with_the_same_store() -> None:
+    """A big ``replace_source`` run in slices: the loop serves between slices, listeners hear
+    of each part before a pause, and the store ends exactly as one synchronous call leaves it
+    (the static zone's precedence over another source included)."""
+    from dnsd.admission import Admission
+    from dnsd.records import STATIC, Record, RecordStore
+    from dnsd.slices import drive, run_in_slices
+
+    def records(count: int, last: int) -> list[Record]:
+        return [Record(f"n{i}.docker.", "A", f"10.0.{i % 250}.{last}", 5) for i in range(count)]
+
+    def store() -> RecordStore:
+        made = RecordStore(Admission(["docker."]))
+        made.replace_source(STATIC, {"hosts": records(3000, 1) + records(10, 9)})
+        made.replace_owner("docker", "c1", [Record("n5000.docker.", "A", "10.1.1.1", 5)])
+        return made
+
+    wanted = {"hosts": [*records(2000, 2), Record("n5000.docker.", "A", "10.2.2.2", 5)]}
+    synchronous = store()
+    assert drive(synchronous.replace_source_steps(STATIC, wanted))
+    sliced = store()
+    published: list[int] = []
+    sliced.subscribe(lambda names: published.append(len(names)))
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 0.001
+        return now[0]
+
+    async def run() -> tuple[bool, int]:
+        turns = 0
+        done = False
+
+        async def other_work() -> None:
+            nonlocal turns
+            while not done:
+                turns += 1
+                await asyncio.sleep(0)
+
+        other = asyncio.create_task(other_work())
+        steps = sliced.replace_source_steps(STATIC, wanted)
+        changed = await run_in_slices(steps, sliced.publish_partial, budget_s=0.0025, clock=clock)
+        done = True
+        await other
+        return changed, turns
+
+    changed, turns = asyncio.run(run())
+    assert changed and turns > 10 and len(published) > 10
+    assert sorted(sliced.owned(), key=repr) == sorted(synchronous.owned(), key=repr)
+    assert sorted(sliced.rejected(), key=repr) == sorted(synchronous.rejected(), key=repr)
+    for name in ("n0.docker.", "n2500.docker.", "n5000.docker."):
+        assert sliced.lookup(name, "A") == synchronous.lookup(name, "A")
+    # The static zone took n5000 from the docker container in both.
+    assert [r.value for r in sliced.lookup("n5000.docker.", "A")] == ["10.2.2.2"]
