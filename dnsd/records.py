@@ -345,7 +345,7 @@ class RecordStore:
     # --- writing -------------------------------------------------------------------------
     def replace_owner(self, source: str, owner: str, records: Iterable[Record]) -> bool:
         """Set one owner's records; returns True when anything changed."""
-        changed = drive(self._set_steps((source, owner), records))
+        changed = self._set((source, owner), records)
         if changed:
             self._changed()
         return changed
@@ -357,7 +357,7 @@ class RecordStore:
         """Set several owners of one source at once (an empty list removes one); one change."""
         changed = False
         for owner, records in owners.items():
-            changed |= drive(self._set_steps((source, owner), records))
+            changed |= self._set((source, owner), records)
         if changed:
             self._changed()
         return changed
@@ -390,61 +390,86 @@ class RecordStore:
         if self._touched:
             self._changed(readmit=False)
 
-    def _set_steps(self, key: Key, records: Iterable[Record]) -> Steps[bool]:
-        if isinstance(records, (list, tuple)) and len(records) <= STEP:  # most owners: no steps
-            offered = _unique(records)
-        else:
-            offered = yield from _unique_steps(records)
-        before = self._offered.get(key, ())
-        if (
-            before == offered
-            if len(offered) <= STEP
-            else (yield from _equal_steps(before, offered))
-        ):
+    def _set(self, key: Key, records: Iterable[Record]) -> bool:
+        """One owner's records, in one go (most owners hold a few records)."""
+        offered = _unique(records if isinstance(records, (list, tuple)) else list(records))
+        if self._offered.get(key, ()) == offered:
             return False
-        if offered:
-            self._offered[key] = offered
-        else:
-            self._offered.pop(key, None)
-        return (yield from self._admit_steps(key, offered, trust_current=True))
+        self._keep_offered(key, offered)
+        return self._admit(key, offered, trust_current=True)
 
-    def _admit_steps(self, key: Key, offered: Records, trust_current: bool) -> Steps[bool]:
-        """Index what of ``offered`` may be served; set the rest aside with the reason."""
-        held = self._owned.get(key, ()) if trust_current else ()
-        # A new owner (most of a bulk change): no set.
-        current = (
-            (set(held) if len(held) <= STEP else (yield from _set_steps(held))) if held else None
-        )
+    def _set_steps(self, key: Key, records: Iterable[Record]) -> Steps[bool]:
+        """``_set`` in steps when the owner is big."""
+        items = records if isinstance(records, (list, tuple)) else list(records)
+        if len(items) <= STEP and len(self._offered.get(key, ())) <= STEP:
+            changed = self._set(key, items)
+            yield
+            return changed
+        offered = yield from _unique_steps(items)
+        if (yield from _equal_steps(self._offered.get(key, ()), offered)):
+            return False
+        self._keep_offered(key, offered)
+        held = self._owned.get(key, ())
+        current = (yield from _set_steps(held)) if held else None
         admitted: list[Record] = []
         rejected: dict[Record, str] = {}
         reformed = False
         for start in range(0, len(offered), STEP):
-            for record in offered[start : start + STEP]:
-                if current is not None and record in current:
-                    admitted.append(record)
-                    continue
-                why = self._problem(key[0], record)
-                if why is None:
-                    served = self._served_form(record)
-                    reformed |= served is not record
-                    admitted.append(served)
-                else:
-                    rejected[record] = why
-                    self._reject(key, record, why)
+            reformed |= self._judge(key, offered[start : start + STEP], current, admitted, rejected)
             yield
+        self._keep_rejected(key, rejected)
+        if rejected or reformed:
+            offered = yield from _unique_steps(admitted)
+        return (yield from self._index_owner_steps(key, offered))
+
+    def _keep_offered(self, key: Key, offered: Records) -> None:
+        if offered:
+            self._offered[key] = offered
+        else:
+            self._offered.pop(key, None)
+
+    def _admit(self, key: Key, offered: Records, trust_current: bool) -> bool:
+        """Index what of ``offered`` may be served; set the rest aside with the reason."""
+        held = self._owned.get(key, ()) if trust_current else ()
+        current = set(held) if held else None  # a new owner (most of a bulk change): no set
+        admitted: list[Record] = []
+        rejected: dict[Record, str] = {}
+        reformed = self._judge(key, offered, current, admitted, rejected)
+        self._keep_rejected(key, rejected)
+        # The common case (everything admitted as offered) shares the offered tuple: no copy.
+        same = not rejected and not reformed
+        return self._index_owner(key, offered if same else _unique(admitted))
+
+    def _judge(
+        self,
+        key: Key,
+        offered: Records,
+        current: set[Record] | None,
+        admitted: list[Record],
+        rejected: dict[Record, str],
+    ) -> bool:
+        """Sort ``offered`` into ``admitted`` (as served) and ``rejected`` (with the reason);
+        True when a record is served in another form than offered."""
+        reformed = False
+        for record in offered:
+            if current is not None and record in current:
+                admitted.append(record)
+                continue
+            why = self._problem(key[0], record)
+            if why is None:
+                served = self._served_form(record)
+                reformed |= served is not record
+                admitted.append(served)
+            else:
+                rejected[record] = why
+                self._reject(key, record, why)
+        return reformed
+
+    def _keep_rejected(self, key: Key, rejected: dict[Record, str]) -> None:
         if rejected:
             self._rejected[key] = rejected
         else:
             self._rejected.pop(key, None)
-        # The common case (everything admitted as offered) shares the offered tuple: no copy.
-        same = not rejected and not reformed
-        if same:
-            records = offered
-        elif len(admitted) <= STEP:
-            records = _unique(admitted)
-        else:
-            records = yield from _unique_steps(admitted)
-        return (yield from self._index_owner_steps(key, records))
 
     def _problem(self, source: str, record: Record) -> str | None:
         if source != STATIC and record.name in self._static_names:
@@ -488,25 +513,34 @@ class RecordStore:
             extra={"event": "record_refused", "source": source, "dns_name": record.name},
         )
 
-    def _index_owner_steps(self, key: Key, records: Records) -> Steps[bool]:
+    def _index_owner(self, key: Key, records: Records) -> bool:
         held = self._owned.get(key, ())
-        if held == records if len(records) <= STEP else (yield from _equal_steps(held, records)):
+        if held == records:
             return False
-        if records:
-            self._owned[key] = records
-        else:
-            self._owned.pop(key, None)
+        self._keep_owned(key, records)
         if not held or not records:  # an owner that comes or goes: no sets to compare
-            removed, added = held, records
-        else:
+            self._reindex(key, held, records)
+            return True
+        old, new = set(held), set(records)
+        if old == new:  # the same records in another order
+            return False
+        self._reindex(key, tuple(old - new), tuple(new - old))
+        return True
+
+    def _index_owner_steps(self, key: Key, records: Records) -> Steps[bool]:
+        """``_index_owner`` in steps, for a big owner."""
+        held = self._owned.get(key, ())
+        if (yield from _equal_steps(held, records)):
+            return False
+        self._keep_owned(key, records)
+        removed, added = held, records
+        if held and records:
             new = yield from _set_steps(records)
             old = yield from _set_steps(held)
             removed_list: list[Record] = []
             added_list: list[Record] = []
             for start in range(0, len(held), STEP):
-                removed_list += [
-                    record for record in held[start : start + STEP] if record not in new
-                ]
+                removed_list += [r for r in held[start : start + STEP] if r not in new]
                 yield
             for start in range(0, len(records), STEP):
                 added_list += [r for r in records[start : start + STEP] if r not in old]
@@ -514,22 +548,27 @@ class RecordStore:
             if not removed_list and not added_list:  # the same records in another order
                 return False
             removed, added = tuple(removed_list), tuple(added_list)
-        static = key[0] == STATIC
         for start in range(0, len(removed), STEP):
-            chunk = removed[start : start + STEP]
-            if static:
-                self._track_static(set(chunk), set())
-            for record in chunk:
-                self._unindex(record)
+            self._reindex(key, removed[start : start + STEP], ())
             yield
         for start in range(0, len(added), STEP):
-            chunk = added[start : start + STEP]
-            if static:
-                self._track_static(set(), set(chunk))
-            for record in chunk:
-                self._indexed(record)
+            self._reindex(key, (), added[start : start + STEP])
             yield
         return True
+
+    def _keep_owned(self, key: Key, records: Records) -> None:
+        if records:
+            self._owned[key] = records
+        else:
+            self._owned.pop(key, None)
+
+    def _reindex(self, key: Key, removed: Records, added: Records) -> None:
+        if key[0] == STATIC:
+            self._track_static(set(removed), set(added))
+        for record in removed:
+            self._unindex(record)
+        for record in added:
+            self._indexed(record)
 
     def _track_static(self, old: set[Record], new: set[Record]) -> None:
         for record in new - old:
@@ -546,7 +585,7 @@ class RecordStore:
         dirty, self._static_dirty = self._static_dirty, set()
         for key, offered in list(self._offered.items()):
             if key[0] != STATIC and any(record.name in dirty for record in offered):
-                drive(self._admit_steps(key, offered, trust_current=False))
+                self._admit(key, offered, trust_current=False)
 
     def _add_name(self, name: str) -> None:
         """Count one more record at ``name``; a name that comes into existence counts once at
