@@ -39,4 +39,5 @@ class Settler:
         gc.collect(1)
         gc.freeze()
         self.settled += 1
-        logger.debug("heap settled: %d objects frozen", gc.get_freeze_count())
+        if logger.isEnabledFor(logging.DEBUG):  # the count walks every frozen object
+            logger.debug("heap settled: %d objects frozen", gc.get_freeze_count())

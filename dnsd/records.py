@@ -438,7 +438,7 @@ class RecordStore:
         self._keep_rejected(key, rejected)
         # The common case (everything admitted as offered) shares the offered tuple: no copy.
         same = not rejected and not reformed
-        return self._index_owner(key, offered if same else _unique(admitted))
+        return self._index_owner(key, offered if same else _unique(admitted), current)
 
     def _judge(
         self,
@@ -513,7 +513,8 @@ class RecordStore:
             extra={"event": "record_refused", "source": source, "dns_name": record.name},
         )
 
-    def _index_owner(self, key: Key, records: Records) -> bool:
+    def _index_owner(self, key: Key, records: Records, old: set[Record] | None = None) -> bool:
+        """``old``: the owner's records as a set, when the caller has it."""
         held = self._owned.get(key, ())
         if held == records:
             return False
@@ -521,7 +522,9 @@ class RecordStore:
         if not held or not records:  # an owner that comes or goes: no sets to compare
             self._reindex(key, held, records)
             return True
-        old, new = set(held), set(records)
+        if old is None:
+            old = set(held)
+        new = set(records)
         if old == new:  # the same records in another order
             return False
         self._reindex(key, tuple(old - new), tuple(new - old))
@@ -633,11 +636,12 @@ class RecordStore:
         self.generation += 1
         touched, self._touched = self._touched, set()
         names: set[str] = set()
-        for changed in touched:  # with its ancestors, each walk stopping at a name already in
-            for name in ancestors(changed):
-                if name in names:
-                    break
+        for name in touched:  # with its ancestors, each walk stopping at a name already in
+            while name not in names:
                 names.add(name)
+                if name == ".":
+                    break
+                name = name.partition(".")[2] or "."
         for listener in self._listeners:
             listener(names)
 
