@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dnsd.admission import in_zone, name_problem
+from dnsd.hostport import parse_hostport
 from dnsd.resolve.acl import DEFAULT_ALLOW_RECURSION
 from dnsd.resolve.cache import (
     CACHE_BYTES,
@@ -28,7 +29,7 @@ from dnsd.resolve.cache import (
     MAX_NEGATIVE_TTL_S,
     MAX_TTL_S,
 )
-from dnsd.resolve.forward import UPSTREAM_TIMEOUT_S
+from dnsd.resolve.forward import UPSTREAM_TIMEOUT_S, parse_upstream
 from dnsd.wire.answer_cache import ANSWER_CACHE_BYTES, ANSWER_CACHE_ENTRIES
 from dnsd.wire.codec import DEFAULT_MAX_UDP_SIZE
 from dnsd.wire.miss_rate import MISSES_PER_CLIENT_PER_SECOND
@@ -418,25 +419,6 @@ def load(
     return build(file_layer, env_layer, flags or {}, path=path)
 
 
-def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
-    """``1.2.3.4``, ``1.2.3.4:53``, ``::1``, ``[::1]:53`` -> (host, port)."""
-    text = text.strip()
-    host, port_text = text, ""
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port_text = rest.removeprefix(":") if rest.startswith(":") else rest
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    try:
-        ipaddress.ip_address(host)
-        port = int(port_text) if port_text else default_port
-    except ValueError:
-        raise ValueError(f"not an ADDR[:PORT]: {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port out of range: {text!r}")
-    return host, port
-
-
 def normalize_zone(zone: str) -> str:
     zone = zone.strip().lower()
     return zone if zone.endswith(".") else zone + "."
@@ -454,7 +436,6 @@ def validate(config: Config, origin: str) -> Config:
             fail("server.listen", str(exc))
     if not server.listen:
         fail("server.listen", "at least one address is needed")
-    from dnsd.resolve.forward import parse_upstream  # forward imports config lazily too
 
     for entry in forward.upstreams:
         try:

@@ -16,7 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dnsd.config import Config, parse_hostport
+from dnsd.config import Config
+from dnsd.hostport import parse_hostport
 from dnsd.logs import Throttled, event
 from dnsd.metrics import Metrics
 from dnsd.records import RecordStore

@@ -29,13 +29,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from dnsd.logs import Throttled
 from dnsd.slices import Steps, drive
-
-if TYPE_CHECKING:
-    from dnsd.admission import Admission
 
 logger = logging.getLogger(__name__)
 _throttled = Throttled(logger, interval_s=60.0)
@@ -269,8 +266,16 @@ def _set_steps(records: Records) -> Steps[set[Record]]:
     return found
 
 
+class AdmissionRules(Protocol):
+    """What the store asks of each offered record (``dnsd.admission.Admission``)."""
+
+    def problem(self, source: str, record: Record) -> str | None: ...
+
+    def reverses(self, record: Record) -> bool: ...
+
+
 class RecordStore:
-    def __init__(self, admission: Admission | None = None) -> None:
+    def __init__(self, admission: AdmissionRules | None = None) -> None:
         self._admission = admission
         # Each owner's records as a tuple without repeats (a third the size of a frozenset;
         # sets are built only to compare an owner's old and new records).

@@ -14,7 +14,7 @@ from typing import Any
 
 from dnslib import QTYPE, DNSRecord
 
-from dnsd.config import parse_hostport
+from dnsd.hostport import parse_hostport
 
 COLUMNS = ("name", "type", "value", "ttl", "source", "node", "container", "health", "reason")
 NODE_COLUMNS = ("node", "keys", "lease", "lease_left_s")

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from dnsd.cli import main
-from dnsd.config import ConfigError, load, parse_hostport
+from dnsd.config import ConfigError, load
+from dnsd.hostport import parse_hostport
 from dnsd.sources.static import StaticSource
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -31,6 +31,7 @@ from typing import Any
 
 from dnslib import EDNS0, QTYPE, RCODE, DNSHeader, DNSQuestion, DNSRecord
 
+from dnsd.hostport import parse_hostport
 from dnsd.logs import Throttled
 from dnsd.names import label_of, text_of
 from dnsd.resolve.answer import RCODE_REFUSED, RCODE_SERVFAIL, Answer
@@ -308,7 +309,6 @@ def _to_answer(
 def parse_upstream(entry: str) -> Upstream:
     """``ADDR[:PORT]`` (plain DNS, port 53) or ``tls://ADDR[:PORT][#name]`` (DoT, port 853);
     raises ValueError."""
-    from dnsd.config import parse_hostport  # config imports resolve.acl; keep import local
 
     entry = entry.strip()
     if not entry.startswith("tls://"):

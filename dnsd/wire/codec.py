@@ -127,3 +127,17 @@ def plain_shape(data: bytes) -> tuple[int, bool]:
     if qend + 11 + options != size or data[qend + 6] != 0:  # EDNS version 0 only
         return -1, False
     return qend, options > 0
+
+
+def truncated(response: bytes) -> bytes:
+    """The header and question of ``response`` with TC=1 and no records (a slip)."""
+    end = question_end(response)
+    flags = response[2] | 0x02  # TC
+    if end < 0:
+        return response[:2] + bytes([flags, response[3]]) + b"\x00" * 8
+    return (
+        response[:2]
+        + bytes([flags, response[3]])
+        + b"\x00\x01\x00\x00\x00\x00\x00\x00"
+        + response[HEADER_LEN:end]
+    )

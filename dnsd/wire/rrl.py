@@ -86,19 +86,3 @@ class ResponseRateLimit:
             self._networks.clear()
         self._networks[client_ip] = network
         return network
-
-
-def truncated(response: bytes) -> bytes:
-    """The header and question of ``response`` with TC=1 and no records (a slip)."""
-    from dnsd.wire.codec import HEADER_LEN, question_end
-
-    end = question_end(response)
-    flags = response[2] | 0x02  # TC
-    if end < 0:
-        return response[:2] + bytes([flags, response[3]]) + b"\x00" * 8
-    return (
-        response[:2]
-        + bytes([flags, response[3]])
-        + b"\x00\x01\x00\x00\x00\x00\x00\x00"
-        + response[HEADER_LEN:end]
-    )

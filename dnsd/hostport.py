@@ -1,0 +1,28 @@
+"""``ADDR[:PORT]`` as written in settings and flags (listen addresses, upstreams, endpoints).
+
+A leaf: the settings (``config``), the forwarder and the command-line tools all parse
+addresses the same way, and none of them needs the others for it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+
+def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
+    """``1.2.3.4``, ``1.2.3.4:53``, ``::1``, ``[::1]:53`` -> (host, port)."""
+    text = text.strip()
+    host, port_text = text, ""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest.removeprefix(":") if rest.startswith(":") else rest
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    try:
+        ipaddress.ip_address(host)
+        port = int(port_text) if port_text else default_port
+    except ValueError:
+        raise ValueError(f"not an ADDR[:PORT]: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port out of range: {text!r}")
+    return host, port
