@@ -424,140 +424,192 @@ def normalize_zone(zone: str) -> str:
     return zone if zone.endswith(".") else zone + "."
 
 
-def validate(config: Config, origin: str) -> Config:
-    def fail(key: str, message: str) -> typing.NoReturn:
-        raise ConfigError(f"{origin}: key '{key}': {message}")
+class _Checker:
+    """Raises ``ConfigError`` naming the file (or the environment) and the key."""
 
-    server, forward = config.server, config.forward
-    for entry in server.listen:
+    def __init__(self, origin: str) -> None:
+        self.origin = origin
+
+    def fail(self, key: str, message: str) -> typing.NoReturn:
+        raise ConfigError(f"{self.origin}: key '{key}': {message}")
+
+    def at_least(self, key: str, value: float, least: float, message: str) -> None:
+        if value < least:
+            self.fail(key, message)
+
+    def hostport(self, key: str, entry: str, default_port: int) -> None:
         try:
-            parse_hostport(entry, 53)
+            parse_hostport(entry, default_port)
         except ValueError as exc:
-            fail("server.listen", str(exc))
-    if not server.listen:
-        fail("server.listen", "at least one address is needed")
+            self.fail(key, str(exc))
 
-    for entry in forward.upstreams:
+    def upstream(self, key: str, entry: str, context: str = "") -> None:
         try:
             parse_upstream(entry)
         except ValueError as exc:
-            fail("forward.upstreams", str(exc))
-    domains: dict[str, list[str]] = {}
-    for domain, entries in forward.domains.items():
-        name = normalize_zone(domain)
-        if name_problem(name) or "*" in name or name == ".":
-            fail("forward.domains", f"not a domain name: {domain!r}")
-        if any(in_zone(name, normalize_zone(zone)) for zone in server.zones):
-            fail("forward.domains", f"{domain!r} is inside a zone dnsd answers itself")
-        if not entries:
-            fail("forward.domains", f"{domain!r}: at least one upstream is needed")
-        for entry in entries:
-            try:
-                parse_upstream(entry)
-            except ValueError as exc:
-                fail("forward.domains", f"{domain!r}: {exc}")
-        domains[name] = entries
-    allowed = []
-    for domain in forward.rebind_allowed:
+            self.fail(key, f"{context}{exc}")
+
+    def domain(self, key: str, domain: str) -> str:
         name = normalize_zone(domain)
         if name_problem(name) or "*" in name:
-            fail("forward.rebind_allowed", f"not a domain name: {domain!r}")
-        allowed.append(name)
-    for network in server.allow_recursion:
-        try:
-            ipaddress.ip_network(network, strict=False)
-        except ValueError:
-            fail("server.allow_recursion", f"not a network: {network!r}")
-    if not server.zones:
-        fail("server.zones", "at least one zone is needed")
-    for zone in server.zones:
-        normalized = normalize_zone(zone)
-        if normalized != "." and (not zone.strip() or name_problem(normalized) is not None):
-            fail("server.zones", f"not a domain name: {zone!r}")
-    docker_url = config.docker.url
-    if docker_url:
-        scheme, _, rest = docker_url.partition("://")
-        if scheme not in DOCKER_SCHEMES or not rest.strip("/") or " " in docker_url:
-            fail("docker.url", f"not a Docker Engine URL (unix:///path or tcp://host:port): "
-                 f"{docker_url!r}")  # fmt: skip
-    for key in (
-        "ttl", "negative_ttl", "tcp_max_connections", "tcp_max_connections_per_client",
-        "answer_cache_size", "answer_cache_bytes", "udp_miss_rate_per_client",
-    ):  # fmt: skip
-        if getattr(server, key) < (0 if "ttl" in key or "rate" in key else 1):
-            fail(f"server.{key}", "must be positive")
-    ttls = {
-        "server.ttl": server.ttl, "server.negative_ttl": server.negative_ttl,
-        "forward.max_ttl": forward.max_ttl, "forward.max_negative_ttl": forward.max_negative_ttl,
-    }  # fmt: skip
-    for key, ttl in ttls.items():
-        if not 0 <= ttl <= MAX_DNS_TTL:  # RFC 2181 8: a TTL is 0 .. 2^31 - 1 seconds
-            fail(key, f"must be between 0 and {MAX_DNS_TTL} seconds (a DNS TTL), got {ttl}")
-    if not 512 <= server.max_udp_size <= 65535:
-        fail("server.max_udp_size", "must be between 512 and 65535")
-    rrl = config.rrl
-    if rrl.responses_per_second < 1 or rrl.slip < 0:
-        fail("rrl.responses_per_second", "must be positive (and rrl.slip 0 or more)")
-    if not 0 <= rrl.ipv4_prefix <= 32 or not 0 <= rrl.ipv6_prefix <= 128:
-        fail("rrl.ipv4_prefix", "prefixes are 0..32 (IPv4) and 0..128 (IPv6)")
-    if config.http.request_timeout <= 0:
-        fail("http.request_timeout", "must be positive")
-    if forward.timeout <= 0 or server.tcp_idle_timeout <= 0:
-        fail("forward.timeout", "timeouts must be positive")
-    for key in ("cache_size", "cache_bytes", "max_cached_answer"):
-        if getattr(forward, key) < 1:
-            fail(f"forward.{key}", "must be positive")
-    for key in ("max_pending", "max_pending_per_client"):
-        if getattr(forward, key) < 0:
-            fail(f"forward.{key}", "must be 0 (automatic) or positive")
-    if config.log.format not in LOG_FORMATS:
-        fail("log.format", f"must be one of {', '.join(LOG_FORMATS)}")
-    if config.static.max_hosts_bytes < 1:
-        fail("static.max_hosts_bytes", "must be positive")
-    if config.log.queries_per_second < 1:
-        fail("log.queries_per_second", "must be positive")
-    if config.log.level.upper() not in LOG_LEVELS:
-        fail("log.level", f"must be one of {', '.join(LOG_LEVELS)}")
+            self.fail(key, f"not a domain name: {domain!r}")
+        return name
+
+
+def validate(config: Config, origin: str) -> Config:
+    """Every section checked by its own validator (each message names its key); the config
+    with names normalised."""
+    check = _Checker(origin)
+    _check_server(config.server, check)
+    domains, allowed = _check_forward(config.forward, config.server.zones, check)
+    _check_rrl(config.rrl, check)
+    _check_http(config.http, check)
+    _check_log(config.log, check)
+    check.at_least("static.max_hosts_bytes", config.static.max_hosts_bytes, 1, "must be positive")
+    _check_etcd(config.etcd, check)
+    zones = [normalize_zone(z) for z in config.server.zones]
+    docker_zone = _check_docker(config.docker, zones, check)
     etcd = config.etcd
-    if not 2 <= etcd.lease_ttl <= MAX_DNS_TTL:
-        fail("etcd.lease_ttl", f"must be between 2 and {MAX_DNS_TTL} seconds")
-    if etcd.advertise not in ("container", "host"):
-        fail("etcd.advertise", "must be 'container' or 'host'")
-    if etcd.advertise == "host" or etcd.advertise_ip:
-        try:
-            ipaddress.ip_address(etcd.advertise_ip)
-        except ValueError:
-            fail(
-                "etcd.advertise_ip", f"advertise 'host' needs an IP address: {etcd.advertise_ip!r}"
-            )
-    if config.http.listen:
-        try:
-            parse_hostport(config.http.listen, 0)
-        except ValueError as exc:
-            fail("http.listen", str(exc))
-    if etcd.user and not etcd.ca:
-        fail("etcd.user", "a user and password are only sent over TLS: set etcd.ca too")
-    if not etcd.prefix.startswith("/"):
-        fail("etcd.prefix", "must start with '/'")
-    for endpoint in etcd.endpoints:
-        host_port = endpoint.split("://", 1)[-1]
-        if ":" not in host_port or not host_port.rsplit(":", 1)[1].rstrip("/").isdigit():
-            fail("etcd.endpoints", f"not HOST:PORT: {endpoint!r}")
-    if config.docker.resync_interval <= 0:
-        fail("docker.resync_interval", "must be positive")
-    zones = [normalize_zone(z) for z in server.zones]
-    docker_zone = normalize_zone(config.docker.zone) if config.docker.zone else zones[0]
-    if docker_zone not in zones:
-        fail("docker.zone", f"{docker_zone!r} is not one of server.zones")
     node_id = etcd.node_id or socket.gethostname()
     advertise = "host" if etcd.advertise_ip else etcd.advertise
     return dataclasses.replace(
         config,
-        server=dataclasses.replace(server, zones=zones),
-        forward=dataclasses.replace(forward, domains=domains, rebind_allowed=allowed),
+        server=dataclasses.replace(config.server, zones=zones),
+        forward=dataclasses.replace(config.forward, domains=domains, rebind_allowed=allowed),
         docker=dataclasses.replace(config.docker, zone=docker_zone),
         etcd=dataclasses.replace(etcd, node_id=node_id, advertise=advertise),
     )
+
+
+def _check_ttl(check: _Checker, key: str, ttl: int) -> None:
+    if not 0 <= ttl <= MAX_DNS_TTL:  # RFC 2181 8: a TTL is 0 .. 2^31 - 1 seconds
+        check.fail(key, f"must be between 0 and {MAX_DNS_TTL} seconds (a DNS TTL), got {ttl}")
+
+
+def _check_server(server: ServerConfig, check: _Checker) -> None:
+    if not server.listen:
+        check.fail("server.listen", "at least one address is needed")
+    for entry in server.listen:
+        check.hostport("server.listen", entry, 53)
+    for network in server.allow_recursion:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            check.fail("server.allow_recursion", f"not a network: {network!r}")
+    if not server.zones:
+        check.fail("server.zones", "at least one zone is needed")
+    for zone in server.zones:
+        normalized = normalize_zone(zone)
+        if normalized != "." and (not zone.strip() or name_problem(normalized) is not None):
+            check.fail("server.zones", f"not a domain name: {zone!r}")
+    _check_ttl(check, "server.ttl", server.ttl)
+    _check_ttl(check, "server.negative_ttl", server.negative_ttl)
+    for key in (
+        "tcp_max_connections", "tcp_max_connections_per_client", "answer_cache_size",
+        "answer_cache_bytes",
+    ):  # fmt: skip
+        check.at_least(f"server.{key}", getattr(server, key), 1, "must be positive")
+    check.at_least(
+        "server.udp_miss_rate_per_client", server.udp_miss_rate_per_client, 0,
+        "must be 0 (no limit) or positive",
+    )  # fmt: skip
+    if not server.tcp_idle_timeout > 0:
+        check.fail("server.tcp_idle_timeout", "must be positive")
+    if not 512 <= server.max_udp_size <= 65535:
+        check.fail("server.max_udp_size", "must be between 512 and 65535")
+
+
+def _check_forward(
+    forward: ForwardConfig, zones: list[str], check: _Checker
+) -> tuple[dict[str, list[str]], list[str]]:
+    """The per-domain upstreams and the rebinding exceptions, names normalised."""
+    for entry in forward.upstreams:
+        check.upstream("forward.upstreams", entry)
+    domains: dict[str, list[str]] = {}
+    for domain, entries in forward.domains.items():
+        name = check.domain("forward.domains", domain)
+        if name == ".":
+            check.fail("forward.domains", f"not a domain name: {domain!r}")
+        if any(in_zone(name, normalize_zone(zone)) for zone in zones):
+            check.fail("forward.domains", f"{domain!r} is inside a zone dnsd answers itself")
+        if not entries:
+            check.fail("forward.domains", f"{domain!r}: at least one upstream is needed")
+        for entry in entries:
+            check.upstream("forward.domains", entry, f"{domain!r}: ")
+        domains[name] = entries
+    allowed = [check.domain("forward.rebind_allowed", d) for d in forward.rebind_allowed]
+    _check_ttl(check, "forward.max_ttl", forward.max_ttl)
+    _check_ttl(check, "forward.max_negative_ttl", forward.max_negative_ttl)
+    if not forward.timeout > 0:
+        check.fail("forward.timeout", "must be positive")
+    for key in ("cache_size", "cache_bytes", "max_cached_answer"):
+        check.at_least(f"forward.{key}", getattr(forward, key), 1, "must be positive")
+    for key in ("max_pending", "max_pending_per_client"):
+        check.at_least(
+            f"forward.{key}", getattr(forward, key), 0, "must be 0 (automatic) or positive"
+        )
+    return domains, allowed
+
+
+def _check_rrl(rrl: RrlConfig, check: _Checker) -> None:
+    check.at_least("rrl.responses_per_second", rrl.responses_per_second, 1, "must be positive")
+    check.at_least("rrl.slip", rrl.slip, 0, "must be 0 (drop every limited answer) or more")
+    if not 0 <= rrl.ipv4_prefix <= 32:
+        check.fail("rrl.ipv4_prefix", "must be between 0 and 32")
+    if not 0 <= rrl.ipv6_prefix <= 128:
+        check.fail("rrl.ipv6_prefix", "must be between 0 and 128")
+
+
+def _check_http(http: HttpConfig, check: _Checker) -> None:
+    if not http.request_timeout > 0:
+        check.fail("http.request_timeout", "must be positive")
+    if http.listen:
+        check.hostport("http.listen", http.listen, 0)
+
+
+def _check_log(log: LogConfig, check: _Checker) -> None:
+    if log.format not in LOG_FORMATS:
+        check.fail("log.format", f"must be one of {', '.join(LOG_FORMATS)}")
+    check.at_least("log.queries_per_second", log.queries_per_second, 1, "must be positive")
+    if log.level.upper() not in LOG_LEVELS:
+        check.fail("log.level", f"must be one of {', '.join(LOG_LEVELS)}")
+
+
+def _check_etcd(etcd: EtcdConfig, check: _Checker) -> None:
+    if not 2 <= etcd.lease_ttl <= MAX_DNS_TTL:
+        check.fail("etcd.lease_ttl", f"must be between 2 and {MAX_DNS_TTL} seconds")
+    if etcd.advertise not in ("container", "host"):
+        check.fail("etcd.advertise", "must be 'container' or 'host'")
+    if etcd.advertise == "host" or etcd.advertise_ip:
+        try:
+            ipaddress.ip_address(etcd.advertise_ip)
+        except ValueError:
+            check.fail(
+                "etcd.advertise_ip", f"advertise 'host' needs an IP address: {etcd.advertise_ip!r}"
+            )
+    if etcd.user and not etcd.ca:
+        check.fail("etcd.user", "a user and password are only sent over TLS: set etcd.ca too")
+    if not etcd.prefix.startswith("/"):
+        check.fail("etcd.prefix", "must start with '/'")
+    for endpoint in etcd.endpoints:
+        host_port = endpoint.split("://", 1)[-1]
+        if ":" not in host_port or not host_port.rsplit(":", 1)[1].rstrip("/").isdigit():
+            check.fail("etcd.endpoints", f"not HOST:PORT: {endpoint!r}")
+
+
+def _check_docker(docker: DockerConfig, zones: list[str], check: _Checker) -> str:
+    """The zone Docker names go in, normalised."""
+    if docker.url:
+        scheme, _, rest = docker.url.partition("://")
+        if scheme not in DOCKER_SCHEMES or not rest.strip("/") or " " in docker.url:
+            check.fail("docker.url", f"not a Docker Engine URL (unix:///path or tcp://host:port): "
+                       f"{docker.url!r}")  # fmt: skip
+    if not docker.resync_interval > 0:
+        check.fail("docker.resync_interval", "must be positive")
+    docker_zone = normalize_zone(docker.zone) if docker.zone else zones[0]
+    if docker_zone not in zones:
+        check.fail("docker.zone", f"{docker_zone!r} is not one of server.zones")
+    return docker_zone
 
 
 def warnings(config: Config) -> list[str]:

@@ -251,3 +251,43 @@ def test_default_zone_with_etcd_gets_no_warning(
     # docker. is a top-level name no registry delegates: publishing under it takes no one's
     assert main(["check-config", write(tmp_path, "[etcd]\nenabled = true\n")]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("section", "line", "key"),
+    [
+        ("server", "tcp_idle_timeout = 0", "server.tcp_idle_timeout"),
+        ("server", "ttl = 2147483648", "server.ttl"),
+        ("server", "negative_ttl = -1", "server.negative_ttl"),
+        ("server", "tcp_max_connections = 0", "server.tcp_max_connections"),
+        ("server", "answer_cache_bytes = 0", "server.answer_cache_bytes"),
+        ("server", "listen = []", "server.listen"),
+        ("server", "zones = []", "server.zones"),
+        ("forward", "timeout = 0", "forward.timeout"),
+        ("forward", "max_ttl = -5", "forward.max_ttl"),
+        ("forward", "cache_size = 0", "forward.cache_size"),
+        ("forward", "max_pending = -1", "forward.max_pending"),
+        ("forward", 'rebind_allowed = ["a..b"]', "forward.rebind_allowed"),
+        ("forward", 'domains = { "corp" = [] }', "forward.domains"),
+        ("rrl", "slip = -1", "rrl.slip"),
+        ("rrl", "responses_per_second = 0", "rrl.responses_per_second"),
+        ("rrl", "ipv6_prefix = 129", "rrl.ipv6_prefix"),
+        ("rrl", "ipv4_prefix = 33", "rrl.ipv4_prefix"),
+        ("http", "request_timeout = 0", "http.request_timeout"),
+        ("http", 'listen = "nowhere"', "http.listen"),
+        ("log", "queries_per_second = 0", "log.queries_per_second"),
+        ("log", 'level = "LOUD"', "log.level"),
+        ("static", "max_hosts_bytes = 0", "static.max_hosts_bytes"),
+        ("etcd", "lease_ttl = 1", "etcd.lease_ttl"),
+        ("etcd", 'prefix = "skydns"', "etcd.prefix"),
+        ("etcd", 'advertise = "moon"', "etcd.advertise"),
+        ("docker", "resync_interval = 0", "docker.resync_interval"),
+        ("docker", 'zone = "other"', "docker.zone"),
+    ],
+)
+def test_each_bad_value_is_reported_under_its_own_key(
+    tmp_path: Path, section: str, line: str, key: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, f"[{section}]\n{line}\n"))
+    assert f"key '{key}'" in str(info.value), str(info.value)
