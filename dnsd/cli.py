@@ -20,6 +20,7 @@ from dnsd import __version__, logs, tools
 from dnsd.config import FLAGS, Config, ConfigError, Overrides, load
 from dnsd.config import warnings as config_warnings
 from dnsd.daemon import SHUTDOWN_DEADLINE_S, Daemon, StartupError
+from dnsd.records import RecordStore
 from dnsd.shutdown import ShutdownGuard, stop_soon
 from dnsd.sources.static import StaticSource
 
@@ -125,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _check_config(path: str) -> int:
     try:
         config = load(path)
-        static = StaticSource(None, lambda: config, config)
+        static = StaticSource(RecordStore(), lambda: config, config)
         owners = static.build(config)
     except ConfigError as exc:
         print(f"dnsd: {exc}", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 
 import dns.edns
 import dns.message
@@ -167,6 +168,12 @@ def test_fast_tables_stay_true_while_a_thread_restamps_and_the_loop_drops() -> N
                 cache.respond(packet, "127.0.0.1", clock[0])
             passes[0] += 1
 
+    def wait_for_passes(count: int) -> None:
+        """Until the reader has made ``count`` more passes (it fails the test if it died)."""
+        seen, deadline = passes[0], time.monotonic() + 10
+        while passes[0] < seen + count:
+            assert thread.is_alive() and time.monotonic() < deadline, "the reader stopped"
+
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)  # switch threads as often as possible
     thread = threading.Thread(target=reader)
@@ -179,13 +186,9 @@ def test_fast_tables_stay_true_while_a_thread_restamps_and_the_loop_drops() -> N
                           depends=(f"n{i}.example.",))  # fmt: skip
             clock[0] += 1.5  # every entry due: out of the fast tables until re-stamped
             cache.sweep(clock[0])
-            seen = passes[0]
-            while passes[0] < seen + 1:
-                pass
+            wait_for_passes(1)
             cache.invalidate({f"n{i}.example." for i in range(20)})
-            seen = passes[0]
-            while passes[0] < seen + 2:  # a full pass after the invalidation
-                pass
+            wait_for_passes(2)  # a full pass after the invalidation
             assert not cache.fast and not cache.fast_normalised
     finally:
         stop.set()

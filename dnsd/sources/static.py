@@ -21,7 +21,7 @@ from dnsd.config import Config, ConfigError
 from dnsd.heap import Settler
 from dnsd.logs import Throttled, event
 from dnsd.offload import on_daemon_thread
-from dnsd.records import MxValue, Record, SrvValue, Value
+from dnsd.records import MxValue, Record, RecordStore, SrvValue, Value
 from dnsd.slices import run_in_slices
 from dnsd.sources.lifecycle import OK, SourceHealth
 from dnsd.stats import Stats
@@ -192,7 +192,7 @@ class StaticSource:
 
     def __init__(
         self,
-        store: Any,  # RecordStore; Any keeps this module free of a store import cycle
+        store: RecordStore,
         load_config: Callable[[], Config],
         config: Config,
         stats: Stats | None = None,

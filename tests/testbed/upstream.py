@@ -85,9 +85,11 @@ class FakeUpstream:
                 data, addr = self._udp.recvfrom(65535)
             except OSError:
                 return
-            if self.mode == "silent":
-                if not str(DNSRecord.parse(data).q.qname).endswith(LOOP_PROBE_SUFFIX):
-                    self.queries.append(("udp", "", ""))
+            if self.mode == "silent":  # counted, never answered
+                question = DNSRecord.parse(data).q
+                name = str(question.qname)
+                if not name.endswith(LOOP_PROBE_SUFFIX):
+                    self.queries.append(("udp", name.lower(), QTYPE[question.qtype]))
                 continue
             reply = self.reply_to(data, "udp")
             if self.mode == "spoof":  # a forged reply (wrong ID, other address) arrives first
