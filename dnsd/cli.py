@@ -20,6 +20,7 @@ from dnsd import __version__, logs, tools
 from dnsd.config import FLAGS, Config, ConfigError, Overrides, load
 from dnsd.config import warnings as config_warnings
 from dnsd.daemon import SHUTDOWN_DEADLINE_S, Daemon, StartupError
+from dnsd.hostport import parse_hostport
 from dnsd.records import RecordStore
 from dnsd.shutdown import ShutdownGuard, stop_soon
 from dnsd.sources.static import StaticSource
@@ -45,33 +46,28 @@ def _parser() -> argparse.ArgumentParser:
         "(e.g. DNSD_LISTEN=127.0.0.1:5300,[::1]:5300); flags win over the environment, "
         "which wins over the config file.",
     )
-    serve.add_argument("--config", help="TOML config file (env DNSD_CONFIG)")
-    for flag in FLAGS:
-        default = f" (default: {flag.default})" if flag.default else ""
-        repeat = "; repeatable" if flag.repeat else ""
-        options: dict[str, Any] = {"help": f"{flag.help}{repeat}{default}", "dest": flag.name}
-        if flag.switch is not None:
-            options.update(action="store_true", default=None)
-        else:
-            options.update(metavar=flag.metavar, choices=flag.choices)
-            if flag.repeat:
-                options["action"] = "append"
-            if flag.name == "log_level":
-                options["type"] = str.upper
-        serve.add_argument(flag.option, **options)
+    _add_settings(serve)
 
-    check = commands.add_parser("check-config", help="validate a config file and exit")
-    check.add_argument("file")
+    check = commands.add_parser(
+        "check-config",
+        help="validate the settings serve would run with and exit",
+        description="Check the settings `serve` would run with: the file (FILE, --config or "
+        "DNSD_CONFIG), the DNSD_* environment and these flags, plus every static record and "
+        "hosts-file line.",
+    )
+    check.add_argument("file", nargs="?", help="TOML config file (same as --config)")
+    _add_settings(check)
 
     records = commands.add_parser(
         "records", help="print the name table of a running dnsd (needs its --http endpoint)"
     )
     records.add_argument(
         "--http",
-        default=DEFAULT_HTTP,
         metavar="ADDR:PORT",
-        help=f"the daemon's HTTP endpoint (default {DEFAULT_HTTP})",
+        help="the daemon's HTTP endpoint (default: http.listen of the settings serve reads, "
+        f"else {DEFAULT_HTTP})",
     )
+    records.add_argument("--config", help="TOML config file (env DNSD_CONFIG)")
     records.add_argument("--name", default="", metavar="PATTERN", help="glob, e.g. 'web*'")
     records.add_argument(
         "--source", default="", choices=["static", "docker", "etcd"], metavar="SOURCE",
@@ -86,12 +82,50 @@ def _parser() -> argparse.ArgumentParser:
     ask = commands.add_parser("query", help="ask a DNS server one question (a small dig)")
     ask.add_argument("name")
     ask.add_argument("type", nargs="?", default="A")
-    ask.add_argument("--server", default="127.0.0.1:5300", metavar="ADDR:PORT")
+    ask.add_argument(
+        "--server", metavar="ADDR:PORT",
+        help="default: the first server.listen address of the settings serve reads",
+    )  # fmt: skip
+    ask.add_argument("--config", help="TOML config file (env DNSD_CONFIG)")
     ask.add_argument("--tcp", action="store_true")
     ask.add_argument("--timeout", type=float, default=2.0)
 
     commands.add_parser("version", help="print the version")
     return parser
+
+
+def _add_settings(parser: argparse.ArgumentParser) -> None:
+    """--config and every settings flag (``FLAGS``), as serve takes them."""
+    parser.add_argument("--config", help="TOML config file (env DNSD_CONFIG)")
+    for flag in FLAGS:
+        default = f" (default: {flag.default})" if flag.default else ""
+        repeat = "; repeatable" if flag.repeat else ""
+        options: dict[str, Any] = {"help": f"{flag.help}{repeat}{default}", "dest": flag.name}
+        if flag.switch is not None:
+            options.update(action="store_true", default=None)
+        else:
+            options.update(metavar=flag.metavar, choices=flag.choices)
+            if flag.repeat:
+                options["action"] = "append"
+            if flag.name == "log_level":
+                options["type"] = str.upper
+        parser.add_argument(flag.option, **options)
+
+
+def _settings(args: argparse.Namespace) -> Config:
+    """What serve would run with: the file, the environment, and flags (where the command
+    takes them); raises ConfigError."""
+    path = getattr(args, "file", None) or args.config or os.environ.get("DNSD_CONFIG")
+    flags = _flag_overrides(args) if hasattr(args, FLAGS[0].name) else {}
+    return load(path, os.environ, flags)
+
+
+def _loopback(entry: str) -> str:
+    """A listen address as a client reaches it: a wildcard address means loopback."""
+    host, port = parse_hostport(entry, 53)
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _flag_overrides(args: argparse.Namespace) -> Overrides:
@@ -113,7 +147,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dnsd {__version__}")
         return EXIT_OK
     if args.command == "check-config":
-        return _check_config(args.file)
+        return _check_config(args)
+    missing = args.command == "records" and not args.http
+    missing |= args.command == "query" and not args.server
+    if missing:  # find the server from the settings serve reads
+        try:
+            config = _settings(args)
+        except ConfigError as exc:
+            print(f"dnsd: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        if args.command == "records":
+            args.http = _loopback(config.http.listen) if config.http.listen else DEFAULT_HTTP
+        else:
+            args.server = _loopback(config.server.listen[0])
     if args.command == "records" and args.nodes:
         return tools.print_nodes(args.http, args.json)
     if args.command == "records":
@@ -123,9 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _serve(args)
 
 
-def _check_config(path: str) -> int:
+def _check_config(args: argparse.Namespace) -> int:
+    path = args.file or args.config or os.environ.get("DNSD_CONFIG") or "defaults"
     try:
-        config = load(path)
+        config = _settings(args)
         static = StaticSource(RecordStore(), lambda: config, config)
         owners = static.build(config)
     except ConfigError as exc:
@@ -153,11 +200,8 @@ GIL_SWITCH_INTERVAL_S = 0.001
 
 
 def _serve(args: argparse.Namespace) -> int:
-    path = args.config or os.environ.get("DNSD_CONFIG")
-    flags = _flag_overrides(args)
-
     def load_config() -> Config:
-        return load(path, os.environ, flags)
+        return _settings(args)
 
     try:
         config = load_config()

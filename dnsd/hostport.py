@@ -20,6 +20,14 @@ def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
         host, port_text = text.split(":")
     try:
         ipaddress.ip_address(host)
+    except ValueError:
+        name_like = host and all(c.isalnum() or c in "-." for c in host)
+        if name_like and not all(part.isdigit() for part in host.split(".")):
+            raise ValueError(
+                f"{text!r}: only IP addresses are accepted (ADDR[:PORT]), not a host name"
+            ) from None
+        raise ValueError(f"not an ADDR[:PORT]: {text!r}") from None
+    try:
         port = int(port_text) if port_text else default_port
     except ValueError:
         raise ValueError(f"not an ADDR[:PORT]: {text!r}") from None
