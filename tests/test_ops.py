@@ -240,6 +240,21 @@ def test_query_log(tmp_path: Path) -> None:
         upstream.stop()
 
 
+def test_query_log_says_upstream_only_for_questions_that_went_there(tmp_path: Path) -> None:
+    server = start_dnsd(tmp_path, "--log-queries", "--log-format", "json", "--no-forward")
+    try:
+        query(server.port, "outside.example")  # forwarding off: refused by dnsd itself
+
+        def lines() -> list[dict[str, object]]:
+            found = [json.loads(line) for line in server.log().splitlines() if line.strip()]
+            return [line for line in found if line.get("event") == "query"]
+
+        eventually(lambda: len(lines()) == 1)
+        assert [(q["rcode"], q["answered_by"]) for q in lines()] == [("REFUSED", "local")]
+    finally:
+        server.stop()
+
+
 def test_no_query_log_by_default(tmp_path: Path) -> None:
     server = start_dnsd(tmp_path, "--no-forward")
     try:

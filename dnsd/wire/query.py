@@ -92,10 +92,15 @@ class QueryHandler:
         self._recursion_available = recursion_available
         self._clock = clock
         self._turn = 0
+        # Where the answer being made comes from, for the query log: "upstream" once
+        # ``_respond`` packs an answer that went through forwarding (a synchronous call on
+        # the event loop thread, so no other query interleaves), else "local".
+        self._answered_by = "local"
 
     def handle(self, data: bytes, client_ip: str, udp: bool) -> Response:
         """A response, None to drop, or a coroutine giving one (the question went upstream)."""
         started = self._clock()
+        self._answered_by = "local"
         result = self._handle(data, client_ip, udp)
         if isinstance(result, bytes):
             self._stats.durations[(_proto(udp), "resolver")].observe(self._clock() - started)
@@ -107,9 +112,7 @@ class QueryHandler:
         assert self._query_log is not None
         started = self._query_log.clock()
         if isinstance(result, bytes):
-            # Authoritative answers are local; others came through the forwarding cache.
-            source = "local" if result[2] & 0x04 else "upstream"
-            self._query_log.log(client_ip, data, result, source, started)
+            self._query_log.log(client_ip, data, result, self._answered_by, started)
             return result
         if result is None:
             return None
@@ -202,6 +205,8 @@ class QueryHandler:
         client_ip: str,
     ) -> bytes | None:
         self._turn += 1
+        if answer.recursive:
+            self._answered_by = "upstream"
         zone = self._chain.zone_of(text_of(query.q.qname).lower())
         label = (zone, qtype_label(query.q.qtype), rcode_label(answer.rcode))
         response: bytes | None
