@@ -13,7 +13,7 @@ import errno
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from dnsd.config import Config
@@ -273,6 +273,10 @@ class Daemon:
     @property
     def node_id(self) -> str:
         return self.config.etcd.node_id
+
+    @property
+    def zones(self) -> Sequence[str]:
+        return self.config.server.zones
 
     @property
     def containers(self) -> DockerSource | None:

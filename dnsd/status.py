@@ -55,6 +55,9 @@ class StatusView(Protocol):
     def node_id(self) -> str: ...
 
     @property
+    def zones(self) -> Sequence[str]: ...
+
+    @property
     def containers(self) -> Containers | None: ...
 
     @property
@@ -87,9 +90,15 @@ def _value(value: Any) -> Any:
     return value
 
 
-def _matches(name: str, pattern: str) -> bool:
-    return not pattern or any(
-        fnmatch.fnmatch(candidate, pattern.lower()) for candidate in (name, name.rstrip("."))
+def _matches(name: str, pattern: str, zones: Sequence[str] = ()) -> bool:
+    """Whether ``pattern`` (a glob, any case) fits the name: written in full, without the final
+    dot, or within its zone (``web`` for ``web.docker.``)."""
+    if not pattern:
+        return True
+    pattern = pattern.lower()
+    within = [name[: -len(zone) - 1] for zone in zones if name.endswith("." + zone)]
+    return any(
+        fnmatch.fnmatch(candidate, pattern) for candidate in (name, name.rstrip("."), *within)
     )
 
 
@@ -134,7 +143,7 @@ def rows(view: StatusView, pattern: str = "", source: str = "") -> Iterator[dict
     say what was offered but is not answered, and why.  Reads snapshots of the store and
     the sources, so a consumer may pause between rows (``dnsd.slices``) while they change."""
     for name, rtype, value, origin, owner, why in _not_served(view):
-        if (source and origin != source) or not _matches(name, pattern):
+        if (source and origin != source) or not _matches(name, pattern, view.zones):
             continue
         box = _container(view, origin, owner)
         yield {
@@ -148,7 +157,7 @@ def rows(view: StatusView, pattern: str = "", source: str = "") -> Iterator[dict
         record = owned.record
         if source and owned.source != source:
             continue
-        if not _matches(record.name, pattern):
+        if not _matches(record.name, pattern, view.zones):
             continue
         box = _container(view, owned.source, owned.owner)
         yield {

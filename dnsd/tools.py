@@ -26,6 +26,15 @@ def _fetch(http: str, path: str) -> list[dict[str, Any]]:
     return rows
 
 
+def _cell(value: Any) -> str:
+    """A table cell; a TXT value (a JSON list of strings) in DNS presentation format."""
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return " ".join('"' + str(s).replace("\\", "\\\\").replace('"', '\\"') + '"' for s in value)
+    return str(value)
+
+
 def _print_rows(http: str, path: str, columns: tuple[str, ...], what: str, as_json: bool) -> int:
     try:
         rows = _fetch(http, path)
@@ -37,7 +46,7 @@ def _print_rows(http: str, path: str, columns: tuple[str, ...], what: str, as_js
     if as_json:
         print(json.dumps(rows, indent=2))
         return 0
-    table = [[str(row.get(c) if row.get(c) is not None else "-") for c in columns] for row in rows]
+    table = [[_cell(row.get(c)) for c in columns] for row in rows]
     widths = [max([len(c), *(len(r[i]) for r in table)]) for i, c in enumerate(columns)]
     print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
     for row in table:

@@ -67,3 +67,26 @@ def test_client_commands_find_the_server_from_the_settings(tmp_path: Path) -> No
         assert bad.returncode == 2 and "DNSD_SERVR_TTL" in bad.stderr
     finally:
         server.stop()
+
+
+def test_records_table_matches_names_within_the_zones_and_shows_txt_as_dns_does(
+    tmp_path: Path,
+) -> None:
+    http = free_port()
+    config = (
+        '[[static.records]]\nname = "nc-db"\ntype = "A"\nvalue = "10.0.0.5"\n'
+        '[[static.records]]\nname = "nc-db"\ntype = "TXT"\nvalue = ["v=1", "say \\"hi\\""]\n'
+        '[[static.records]]\nname = "nc-db.other"\ntype = "A"\nvalue = "10.0.0.6"\n'
+    )
+    server = start_dnsd(tmp_path, "--no-forward", "--http", f"127.0.0.1:{http}", config=config)
+    try:
+        table = dnsd_command("records", "--http", f"127.0.0.1:{http}", "--name", "nc-db")
+        assert table.returncode == 0, table
+        lines = [line for line in table.stdout.splitlines()[1:] if line.strip()]
+        assert len(lines) == 2, table.stdout  # not nc-db.other.docker.
+        assert any("10.0.0.5" in line for line in lines)
+        assert any('"v=1" "say \\"hi\\""' in line for line in lines), table.stdout
+        full = dnsd_command("records", "--http", f"127.0.0.1:{http}", "--name", "nc-db.docker.")
+        assert len([x for x in full.stdout.splitlines()[1:] if x.strip()]) == 2, full.stdout
+    finally:
+        server.stop()
