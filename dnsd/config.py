@@ -9,12 +9,13 @@ unknown ``DNSD_*`` variable or a bad value raises ``ConfigError`` naming the key
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import logging
 import socket
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -350,16 +351,24 @@ def read_file(path: str) -> Overrides:
     overrides: Overrides = {}
     for section, table in document.items():
         if section not in SECTIONS:
-            raise ConfigError(f"{path}: unknown section [{section}]")
+            raise ConfigError(
+                f"{path}: unknown section [{section}]{_did_you_mean(section, SECTIONS)}"
+            )
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: [{section}] must be a table")
         types = _field_types(section)
         for key, value in table.items():
             if key not in types:
-                raise ConfigError(f"{path}: unknown key '{section}.{key}'")
+                hint = _did_you_mean(key, types)
+                raise ConfigError(f"{path}: unknown key '{section}.{key}'{hint}")
             where = f"{path}: key '{section}.{key}'"
             overrides[(section, key)] = _coerce(value, types[key], where)
     return _relative_to(path, overrides)
+
+
+def _did_you_mean(word: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _relative_to(path: str, overrides: Overrides) -> Overrides:
@@ -384,7 +393,8 @@ def read_environment(environ: Mapping[str, str]) -> Overrides:
             continue
         target = short.get(name) or long_names.get(name)
         if target is None:
-            raise ConfigError(f"environment: unknown variable {name}")
+            hint = _did_you_mean(name, [*short, *long_names, "DNSD_CONFIG", *SWITCHES])
+            raise ConfigError(f"environment: unknown variable {name}{hint}")
         section, key = target
         kind = _field_types(section)[key]
         overrides[target] = _coerce(value, kind, f"environment: {name}")
@@ -616,18 +626,23 @@ def warnings(config: Config) -> list[str]:
     """What a validated configuration allows that is rarely meant: each line names the key.
     ``check-config`` prints them and ``serve`` logs them at start."""
     found = []
-    if config.etcd.enabled:
-        broad = [
-            zone
-            for zone in config.server.zones
-            if zone.count(".") <= 1 and zone not in UNDELEGATED_TLDS
-        ]
-        if broad:
-            found.append(
-                f"key 'server.zones': {', '.join(broad)} is the root or a top-level domain and "
-                "etcd is on: any etcd writer may publish any name under it "
-                "(for example a bank's or a registry's), answered with authority"
-            )
+    broad = [
+        zone
+        for zone in config.server.zones
+        if zone.count(".") <= 1 and zone not in UNDELEGATED_TLDS
+    ]
+    if broad and config.etcd.enabled:
+        found.append(
+            f"key 'server.zones': {', '.join(broad)} is the root or a top-level domain and "
+            "etcd is on: any etcd writer may publish any name under it "
+            "(for example a bank's or a registry's), answered with authority"
+        )
+    elif broad := [zone for zone in broad if zone != "."]:  # the root: a deliberate island
+        found.append(
+            f"key 'server.zones': {', '.join(broad)} is a top-level domain: dnsd "
+            "answers every name under it itself (NXDOMAIN for names it does not hold), and "
+            "never forwards them"
+        )
     if config.forward.enabled:
         everyone = [
             network

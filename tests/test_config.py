@@ -47,8 +47,9 @@ def test_precedence_defaults_file_env_flags(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
-        ("[server]\nlisen = []\n", "unknown key 'server.lisen'"),
-        ("[srever]\n", "unknown section [srever]"),
+        ("[server]\nlisen = []\n", "unknown key 'server.lisen' (did you mean 'listen'?)"),
+        ("[server]\nzone = []\n", "(did you mean 'zones'?)"),
+        ("[srever]\n", "unknown section [srever] (did you mean 'server'?)"),
         ("[server]\nttl = 'five'\n", "key 'server.ttl'"),
         ('[server]\nlisten = ["localhost:53"]\n', "key 'server.listen'"),
         ('[server]\nlisten = ["127.0.0.1:99999"]\n', "key 'server.listen'"),
@@ -97,7 +98,7 @@ def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     bad = write(tmp_path, '[[static.records]]\nname = "x"\ntype = "A"\nvalue = "10.0.0.300"\n')
     assert main(["check-config", bad]) == 2
     err = capsys.readouterr().err
-    assert "static.records[0]" in err and "10.0.0.300" in err
+    assert f"{bad}:1: static.records[0]" in err and "10.0.0.300" in err  # file and line
     (tmp_path / "hosts").write_text("10.0.0.1 good\nnot-an-ip bad\n")
     with_hosts = write(tmp_path, '[static]\nhosts = ["hosts"]\n')
     assert main(["check-config", with_hosts]) == 2
@@ -291,3 +292,16 @@ def test_each_bad_value_is_reported_under_its_own_key(
     with pytest.raises(ConfigError) as info:
         load(write(tmp_path, f"[{section}]\n{line}\n"))
     assert f"key '{key}'" in str(info.value), str(info.value)
+
+
+def test_an_unknown_variable_gets_a_suggestion() -> None:
+    with pytest.raises(ConfigError, match=r"did you mean 'DNSD_SERVER_TTL'"):
+        load(None, {"DNSD_SERVR_TTL": "5"})
+
+
+def test_a_top_level_zone_is_never_silently_accepted(tmp_path: Path) -> None:
+    from dnsd.config import warnings
+
+    config = load(write(tmp_path, '[server]\nzones = ["com"]\n'))
+    assert any("top-level domain" in line and "never forwards" in line for line in warnings(config))
+    assert warnings(load(write(tmp_path, '[server]\nzones = ["docker"]\n'))) == []

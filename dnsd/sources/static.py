@@ -13,6 +13,7 @@ import io
 import ipaddress
 import logging
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -133,6 +134,25 @@ def _admitted(record: Record, rules: Admission | None) -> Record:
     return record
 
 
+_RECORD_TABLE = re.compile(r"^\s*\[\[\s*static\.records\s*\]\]")
+_RECORD_INDEX = re.compile(r"^static\.records\[(\d+)\]")
+
+
+def _located(path: str | None, message: str) -> str:
+    """``FILE:LINE: message`` for an error in the N-th ``[[static.records]]`` table of the
+    config file (the line of its header); the message as it is when that cannot be found."""
+    index = _RECORD_INDEX.match(message)
+    if path is None or index is None:
+        return message
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            headers = [n for n, line in enumerate(handle, 1) if _RECORD_TABLE.match(line)]
+    except OSError:
+        return message
+    wanted = int(index.group(1))
+    return f"{path}:{headers[wanted]}: {message}" if wanted < len(headers) else message
+
+
 def config_records(
     specs: list[dict[str, Any]], names: Names, default_ttl: int, rules: Admission | None = None
 ) -> list[Record]:
@@ -218,7 +238,10 @@ class StaticSource:
         rules = admission(config)
         self.bad_lines = 0
         self.bad_examples = []
-        owners = {"config": config_records(config.static.records, names, ttl, rules)}
+        try:
+            owners = {"config": config_records(config.static.records, names, ttl, rules)}
+        except ConfigError as exc:
+            raise ConfigError(_located(config.path, str(exc))) from None
         limit = config.static.max_hosts_bytes
         for path in config.static.hosts:
             try:
