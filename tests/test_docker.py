@@ -130,6 +130,22 @@ def test_network_connect_disconnect_aliases(dockerd: Dockerd, dnsd: Dnsd, net: s
     assert addrs(dnsd.port, f"{name}.docker") == [bridge_ip]
 
 
+def test_short_container_id_is_a_name_on_user_defined_networks(
+    dockerd: Dockerd, dnsd: Dnsd, net: str
+) -> None:
+    """As docs/docker.md's name table says: the 12-character ID answers on a user-defined
+    network (the Engine lists it among the aliases), not on the default bridge."""
+    name = run(dockerd, "--network", net)
+    short = dockerd.docker("inspect", "-f", "{{.Id}}", name)[:12]
+    net_ip = ip_of(dockerd, name, net)
+    eventually(lambda: addrs(dnsd.port, f"{short}.docker") == [net_ip])
+    assert addrs(dnsd.port, f"{short}.{net}.docker") == [net_ip]
+    on_bridge = run(dockerd)
+    eventually(lambda: addrs(dnsd.port, f"{on_bridge}.docker"))
+    bridge_short = dockerd.docker("inspect", "-f", "{{.Id}}", on_bridge)[:12]
+    assert addrs(dnsd.port, f"{bridge_short}.docker") == []
+
+
 def test_network_aware_answers(dockerd: Dockerd, dnsd: Dnsd, net: str) -> None:
     """A client on one of the container's networks gets the address on that network only.
 

@@ -1,7 +1,9 @@
 """A private Docker Engine for tests and benchmarks (Debian's docker.io, run as root).
 
-Own data root, exec root, socket, pidfile and config file under one folder; its own bridge
-address; a busybox-static image imported without any registry.  Never pulls.  Leftover daemons
+Own data root, exec root, socket, pidfile and config file under one folder; a bridge of its
+own (``dnsd-test0``, made here and deleted at the end; in the root network namespace dockerd
+is given ``--bridge`` and no iptables, so a machine's own dockerd keeps ``docker0`` and its
+rules); a busybox-static image imported without any registry.  Never pulls.  Leftover daemons
 from an earlier run (found by their pidfiles) are stopped first, since two daemons managing
 iptables in one network namespace wipe each other's rules.
 """
@@ -21,6 +23,8 @@ from pathlib import Path
 
 BASE_GLOB = "/tmp/dnsd-dockerd-*"
 TESTBED_PREFIX = "172.29."
+OWN_BRIDGE = "dnsd-test0"  # the test daemon's default bridge in the root network namespace
+MACHINE_BRIDGE = "docker0"  # the machine's own Docker: never touched
 BRIDGE_IP = "172.29.0.1"
 BRIDGE_CIDR = f"{BRIDGE_IP}/24"
 IMAGE = "local/busybox:latest"
@@ -57,8 +61,19 @@ def _remove_stale_bridges() -> None:
     with contextlib.suppress(ValueError):
         for link in json.loads(listing.stdout or "[]"):
             addresses = [a.get("local", "") for a in link.get("addr_info", [])]
-            if any(a.startswith(TESTBED_PREFIX) for a in addresses):
+            if link["ifname"] == MACHINE_BRIDGE:
+                continue
+            if link["ifname"] == OWN_BRIDGE or any(a.startswith(TESTBED_PREFIX) for a in addresses):
                 subprocess.run(["ip", "link", "del", link["ifname"]], capture_output=True)
+
+
+def _own_bridge(cidr: str) -> None:
+    """``OWN_BRIDGE`` with address ``cidr``, up (made when missing)."""
+    exists = subprocess.run(["ip", "link", "show", OWN_BRIDGE], capture_output=True)
+    if exists.returncode != 0:
+        subprocess.run(["ip", "link", "add", OWN_BRIDGE, "type", "bridge"], check=True)
+    subprocess.run(["ip", "addr", "replace", cidr, "dev", OWN_BRIDGE], check=True)
+    subprocess.run(["ip", "link", "set", OWN_BRIDGE, "up"], check=True)
 
 
 def _kill_under(root: str) -> None:
@@ -114,6 +129,11 @@ class Dockerd:
         (self.root / "daemon.json").write_text("{}")
         log = open(self.root / "dockerd.log", "ab")  # noqa: SIM115
         enter = ["nsenter", f"--net=/run/netns/{self.netns}"] if self.netns else []
+        if self.netns:  # a namespace of its own: its docker0 is no one else's
+            network = ["--bip", self.bip]
+        else:
+            _own_bridge(self.bip)
+            network = ["--bridge", OWN_BRIDGE, "--iptables=false", "--ip-masq=false"]
         self.proc = subprocess.Popen(
             [
                 *enter,
@@ -123,7 +143,7 @@ class Dockerd:
                 "-H", self.url,
                 "--pidfile", str(self.root / "docker.pid"),
                 "--config-file", str(self.root / "daemon.json"),
-                "--bip", self.bip,
+                *network,
                 "--dns", self.bip.split("/")[0],
                 *self.extra_args,
             ],
