@@ -126,3 +126,18 @@ def test_flags_are_declared_once_and_documented() -> None:
             assert flag.default == ", ".join(default), flag
         elif isinstance(default, str) and default:
             assert flag.default == default, flag
+
+
+def test_the_documented_benchmark_command_runs() -> None:
+    """docs/benchmark.md's command (set-up included) runs a benchmark to its figures."""
+    import json
+    import subprocess
+
+    doc = (CONF.parent / "docs" / "benchmark.md").read_text()
+    assert "scripts/bench mirror [--keys N]" in doc
+    result = subprocess.run(
+        [str(CONF.parent / "scripts" / "bench"), "mirror", "--keys", "500"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1])["keys"] == 500
