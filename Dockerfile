@@ -3,9 +3,9 @@
 #   scripts/build-image --tag dnsd               (no registry: makes local/python:3.11 with
 #       debootstrap, fills wheels/ on the host, then docker build --network none
 #       --build-arg BASE=local/python:3.11 --build-arg PIP_EXTRA=--no-index)
-# Run (non-root; the sysctl lets an unprivileged process bind :53 in the container's network
-# namespace; the Docker socket is root-equivalent: mount it read-only and add its group):
-#   docker run -d --name dnsd --sysctl net.ipv4.ip_unprivileged_port_start=53 \
+# Run (non-root; Docker Engine 20.10+ lets an unprivileged process bind :53 in the container's
+# network namespace; the Docker socket is root-equivalent: mount it read-only and add its group):
+#   docker run -d --name dnsd \
 #     -v /var/run/docker.sock:/var/run/docker.sock:ro \
 #     --group-add "$(stat -c %g /var/run/docker.sock)" dnsd
 ARG BASE=python:3.11-slim
