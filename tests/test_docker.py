@@ -149,7 +149,7 @@ def test_short_container_id_is_a_name_on_user_defined_networks(
 def test_network_aware_answers(dockerd: Dockerd, dnsd: Dnsd, net: str) -> None:
     """A client on one of the container's networks gets the address on that network only.
 
-    The askers are containers (Docker masquerades host traffic from a bridge address)."""
+    The askers are containers; a network's gateway address counts as the host."""
     name = run(dockerd)
     dockerd.docker("network", "connect", net, name)
     net_ip, bridge_ip = ip_of(dockerd, name, net), ip_of(dockerd, name)
@@ -160,6 +160,11 @@ def test_network_aware_answers(dockerd: Dockerd, dnsd: Dnsd, net: str) -> None:
         assert bridge_ip in on_bridge and net_ip not in on_bridge, on_bridge
         on_net = nslookup(dockerd, f"{name}.docker", NET_GATEWAY, "--network", net)
         assert net_ip in on_net and bridge_ip not in on_net, on_net
+        # From a network's gateway (the host itself, or a client NATed or proxied through a
+        # published port): outside every network, so both addresses, as from loopback.
+        for gateway in (BRIDGE_IP, NET_GATEWAY):
+            both = addrs(dnsd.port, f"{name}.docker", source=gateway)
+            assert both == sorted([net_ip, bridge_ip]), (gateway, both)
 
 
 def nslookup(dockerd: Dockerd, name: str, server: str, *args: str) -> str:

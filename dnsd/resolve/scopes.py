@@ -1,9 +1,13 @@
 """Network-aware answers: which of a name's networks (CIDR scopes) hold a client address.
 
 A name whose addresses live on two or more networks is answered per asker: a client inside one
-of them gets only the addresses on it.  What such an answer depends on is therefore the set of
-those networks that hold the client (``scope_key``), not the client's address, so the packed-
-answer cache keeps one copy per network instead of one per client.
+of them gets only the addresses on it.  A scope is a CIDR, optionally followed by the
+network's gateway (``172.18.0.0/16 172.18.0.1``): the gateway is the host itself, and what
+comes from it (the host, or a client NATed or proxied through a published port) is outside
+every network, so it gets all the addresses, as a client on the host does.  What such an
+answer depends on is therefore the set of those networks that hold the client (``scope_key``),
+not the client's address, so the packed-answer cache keeps one copy per network instead of
+one per client.
 """
 
 from __future__ import annotations
@@ -31,9 +35,23 @@ def client_address(client_ip: str) -> Address | None:
     return address
 
 
-def inside(client_ip: str, cidr: str) -> bool:
+def scope_of(cidr: str, gateway: str = "") -> str:
+    """A scope: the network, and its gateway when known."""
+    return f"{cidr} {gateway}" if gateway else cidr
+
+
+@lru_cache(maxsize=4096)
+def _parsed(scope: str) -> tuple[Network, Address | None]:
+    cidr, _, gateway = scope.partition(" ")
+    return network(cidr), client_address(gateway) if gateway else None
+
+
+def inside(client_ip: str, scope: str) -> bool:
     client = client_address(client_ip)
-    return client is not None and client in network(cidr)
+    if client is None:
+        return False
+    net, gateway = _parsed(scope)
+    return client in net and client != gateway
 
 
 def scope_key(client_ip: str, scopes: tuple[str, ...]) -> str:

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dnsd.records import Record, SrvValue
+from dnsd.resolve.scopes import scope_of
 
 LABEL_PREFIX = "dnsd."
 DEFAULT_PRIORITY = 10
@@ -137,23 +138,32 @@ class _Address:
     aliases: list[str]
 
 
+def _gateway(value: object) -> str:
+    """The network's gateway address, or "" (none, or not an address)."""
+    try:
+        return str(ipaddress.ip_address(str(value))) if value else ""
+    except ValueError:
+        return ""
+
+
 def _addresses(networks: dict[str, Any]) -> list[_Address]:
     found = []
     for network, settings in sorted((networks or {}).items()):
         settings = settings or {}
         aliases = [dns_name(a) for a in settings.get("Aliases") or []]
-        for key, length_key, rtype in (
-            ("IPAddress", "IPPrefixLen", "A"),
-            ("GlobalIPv6Address", "GlobalIPv6PrefixLen", "AAAA"),
+        for key, length_key, gateway_key, rtype in (
+            ("IPAddress", "IPPrefixLen", "Gateway", "A"),
+            ("GlobalIPv6Address", "GlobalIPv6PrefixLen", "IPv6Gateway", "AAAA"),
         ):
             ip = settings.get(key) or ""
             if not ip:
                 continue
             length = settings.get(length_key) or (32 if rtype == "A" else 128)
             try:
-                scope = str(ipaddress.ip_network(f"{ip}/{length}", strict=False))
+                cidr = str(ipaddress.ip_network(f"{ip}/{length}", strict=False))
             except ValueError:
                 continue
+            scope = scope_of(cidr, _gateway(settings.get(gateway_key)))
             found.append(_Address(ip, rtype, scope, dns_label(network), [a for a in aliases if a]))
     return found
 
