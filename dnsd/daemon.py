@@ -32,7 +32,7 @@ from dnsd.resolve.forward import (
     resolv_conf_upstreams,
 )
 from dnsd.resolve.local import LocalZone, no_wildcards
-from dnsd.resolve.loop import LoopDetector
+from dnsd.resolve.loop_detector import LoopDetector
 from dnsd.resolve.rebind import RebindGuard
 from dnsd.sources.docker import DockerSettings, DockerSource
 from dnsd.sources.docker_names import Naming
@@ -126,10 +126,10 @@ class Daemon:
             limit_from_nofile(self.config.forward.max_pending, server.tcp_max_connections),
             self.config.forward.max_pending_per_client,
         )
-        loop = None
+        loop_detector = None
         if self.forwarder is not None:
-            loop = LoopDetector(self.forwarder.probe, self.forwarder.drop)
-        chain = ResolverChain(local, forward, acl, budget, self.stats, loop)
+            loop_detector = LoopDetector(self.forwarder.probe, self.forwarder.drop)
+        chain = ResolverChain(local, forward, acl, budget, self.stats, loop_detector)
         log = self.config.log
         query_log = None
         if log.queries:
@@ -199,8 +199,10 @@ class Daemon:
         )
         collector.before_collect = hit_timer.account
         self._tasks.append(asyncio.create_task(self.static.watch()))
-        if loop is not None and self.forwarder is not None:  # listeners are up: probe now
-            self._tasks.append(asyncio.create_task(loop.probe(list(self.forwarder.upstreams))))
+        if loop_detector is not None and self.forwarder is not None:  # listeners are up: probe now
+            self._tasks.append(
+                asyncio.create_task(loop_detector.probe(list(self.forwarder.upstreams)))
+            )
         if self.docker is not None:
             self._tasks.append(asyncio.create_task(self.docker.run()))
         if self.etcd is not None:

@@ -13,7 +13,7 @@ from dnsd.resolve.answer import RCODE_REFUSED, RCODE_SERVFAIL, Answer
 from dnsd.resolve.budget import DEFAULT_MAX_PENDING, UpstreamBudget
 from dnsd.resolve.cache import ForwardCache
 from dnsd.resolve.local import LocalZone
-from dnsd.resolve.loop import LoopDetector
+from dnsd.resolve.loop_detector import LoopDetector
 from dnsd.stats import Stats
 
 CLASS_IN = 1
@@ -28,9 +28,9 @@ class ResolverChain:
         acl: Acl,
         budget: UpstreamBudget | None = None,
         stats: Stats | None = None,
-        loop: LoopDetector | None = None,
+        loop_detector: LoopDetector | None = None,
     ) -> None:
-        self.loop = loop
+        self.loop_detector = loop_detector
         self.local = local
         self.forward = forward
         self.acl = acl
@@ -44,7 +44,8 @@ class ResolverChain:
     def resolve(
         self, qname: str, qtype: int, qclass: int, spelled: str, client_ip: str
     ) -> Answer | Awaitable[Answer]:
-        if self.loop is not None and self.loop.probes and self.loop.returned(qname):
+        detector = self.loop_detector
+        if detector is not None and detector.probes and detector.returned(qname):
             return Answer(RCODE_REFUSED)  # our own probe came back: end the loop here
         if qclass not in (CLASS_IN, CLASS_ANY):
             # CH, HS, NONE...: never answered from the zones, never sent upstream (a zone name
