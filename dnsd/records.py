@@ -176,6 +176,7 @@ def _reverse_name(address: str) -> str:
 
 
 Item = TypeVar("Item", Record, str)
+V = TypeVar("V")
 # key -> its one item, or each item with how many times it was added.  Most keys hold one
 # item (a name's one record of a type, an address's one name): no dict for them.
 Bag = dict[Any, "Item | dict[Item, int]"]
@@ -256,6 +257,14 @@ def _equal_steps(old: Records, new: Records) -> Steps[bool]:
             return False
         yield
     return True
+
+
+def _keep(table: dict[Key, V], key: Key, value: V) -> None:
+    """``table[key] = value``, or no entry at all when ``value`` is empty."""
+    if value:
+        table[key] = value
+    else:
+        table.pop(key, None)
 
 
 def _set_steps(records: Records) -> Steps[set[Record]]:
@@ -400,7 +409,7 @@ class RecordStore:
         offered = _unique(records if isinstance(records, (list, tuple)) else list(records))
         if self._offered.get(key, ()) == offered:
             return False
-        self._keep_offered(key, offered)
+        _keep(self._offered, key, offered)
         return self._admit(key, offered, trust_current=True)
 
     def _set_steps(self, key: Key, records: Iterable[Record]) -> Steps[bool]:
@@ -413,7 +422,7 @@ class RecordStore:
         offered = yield from _unique_steps(items)
         if (yield from _equal_steps(self._offered.get(key, ()), offered)):
             return False
-        self._keep_offered(key, offered)
+        _keep(self._offered, key, offered)
         held = self._owned.get(key, ())
         current = (yield from _set_steps(held)) if held else None
         admitted: list[Record] = []
@@ -422,16 +431,10 @@ class RecordStore:
         for start in range(0, len(offered), STEP):
             reformed |= self._judge(key, offered[start : start + STEP], current, admitted, rejected)
             yield
-        self._keep_rejected(key, rejected)
+        _keep(self._rejected, key, rejected)
         if rejected or reformed:
             offered = yield from _unique_steps(admitted)
-        return (yield from self._index_owner_steps(key, offered))
-
-    def _keep_offered(self, key: Key, offered: Records) -> None:
-        if offered:
-            self._offered[key] = offered
-        else:
-            self._offered.pop(key, None)
+        return (yield from self._index_owner_steps(key, offered, current))
 
     def _admit(self, key: Key, offered: Records, trust_current: bool) -> bool:
         """Index what of ``offered`` may be served; set the rest aside with the reason."""
@@ -440,7 +443,7 @@ class RecordStore:
         admitted: list[Record] = []
         rejected: dict[Record, str] = {}
         reformed = self._judge(key, offered, current, admitted, rejected)
-        self._keep_rejected(key, rejected)
+        _keep(self._rejected, key, rejected)
         # The common case (everything admitted as offered) shares the offered tuple: no copy.
         same = not rejected and not reformed
         return self._index_owner(key, offered if same else _unique(admitted), current)
@@ -469,12 +472,6 @@ class RecordStore:
                 rejected[record] = why
                 self._reject(key, record, why)
         return reformed
-
-    def _keep_rejected(self, key: Key, rejected: dict[Record, str]) -> None:
-        if rejected:
-            self._rejected[key] = rejected
-        else:
-            self._rejected.pop(key, None)
 
     def _problem(self, source: str, record: Record) -> str | None:
         if source != STATIC and record.name in self._static_names:
@@ -523,7 +520,7 @@ class RecordStore:
         held = self._owned.get(key, ())
         if held == records:
             return False
-        self._keep_owned(key, records)
+        _keep(self._owned, key, records)
         if not held or not records:  # an owner that comes or goes: no sets to compare
             self._reindex(key, held, records)
             return True
@@ -535,16 +532,19 @@ class RecordStore:
         self._reindex(key, tuple(old - new), tuple(new - old))
         return True
 
-    def _index_owner_steps(self, key: Key, records: Records) -> Steps[bool]:
+    def _index_owner_steps(
+        self, key: Key, records: Records, old: set[Record] | None = None
+    ) -> Steps[bool]:
         """``_index_owner`` in steps, for a big owner."""
         held = self._owned.get(key, ())
         if (yield from _equal_steps(held, records)):
             return False
-        self._keep_owned(key, records)
+        _keep(self._owned, key, records)
         removed, added = held, records
         if held and records:
             new = yield from _set_steps(records)
-            old = yield from _set_steps(held)
+            if old is None:
+                old = yield from _set_steps(held)
             removed_list: list[Record] = []
             added_list: list[Record] = []
             for start in range(0, len(held), STEP):
@@ -563,12 +563,6 @@ class RecordStore:
             self._reindex(key, (), added[start : start + STEP])
             yield
         return True
-
-    def _keep_owned(self, key: Key, records: Records) -> None:
-        if records:
-            self._owned[key] = records
-        else:
-            self._owned.pop(key, None)
 
     def _reindex(self, key: Key, removed: Records, added: Records) -> None:
         if key[0] == STATIC:

@@ -105,6 +105,23 @@ def test_hostile_inspect_data_never_raises() -> None:
     assert list_fingerprint({}) == list_fingerprint({"Names": None})
 
 
+@pytest.mark.parametrize("gateway", ["not-an-address", 12, "", None])
+def test_a_bad_gateway_costs_only_the_gateway_rule(gateway: object) -> None:
+    """The address is served whatever the Engine says the network's gateway is; only a real
+    address makes queries from it count as the host's."""
+    from dnsd.resolve.scopes import inside
+
+    network = {"IPAddress": "10.5.0.2", "IPPrefixLen": 16, "Gateway": gateway}
+    attrs = {"Name": "/w", "State": {"Running": True},
+             "NetworkSettings": {"Networks": {"n": network}}}  # fmt: skip
+    records = [r for r in container_records(attrs, Naming()).records if r.name == "w.docker."]
+    assert [(r.value, r.scope) for r in records] == [("10.5.0.2", "10.5.0.0/16")]
+    network["Gateway"] = "10.5.0.1"
+    (record,) = [r for r in container_records(attrs, Naming()).records if r.name == "w.docker."]
+    assert record.scope is not None
+    assert not inside("10.5.0.1", record.scope) and inside("10.5.0.9", record.scope)
+
+
 # --- the source machinery against the fake engine -------------------------------------------
 
 

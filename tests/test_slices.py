@@ -3,8 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from dnsd.slices import CHECK_EVERY, in_slices
+
+T = TypeVar("T")
+
+
+async def with_turns_between(work: Awaitable[T]) -> tuple[T, int]:
+    """``work``'s result, and how many turns another task got on the loop meanwhile."""
+    turns = 0
+    stop = False
+
+    async def other_work() -> None:
+        nonlocal turns
+        while not stop:
+            turns += 1
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(other_work())
+    await asyncio.sleep(0)
+    started = turns
+    result = await work
+    stop = True
+    await other
+    return result, turns - started
 
 
 def test_in_slices_yields_to_the_loop_once_the_budget_is_spent() -> None:
@@ -13,28 +37,14 @@ def test_in_slices_yields_to_the_loop_once_the_budget_is_spent() -> None:
     def clock() -> float:
         return now[0]
 
-    async def run() -> tuple[list[int], int]:
-        turns = 0
-        stop = False
-
-        async def other_work() -> None:
-            nonlocal turns
-            while not stop:
-                turns += 1
-                await asyncio.sleep(0)
-
-        other = asyncio.create_task(other_work())
-        await asyncio.sleep(0)
+    async def collect() -> list[int]:
         seen = []
-        started = turns
         async for item in in_slices(range(10 * CHECK_EVERY), budget_s=1.0, clock=clock):
             seen.append(item)
             now[0] += 0.1  # ten items spend the budget; the clock is read every CHECK_EVERY
-        stop = True
-        await other
-        return seen, turns - started
+        return seen
 
-    seen, turns = asyncio.run(run())
+    seen, turns = asyncio.run(with_turns_between(collect()))
     assert seen == list(range(10 * CHECK_EVERY))
     assert turns >= 9  # the other task ran between slices, not only at the end
 
@@ -85,24 +95,9 @@ def test_steps_pause_with_a_partial_publish_and_end_with_the_same_store() -> Non
         now[0] += 0.001
         return now[0]
 
-    async def run() -> tuple[bool, int]:
-        turns = 0
-        done = False
-
-        async def other_work() -> None:
-            nonlocal turns
-            while not done:
-                turns += 1
-                await asyncio.sleep(0)
-
-        other = asyncio.create_task(other_work())
-        steps = sliced.replace_source_steps(STATIC, wanted)
-        changed = await run_in_slices(steps, sliced.publish_partial, budget_s=0.0025, clock=clock)
-        done = True
-        await other
-        return changed, turns
-
-    changed, turns = asyncio.run(run())
+    steps = sliced.replace_source_steps(STATIC, wanted)
+    sliced_run = run_in_slices(steps, sliced.publish_partial, budget_s=0.0025, clock=clock)
+    changed, turns = asyncio.run(with_turns_between(sliced_run))
     assert changed and turns > 10 and len(published) > 10
     assert sorted(sliced.owned(), key=repr) == sorted(synchronous.owned(), key=repr)
     assert sorted(sliced.rejected(), key=repr) == sorted(synchronous.rejected(), key=repr)
