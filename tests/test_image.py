@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import time
+import urllib.request
 from datetime import datetime
 from pathlib import Path
 
@@ -26,20 +27,46 @@ def dig(server: str, name: str) -> str:
     ).stdout.strip()  # fmt: skip
 
 
+def build_image(dockerd: Dockerd, context: Path, *options: str) -> str:
+    """``scripts/build-image``, as a user runs it (docs/resolver.md); its output."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "build-image"
+    result = subprocess.run(
+        [str(script), "--docker-url", dockerd.url, "--tag", TAG, "--context", str(context),
+         *options],
+        capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert f"built {TAG}" in result.stdout
+    return result.stdout
+
+
+def images(dockerd: Dockerd) -> set[str]:
+    return set(dockerd.docker("images", "--all", "--quiet", "--no-trunc").split())
+
+
+def dependency_step(output: str) -> str:
+    steps = output.split("\nStep ")
+    return next(s for s in steps if "--find-links /wheels /src" in s.splitlines()[0])
+
+
+def change_code(context: Path) -> None:
+    (context / "dnsd" / "cli.py").write_text((context / "dnsd" / "cli.py").read_text() + "\n#\n")
+
+
 @pytest.fixture(scope="module")
 def built(dockerd: Dockerd, tmp_path_factory: pytest.TempPathFactory) -> str:
     if not shutil.which("debootstrap"):
         pytest.fail("the image test needs debootstrap (scripts/setup --system)")
     context = tmp_path_factory.mktemp("context")
-    script = Path(__file__).resolve().parents[1] / "scripts" / "build-image"
-    result = subprocess.run(  # what a user runs (docs/quickstart.md)
-        [str(script), "--docker-url", dockerd.url, "--tag", TAG, "--context", str(context)],
-        capture_output=True, text=True, timeout=1800,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert f"built {TAG}" in result.stdout
-    # Cache-friendly: a code change reuses the dependency layer.
-    (context / "dnsd" / "cli.py").write_text((context / "dnsd" / "cli.py").read_text() + "\n#\n")
+    # A plain build leaves only the image: no base tag, no build-stage images.
+    before = images(dockerd)
+    build_image(dockerd, context)
+    assert images(dockerd) - before <= image.shipped_layers(dockerd.url, TAG)
+    assert not dockerd.docker("images", "--quiet", image.BASE_IMAGE)
+    # --keep-cache keeps them, so a rebuild after a code change reuses the dependency layer.
+    build_image(dockerd, context, "--keep-cache")
+    assert dockerd.docker("images", "--quiet", image.BASE_IMAGE)
+    change_code(context)
     result = subprocess.run(
         ["docker", "-H", dockerd.url, "build", "--network", "none", "--build-arg",
          f"BASE={image.BASE_IMAGE}", "--build-arg", "PIP_EXTRA=--no-index", "-t", TAG,
@@ -48,9 +75,7 @@ def built(dockerd: Dockerd, tmp_path_factory: pytest.TempPathFactory) -> str:
         "/usr/sbin:/usr/bin:/sbin:/bin"},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    steps = result.stdout.split("\nStep ")
-    deps = next(s for s in steps if "--find-links /wheels /src" in s.splitlines()[0])
-    assert "Using cache" in deps, deps
+    assert "Using cache" in dependency_step(result.stdout), result.stdout
     return TAG
 
 
@@ -63,11 +88,14 @@ def test_image_serves_docker_names_as_non_root(dockerd: Dockerd, built: str) -> 
     dockerd.docker(
         "run", "-d", "--pull", "never", "--name", "dnsd-img",  # as docs/resolver.md: no sysctl
         "-v", f"{dockerd.socket}:/var/run/docker.sock:ro", "--group-add", str(gid),
-        "-e", "DNSD_NO_FORWARD=1", built,
+        "-e", "DNSD_NO_FORWARD=1", "-e", "DNSD_NODE_ID=imghost", built,  # as docs/etcd.md
     )  # fmt: skip
     try:
         server = dockerd.docker("inspect", "-f", "{{.NetworkSettings.IPAddress}}", "dnsd-img")
         eventually(lambda: dig(server, f"{target}.docker") == target_ip, timeout=30)
+        url = f"http://{server}:9153/records?name={target}"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            assert {row["node"] for row in json.load(response)} == {"imghost"}
         health = ("inspect", "-f", "{{.State.Health.Status}}", "dnsd-img")
         eventually(lambda: dockerd.docker(*health) == "healthy", timeout=30)
         logs = dockerd.docker("logs", "dnsd-img")

@@ -42,7 +42,29 @@ def base_tarball() -> Path:
     return BASE_CACHE
 
 
+def _docker(docker_url: str, *args: str, check: bool = True) -> str:
+    result = subprocess.run(
+        ["docker", "-H", docker_url, *args], capture_output=True, text=True, timeout=300
+    )
+    if check and result.returncode != 0:
+        raise RuntimeError(f"docker {' '.join(args)}: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def _image_ids(docker_url: str) -> set[str]:
+    """Every image in the daemon, intermediate (build-stage) ones included."""
+    return set(_docker(docker_url, "images", "--all", "--quiet", "--no-trunc").split())
+
+
+def _has_image(docker_url: str, reference: str) -> bool:
+    return bool(_docker(docker_url, "images", "--quiet", reference))
+
+
 def import_base(docker_url: str) -> str:
+    """The base image: imported from the cached tarball unless the daemon has it (so the
+    dependency layer built on it earlier is reused)."""
+    if _has_image(docker_url, BASE_IMAGE):
+        return BASE_IMAGE
     tarball = base_tarball()
     with open(tarball, "rb") as data:
         subprocess.run(
@@ -53,9 +75,12 @@ def import_base(docker_url: str) -> str:
 
 
 def build_context(folder: Path) -> Path:
-    """The repository's image inputs plus every wheel the build needs (downloaded here)."""
+    """The repository's image inputs plus every wheel the build needs (downloaded here); a
+    folder filled before is filled afresh."""
     for name in CONTEXT_FILES:
         shutil.copy2(ROOT / name, folder / name)
+    for name in (*CONTEXT_DIRS, "wheels"):
+        shutil.rmtree(folder / name, ignore_errors=True)
     for name in CONTEXT_DIRS:
         shutil.copytree(ROOT / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
     wheels = folder / "wheels"
@@ -75,8 +100,21 @@ def build_context(folder: Path) -> Path:
     return folder
 
 
-def build(docker_url: str, tag: str, context: Path) -> str:
+def build(docker_url: str, tag: str, context: Path, keep_cache: bool = False) -> str:
+    """Build ``tag``; returns docker build's output.  Unless ``keep_cache``, every image the
+    build added that the tagged image is not made of (the build stage, the base's tag if this
+    build imported it) is removed again."""
+    before = _image_ids(docker_url)
+    had_base = _has_image(docker_url, BASE_IMAGE)
     base = import_base(docker_url)
+    try:
+        return _docker_build(docker_url, base, tag, context)
+    finally:
+        if not keep_cache:
+            _remove_leftovers(docker_url, tag, before, had_base)
+
+
+def _docker_build(docker_url: str, base: str, tag: str, context: Path) -> str:
     result = subprocess.run(
         ["docker", "-H", docker_url, "build", "--network", "none", "--build-arg",
          f"BASE={base}", "--build-arg", "PIP_EXTRA=--no-index", "-t", tag, str(context)],
@@ -85,7 +123,28 @@ def build(docker_url: str, tag: str, context: Path) -> str:
     )  # fmt: skip
     if result.returncode != 0:
         raise RuntimeError(f"docker build failed:\n{result.stdout[-4000:]}\n{result.stderr}")
-    return tag
+    return result.stdout
+
+
+def shipped_layers(docker_url: str, tag: str) -> set[str]:
+    """The image ``tag`` and the images it is made of (its parent chain)."""
+    if not _has_image(docker_url, tag):
+        return set()
+    history = _docker(docker_url, "history", "--quiet", "--no-trunc", tag).split()
+    return {entry for entry in history if entry.startswith("sha256:")}
+
+
+def _remove_leftovers(docker_url: str, tag: str, before: set[str], had_base: bool) -> None:
+    if not had_base:
+        _docker(docker_url, "rmi", "--no-prune", BASE_IMAGE, check=False)  # untag only
+    leftovers = _image_ids(docker_url) - before - shipped_layers(docker_url, tag)
+    while leftovers:  # children first: an image with a child cannot go yet
+        for image_id in sorted(leftovers):  # --no-prune: parents from before this build stay
+            _docker(docker_url, "rmi", "--no-prune", image_id, check=False)
+        remaining = leftovers & _image_ids(docker_url)
+        if remaining == leftovers:
+            break
+        leftovers = remaining
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,18 +161,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--context", type=Path, help="build context folder to fill (default: a temporary one)"
     )
+    parser.add_argument(
+        "--keep-cache", action="store_true",
+        help=f"keep the build stage and {BASE_IMAGE} in the daemon, so a rebuild after a "
+        "code change reuses the dependency layer (default: remove all the image is not made of)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     try:
         if args.context is not None:
             args.context.mkdir(parents=True, exist_ok=True)
-            build(args.docker_url, args.tag, build_context(args.context))
+            output = build(args.docker_url, args.tag, build_context(args.context), args.keep_cache)
         else:
             with tempfile.TemporaryDirectory(prefix="dnsd-context-") as tmp:
-                build(args.docker_url, args.tag, build_context(Path(tmp)))
+                output = build(args.docker_url, args.tag, build_context(Path(tmp)), args.keep_cache)
     except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
         detail = getattr(exc, "stderr", None) or ""
         print(f"build-image: {exc}\n{detail}".rstrip(), file=sys.stderr)
         return 1
+    print(output.rstrip())
     print(f"built {args.tag}")
     return 0
 
