@@ -1,4 +1,5 @@
-"""Command line: ``dnsd serve``, ``check-config``, ``records``, ``query``, ``version``.
+"""Command line: ``dnsd serve``, ``check-config``, ``records``, ``query``, ``register``,
+``deregister``, ``version``.
 
 The only place that turns exceptions into exit codes: 0 ok, 2 bad configuration or a listen
 address that cannot be bound, 1 anything unexpected.  Every serve flag is also a ``DNSD_*``
@@ -13,16 +14,18 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
-from dnsd import __version__, logs, tools
+from dnsd import __version__, logs, register, tools
 from dnsd.config import FLAGS, Config, ConfigError, Overrides, load
 from dnsd.config import warnings as config_warnings
 from dnsd.daemon import SHUTDOWN_DEADLINE_S, Daemon, StartupError
 from dnsd.hostport import parse_hostport
 from dnsd.records import RecordStore
 from dnsd.shutdown import ShutdownGuard, stop_soon
+from dnsd.sources.errors import reason
 from dnsd.sources.static import StaticSource
 
 logger = logging.getLogger(__name__)
@@ -90,8 +93,44 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--tcp", action="store_true")
     ask.add_argument("--timeout", type=float, default=2.0)
 
+    reg = commands.add_parser(
+        "register",
+        help="publish a name (a VM, a host's database, ...) to etcd until stopped",
+        description="Publish NAME -> ADDR (and with --port an SRV record) to etcd in the form "
+        "dnsd publishes containers in, under a lease of its own kept alive until this command "
+        "ends (SIGTERM/Ctrl-C withdraws at once; if it dies, within etcd.lease_ttl). A "
+        "relative NAME is in the first zone. Reads --config/DNSD_* like serve.",
+    )
+    reg.add_argument("name", help="e.g. db (db.<first zone>) or db.prod.docker.")
+    reg.add_argument("address", metavar="ADDR", help="IPv4 or IPv6 address")
+    reg.add_argument("--port", type=int, default=0, help="also an SRV record with this port")
+    reg.add_argument(
+        "--service", default="",
+        help="SRV service name (_SERVICE._PROTO.NAME; default: the port's well-known name)",
+    )  # fmt: skip
+    reg.add_argument("--proto", choices=["tcp", "udp"], default="tcp", help="default tcp")
+    reg.add_argument("--ttl", type=int, help="record TTL (default: server.ttl)")
+    _add_etcd_settings(reg)
+
+    dereg = commands.add_parser(
+        "deregister",
+        help="withdraw names published with register",
+        description="Revoke and delete the registrations of NAME (of ADDR only, if given) "
+        "from any node; a running `dnsd register` for them ends.",
+    )
+    dereg.add_argument("name")
+    dereg.add_argument("address", metavar="ADDR", nargs="?")
+    _add_etcd_settings(dereg)
+
     commands.add_parser("version", help="print the version")
     return parser
+
+
+def _add_etcd_settings(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML config file (env DNSD_CONFIG)")
+    for flag in FLAGS:
+        if flag.name in ("etcd", "node_id"):
+            parser.add_argument(flag.option, metavar=flag.metavar, dest=flag.name, help=flag.help)
 
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:
@@ -116,8 +155,7 @@ def _settings(args: argparse.Namespace) -> Config:
     """What serve would run with: the file, the environment, and flags (where the command
     takes them); raises ConfigError."""
     path = getattr(args, "file", None) or args.config or os.environ.get("DNSD_CONFIG")
-    flags = _flag_overrides(args) if hasattr(args, FLAGS[0].name) else {}
-    return load(path, os.environ, flags)
+    return load(path, os.environ, _flag_overrides(args))
 
 
 def _loopback(entry: str) -> str:
@@ -129,13 +167,14 @@ def _loopback(entry: str) -> str:
 
 
 def _flag_overrides(args: argparse.Namespace) -> Overrides:
+    """The settings flags the command was given (commands take all of them or a few)."""
     overrides: Overrides = {}
     for flag in FLAGS:
-        value = getattr(args, flag.name)
+        value = getattr(args, flag.name, None)
         if value is None:
             continue
         overrides[(flag.section, flag.key)] = flag.switch if flag.switch is not None else value
-    if args.etcd:
+    if getattr(args, "etcd", None):
         overrides[("etcd", "endpoints")] = [e.strip() for e in args.etcd.split(",") if e.strip()]
         overrides[("etcd", "enabled")] = True
     return overrides
@@ -148,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     if args.command == "check-config":
         return _check_config(args)
+    if args.command in ("register", "deregister"):
+        return _registration(args)
     missing = args.command == "records" and not args.http
     missing |= args.command == "query" and not args.server
     if missing:  # find the server from the settings serve reads
@@ -193,6 +234,37 @@ def _check_config(args: argparse.Namespace) -> int:
             f"{path}: note: static.outside_zones is on: static names outside {zones} are "
             "answered with authority to every client"
         )
+    return EXIT_OK
+
+
+def _registration(args: argparse.Namespace) -> int:
+    try:
+        config = _settings(args)
+        if args.command == "deregister":
+            removed = register.deregister(config, args.name, args.address)
+            if not removed:
+                print(f"dnsd: no registration of {args.name} found", file=sys.stderr)
+                return EXIT_ERROR
+            print(f"deregistered {args.name}: {removed} key(s)")
+            return EXIT_OK
+        entry = register.registration(
+            config, args.name, args.address, args.port, args.service, args.proto, args.ttl
+        )
+    except (ConfigError, ValueError) as exc:
+        print(f"dnsd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except Exception as exc:  # etcd out of reach
+        print(f"dnsd: etcd: {reason(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    logs.setup(config.log.format, config.log.level)
+    if register.outside_zones(entry.name, config.server.zones):
+        zones = ", ".join(config.server.zones)
+        print(f"dnsd: note: {entry.name} is outside this host's zones ({zones}): only dnsds "
+              "serving its zone answer it", file=sys.stderr)  # fmt: skip
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    register.register(config, entry, stop, lambda line: print(line, flush=True))
     return EXIT_OK
 
 

@@ -323,7 +323,7 @@ class EtcdSource:
         last read from etcd, counted down since; None before the first read or when the
         lease is gone)."""
         now, rows = self._clock(), []
-        for node, held in sorted(self.mirror.nodes.items()):
+        for (node, _), held in sorted(self.mirror.nodes.items()):
             known = self._lease_left.get(held.lease)
             left = None
             if known is not None and known[0] >= 0:

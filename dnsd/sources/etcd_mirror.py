@@ -85,7 +85,9 @@ class Mirror:
         self._children: dict[str, set[str]] = {}  # name -> names one label below it (wildcards)
         self._grouped: dict[str, int] = {}  # name -> keys at or below it that carry a group
         self._owners: dict[str, tuple[str, ...]] = {}  # key -> the names it offers records at
-        self.nodes: dict[str, NodeKeys] = {}  # publishing node (dnsd_node) -> its keys
+        # (publishing node (dnsd_node), lease) -> its keys: a node's dnsd and each of its
+        # ``dnsd register`` runs hold a lease of their own
+        self.nodes: dict[tuple[str, int], NodeKeys] = {}
         self.bad_keys: dict[str, str] = {}  # key -> why it was skipped
         self._logged_reasons: dict[str, int] = {}
 
@@ -238,14 +240,13 @@ class Mirror:
         return (stands_for(service),) if service.node else self._owners[key]
 
     def _count_node(self, service: Service, step: int) -> None:
-        entry = self.nodes.get(service.node)
+        held = (service.node, service.lease)
+        entry = self.nodes.get(held)
         if entry is None:
-            entry = self.nodes[service.node] = NodeKeys()
+            entry = self.nodes[held] = NodeKeys(lease=service.lease)
         entry.keys += step
-        if step > 0 and service.lease:
-            entry.lease = service.lease
         if not entry.keys:
-            del self.nodes[service.node]
+            del self.nodes[held]
 
     def _keys_at(self, name: str) -> Collection[str]:
         keys = self._subtree.get(name)

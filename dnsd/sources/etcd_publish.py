@@ -18,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -35,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 TXN_OPS = 100  # etcd allows 128 operations per transaction by default
 RETRY_S = 1.0
+# A lease found gone this long before it could have expired was revoked by someone (etcd's
+# expiry and ours differ by a round trip).
+REVOKED_MARGIN_S = 1.0
 
 
 class LocalService(Protocol):
@@ -59,6 +64,12 @@ class PublishSettings:
 def instance_label(node: str, container_id: str, index: int) -> str:
     label = f"{dns_label(node)}-{container_id[:12]}"
     return f"{label}-{index}" if index else label
+
+
+def container_label(node: str) -> re.Pattern[str]:
+    """The instance labels of ``node``'s containers (a container ID is hex), not those of
+    names registered with ``dnsd register`` on the same node."""
+    return re.compile(re.escape(dns_label(node)) + r"-[0-9a-f]{12}(-[0-9]+)?")
 
 
 def desired_keys(
@@ -115,11 +126,25 @@ class Publisher:
         prefix: str,
         settings: PublishSettings,
         stats: Stats,
+        *,
+        remove_earlier_run: bool = True,
+        end_when_revoked: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``remove_earlier_run``: first delete the keys of this node's containers that an
+        earlier run left.  A lease that lapses (etcd out of reach for its TTL) is granted
+        again and everything republished; one revoked by someone else too, unless
+        ``end_when_revoked``: then the publisher ends (``revoked``), as a registration does
+        when ``dnsd deregister`` revokes it."""
         self._client_factory = client_factory
         self._prefix = prefix.rstrip("/")
         self._settings = settings
         self._stats = stats
+        self._remove_earlier = remove_earlier_run
+        self._end_when_revoked = end_when_revoked
+        self._clock = clock
+        self._lease_until = 0.0  # when the lease runs out unless renewed (our clock)
+        self.revoked = False
         self._wanted: dict[str, bytes] = {}
         self._published: dict[str, bytes] = {}
         self._wake = threading.Event()
@@ -155,7 +180,7 @@ class Publisher:
     def _run(self) -> None:
         client: Any = None
         lease: Any = None
-        cleaned = False
+        cleaned = not self._remove_earlier
         refresh_s = max(self._settings.lease_ttl / 3, 0.5)
         while not self._stopping.is_set():
             try:
@@ -167,7 +192,10 @@ class Publisher:
                     self._remove_earlier_run(client)
                     cleaned = True
                 if lease is None or not self._alive(lease):
+                    if lease is not None and self._lapsed_early(lease):
+                        break
                     lease = client.lease(self._settings.lease_ttl)
+                    self._lease_until = self._clock() + self._settings.lease_ttl
                     self._published = {}
                     self._stats.etcd_lease_grants += 1
                     logger.info(
@@ -187,21 +215,36 @@ class Publisher:
                     client.close()
                 client = None
                 self._stopping.wait(RETRY_S)
-        if lease is not None:
+        if lease is not None and not self.revoked:
             with contextlib.suppress(Exception):
                 lease.revoke()  # a clean stop withdraws at once
 
     def _alive(self, lease: Any) -> bool:
         responses = lease.refresh()
         self._stats.etcd_lease_renewals += 1
-        return bool(responses) and responses[0].TTL > 0
+        alive = bool(responses) and responses[0].TTL > 0
+        if alive:
+            self._lease_until = self._clock() + responses[0].TTL
+        return alive
+
+    def _lapsed_early(self, lease: Any) -> bool:
+        """The lease is gone: log why; True when it was revoked and the publisher ends."""
+        revoked = self._clock() < self._lease_until - REVOKED_MARGIN_S
+        how = "was revoked" if revoked else "expired"
+        if revoked and self._end_when_revoked:
+            logger.warning("etcd lease %x %s: withdrawn", lease.id, how)
+            self.revoked = True
+            self.state, self.reason = "down", f"lease {lease.id:x} revoked"
+            return True
+        logger.warning("etcd lease %x %s; publishing again under a new lease", lease.id, how)
+        return False
 
     def _remove_earlier_run(self, client: Any) -> None:
-        mine = dns_label(self._settings.node_id) + "-"
+        mine = container_label(self._settings.node_id)
         stale = [
             meta.key
             for _, meta in client.get_prefix(self._prefix, keys_only=True)
-            if meta.key.decode(errors="replace").rsplit("/", 1)[-1].startswith(mine)
+            if mine.fullmatch(meta.key.decode(errors="replace").rsplit("/", 1)[-1])
         ]
         for start in range(0, len(stale), TXN_OPS):
             chunk = stale[start : start + TXN_OPS]

@@ -1,0 +1,180 @@
+"""``dnsd register`` and ``dnsd deregister``: names for what is not a container.
+
+``register`` writes a name's address (and, with a port, its SRV record) to etcd in the form
+dnsd publishes containers in, under a lease of its own that it keeps alive until it ends, so
+every dnsd sharing the etcd prefix answers for a VM, a database on a host or a service on
+another machine as it answers for a container.  The keys' instance label is
+``<node>-r<digest of name and address>``: stable across runs, never mistaken for a
+container's (``<node>-<container id>``).  ``deregister`` revokes the registrations' leases
+(a running ``register`` then ends) and deletes their keys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import logging
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dnsd.admission import name_problem
+from dnsd.config import Config
+from dnsd.records import Record, SrvValue
+from dnsd.sources.docker_names import DEFAULT_PRIORITY, DEFAULT_WEIGHT, WELL_KNOWN_PORTS, dns_label
+from dnsd.sources.etcd_client import make_client
+from dnsd.sources.etcd_publish import Publisher, PublishSettings
+from dnsd.sources.skydns import name_to_key
+from dnsd.stats import Stats
+
+logger = logging.getLogger(__name__)
+
+REGISTRATION_LABEL = re.compile(r".+-r[0-9a-f]{11}")
+JOIN_S = 5.0
+
+
+class RegistrationError(ValueError):
+    """A registration that cannot be written (the message says why)."""
+
+
+@dataclass
+class Registration:
+    """One registered name, in the shape the publisher takes (``LocalService``)."""
+
+    name: str
+    address: str
+    served: list[Record]
+    withheld: str | None = None
+    local_names: set[str] = field(default_factory=set)
+    published: dict[tuple[int, str], int] = field(default_factory=dict)
+
+    @property
+    def instance(self) -> str:
+        """Stands in for a container ID in the instance label (12 characters, not hex)."""
+        return "r" + digest(self.name, self.address)
+
+
+def digest(name: str, address: str) -> str:
+    return hashlib.sha1(f"{name} {address}".encode()).hexdigest()[:11]
+
+
+def absolute_name(name: str, zones: list[str]) -> str:
+    """``db`` -> ``db.<first zone>``, ``db.docker`` -> ``db.docker.`` when inside a zone; an
+    absolute name (``db.prod.example.``) as written, at least two labels."""
+    text = name.strip().lower()
+    if not text.endswith("."):
+        inside = any(text == z.rstrip(".") or text.endswith("." + z.rstrip(".")) for z in zones)
+        text = f"{text}." if inside else f"{text}.{zones[0]}"
+    problem = name_problem(text)
+    if problem:
+        raise RegistrationError(f"{name!r}: {problem}")
+    if text.count(".") < 2:
+        raise RegistrationError(f"{text}: a top-level name; register a name inside a zone")
+    return text
+
+
+def outside_zones(name: str, zones: list[str]) -> bool:
+    return not any(name.endswith("." + z) for z in zones if z != ".")
+
+
+def registration(
+    config: Config,
+    name: str,
+    address: str,
+    port: int = 0,
+    service: str = "",
+    proto: str = "tcp",
+    ttl: int | None = None,
+) -> Registration:
+    """The records ``register`` publishes; raises RegistrationError."""
+    fqdn = absolute_name(name, config.server.zones)
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        raise RegistrationError(
+            f"{address!r}: not an IP address (only addresses are registered; a name that "
+            "points elsewhere is a CNAME: write it to etcd or the static zone)"
+        ) from None
+    ttl = config.server.ttl if ttl is None else ttl
+    if not 0 <= ttl <= 2**31 - 1:
+        raise RegistrationError(f"--ttl {ttl}: must be between 0 and 2147483647")
+    rtype = "A" if ip.version == 4 else "AAAA"
+    served = [Record(fqdn, rtype, ip.compressed, ttl)]
+    if service and not port:
+        raise RegistrationError("--service needs --port")
+    if port:
+        if not 1 <= port <= 65535:
+            raise RegistrationError(f"--port {port}: must be between 1 and 65535")
+        label = dns_label((service or WELL_KNOWN_PORTS.get(port, str(port))).removeprefix("_"))
+        if not label:
+            raise RegistrationError(f"--service {service!r}: not a usable service name")
+        srv = SrvValue(DEFAULT_PRIORITY, DEFAULT_WEIGHT, port, fqdn)
+        served.append(Record(f"_{label}._{proto}.{fqdn}", "SRV", srv, ttl))
+    return Registration(fqdn, ip.compressed, served)
+
+
+def register(
+    config: Config,
+    entry: Registration,
+    stop: threading.Event,
+    announce: Callable[[str], None],
+    client_factory: Callable[[], Any] | None = None,
+) -> bool:
+    """Publish ``entry`` until ``stop`` is set (then withdraw it) or it is deregistered.
+    Returns True when it was deregistered."""
+    etcd = config.etcd
+    settings = PublishSettings(node_id=etcd.node_id, lease_ttl=etcd.lease_ttl)
+    factory = client_factory or (lambda: make_client(etcd))
+    publisher = Publisher(
+        factory, etcd.prefix, settings, Stats(), remove_earlier_run=False, end_when_revoked=True
+    )
+    publisher.update({entry.instance: entry})
+    publisher.start()
+    announced = False
+    try:
+        while not stop.wait(0.1):
+            if publisher.synced and not announced:
+                announced = True
+                names = ", ".join(f"{r.name} {r.rtype}" for r in entry.served)
+                announce(f"registered {names} as node {etcd.node_id}; stop to withdraw")
+            if publisher.revoked:
+                announce(f"{entry.name} was deregistered")
+                return True
+    finally:
+        publisher.stop()
+        publisher.join(JOIN_S)
+    return False
+
+
+def deregister(
+    config: Config, name: str, address: str | None, client_factory: Callable[[], Any] | None = None
+) -> int:
+    """Revoke and delete the registrations of ``name`` (of ``address`` only, if given), from
+    any node; returns how many keys went."""
+    fqdn = absolute_name(name, config.server.zones)
+    base = name_to_key(fqdn, config.etcd.prefix) + "/"
+    wanted = f"-r{digest(fqdn, ipaddress.ip_address(address).compressed)}" if address else ""
+    client = (client_factory or (lambda: make_client(config.etcd)))()
+    try:
+        keys: list[bytes] = []
+        leases: set[int] = set()
+        for _, meta in client.get_prefix(base):
+            parts = meta.key.decode(errors="replace")[len(base) :].split("/")
+            srv = len(parts) == 3 and parts[0].startswith("_") and parts[1].startswith("_")
+            label = parts[-1]
+            mine = REGISTRATION_LABEL.fullmatch(label) and label.endswith(wanted)
+            if (len(parts) == 1 or srv) and mine:
+                keys.append(meta.key)
+                if meta.lease_id:
+                    leases.add(meta.lease_id)
+        for lease in sorted(leases):  # a running register ends; its keys go with it
+            with contextlib.suppress(Exception):  # gone already: its keys are, too
+                client.revoke_lease(lease)
+        for key in keys:
+            client.delete(key)
+        return len(keys)
+    finally:
+        client.close()
