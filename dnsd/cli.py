@@ -21,7 +21,7 @@ from typing import Any
 from dnsd import __version__, logs, register, tools
 from dnsd.config import FLAGS, Config, ConfigError, Overrides, load
 from dnsd.config import warnings as config_warnings
-from dnsd.daemon import SHUTDOWN_DEADLINE_S, Daemon, StartupError
+from dnsd.daemon import SHUTDOWN_DEADLINE_S, Daemon, StartupError, static_settings
 from dnsd.hostport import parse_hostport
 from dnsd.records import RecordStore
 from dnsd.shutdown import ShutdownGuard, stop_soon
@@ -214,8 +214,9 @@ def _check_config(args: argparse.Namespace) -> int:
     path = args.file or args.config or os.environ.get("DNSD_CONFIG") or "defaults"
     try:
         config = _settings(args)
-        static = StaticSource(RecordStore(), lambda: config, config)
-        owners = static.build(config)
+        settings = static_settings(config)
+        static = StaticSource(RecordStore(), lambda: settings, settings)
+        owners = static.build(settings)
     except ConfigError as exc:
         print(f"dnsd: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dnsd.admission import in_zone, name_problem
+from dnsd.config_error import ConfigError as ConfigError
 from dnsd.hostport import parse_hostport
 from dnsd.resolve.acl import DEFAULT_ALLOW_RECURSION
 from dnsd.resolve.cache import (
@@ -31,6 +32,7 @@ from dnsd.resolve.cache import (
     MAX_TTL_S,
 )
 from dnsd.resolve.forward import UPSTREAM_TIMEOUT_S, parse_upstream
+from dnsd.sources.etcd_client import EtcdConnection
 from dnsd.wire.answer_cache import ANSWER_CACHE_BYTES, ANSWER_CACHE_ENTRIES
 from dnsd.wire.codec import DEFAULT_MAX_UDP_SIZE
 from dnsd.wire.miss_rate import MISSES_PER_CLIENT_PER_SECOND
@@ -51,10 +53,6 @@ UNDELEGATED_TLDS = frozenset(
     f"{name}." for name in ("docker", "local", "internal", "test", "localhost", "invalid",
                             "example", "lan", "home", "corp", "intranet", "private")
 )  # fmt: skip
-
-
-class ConfigError(Exception):
-    """A configuration problem; the message names the key and where it came from."""
 
 
 # Defaults that code also needs live with that code (the cache sizes in resolve.cache, the
@@ -140,6 +138,11 @@ class EtcdConfig:
     publish: bool = True  # write this node's containers (needs Docker on)
     advertise: str = "container"  # "container": container addresses; "host": advertise_ip
     advertise_ip: str = ""
+
+    def connection(self) -> EtcdConnection:
+        return EtcdConnection(
+            self.endpoints, self.ca, self.cert, self.key, self.user, self.password
+        )
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from dnsd.sources.etcd import EtcdSource
 from dnsd.sources.etcd_client import make_client
 from dnsd.sources.etcd_publish import Publisher, PublishSettings
 from dnsd.sources.lifecycle import Source
-from dnsd.sources.static import StaticSource, admission
+from dnsd.sources.static import StaticSettings, StaticSource, admission
 from dnsd.stats import Stats
 from dnsd.wire.answer_cache import SWEEP_S, AnswerCache
 from dnsd.wire.query import QueryHandler
@@ -68,9 +68,11 @@ class Daemon:
         self.config = config
         self.stats = Stats()
         self.metrics = Metrics(self.stats)
-        self.store = RecordStore(admission(config))
+        self.store = RecordStore(admission(static_settings(config)))
         self.http: Any = None  # dnsd.http.HttpServer once started
-        self.static = StaticSource(self.store, load_config, config, self.stats)
+        self.static = StaticSource(
+            self.store, lambda: static_settings(load_config()), static_settings(config), self.stats
+        )
         self.docker: DockerSource | None = None
         if config.docker.enabled:
             self.docker = DockerSource(
@@ -94,12 +96,19 @@ class Daemon:
     def _wire_etcd(self) -> None:
         etcd = self.config.etcd
         server = self.config.server
-        self.etcd = EtcdSource(self.store, etcd, server.zones, server.ttl, self.stats)
+        connection = etcd.connection()
+
+        def client() -> Any:
+            return make_client(connection)
+
+        self.etcd = EtcdSource(
+            self.store, client, etcd.prefix, server.zones, server.ttl, self.stats
+        )
         if etcd.publish and self.docker is not None:
             publish = PublishSettings(
                 etcd.node_id, etcd.lease_ttl, etcd.advertise, etcd.advertise_ip
             )
-            self.publisher = Publisher(lambda: make_client(etcd), etcd.prefix, publish, self.stats)
+            self.publisher = Publisher(client, etcd.prefix, publish, self.stats)
             self.docker.subscribers.append(self.publisher.update)
 
     async def start(self) -> None:
@@ -309,6 +318,14 @@ class Daemon:
         for source in self.sources:  # threads blocked in I/O are daemon threads: left behind
             await asyncio.to_thread(source.join, JOIN_TIMEOUT_S)
         logger.info("stopped", extra=event("stopped"))
+
+
+def static_settings(config: Config) -> StaticSettings:
+    static = config.static
+    return StaticSettings(
+        list(config.server.zones), config.server.ttl, static.records, static.hosts,
+        static.watch_interval, static.outside_zones, static.max_hosts_bytes, config.path,
+    )  # fmt: skip
 
 
 def _naming(config: Config) -> Naming:

@@ -127,7 +127,7 @@ def register(
     Returns True when it was deregistered."""
     etcd = config.etcd
     settings = PublishSettings(node_id=etcd.node_id, lease_ttl=etcd.lease_ttl)
-    factory = client_factory or (lambda: make_client(etcd))
+    factory = client_factory or (lambda: make_client(etcd.connection()))
     publisher = Publisher(
         factory, etcd.prefix, settings, Stats(), remove_earlier_run=False, end_when_revoked=True
     )
@@ -157,7 +157,7 @@ def deregister(
     fqdn = absolute_name(name, config.server.zones)
     base = name_to_key(fqdn, config.etcd.prefix) + "/"
     wanted = f"-r{digest(fqdn, ipaddress.ip_address(address).compressed)}" if address else ""
-    client = (client_factory or (lambda: make_client(config.etcd)))()
+    client = (client_factory or (lambda: make_client(config.etcd.connection())))()
     try:
         keys: list[bytes] = []
         leases: set[int] = set()

@@ -9,6 +9,7 @@ from conftest import eventually
 
 from dnsd.cli import main
 from dnsd.config import ConfigError, load
+from dnsd.daemon import static_settings
 from dnsd.records import MxValue, Record, RecordStore, SrvValue
 from dnsd.sources.static import Names, admission, config_records, parse_hosts
 
@@ -98,7 +99,7 @@ def test_static_names_outside_the_zones_need_the_opt_in(
 
 def test_opted_in_outside_names_get_no_automatic_ptr() -> None:
     config = load(environ={"DNSD_STATIC_OUTSIDE_ZONES": "true"})
-    store = RecordStore(admission(config))
+    store = RecordStore(admission(static_settings(config)))
     store.replace_owner("static", "config", [Record("www.example.com.", "A", "6.6.6.6", 5)])
     store.replace_owner("static", "hosts", [Record("web.docker.", "A", "10.0.0.1", 5)])
     assert store.lookup("www.example.com.", "A")

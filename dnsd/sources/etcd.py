@@ -20,12 +20,10 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from dnsd.config import EtcdConfig
 from dnsd.heap import Settler
 from dnsd.logs import event
 from dnsd.records import RecordStore
 from dnsd.sources.errors import explain
-from dnsd.sources.etcd_client import make_client
 from dnsd.sources.etcd_mirror import SOURCE, Change, Mirror
 from dnsd.sources.lifecycle import Backoff, LoopHand, SourceHealth, Threads
 from dnsd.sources.skydns import key_to_name
@@ -52,16 +50,17 @@ class EtcdSource:
     def __init__(
         self,
         store: RecordStore,
-        settings: EtcdConfig,
+        client_factory: Callable[[], Any],
+        prefix: str,
         zones: list[str],
         ttl: int,
         stats: Stats,
-        client_factory: Callable[[], Any] | None = None,
     ) -> None:
-        self.mirror = Mirror(store, settings.prefix, zones, ttl)
-        self._settings = settings
+        """``client_factory``: a new etcd client (``etcd_client.make_client``)."""
+        self.mirror = Mirror(store, prefix, zones, ttl)
+        self._prefix = prefix
         self._stats = stats
-        self._client_factory = client_factory or (lambda: make_client(settings))
+        self._client_factory = client_factory
         self._threads = Threads()
         self._stopping = self._threads.stopping
         self._hand = LoopHand()
@@ -123,7 +122,7 @@ class EtcdSource:
                     listed = True
                 events: queue.Queue[Any] = queue.Queue()
                 watch_id = client.add_watch_prefix_callback(
-                    self._settings.prefix, events.put, start_revision=self.revision + 1
+                    self._prefix, events.put, start_revision=self.revision + 1
                 )
                 endpoint = getattr(client, "endpoint_in_use", None)
                 self._hand(self._set_state, "ok", f"via {getattr(endpoint, 'netloc', '?')}")
@@ -155,9 +154,7 @@ class EtcdSource:
         since a watch resumed at exactly the compaction revision is accepted but silently
         misses a delete whose tombstone the compaction removed."""
         try:
-            client.get_prefix_response(
-                self._settings.prefix, revision=self.revision, count_only=True
-            )
+            client.get_prefix_response(self._prefix, revision=self.revision, count_only=True)
         except Exception as exc:
             if "compacted" in str(exc):
                 return False
@@ -168,7 +165,7 @@ class EtcdSource:
         """Reads the prefix in pages, all at the first page's revision, so no reply nears
         gRPC's message limit whatever the prefix holds (a page that still does, with a few
         values of megabytes, is asked again smaller)."""
-        prefix = self._settings.prefix.encode()
+        prefix = self._prefix.encode()
         end = _range_end(prefix)
         start, revision, limit = prefix, 0, PAGE_KEYS
         entries: list[Change] = []
@@ -336,7 +333,7 @@ class EtcdSource:
     def unserved(self) -> Iterator[tuple[str, str, str]]:
         """(name, key, reason) for every key skipped as unservable."""
         for key, why in list(self.mirror.bad_keys.items()):
-            yield key_to_name(key, self._settings.prefix), key, why
+            yield key_to_name(key, self._prefix), key, why
 
     def _set_state(self, state: str, detail: str) -> None:
         """``detail``: for "ok" the member in use, otherwise why not."""
@@ -344,7 +341,7 @@ class EtcdSource:
             if state != self.state or detail != self.via:
                 logger.info(
                     "etcd watching %s from revision %d %s",
-                    self._settings.prefix,
+                    self._prefix,
                     self.revision + 1,
                     detail,
                     extra=event("etcd_watching", SOURCE),

@@ -3,9 +3,21 @@ frozen member.  Shared by the etcd mirror (reader) and the publisher (writer).""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from dnsd.config import EtcdConfig
+
+@dataclass(frozen=True)
+class EtcdConnection:
+    """Where etcd is and how to log in: the ``[etcd]`` section's connection keys."""
+
+    endpoints: list[str]
+    ca: str = ""  # set: TLS
+    cert: str = ""
+    key: str = ""
+    user: str = ""
+    password: str = ""
+
 
 ETCD_TIMEOUT_S = 5
 # A member that stops answering (SIGSTOP, a partition) is noticed by gRPC keepalive pings;
@@ -32,7 +44,7 @@ def _host_port(endpoint: str) -> tuple[str, int]:
     return host, int(port or 2379)
 
 
-def make_client(settings: EtcdConfig) -> Any:
+def make_client(settings: EtcdConnection) -> Any:
     import grpc
     import pyetcd
 

@@ -15,10 +15,11 @@ import logging
 import os
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from dnsd.admission import Admission
-from dnsd.config import Config, ConfigError
+from dnsd.config_error import ConfigError
 from dnsd.heap import Settler
 from dnsd.logs import Throttled, event
 from dnsd.offload import on_daemon_thread
@@ -37,10 +38,25 @@ MAX_LABEL_LEN = 63
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_*")
 
 
-def admission(config: Config) -> Admission:
-    """The store's admission rules for ``config``: static names may leave the zones only when
+@dataclass(frozen=True)
+class StaticSettings:
+    """What the static source reads: the ``[static]`` section, the zones and default TTL
+    (``server.*``) and the config file it watches."""
+
+    zones: list[str]
+    ttl: int
+    records: list[dict[str, Any]]
+    hosts: list[str]
+    watch_interval: float
+    outside_zones: bool
+    max_hosts_bytes: int
+    path: str | None  # the config file (watched; error lines point into it)
+
+
+def admission(settings: StaticSettings) -> Admission:
+    """The store's admission rules: static names may leave the zones only when
     ``static.outside_zones`` says so."""
-    return Admission(config.server.zones, (SOURCE,) if config.static.outside_zones else ())
+    return Admission(settings.zones, (SOURCE,) if settings.outside_zones else ())
 
 
 class Names:
@@ -213,14 +229,16 @@ class StaticSource:
     def __init__(
         self,
         store: RecordStore,
-        load_config: Callable[[], Config],
-        config: Config,
+        load_settings: Callable[[], StaticSettings],
+        settings: StaticSettings,
         stats: Stats | None = None,
     ) -> None:
+        """``load_settings`` re-reads the settings (the config file) on a reload; raises
+        ConfigError."""
         self._stats = stats or Stats()
         self._store = store
-        self._load_config = load_config
-        self._config = config
+        self._load_settings = load_settings
+        self._settings = settings
         self._stamps: dict[str, tuple[int, int, int] | None] = {}
         # Big hosts files: the loaded records leave the collector's view (dnsd.heap), so a
         # later full collection does not walk them while the event loop waits.
@@ -231,19 +249,19 @@ class StaticSource:
         self.bad_lines = 0  # hosts-file lines skipped by the last build
         self.bad_examples: list[str] = []  # the first of them, file:line and why
 
-    def build(self, config: Config) -> dict[str, list[Record]]:
-        """Every owner's records for ``config`` (raises ConfigError if the records are bad)."""
-        names = Names(config.server.zones)
-        ttl = config.server.ttl
-        rules = admission(config)
+    def build(self, settings: StaticSettings) -> dict[str, list[Record]]:
+        """Every owner's records (raises ConfigError if the records are bad)."""
+        names = Names(settings.zones)
+        ttl = settings.ttl
+        rules = admission(settings)
         self.bad_lines = 0
         self.bad_examples = []
         try:
-            owners = {"config": config_records(config.static.records, names, ttl, rules)}
+            owners = {"config": config_records(settings.records, names, ttl, rules)}
         except ConfigError as exc:
-            raise ConfigError(_located(config.path, str(exc))) from None
-        limit = config.static.max_hosts_bytes
-        for path in config.static.hosts:
+            raise ConfigError(_located(settings.path, str(exc))) from None
+        limit = settings.max_hosts_bytes
+        for path in settings.hosts:
             try:
                 with open(path, encoding="utf-8", errors="replace") as handle:
                     size = os.fstat(handle.fileno()).st_size
@@ -287,8 +305,8 @@ class StaticSource:
 
     def load(self) -> int:
         """First load: errors propagate (the daemon refuses to start on a bad config)."""
-        owners = self.build(self._config)
-        self._apply(self._config, owners)
+        owners = self.build(self._settings)
+        self._apply(self._settings, owners)
         return sum(len(r) for r in owners.values())
 
     def request_reload(self) -> None:
@@ -314,8 +332,8 @@ class StaticSource:
 
     async def _reload_once(self) -> bool:
         try:
-            config = await on_daemon_thread(self._load_config, "reload config")
-            owners = await on_daemon_thread(lambda: self.build(config), "parse hosts")
+            settings = await on_daemon_thread(self._load_settings, "reload config")
+            owners = await on_daemon_thread(lambda: self.build(settings), "parse hosts")
         except ConfigError as exc:
             _reloads_logged.error(
                 f"reload failed: {exc}", "reload failed, keeping the last good records: %s", exc
@@ -324,34 +342,36 @@ class StaticSource:
             self._stamps = {path: _stamp(path) for path in self._stamps}
             self._stats.reload_errors += 1
             return False
-        await self._apply_in_slices(config, owners)
+        await self._apply_in_slices(settings, owners)
         _reloads_logged.info(
             "reloaded", "static records reloaded: %d", sum(len(r) for r in owners.values())
         )
         return True
 
-    def _apply(self, config: Config, owners: dict[str, list[Record]]) -> None:
+    def _apply(self, settings: StaticSettings, owners: dict[str, list[Record]]) -> None:
         """The first load: before dnsd serves, so in one go."""
-        self._adopt(config)
+        self._adopt(settings)
         self._store.replace_source(SOURCE, owners)
         self._heap.changed(sum(len(records) for records in owners.values()))
 
-    async def _apply_in_slices(self, config: Config, owners: dict[str, list[Record]]) -> None:
+    async def _apply_in_slices(
+        self, settings: StaticSettings, owners: dict[str, list[Record]]
+    ) -> None:
         """A reload, while dnsd serves: the store changes a slice at a time (200,000 names are
         about 2 s of work), the loop answering queries between slices."""
-        self._adopt(config)
+        self._adopt(settings)
         steps = self._store.replace_source_steps(SOURCE, owners)
         await run_in_slices(steps, self._store.publish_partial)
         self._heap.changed(sum(len(records) for records in owners.values()))
 
-    def _adopt(self, config: Config) -> None:
-        self._config = config
+    def _adopt(self, settings: StaticSettings) -> None:
+        self._settings = settings
         self._stamps = {path: _stamp(path) for path in self._watched()}
 
     def _watched(self) -> list[str]:
-        paths = list(self._config.static.hosts)
-        if self._config.path:
-            paths.append(self._config.path)
+        paths = list(self._settings.hosts)
+        if self._settings.path:
+            paths.append(self._settings.path)
         return paths
 
     def changed(self) -> bool:
@@ -360,7 +380,7 @@ class StaticSource:
     async def watch(self) -> None:
         """Poll the watched files; reload when one changes (until cancelled)."""
         while True:
-            interval = self._config.static.watch_interval
+            interval = self._settings.watch_interval
             await asyncio.sleep(interval if interval > 0 else 3600)
             if interval > 0 and self.changed():
                 logger.info("a watched file changed, reloading")
