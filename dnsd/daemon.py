@@ -31,7 +31,7 @@ from dnsd.resolve.forward import (
     parse_upstreams,
     resolv_conf_upstreams,
 )
-from dnsd.resolve.local import LocalZone, no_wildcards
+from dnsd.resolve.local import LocalZone
 from dnsd.resolve.loop_detector import LoopDetector
 from dnsd.resolve.rebind import RebindGuard
 from dnsd.sources.docker import DockerSettings, DockerSource
@@ -53,7 +53,6 @@ logger = logging.getLogger(__name__)
 _reloads_logged = Throttled(logger, interval_s=10.0)
 
 DRAIN_TIMEOUT_S = 1.0
-JOIN_TIMEOUT_S = 0.2  # per source, for its threads to finish once told to stop
 # SIGTERM to exit, whatever dnsd is doing (dnsd.shutdown): the orderly stop (withdraw this
 # node's etcd keys, drain answers in flight) takes at most about 2 x DRAIN_TIMEOUT_S.
 SHUTDOWN_DEADLINE_S = 3.0
@@ -128,7 +127,6 @@ class Daemon:
             self.store,
             server.zones,
             negative_ttl=server.negative_ttl,
-            wildcards=self.etcd.mirror.wildcard if self.etcd is not None else no_wildcards,
         )
         forward = self._forwarding()
         budget = UpstreamBudget(
@@ -207,17 +205,12 @@ class Daemon:
             lambda: answer_cache.hits, self.udp, self.stats.durations[("udp", "cache")]
         )
         collector.before_collect = hit_timer.account
-        self._tasks.append(asyncio.create_task(self.static.watch()))
         if loop_detector is not None and self.forwarder is not None:  # listeners are up: probe now
             self._tasks.append(
                 asyncio.create_task(loop_detector.probe(list(self.forwarder.upstreams)))
             )
-        if self.docker is not None:
-            self._tasks.append(asyncio.create_task(self.docker.run()))
-        if self.etcd is not None:
-            self._tasks.append(asyncio.create_task(self.etcd.run()))
-        if self.publisher is not None:
-            self.publisher.start()
+        for source in self.sources:
+            self._tasks.append(asyncio.create_task(source.run(), name=f"source {source.name}"))
 
     def _forwarding(self) -> ForwardCache | None:
         forward = self.config.forward
@@ -302,21 +295,20 @@ class Daemon:
             udp.stop_reading()
         for source in self.sources:
             source.stop()
-        if self.publisher is not None:  # its thread withdraws this node's keys on the way out
-            await asyncio.to_thread(self.publisher.join, DRAIN_TIMEOUT_S)
         for task in self._tasks:
             task.cancel()
+        # Threads still blocked in I/O after their source's stop_timeout_s are daemon
+        # threads: left behind.  The publisher's withdraws this node's keys meanwhile.
         await asyncio.gather(
             *(udp.drain(DRAIN_TIMEOUT_S) for udp in self.udp),
             *(tcp.close(DRAIN_TIMEOUT_S) for tcp in self.tcp),
+            *(asyncio.to_thread(s.join, s.stop_timeout_s) for s in self.sources),
         )
         if self.http is not None:
             await self.http.stop()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for source in self.sources:  # threads blocked in I/O are daemon threads: left behind
-            await asyncio.to_thread(source.join, JOIN_TIMEOUT_S)
         logger.info("stopped", extra=event("stopped"))
 
 

@@ -302,6 +302,7 @@ class RecordStore:
         self._reverse: Bag[str] = {}  # automatic PTR name -> the names of its address
         self._listeners: list[Callable[[set[str]], None]] = []
         self._touched: set[str] = set()  # names whose records changed in this change
+        self._patterns: list[Callable[[str, str], list[Record]]] = []
         self.generation = 0
 
     # --- reading -------------------------------------------------------------------------
@@ -351,6 +352,20 @@ class RecordStore:
         for (source, owner), records in list(self._rejected.items()):
             for record, why in list(records.items()):
                 yield Rejected(record, source, owner, why)
+
+    def matching(self, pattern: str, rtype: str) -> list[Record]:
+        """Records of type ``rtype`` whose names match a SkyDNS wildcard pattern
+        (``*.web.docker.``, ``prod.any.docker.``: ``*``/``any`` is any one label), from the
+        sources that answer such patterns (``serve_patterns``; only etcd names do)."""
+        for patterns in self._patterns:
+            found = patterns(pattern, rtype)
+            if found:
+                return found
+        return []
+
+    def serve_patterns(self, patterns: Callable[[str, str], list[Record]]) -> None:
+        """A source's own wildcard-pattern walk over the names it holds (``matching``)."""
+        self._patterns.append(patterns)
 
     def subscribe(self, listener: Callable[[set[str]], None]) -> None:
         """``listener(names)`` after every change, with every name whose answers may differ."""

@@ -69,16 +69,8 @@ def to_rr(record: Record, qname: str | None = None) -> RR:
     return RR(label_of(qname or record.name), rtype, ttl=record.ttl, rdata=_rdata(record))
 
 
-# Records matching a wildcard pattern (``*.web.docker.``, ``prod.any.docker.``) of one type.
-Wildcards = Callable[[str, str], list[Record]]
-
-
 def _is_wildcard(name: str) -> bool:
     return any(label in WILDCARD_LABELS for label in name.split("."))
-
-
-def no_wildcards(_pattern: str, _rtype: str) -> list[Record]:
-    return []
 
 
 def nearest(records: list[Record], client_ip: str) -> list[Record]:
@@ -118,10 +110,8 @@ class LocalZone:
         negative_ttl: int = 5,
         soa_ttl: int = 60,
         wall_clock: Callable[[], float] = time.time,
-        wildcards: Wildcards = no_wildcards,
     ) -> None:
         self._store = store
-        self._wildcards = wildcards  # the etcd mirror's: SkyDNS wildcards cover etcd names only
         # Longest zone first, so ``a.b.docker.`` matches ``b.docker.`` before ``docker.``.
         self.zones = sorted(zones, key=len, reverse=True)
         self._negative_ttl = negative_ttl
@@ -184,7 +174,7 @@ class LocalZone:
         records = held or self._store.lookup(holder or self._holder(ask, name), rtype)
         if not records and _is_wildcard(name):
             ask.depends.add(wildcard_parts(name)[1])  # any change in that subtree
-            records = self._wildcards(name, rtype)
+            records = self._store.matching(name, rtype)
         # Only addresses on two or more networks make the answer depend on the asker (an etcd
         # copy of a local address, with no network, is the same address: it does not count).
         if rtype in _ADDRESS_TYPES:

@@ -35,7 +35,15 @@ from dnsd.sources.docker_names import (
     list_fingerprint,
 )
 from dnsd.sources.errors import reason
-from dnsd.sources.lifecycle import ABSENT, DOWN, Backoff, LoopHand, SourceHealth, Threads
+from dnsd.sources.lifecycle import (
+    ABSENT,
+    DOWN,
+    JOIN_TIMEOUT_S,
+    Backoff,
+    LoopHand,
+    SourceHealth,
+    Threads,
+)
 from dnsd.stats import Stats
 
 logger = logging.getLogger(__name__)
@@ -109,6 +117,7 @@ def make_client_factory(settings: DockerSettings) -> Callable[[], Any]:
 
 class DockerSource:
     name = SOURCE
+    stop_timeout_s = JOIN_TIMEOUT_S
 
     def __init__(
         self,

@@ -25,7 +25,7 @@ from dnsd.logs import event
 from dnsd.records import RecordStore
 from dnsd.sources.errors import explain
 from dnsd.sources.etcd_mirror import SOURCE, Change, Mirror
-from dnsd.sources.lifecycle import Backoff, LoopHand, SourceHealth, Threads
+from dnsd.sources.lifecycle import JOIN_TIMEOUT_S, Backoff, LoopHand, SourceHealth, Threads
 from dnsd.sources.skydns import key_to_name
 from dnsd.stats import Stats
 
@@ -46,6 +46,7 @@ class EtcdSource:
     UDP listener threads' misses) are answered between slices."""
 
     name = SOURCE
+    stop_timeout_s = JOIN_TIMEOUT_S
 
     def __init__(
         self,
@@ -58,6 +59,7 @@ class EtcdSource:
     ) -> None:
         """``client_factory``: a new etcd client (``etcd_client.make_client``)."""
         self.mirror = Mirror(store, prefix, zones, ttl)
+        store.serve_patterns(self.mirror.wildcard)  # SkyDNS wildcards cover etcd names only
         self._prefix = prefix
         self._stats = stats
         self._client_factory = client_factory

@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 TXN_OPS = 100  # etcd allows 128 operations per transaction by default
 RETRY_S = 1.0
+WITHDRAW_TIMEOUT_S = 1.0  # for the lease revocation on a clean stop
 # A lease found gone this long before it could have expired was revoked by someone (etcd's
 # expiry and ours differ by a round trip).
 REVOKED_MARGIN_S = 1.0
@@ -119,6 +120,7 @@ def desired_keys(
 
 class Publisher:
     name = "etcd-publish"
+    stop_timeout_s = WITHDRAW_TIMEOUT_S  # its thread withdraws this node's keys on the way out
 
     def __init__(
         self,
@@ -164,6 +166,10 @@ class Publisher:
 
     def start(self) -> None:
         self._threads.start(self._run, "etcd-publish")
+
+    async def run(self) -> None:
+        """The daemon's way to start it: the thread, then nothing to do on the loop."""
+        self.start()
 
     def stop(self) -> None:
         """Stop; the thread then withdraws this node's keys (revokes the lease): ``join``."""

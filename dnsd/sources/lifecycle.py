@@ -37,13 +37,23 @@ class SourceHealth:
 
 
 class Source(Protocol):
+    """A writer of the record store, as the daemon runs every one of them: ``run`` on the
+    event loop until cancelled (starting any threads), ``health`` for /ready, ``stop`` to
+    tell its threads to end, ``join`` to wait for them at most ``stop_timeout_s``."""
+
     name: str
+    stop_timeout_s: float
+
+    async def run(self) -> None: ...
 
     def health(self) -> SourceHealth: ...
 
     def stop(self) -> None: ...
 
     def join(self, timeout_s: float) -> None: ...
+
+
+JOIN_TIMEOUT_S = 0.2  # for a source's threads to finish once told to stop (then left behind)
 
 
 class Backoff:

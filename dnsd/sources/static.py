@@ -25,7 +25,7 @@ from dnsd.logs import Throttled, event
 from dnsd.offload import on_daemon_thread
 from dnsd.records import MxValue, Record, RecordStore, SrvValue, Value
 from dnsd.slices import run_in_slices
-from dnsd.sources.lifecycle import OK, SourceHealth
+from dnsd.sources.lifecycle import JOIN_TIMEOUT_S, OK, SourceHealth
 from dnsd.stats import Stats
 
 logger = logging.getLogger(__name__)
@@ -225,6 +225,7 @@ def parse_hosts(
 
 class StaticSource:
     name = SOURCE
+    stop_timeout_s = JOIN_TIMEOUT_S
 
     def __init__(
         self,
@@ -298,7 +299,7 @@ class StaticSource:
         return SourceHealth(OK, "", True, {"records": self._store.count(SOURCE)})
 
     def stop(self) -> None:
-        """Nothing to stop: the file watch is a task the daemon cancels."""
+        """Nothing to stop: the file watch is ``run``, which the daemon cancels."""
 
     def join(self, timeout_s: float) -> None:
         """No threads."""
@@ -377,7 +378,7 @@ class StaticSource:
     def changed(self) -> bool:
         return any(_stamp(path) != stamp for path, stamp in self._stamps.items())
 
-    async def watch(self) -> None:
+    async def run(self) -> None:
         """Poll the watched files; reload when one changes (until cancelled)."""
         while True:
             interval = self._settings.watch_interval
