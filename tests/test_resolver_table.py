@@ -9,15 +9,10 @@ from collections.abc import Awaitable
 import pytest
 from dnslib import QTYPE, RR, SOA, A
 
+from dnsd.protocol import RCODE_NOERROR, RCODE_NXDOMAIN, RCODE_REFUSED, RCODE_SERVFAIL
 from dnsd.records import MxValue, Record, RecordStore, SrvValue
 from dnsd.resolve.acl import Acl
-from dnsd.resolve.answer import (
-    RCODE_NOERROR,
-    RCODE_NXDOMAIN,
-    RCODE_REFUSED,
-    RCODE_SERVFAIL,
-    Answer,
-)
+from dnsd.resolve.answer import Answer
 from dnsd.resolve.cache import ForwardCache
 from dnsd.resolve.chain import ResolverChain
 from dnsd.resolve.local import LocalZone

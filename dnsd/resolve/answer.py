@@ -13,14 +13,6 @@ from typing import Any
 RR = Any  # dnslib.RR: dnslib has no type hints
 FOREVER = math.inf
 
-# Response codes (RFC 1035 4.1.1): the resolver decides them, the wire layer only packs them.
-RCODE_NOERROR = 0
-RCODE_FORMERR = 1
-RCODE_SERVFAIL = 2
-RCODE_NXDOMAIN = 3
-RCODE_NOTIMP = 4
-RCODE_REFUSED = 5
-
 
 @dataclass(slots=True)
 class Answer:

@@ -21,7 +21,8 @@ from typing import Protocol
 from cachetools import TLRUCache
 from dnslib import QTYPE, RR
 
-from dnsd.resolve.answer import RCODE_NOERROR, RCODE_NXDOMAIN, Answer
+from dnsd.protocol import RCODE_NOERROR, RCODE_NXDOMAIN
+from dnsd.resolve.answer import Answer
 from dnsd.stats import Stats
 
 logger = logging.getLogger(__name__)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 
+from dnsd.protocol import RCODE_REFUSED, RCODE_SERVFAIL
 from dnsd.resolve.acl import Acl
-from dnsd.resolve.answer import RCODE_REFUSED, RCODE_SERVFAIL, Answer
+from dnsd.resolve.answer import Answer
 from dnsd.resolve.budget import DEFAULT_MAX_PENDING, UpstreamBudget
 from dnsd.resolve.cache import ForwardCache
 from dnsd.resolve.local import LocalZone

@@ -34,7 +34,8 @@ from dnslib import EDNS0, QTYPE, RCODE, DNSHeader, DNSQuestion, DNSRecord
 from dnsd.hostport import parse_hostport
 from dnsd.logs import Throttled
 from dnsd.names import label_of, text_of
-from dnsd.resolve.answer import RCODE_REFUSED, RCODE_SERVFAIL, Answer
+from dnsd.protocol import RCODE_REFUSED, RCODE_SERVFAIL
+from dnsd.resolve.answer import Answer
 from dnsd.resolve.rebind import RebindGuard
 from dnsd.stats import Stats
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from dnslib import AAAA, CNAME, MX, NS, PTR, QTYPE, RD, RR, SOA, SRV, TXT, A
 
 from dnsd.names import label_of
+from dnsd.protocol import QTYPE_ANY, RCODE_NOERROR, RCODE_NXDOMAIN
 from dnsd.records import (
     WILDCARD_LABELS,
     MxValue,
@@ -26,13 +27,12 @@ from dnsd.records import (
     srv_weights,
     wildcard_parts,
 )
-from dnsd.resolve.answer import FOREVER, RCODE_NOERROR, RCODE_NXDOMAIN, Answer
+from dnsd.resolve.answer import FOREVER, Answer
 from dnsd.resolve.scopes import inside
 
 logger = logging.getLogger(__name__)
 
 MAX_CNAME_CHAIN = 8
-QTYPE_ANY = 255
 _ADDRESS_TYPES = ("A", "AAAA")
 # RFC 8482: a minimal answer to ANY is one synthesized HINFO record.
 _RFC8482_HINFO = RD(b"\x07RFC8482\x00")

@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from dnsd.protocol import MAX_LABEL_BYTES
 from dnsd.records import Record, SrvValue
 from dnsd.resolve.scopes import scope_of
 
 LABEL_PREFIX = "dnsd."
 DEFAULT_PRIORITY = 10
 DEFAULT_WEIGHT = 10
-MAX_LABEL_LEN = 63
 
 # Port -> SRV service name (IANA service names) for the ports containers commonly expose.
 WELL_KNOWN_PORTS = {
@@ -95,7 +95,7 @@ class Built:
 def dns_label(text: str) -> str:
     """A DNS-safe label: lower case, runs of other characters become '-', at most 63."""
     label = _INVALID.sub("-", text.strip().lower()).strip("-")
-    return label[:MAX_LABEL_LEN].rstrip("-")
+    return label[:MAX_LABEL_BYTES].rstrip("-")
 
 
 def dns_name(text: str) -> str:

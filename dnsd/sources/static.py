@@ -23,6 +23,7 @@ from dnsd.config_error import ConfigError
 from dnsd.heap import Settler
 from dnsd.logs import Throttled, event
 from dnsd.offload import on_daemon_thread
+from dnsd.protocol import MAX_LABEL_BYTES, MAX_NAME_TEXT_LEN
 from dnsd.records import MxValue, Record, RecordStore, SrvValue, Value
 from dnsd.slices import run_in_slices
 from dnsd.sources.lifecycle import JOIN_TIMEOUT_S, OK, SourceHealth
@@ -31,10 +32,8 @@ from dnsd.stats import Stats
 logger = logging.getLogger(__name__)
 
 SOURCE = "static"
-MAX_NAME_LEN = 253
 _reloads_logged = Throttled(logger, interval_s=10.0)  # per kind: a SIGHUP storm, a bad file
 MAX_BAD_LINES_KEPT = 100  # bad hosts lines remembered with their reason; the rest counted
-MAX_LABEL_LEN = 63
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_*")
 
 
@@ -82,10 +81,10 @@ class Names:
 
     @staticmethod
     def _check(name: str, owner: bool) -> None:
-        if len(name) > MAX_NAME_LEN + 1:
+        if len(name) > MAX_NAME_TEXT_LEN + 1:
             raise ValueError(f"name too long: {name!r}")
         for index, label in enumerate(name[:-1].split(".")):
-            if not label or len(label) > MAX_LABEL_LEN or not set(label) <= _NAME_CHARS:
+            if not label or len(label) > MAX_LABEL_BYTES or not set(label) <= _NAME_CHARS:
                 raise ValueError(f"not a valid DNS name: {name!r}")
             if "*" in label and not (owner and index == 0 and label == "*"):
                 raise ValueError(

@@ -34,11 +34,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Concatenate, ParamSpec, TypeVar
 
+from dnsd.protocol import CLASSIC_UDP_SIZE, HEADER_LEN
 from dnsd.resolve.scopes import scope_key
 from dnsd.wire.codec import (
-    CLASSIC_UDP_SIZE,
     DEFAULT_MAX_UDP_SIZE,
-    HEADER_LEN,
     OPT_FIXED_BYTES,
     plain_shape,
     question_end,

@@ -12,19 +12,11 @@ from __future__ import annotations
 
 import struct
 
-HEADER_LEN = 12
-CLASSIC_UDP_SIZE = 512  # a reply to a query without EDNS fits this (RFC 1035)
+from dnsd.protocol import FLAG_QR, FLAG_RD, HEADER_LEN, MAX_NAME_WIRE_BYTES, OPCODE_MASK
+
 DEFAULT_MAX_UDP_SIZE = 1232  # the largest UDP reply dnsd sends by default (DNS flag day 2020)
-MAX_NAME_WIRE_LEN = 255
 
 _HEADER = struct.Struct("!HHHHHH")
-# Header flag bits (RFC 1035 4.1.1), as a 16-bit word.
-FLAG_QR = 0x8000
-FLAG_AA = 0x0400
-FLAG_TC = 0x0200
-FLAG_RD = 0x0100
-FLAG_RA = 0x0080
-_OPCODE_MASK = 0x7800
 
 
 def question_end(data: bytes) -> int:
@@ -38,7 +30,7 @@ def question_end(data: bytes) -> int:
         length = data[pos]
         if length == 0:
             end = pos + 5
-            return end if end <= size and end - HEADER_LEN <= MAX_NAME_WIRE_LEN + 4 else -1
+            return end if end <= size and end - HEADER_LEN <= MAX_NAME_WIRE_BYTES + 4 else -1
         if length > 63:
             return -1
         pos += length + 1
@@ -54,7 +46,7 @@ def error_response(data: bytes, rcode: int, echo_question: bool = False) -> byte
     if len(data) < HEADER_LEN:
         return None
     ident, flags, _, _, _, _ = _HEADER.unpack_from(data)
-    reply_flags = FLAG_QR | (flags & (_OPCODE_MASK | FLAG_RD)) | (rcode & 0x0F)
+    reply_flags = FLAG_QR | (flags & (OPCODE_MASK | FLAG_RD)) | (rcode & 0x0F)
     question = b""
     if echo_question:
         end = question_end(data)

@@ -20,32 +20,32 @@ from dnslib.label import DNSBuffer
 
 from dnsd.logs import Throttled
 from dnsd.names import text_of
-from dnsd.resolve.answer import RCODE_FORMERR, RCODE_NOTIMP, RCODE_SERVFAIL, Answer
-from dnsd.resolve.chain import ResolverChain
-from dnsd.stats import Stats
-from dnsd.wire.answer_cache import FORWARDED_REFRESH_S, AnswerCache
-from dnsd.wire.codec import (
+from dnsd.protocol import (
     CLASSIC_UDP_SIZE,
-    DEFAULT_MAX_UDP_SIZE,
+    EDNS_BADVERS,
     FLAG_AA,
     FLAG_QR,
     FLAG_RA,
     FLAG_RD,
     FLAG_TC,
     HEADER_LEN,
-    error_response,
-    plain_shape,
-    question_end,
+    MAX_TCP_SIZE,
+    RCODE_FORMERR,
+    RCODE_NOTIMP,
+    RCODE_SERVFAIL,
 )
+from dnsd.resolve.answer import Answer
+from dnsd.resolve.chain import ResolverChain
+from dnsd.stats import Stats
+from dnsd.wire.answer_cache import FORWARDED_REFRESH_S, AnswerCache
+from dnsd.wire.codec import DEFAULT_MAX_UDP_SIZE, error_response, plain_shape, question_end
 from dnsd.wire.query_log import QueryLog
 from dnsd.wire.screen import PASS, screened
 
 logger = logging.getLogger(__name__)
 throttled = Throttled(logger)
 
-MAX_TCP_SIZE = 65535
 MAX_ROTATIONS = 8
-EDNS_BADVERS = 16
 
 # Question types that can never be asked (RFC 6895: meta types) and ones dnsd does not serve.
 MALFORMED_QTYPES = frozenset({0, 41, 250})  # qtype 0, OPT, TSIG

@@ -16,8 +16,8 @@ from collections.abc import Callable
 
 from dnslib import QTYPE, RCODE
 
+from dnsd.protocol import HEADER_LEN
 from dnsd.stats import Stats
-from dnsd.wire.codec import HEADER_LEN
 
 logger = logging.getLogger("dnsd.queries")
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Final
 
-from dnsd.resolve.answer import RCODE_FORMERR, RCODE_NOTIMP
+from dnsd.protocol import HEADER_LEN, RCODE_FORMERR, RCODE_NOTIMP
 from dnsd.stats import Stats
-from dnsd.wire.codec import HEADER_LEN, error_response, question_end
+from dnsd.wire.codec import error_response, question_end
 
 PASS: Final = b""  # a question for the resolver (an empty reply is never sent)
 

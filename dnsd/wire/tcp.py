@@ -17,7 +17,7 @@ import socket
 import struct
 
 from dnsd.logs import Throttled
-from dnsd.resolve.answer import RCODE_SERVFAIL
+from dnsd.protocol import RCODE_SERVFAIL
 from dnsd.stats import Stats
 from dnsd.wire.codec import error_response
 from dnsd.wire.query import QueryHandler

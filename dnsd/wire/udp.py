@@ -32,10 +32,10 @@ from collections.abc import Callable, Iterable
 from functools import partial
 
 from dnsd.logs import Throttled
-from dnsd.resolve.answer import RCODE_NOERROR, RCODE_SERVFAIL
+from dnsd.protocol import HEADER_LEN, RCODE_NOERROR, RCODE_SERVFAIL
 from dnsd.stats import Durations, Stats
 from dnsd.wire.answer_cache import AnswerCache
-from dnsd.wire.codec import HEADER_LEN, OPT_FIXED_BYTES, error_response, truncated
+from dnsd.wire.codec import OPT_FIXED_BYTES, error_response, truncated
 from dnsd.wire.fair_queue import FairQueue
 from dnsd.wire.miss_rate import MISSES_PER_CLIENT_PER_SECOND, TOO_MANY_MISSES, MissRate
 from dnsd.wire.query import QueryHandler

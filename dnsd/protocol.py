@@ -1,0 +1,30 @@
+"""DNS protocol constants, written once: response codes, header flags, sizes and name limits
+(RFC 1035, RFC 6891).  A leaf: every layer may read it."""
+
+# Response codes (RFC 1035 4.1.1; BADVERS is EDNS's extended code, RFC 6891): the resolver
+# decides them, the wire layer only packs them.
+RCODE_NOERROR = 0
+RCODE_FORMERR = 1
+RCODE_SERVFAIL = 2
+RCODE_NXDOMAIN = 3
+RCODE_NOTIMP = 4
+RCODE_REFUSED = 5
+EDNS_BADVERS = 16
+
+# Header flag bits (RFC 1035 4.1.1), as a 16-bit word.
+FLAG_QR = 0x8000
+FLAG_AA = 0x0400
+FLAG_TC = 0x0200
+FLAG_RD = 0x0100
+FLAG_RA = 0x0080
+OPCODE_MASK = 0x7800
+
+QTYPE_ANY = 255
+
+HEADER_LEN = 12
+CLASSIC_UDP_SIZE = 512  # a reply to a query without EDNS fits this (RFC 1035)
+MAX_TCP_SIZE = 65535  # a TCP message's two-byte length
+
+MAX_LABEL_BYTES = 63
+MAX_NAME_WIRE_BYTES = 255  # on the wire: length bytes and the root label included
+MAX_NAME_TEXT_LEN = 253  # the same limit in presentation form, without the trailing dot
