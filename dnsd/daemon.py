@@ -35,7 +35,7 @@ from dnsd.resolve.local import LocalZone
 from dnsd.resolve.loop_detector import LoopDetector
 from dnsd.resolve.rebind import RebindGuard
 from dnsd.sources.docker import DockerSettings, DockerSource
-from dnsd.sources.docker_names import Naming
+from dnsd.sources.docker_names import DockerNaming
 from dnsd.sources.etcd import EtcdSource
 from dnsd.sources.etcd_client import make_client
 from dnsd.sources.etcd_publish import Publisher, PublishSettings
@@ -320,9 +320,9 @@ def static_settings(config: Config) -> StaticSettings:
     )  # fmt: skip
 
 
-def _naming(config: Config) -> Naming:
+def _naming(config: Config) -> DockerNaming:
     docker = config.docker
-    return Naming(docker.zone, config.server.ttl, docker.serve_starting, docker.image_names)
+    return DockerNaming(docker.zone, config.server.ttl, docker.serve_starting, docker.image_names)
 
 
 def _docker_settings(config: Config) -> DockerSettings:

@@ -15,7 +15,7 @@ from dnsd.records import SrvValue
 from dnsd.sources.docker import docker_reason
 from dnsd.sources.docker_claims import NameClaims, claims_of
 from dnsd.sources.docker_names import (
-    Naming,
+    DockerNaming,
     attrs_from_list,
     container_records,
     dns_label,
@@ -25,8 +25,8 @@ from dnsd.sources.docker_names import (
 )
 
 
-def names_of(attrs: dict[str, Any], naming: Naming | None = None) -> dict[str, set[str]]:
-    built = container_records(attrs, naming or Naming())
+def names_of(attrs: dict[str, Any], naming: DockerNaming | None = None) -> dict[str, set[str]]:
+    built = container_records(attrs, naming or DockerNaming())
     found: dict[str, set[str]] = {}
     for record in built.records:
         found.setdefault(record.name, set()).add(str(record.value))
@@ -56,7 +56,7 @@ def test_dns_labels() -> None:
 def test_state_and_health(state: dict[str, Any], health: str | None, withheld: str | None) -> None:
     attrs = container("a" * 64, "web", "172.17.0.2")
     attrs["State"] = dict(state, Health={"Status": health} if health else None)
-    built = container_records(attrs, Naming())
+    built = container_records(attrs, DockerNaming())
     assert built.withheld == withheld
     assert bool(built.records) == (withheld is None)
 
@@ -64,12 +64,14 @@ def test_state_and_health(state: dict[str, Any], health: str | None, withheld: s
 def test_starting_can_be_withheld() -> None:
     attrs = container("a" * 64, "web", "172.17.0.2")
     attrs["State"]["Health"] = {"Status": "starting"}
-    assert container_records(attrs, Naming(serve_starting=False)).withheld == "health starting"
+    assert (
+        container_records(attrs, DockerNaming(serve_starting=False)).withheld == "health starting"
+    )
 
 
 def test_names_ptr_flags_and_scopes() -> None:
     attrs = container("b" * 64, "web", "172.17.0.2", labels={"dnsd.name": "api"})
-    built = container_records(attrs, Naming(zone="docker."))
+    built = container_records(attrs, DockerNaming(zone="docker."))
     by_name = {(r.name, r.reverse, r.scope) for r in built.records if r.rtype == "A"}
     assert ("web.docker.", True, "172.17.0.0/16") in by_name
     assert ("api.docker.", False, "172.17.0.0/16") in by_name
@@ -100,7 +102,7 @@ def test_hostile_inspect_data_never_raises() -> None:
          "NetworkSettings": {"Networks": {"n": {"IPAddress": "10.0.0.1", "IPPrefixLen": 99}}}},
     ]  # fmt: skip
     for attrs in hostile:
-        built = container_records(attrs, Naming())
+        built = container_records(attrs, DockerNaming())
         assert isinstance(built.records, list)
     assert list_fingerprint({}) == list_fingerprint({"Names": None})
 
@@ -114,10 +116,12 @@ def test_a_bad_gateway_costs_only_the_gateway_rule(gateway: object) -> None:
     network = {"IPAddress": "10.5.0.2", "IPPrefixLen": 16, "Gateway": gateway}
     attrs = {"Name": "/w", "State": {"Running": True},
              "NetworkSettings": {"Networks": {"n": network}}}  # fmt: skip
-    records = [r for r in container_records(attrs, Naming()).records if r.name == "w.docker."]
+    records = [r for r in container_records(attrs, DockerNaming()).records if r.name == "w.docker."]
     assert [(r.value, r.scope) for r in records] == [("10.5.0.2", "10.5.0.0/16")]
     network["Gateway"] = "10.5.0.1"
-    (record,) = [r for r in container_records(attrs, Naming()).records if r.name == "w.docker."]
+    (record,) = [
+        r for r in container_records(attrs, DockerNaming()).records if r.name == "w.docker."
+    ]
     assert record.scope is not None
     assert not inside("10.5.0.1", record.scope) and inside("10.5.0.9", record.scope)
 
@@ -202,7 +206,7 @@ def test_events_for_vanished_containers_and_junk_events(engine: FakeEngine, tmp_
 def built_of(cid: str, name: str, ip: str, created: str, **labels: str) -> Any:
     attrs = container(cid * 8, name, ip, labels=labels)
     attrs["Created"] = created
-    return container_records(attrs, Naming())
+    return container_records(attrs, DockerNaming())
 
 
 def serve_all(builts: dict[str, Any], order: list[str]) -> dict[str, set[str]]:
@@ -263,8 +267,8 @@ def test_records_from_the_list_match_the_inspected_ones() -> None:
     attrs = container("b" * 64, "shop-api-1", "172.18.0.5", labels=labels, ports=("8080/tcp",))
     attrs["NetworkSettings"]["Ports"]["8080/tcp"] = [{"HostIp": "0.0.0.0", "HostPort": "18080"}]
     attrs["State"]["Health"] = {"Status": "healthy"}
-    inspected = container_records(attrs, Naming())
-    listed = container_records(attrs_from_list(FakeEngine.list_entry(attrs)), Naming())
+    inspected = container_records(attrs, DockerNaming())
+    listed = container_records(attrs_from_list(FakeEngine.list_entry(attrs)), DockerNaming())
     assert listed.records == inspected.records and listed.records
     assert listed.published == inspected.published == {(8080, "tcp"): 18080}
     assert listed.health == "healthy" and listed.group == inspected.group == "api.shop"

@@ -253,7 +253,7 @@ def test_forward_cache_is_bounded_in_bytes() -> None:
     class Upstream:
         async def resolve(self, qname: str, qtype: int, qclass: int) -> Answer:
             rr = RR(qname, QTYPE.A, ttl=300, rdata=A("10.0.0.1"))
-            return Answer(0, answer=[[rr]], recursive=True, wire_size=4000)
+            return Answer(0, rrsets=[[rr]], recursive=True, wire_size=4000)
 
     cache = ForwardCache(Upstream(), stats, clock=lambda: now[0], max_bytes=2_000_000)
 

@@ -51,8 +51,8 @@ def _nx(zone: str, ttl: int, minimum: int) -> Answer:
 
 
 UPSTREAM = {
-    "www.example.": Answer(RCODE_NOERROR, answer=[[_a("www.example.", "1.2.3.4", 300)]]),
-    "out.example.": Answer(RCODE_NOERROR, answer=[[_a("out.example.", "5.6.7.8", 60)]]),
+    "www.example.": Answer(RCODE_NOERROR, rrsets=[[_a("www.example.", "1.2.3.4", 300)]]),
+    "out.example.": Answer(RCODE_NOERROR, rrsets=[[_a("out.example.", "5.6.7.8", 60)]]),
     "nx.example.": _nx("example.", 600, 30),
 }
 
@@ -137,7 +137,7 @@ def test_chain(
     chain, _ = _chain()
     got = _run(chain.resolve(qname, getattr(QTYPE, qtype), 1, qname, client))
     assert got.rcode == rcode
-    rrs = [rr for rrset in got.answer for rr in rrset]
+    rrs = [rr for rrset in got.rrsets for rr in rrset]
     if answer == ["SOA"]:
         assert [QTYPE[rr.rtype] for rr in rrs] == ["SOA"]
     else:
@@ -178,7 +178,7 @@ def test_forward_cache_lifetimes(
     hit = cache.get((qname, 1, 1))
     assert (hit is not None) == cached
     if hit is not None and ttl_left is not None:
-        assert hit.answer[0][0].ttl == ttl_left
+        assert hit.rrsets[0][0].ttl == ttl_left
     assert stats.forward_cache_misses == 1 + (0 if cached else 1)
 
 
@@ -192,7 +192,7 @@ def test_forward_cache_caps_ttls_and_coalesces() -> None:
 
     answers = asyncio.run(both())
     assert upstream.asked == ["www.example."]  # five identical questions, one upstream query
-    assert all(a.answer[0][0].ttl == 300 for a in answers)
+    assert all(a.rrsets[0][0].ttl == 300 for a in answers)
     clock.now += 61
     assert cache.get(("www.example.", 1, 1)) is None  # kept at most max_ttl_s
     asyncio.run(cache.resolve("nx.example.", 1, 1))

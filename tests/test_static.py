@@ -11,9 +11,9 @@ from dnsd.cli import main
 from dnsd.config import ConfigError, load
 from dnsd.daemon import static_settings
 from dnsd.records import MxValue, Record, RecordStore, SrvValue
-from dnsd.sources.static import Names, admission, config_records, parse_hosts
+from dnsd.sources.static import AbsoluteNames, admission, config_records, parse_hosts
 
-NAMES = Names(["docker.", "svc.local."])
+NAMES = AbsoluteNames(["docker.", "svc.local."])
 
 
 def test_relative_names_belong_to_the_first_zone() -> None:

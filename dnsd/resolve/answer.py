@@ -18,7 +18,8 @@ FOREVER = math.inf
 class Answer:
     rcode: int
     authoritative: bool = False
-    answer: list[list[RR]] = field(default_factory=list)  # RRsets, each rotated as a unit
+    # The answer section, as RRsets (each rotated as a unit).
+    rrsets: list[list[RR]] = field(default_factory=list)
     authority: list[RR] = field(default_factory=list)
     additional: list[RR] = field(default_factory=list)
     # Seconds the answer stays true: FOREVER for local answers (until the store changes), the
@@ -35,4 +36,4 @@ class Answer:
 
     def rotations(self) -> int:
         """How many distinct orderings rotating the answer RRsets gives."""
-        return max((len(rrset) for rrset in self.answer), default=1)
+        return max((len(rrset) for rrset in self.rrsets), default=1)

@@ -59,7 +59,7 @@ def cache_ttl(answer: Answer) -> int:
     """How long an upstream answer may be kept (0: not at all)."""
     if answer.rcode not in (RCODE_NOERROR, RCODE_NXDOMAIN):
         return 0
-    answers = [rr for rrset in answer.answer for rr in rrset]
+    answers = [rr for rrset in answer.rrsets for rr in rrset]
     if answers and answer.rcode == RCODE_NOERROR:
         return min(rr.ttl for rr in answers + answer.authority)
     soas = [rr for rr in answer.authority if rr.rtype == QTYPE.SOA]
@@ -125,7 +125,7 @@ class ForwardCache:
         cached = entry.answer
         return Answer(
             rcode=cached.rcode,
-            answer=[[_aged(rr, elapsed) for rr in rrset] for rrset in cached.answer],
+            rrsets=[[_aged(rr, elapsed) for rr in rrset] for rrset in cached.rrsets],
             authority=[_aged(rr, elapsed) for rr in cached.authority],
             additional=[_aged(rr, elapsed) for rr in cached.additional],
             expires_in=entry.expires_at - now,
@@ -153,7 +153,7 @@ class ForwardCache:
     async def _fetch(self, key: Key) -> Answer:
         answer = await self._next.resolve(*key)
         ttl = cache_ttl(answer)
-        limit = self._max_ttl_s if answer.answer else self._max_negative_ttl_s
+        limit = self._max_ttl_s if answer.rrsets else self._max_negative_ttl_s
         ttl = min(ttl, limit)
         answer.expires_in = float(ttl)
         if ttl > 0 and answer.wire_size <= self._max_answer_bytes:

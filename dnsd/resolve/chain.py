@@ -99,7 +99,7 @@ class ResolverChain:
         self._stats.forward_entered_zone += 1
         return Answer(
             rcode=local.rcode,
-            answer=upstream.answer + local.answer,
+            rrsets=upstream.rrsets + local.rrsets,
             authority=local.authority,
             additional=local.additional,
             expires_in=min(upstream.expires_in, local.expires_in),
@@ -120,7 +120,7 @@ class ResolverChain:
         return Answer(
             rcode=upstream.rcode,
             authoritative=local.authoritative,
-            answer=local.answer + upstream.answer,
+            rrsets=local.rrsets + upstream.rrsets,
             authority=upstream.authority,
             additional=upstream.additional,
             expires_in=upstream.expires_in,

@@ -118,7 +118,7 @@ class Forwarder:
             self._failures[upstream] = 0
             answer, scrubbed = _to_answer(reply[0], qname, qtype, reply[1], self.owns)
             self._stats.upstream_scrubbed += scrubbed
-            records = [rr for rrset in answer.answer for rr in rrset]
+            records = [rr for rrset in answer.rrsets for rr in rrset]
             if self._rebind is not None and not self._rebind.allows(qname, records):
                 self._stats.forward_rebind_refused += 1
                 throttled.warning(
@@ -298,7 +298,7 @@ def _to_answer(
     answer = Answer(
         rcode=reply.header.rcode,
         authoritative=False,
-        answer=[[rr] for rr in scrubbed.answer],
+        rrsets=[[rr] for rr in scrubbed.answer],
         authority=scrubbed.authority,
         recursive=True,
         wire_size=size,

@@ -240,7 +240,7 @@ class LocalZone:
             zone = target_zone
         exists = name == zone or self._store.exists(name) or holder != name
         negative = self._negative(zone, RCODE_NOERROR if exists else RCODE_NXDOMAIN)
-        negative.answer = answer
+        negative.rrsets = answer
         return negative
 
     def _automatic_ptr(self, name: str) -> list[Record]:

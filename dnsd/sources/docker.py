@@ -29,7 +29,7 @@ from dnsd.records import Record, RecordStore, Value
 from dnsd.sources.docker_claims import NameClaims, claims_of
 from dnsd.sources.docker_names import (
     Built,
-    Naming,
+    DockerNaming,
     attrs_from_list,
     container_records,
     list_fingerprint,
@@ -122,7 +122,7 @@ class DockerSource:
     def __init__(
         self,
         store: RecordStore,
-        naming: Naming,
+        naming: DockerNaming,
         settings: DockerSettings,
         stats: Stats,
         client_factory: Callable[[], Any] | None = None,

@@ -11,7 +11,7 @@ container and writes the result to the store.  Names (zone ``docker.`` by defaul
   compose name and the ``dnsd.service`` name, targeting the container's own name;
 - ``com.dnsdock.alias`` names (as ``dnsd.name``); ``*.<name>`` with ``dnsd.wildcard=true``
   (RFC 4592: any name below that does not exist); ``<name>.<image>`` when
-  ``Naming.image_names`` is on (dnsdock style);
+  ``DockerNaming.image_names`` is on (dnsdock style);
 - the automatic PTR of every address points to ``<name>``.
 
 Bad labels are reported in ``Built.problems`` and the container is still served with defaults.
@@ -52,7 +52,7 @@ _HEALTH = re.compile(r"\((healthy|unhealthy|health: starting)\)")
 
 
 @dataclass(frozen=True)
-class Naming:
+class DockerNaming:
     zone: str = "docker."
     ttl: int = 5
     serve_starting: bool = True
@@ -172,7 +172,7 @@ def health_of(attrs: dict[str, Any]) -> str | None:
     return ((attrs.get("State") or {}).get("Health") or {}).get("Status")
 
 
-def _withheld(attrs: dict[str, Any], naming: Naming) -> str | None:
+def _withheld(attrs: dict[str, Any], naming: DockerNaming) -> str | None:
     state = attrs.get("State") or {}
     if not state.get("Running"):
         return "not running"
@@ -186,7 +186,7 @@ def _withheld(attrs: dict[str, Any], naming: Naming) -> str | None:
     return None
 
 
-def container_records(attrs: dict[str, Any], naming: Naming) -> Built:
+def container_records(attrs: dict[str, Any], naming: DockerNaming) -> Built:
     built = Built(health=health_of(attrs))
     config = attrs.get("Config") or {}
     labels: dict[str, str] = {str(k): str(v) for k, v in (config.get("Labels") or {}).items()}

@@ -58,7 +58,7 @@ def admission(settings: StaticSettings) -> Admission:
     return Admission(settings.zones, (SOURCE,) if settings.outside_zones else ())
 
 
-class Names:
+class AbsoluteNames:
     """Turns user-written names into absolute ones: relative names belong to the first zone."""
 
     def __init__(self, zones: list[str]) -> None:
@@ -112,7 +112,7 @@ def _ints(parts: list[str], count: int, what: str) -> list[int]:
     return numbers
 
 
-def parse_value(rtype: str, value: Any, names: Names) -> Value:
+def parse_value(rtype: str, value: Any, names: AbsoluteNames) -> Value:
     """Presentation-format rdata (``"10 50 8080 web"`` for SRV) -> a record value."""
     if rtype == "TXT":
         parts = [value] if isinstance(value, str) else value
@@ -169,7 +169,10 @@ def _located(path: str | None, message: str) -> str:
 
 
 def config_records(
-    specs: list[dict[str, Any]], names: Names, default_ttl: int, rules: Admission | None = None
+    specs: list[dict[str, Any]],
+    names: AbsoluteNames,
+    default_ttl: int,
+    rules: Admission | None = None,
 ) -> list[Record]:
     """``[[static.records]]`` tables -> records; a bad one raises ConfigError naming it."""
     records = []
@@ -194,7 +197,7 @@ def config_records(
 
 
 def parse_hosts(
-    text: str, path: str, names: Names, ttl: int, rules: Admission | None = None
+    text: str, path: str, names: AbsoluteNames, ttl: int, rules: Admission | None = None
 ) -> tuple[list[Record], list[str], int]:
     """Hosts-file lines ``IP name [name...]`` -> (records, the first ``MAX_BAD_LINES_KEPT``
     errors naming file:line, the number of bad lines)."""
@@ -251,7 +254,7 @@ class StaticSource:
 
     def build(self, settings: StaticSettings) -> dict[str, list[Record]]:
         """Every owner's records (raises ConfigError if the records are bad)."""
-        names = Names(settings.zones)
+        names = AbsoluteNames(settings.zones)
         ttl = settings.ttl
         rules = admission(settings)
         self.bad_lines = 0

@@ -215,10 +215,10 @@ class QueryHandler:
                 rotations = min(answer.rotations(), MAX_ROTATIONS)
                 # Start where the last answer left off, so uncached askers see the order rotate.
                 turns = range(self._turn, self._turn + rotations)
-                variants = [self._pack(query, answer, edns, limit, turn) for turn in turns]
+                variants = [self._fitted(query, answer, edns, limit, turn) for turn in turns]
                 response = self._remember(data, query, answer, variants, label, client_ip)
             else:
-                response = self._pack(query, answer, edns, limit, self._turn)
+                response = self._fitted(query, answer, edns, limit, self._turn)
         except Exception as exc:  # an answer dnslib cannot pack: the asker still gets a reply
             throttled.warning("pack", "cannot pack the answer to %s: %r", query.q.qname, exc)
             label = (label[0], label[1], "SERVFAIL")
@@ -251,31 +251,31 @@ class QueryHandler:
             data, variants, expires, answer.recursive, client, label, aging, depends, answer.scopes
         )
 
-    def _pack(self, query: DNSRecord, answer: Answer, edns: bool, limit: int, turn: int) -> bytes:
+    def _fitted(self, query: DNSRecord, answer: Answer, edns: bool, limit: int, turn: int) -> bytes:
         """The reply, fitted to ``limit``: the additional section goes first (no TC, RFC 2181
         9); if the answer still does not fit, TC=1 with as many whole answer records as fit
         (dnsmasq does the same: stub resolvers that never retry over TCP, such as musl before
         1.2.4 and busybox, still get addresses), the OPT record kept."""
         records: list[Any] = []
-        for rrset in answer.answer:
+        for rrset in answer.rrsets:
             shift = turn % len(rrset)
             records += rrset[shift:] + rrset[:shift]
-        packed = self._packed(query, answer, records, answer.authority, answer.additional, edns)
+        packed = self._sections(query, answer, records, answer.authority, answer.additional, edns)
         if len(packed) <= limit:
             return packed
-        packed = self._packed(query, answer, records, answer.authority, [], edns)
+        packed = self._sections(query, answer, records, answer.authority, [], edns)
         if len(packed) <= limit:
             return packed
         fits, short = 0, len(records)  # the most whole records that fit: a binary search
         while fits < short:
             middle = (fits + short + 1) // 2
-            if len(self._packed(query, answer, records[:middle], [], [], edns)) <= limit:
+            if len(self._sections(query, answer, records[:middle], [], [], edns)) <= limit:
                 fits = middle
             else:
                 short = middle - 1
-        return self._packed(query, answer, records[:fits], [], [], edns, truncated=True)
+        return self._sections(query, answer, records[:fits], [], [], edns, truncated=True)
 
-    def _packed(
+    def _sections(
         self,
         query: DNSRecord,
         answer: Answer,
