@@ -11,6 +11,7 @@ import dns.rdatatype
 import dns.rrset
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from testbed.listener import served
 
 from dnsd.admission import Admission
 from dnsd.records import Record, RecordStore, SrvValue
@@ -108,14 +109,14 @@ def test_forwarded_entries_leave_the_fast_tables_when_due_and_come_back_restampe
               aging=(10.0, 60.0))  # fmt: skip
 
     def ttl(packet: bytes, now: float) -> int | None:
-        answered = cache.respond(packet, "127.0.0.1", now)
+        answered = served(cache, packet, "127.0.0.1", now)
         return None if answered is None else dns.message.from_wire(answered).answer[0].ttl
 
     assert plain[2:] in cache.fast
     assert ttl(plain, 10.5) == 300
-    assert cache.respond(plain, "10.1.1.1", 10.5) is None  # not allowed to recurse
-    assert cache.respond(cookie.to_wire(), "10.1.1.1", 10.5) is None
-    assert cache.respond(cookie.to_wire(), "127.0.0.1", 10.5) is not None
+    assert served(cache, plain, "10.1.1.1", 10.5) is None  # not allowed to recurse
+    assert served(cache, cookie.to_wire(), "10.1.1.1", 10.5) is None
+    assert served(cache, cookie.to_wire(), "127.0.0.1", 10.5) is not None
     cache.sweep(10.9)
     assert plain[2:] in cache.fast
     cache.sweep(11.0)  # due for a refresh: only ``answer`` (which re-stamps) serves it now
@@ -136,11 +137,11 @@ def test_fast_tables_ask_the_acl_memo_and_leave_undecided_clients_to_answer() ->
     cache = AnswerCache(acl.allows, recursion_decided=acl.decided)
     query = dns.message.make_query("example.com", "A").to_wire()
     cache.put(query, [response_for(query, b"F")], 11.0, True, aging=(10.0, 60.0))
-    for client, served in [("127.0.0.2", True), ("127.0.0.2", True), ("10.1.1.1", False),
+    for client, answered in [("127.0.0.2", True), ("127.0.0.2", True), ("10.1.1.1", False),
                            ("10.1.1.1", False)]:  # fmt: skip
         decided_before = acl.decided(client)
-        assert (cache.respond(query, client, 10.5) is not None) == served
-        assert decided_before in (None, served) and acl.decided(client) == served
+        assert (served(cache, query, client, 10.5) is not None) == answered
+        assert decided_before in (None, answered) and acl.decided(client) == answered
 
 
 def test_fast_tables_stay_true_while_a_thread_restamps_and_the_loop_drops() -> None:
@@ -165,7 +166,7 @@ def test_fast_tables_stay_true_while_a_thread_restamps_and_the_loop_drops() -> N
     def reader() -> None:
         while not stop.is_set():
             for packet in packets:
-                cache.respond(packet, "127.0.0.1", clock[0])
+                served(cache, packet, "127.0.0.1", clock[0])
             passes[0] += 1
 
     def wait_for_passes(count: int) -> None:
@@ -215,7 +216,7 @@ def test_udp_sizes_that_fit_the_same_answer_share_one_entry() -> None:
     assert len(cache) == 2
     for size, marker in [(1232, b"big"), (8192, b"big"), (4096, b"big"), (512, b"small"),
                          (300, b"small"), (700, None)]:  # fmt: skip
-        answered = cache.respond(ask(size), "127.0.0.1", 1.0)
+        answered = served(cache, ask(size), "127.0.0.1", 1.0)
         assert (answered is None) if marker is None else answered.endswith(marker), size
     packet = ask(8192)
     qend = question_end(packet)
@@ -330,7 +331,7 @@ def test_cached_answers_equal_fresh_ones(steps: list[tuple[object, ...]]) -> Non
             continue
         name, qtype, upper, edns, cookie, client = step
         packet = _packet(name, qtype, upper, edns, cookie, ident)  # type: ignore[arg-type]
-        got = cache.respond(packet, client, 1.0) or cached.handle(packet, client, udp=True)  # type: ignore[arg-type]
+        got = served(cache, packet, client, 1.0) or cached.handle(packet, client, udp=True)  # type: ignore[arg-type]
         want = fresh.handle(packet, client, udp=True)  # type: ignore[arg-type]
         assert isinstance(got, bytes) and isinstance(want, bytes)
         assert got[:2] == packet[:2]
@@ -365,3 +366,24 @@ def test_network_aware_entries_are_kept_per_network_not_per_client() -> None:
     entries = {id(e): e for e in cache._entries.values()}.values()
     per_network = [e for e in entries if e.clients is not None]
     assert len(per_network) == 1 and len(per_network[0].clients) == 2  # two networks, not 200
+
+
+def test_two_threads_restamping_one_entry_never_leave_the_older_ttls() -> None:
+    """Two listener threads (two listen addresses) both find a forwarded entry due: the one
+    whose clock read came first (before a second boundary) re-stamps last.  Its TTLs, one
+    second too high, must not replace the newer ones (in the fast tables until the next
+    stamp)."""
+    query = dns.message.make_query("example.com", "A")
+    reply = dns.message.make_response(query)
+    reply.answer.append(dns.rrset.from_text("example.com.", 300, "IN", "A", "1.2.3.4"))
+    packet = query.to_wire()
+    cache = AnswerCache(lambda ip: True)
+    cache.put(packet, [reply.to_wire()], expires=1.0, recursive=True, aging=(0.0, 60.0))
+    cache.sweep(5.5)  # due: out of the fast tables
+    entry = cache._entries[normalised_key(packet)[0]]  # type: ignore[index]
+    assert cache._restamp(entry, 6.01)  # the later thread wins the race to the stamp
+    assert cache._restamp(entry, 5.99)  # the earlier one stamps after it
+    answered = served(cache, packet, "127.0.0.1", 6.2)
+    assert answered is not None and dns.message.from_wire(answered).answer[0].ttl == 294
+    tail = cache.fast[packet[2:]][0]  # what the fast table serves until the next stamp
+    assert dns.message.from_wire(packet[:2] + tail).answer[0].ttl == 294

@@ -7,12 +7,23 @@ A query without options, in lower case, is also found by its exact bytes (minus 
 dict lookup.  A hit patches the ID and echoes the question's letter case: no dnslib object, no
 await.  The commonest entries (one packed answer for everyone, never expiring: a local name)
 and every forwarded answer with one packed form are also in two plain tables the UDP listener
-thread reads inline (``respond`` is the same lookup, for tests): ``fast`` by exact bytes,
+thread reads inline (``UdpServer._serve``): ``fast`` by exact bytes,
 ``fast_normalised`` by normalised key.  A forwarded entry leaves them when its refresh is due
 (``sweep``, every ``SWEEP_S``, so it is never served more than ``SWEEP_S`` past it) and comes
-back when the next asker's ``answer`` has re-stamped it.  The UDP threads read everything
-without a lock; changes to the entries and the fast tables (the event loop's, and a UDP
-thread putting a re-stamped entry back) are made under ``_lock``.
+back when the next asker's ``answer`` has re-stamped it.
+
+Concurrency (one event loop thread, one UDP listener thread per listen address).  It relies
+on CPython's GIL: one dict ``get``/``set``/``pop``, one ``next`` of an ``itertools.cycle`` and
+one attribute store are each atomic.  The listener threads, without the lock: read
+``fast``, ``fast_normalised`` and ``_entries`` (one ``get`` each: a row is whole or absent),
+read an entry's ``expires``/``recursive``/``variants``/``clients``, advance its rotation
+(``next``), add to its per-client ``memo`` (a cache of ``scope_key``: a lost or cleared
+memo entry is only computed again) and count hits (``cell[0] += 1``: two threads may lose an
+increment; hit counts are metrics, not accounting).  Everything else that changes entries or
+tables holds ``_lock``: ``put``, ``invalidate``, ``sweep``, eviction (the loop), and the
+listener threads' two writes, ``_restamp`` (which writes only if no other thread re-stamped
+since, so older TTLs never replace newer ones) and ``_add_size_key``.  A reader may still
+serve an entry the loop is dropping at that instant: the answer it was a moment before.
 
 Entries hold every rotation of the answer (served in turn), an expiry and the names the answer
 depends on: a store change drops only the entries that depend on a name it touched
@@ -248,23 +259,6 @@ class AnswerCache:
                 for key in keys:
                     self.invalidated += self._drop(key)
 
-    def respond(self, data: bytes, client_ip: str, now: float) -> bytes | None:
-        """What the UDP listener thread does (inline there): the fast tables, then ``answer``."""
-        hit = self.fast.get(data[2:])
-        if hit is not None:
-            tail, cell, allowed = hit
-            if allowed is None or allowed(client_ip):
-                cell[0] += 1
-                return data[:2] + tail
-        qend = data.find(b"\x00", HEADER_LEN) + 5
-        found = self.fast_normalised.get(data[2:qend].lower() + data[qend : qend + OPT_FIXED_BYTES])
-        if found is not None:
-            head, rest, cell, allowed = found
-            if allowed is None or allowed(client_ip):
-                cell[0] += 1
-                return data[:2] + head + data[HEADER_LEN:qend] + rest
-        return self.answer(data, client_ip, now)
-
     @_locked
     def sweep(self, now: float) -> None:
         """Take forwarded entries due for a refresh out of the fast tables (every
@@ -333,18 +327,20 @@ class AnswerCache:
         if fast is not None:
             self.fast_normalised[key] = fast
 
+    @_locked
     def _restamp(self, entry: _Entry, now: float) -> bool:
-        """Re-stamp a forwarded entry and put it back in the fast tables (a UDP thread)."""
+        """Re-stamp a forwarded entry and put it back in the fast tables (a UDP thread, once
+        a second per entry).  Under the lock, and only if no one did meanwhile: with two
+        listen addresses, two threads can find the entry due at once, and the one that read
+        the clock first (before a second boundary) must not write its older, one second
+        higher TTLs over the other's."""
+        if entry.expires >= now:
+            return True  # another thread re-stamped it since this one found it due
         if not _restamp(entry, now):
             return False
-        if entry.clients is None:
-            self._put_back(entry)
+        if entry.clients is None and self._entries.get(entry.keys[0]) is entry:
+            self._make_fast(entry, next(entry.variants))  # not dropped meanwhile
         return True
-
-    @_locked
-    def _put_back(self, entry: _Entry) -> None:
-        if self._entries.get(entry.keys[0]) is entry:  # not dropped meanwhile
-            self._make_fast(entry, next(entry.variants))
 
     @_locked
     def put(

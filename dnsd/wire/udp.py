@@ -161,7 +161,7 @@ class UdpServer:
                     return
                 logger.debug("udp receive error: %s", exc)
                 continue
-            # AnswerCache.respond, inline: a method call would cost more than the lookup.
+            # The fast tables, inline: a method call would cost more than the lookup.
             hit = fast(data[2:])
             if hit is not None:
                 tail, cell, allowed = hit
