@@ -19,7 +19,8 @@ from dnsd.resolve.acl import Acl
 from dnsd.resolve.chain import ResolverChain
 from dnsd.resolve.local import LocalZone
 from dnsd.stats import Stats
-from dnsd.wire.answer_cache import AnswerCache, normalised_key
+from dnsd.wire.answer_cache import AnswerCache
+from dnsd.wire.answer_key import normalised_key
 from dnsd.wire.codec import error_response, question_end
 from dnsd.wire.query import QueryHandler
 
@@ -66,7 +67,9 @@ def test_bounded() -> None:
         query = wire(f"n{i}.docker", i)
         cache.put(query, [response_for(query, b"x")], float("inf"), False)
     assert len(cache) <= 10
-    assert len(cache.fast) == len(cache.fast_normalised) == len(cache)  # evicted from both
+    assert (
+        len(cache.tables.exact) == len(cache.tables.normalised) == len(cache)
+    )  # evicted from both
 
 
 def test_error_response_keeps_id_and_opcode() -> None:
@@ -112,24 +115,24 @@ def test_forwarded_entries_leave_the_fast_tables_when_due_and_come_back_restampe
         answered = served(cache, packet, "127.0.0.1", now)
         return None if answered is None else dns.message.from_wire(answered).answer[0].ttl
 
-    assert plain[2:] in cache.fast
+    assert plain[2:] in cache.tables.exact
     assert ttl(plain, 10.5) == 300
     assert served(cache, plain, "10.1.1.1", 10.5) is None  # not allowed to recurse
     assert served(cache, cookie.to_wire(), "10.1.1.1", 10.5) is None
     assert served(cache, cookie.to_wire(), "127.0.0.1", 10.5) is not None
     cache.sweep(10.9)
-    assert plain[2:] in cache.fast
+    assert plain[2:] in cache.tables.exact
     cache.sweep(11.0)  # due for a refresh: only ``answer`` (which re-stamps) serves it now
-    assert plain[2:] not in cache.fast and not cache.fast_normalised
+    assert plain[2:] not in cache.tables.exact and not cache.tables.normalised
     assert ttl(plain, 12.5) == 298  # re-stamped in place, and back with the new TTLs
-    assert plain[2:] in cache.fast and ttl(plain, 12.7) == 298
+    assert plain[2:] in cache.tables.exact and ttl(plain, 12.7) == 298
     cache.sweep(12.6)
-    assert plain[2:] in cache.fast
+    assert plain[2:] in cache.tables.exact
     cache.sweep(13.0)
-    assert plain[2:] not in cache.fast
+    assert plain[2:] not in cache.tables.exact
     assert ttl(plain, 70.5) is None  # the forward cache expired: not re-stamped
     cache.sweep(70.6)
-    assert plain[2:] not in cache.fast
+    assert plain[2:] not in cache.tables.exact
 
 
 def test_fast_tables_ask_the_acl_memo_and_leave_undecided_clients_to_answer() -> None:
@@ -190,7 +193,7 @@ def test_fast_tables_stay_true_while_a_thread_restamps_and_the_loop_drops() -> N
             wait_for_passes(1)
             cache.invalidate({f"n{i}.example." for i in range(20)})
             wait_for_passes(2)  # a full pass after the invalidation
-            assert not cache.fast and not cache.fast_normalised
+            assert not cache.tables.exact and not cache.tables.normalised
     finally:
         stop.set()
         thread.join()
@@ -221,9 +224,9 @@ def test_udp_sizes_that_fit_the_same_answer_share_one_entry() -> None:
     packet = ask(8192)
     qend = question_end(packet)
     as_sent = packet[2:qend].lower() + packet[qend : qend + 9]
-    assert as_sent != normalised_key(packet)[0] and as_sent in cache.fast_normalised  # inline
+    assert as_sent != normalised_key(packet)[0] and as_sent in cache.tables.normalised  # inline
     cache.invalidate({"web.docker."})  # every key of both entries goes
-    assert not cache.fast_normalised and not cache._entries and len(cache) == 0
+    assert not cache.tables.normalised and not cache._entries and len(cache) == 0
 
 
 def test_ttl_offsets_reject_garbage() -> None:
@@ -385,5 +388,5 @@ def test_two_threads_restamping_one_entry_never_leave_the_older_ttls() -> None:
     assert cache._restamp(entry, 5.99)  # the earlier one stamps after it
     answered = served(cache, packet, "127.0.0.1", 6.2)
     assert answered is not None and dns.message.from_wire(answered).answer[0].ttl == 294
-    tail = cache.fast[packet[2:]][0]  # what the fast table serves until the next stamp
+    tail = cache.tables.exact[packet[2:]][0]  # what the fast table serves until the next stamp
     assert dns.message.from_wire(packet[:2] + tail).answer[0].ttl == 294

@@ -7,15 +7,15 @@ A query without options, in lower case, is also found by its exact bytes (minus 
 dict lookup.  A hit patches the ID and echoes the question's letter case: no dnslib object, no
 await.  The commonest entries (one packed answer for everyone, never expiring: a local name)
 and every forwarded answer with one packed form are also in two plain tables the UDP listener
-thread reads inline (``UdpServer._serve``): ``fast`` by exact bytes,
-``fast_normalised`` by normalised key.  A forwarded entry leaves them when its refresh is due
-(``sweep``, every ``SWEEP_S``, so it is never served more than ``SWEEP_S`` past it) and comes
-back when the next asker's ``answer`` has re-stamped it.
+thread reads inline (``UdpServer._serve``), ``FastTables``: by exact bytes and by normalised
+key.  A forwarded entry leaves them when its refresh is due (``sweep``, every ``SWEEP_S``, so
+it is never served more than ``SWEEP_S`` past it) and comes back when the next asker's
+``answer`` has re-stamped it.  The key and the UDP-size clamp are ``answer_key``'s.
 
 Concurrency (one event loop thread, one UDP listener thread per listen address).  It relies
 on CPython's GIL: one dict ``get``/``set``/``pop``, one ``next`` of an ``itertools.cycle`` and
 one attribute store are each atomic.  The listener threads, without the lock: read
-``fast``, ``fast_normalised`` and ``_entries`` (one ``get`` each: a row is whole or absent),
+the fast tables and ``_entries`` (one ``get`` each: a row is whole or absent),
 read an entry's ``expires``/``recursive``/``variants``/``clients``, advance its rotation
 (``next``), add to its per-client ``memo`` (a cache of ``scope_key``: a lost or cleared
 memo entry is only computed again) and count hits (``cell[0] += 1``: two threads may lose an
@@ -47,13 +47,8 @@ from typing import Concatenate, ParamSpec, TypeVar
 
 from dnsd.protocol import CLASSIC_UDP_SIZE, HEADER_LEN
 from dnsd.resolve.scopes import scope_key
-from dnsd.wire.codec import (
-    DEFAULT_MAX_UDP_SIZE,
-    OPT_FIXED_BYTES,
-    plain_shape,
-    question_end,
-    ttl_offsets,
-)
+from dnsd.wire.answer_key import clamped, normalised_key
+from dnsd.wire.codec import DEFAULT_MAX_UDP_SIZE, OPT_FIXED_BYTES, question_end, ttl_offsets
 
 ANSWER_CACHE_ENTRIES = 100_000
 EVICT_FRACTION = 10  # when full, the oldest 1/EVICT_FRACTION of the entries go
@@ -138,6 +133,55 @@ def _restamp(entry: _Entry, now: float) -> bool:
     return True
 
 
+class FastTables:
+    """The rows the UDP listener threads serve inline (``UdpServer._serve``): entries with
+    one packed answer for every asker (local, or forwarded and re-stamped in time).
+    ``exact``: the query's bytes without its ID -> (response without its ID, hit cell,
+    recursion check or None); ``normalised``: normalised key -> (header without its ID, what
+    follows the question, cell, check).  A forwarded row is due for a refresh at its entry's
+    expiry (``take_due``).  Changed only under the cache's lock."""
+
+    def __init__(self) -> None:
+        self.exact: dict[bytes, FastHit] = {}
+        self.normalised: dict[bytes, NormalisedHit] = {}
+        self._due: list[tuple[float, bytes]] = []  # (refresh time, key) of forwarded rows
+
+    def add(
+        self, entry: _Entry, template: bytes, allowed: Callable[[str], bool | None] | None
+    ) -> None:
+        key, qend = entry.keys[0], entry.qend
+        if entry.alias is not None:
+            self.exact[entry.alias] = (template[2:], entry.cell, allowed)
+        row = (template[2:HEADER_LEN], template[qend:], entry.cell, allowed)
+        for k in (key, *entry.sizes):
+            self.normalised[k] = row
+        if not math.isinf(entry.expires):
+            heapq.heappush(self._due, (entry.expires, key))
+
+    def add_size_key(self, canonical: bytes, key: bytes) -> None:
+        """``key`` (another UDP size of ``canonical``) serves ``canonical``'s row too."""
+        row = self.normalised.get(canonical)
+        if row is not None:
+            self.normalised[key] = row
+
+    def remove(self, entry: _Entry) -> None:
+        if entry.alias is not None:
+            self.exact.pop(entry.alias, None)
+        for key in (entry.keys[0], *entry.sizes):
+            self.normalised.pop(key, None)
+
+    def take_due(self, now: float) -> Iterator[bytes]:
+        """The keys of rows due for a refresh by ``now`` (each once)."""
+        due = self._due
+        while due and due[0][0] <= now:
+            yield heapq.heappop(due)[1]
+
+    def clear(self) -> None:
+        self.exact.clear()
+        self.normalised.clear()
+        self._due.clear()
+
+
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
@@ -153,41 +197,6 @@ def _locked(
             return method(self, *args, **kwargs)
 
     return locked
-
-
-def normalised_key(
-    data: bytes, max_udp_size: int = DEFAULT_MAX_UDP_SIZE
-) -> tuple[bytes | None, int, bool]:
-    """(key, end of the question, whether the query carries EDNS options) for ``data``; key
-    None when the packet is not plain (``plain_shape``).
-
-    The key is the header without its ID, the lower-cased question and the OPT record's fixed
-    part (UDP size clamped as the answer is fitted, version, DO bit): its options (cookies,
-    padding) are left out.  The hot path builds the same bytes with two slices (the size as
-    sent: ``answer`` clamps it when that misses); only ``put`` checks the packet's shape, so a
-    key it stores always belongs to a well-formed question.  ``put`` caches only packets whose
-    labels really end at the first zero byte, so a crafted name with a zero byte inside a label
-    can never share a key with a real one.
-    """
-    qend, has_options = plain_shape(data)
-    if qend < 0:
-        return None, -1, False
-    # Lower-casing the header with the question is safe: a header byte it changes is an
-    # opcode or a count that is never cached, or the Z/AD bits, which no answer depends on.
-    key = data[2:qend].lower() + data[qend : qend + OPT_FIXED_BYTES]
-    return clamped(key, qend - 2, max_udp_size), qend, has_options
-
-
-def clamped(key: bytes, opt_at: int, max_udp_size: int) -> bytes:
-    """``key`` with the OPT record's UDP size (at ``opt_at``) clamped to what the answer is
-    fitted to (512 to ``max_udp_size``); ``key`` itself when it has no OPT or needs none."""
-    if len(key) < opt_at + OPT_FIXED_BYTES:
-        return key
-    size = (key[opt_at + 3] << 8) | key[opt_at + 4]
-    fitted = min(max(size, CLASSIC_UDP_SIZE), max_udp_size)
-    if fitted == size:
-        return key
-    return key[: opt_at + 3] + fitted.to_bytes(2, "big") + key[opt_at + 5 :]
 
 
 def _for_client(entry: _Entry, client_ip: str) -> Iterator[bytes] | None:
@@ -212,12 +221,7 @@ class AnswerCache:
     ) -> None:
         self._max_udp_size = max(max_udp_size, CLASSIC_UDP_SIZE)
         self._entries: dict[bytes, _Entry] = {}  # normalised keys and exact aliases
-        # Entries with one answer for every asker (local, or forwarded and re-stamped in
-        # time): exact alias -> (response without its ID, hit cell, recursion check or None);
-        # normalised key -> (header without ID, what follows the question, cell, check).
-        self.fast: dict[bytes, FastHit] = {}
-        self.fast_normalised: dict[bytes, NormalisedHit] = {}
-        self._due: list[tuple[float, bytes]] = []  # (refresh time, key) of fast forwarded entries
+        self.tables = FastTables()
         self._lock = threading.Lock()
         self._dependents: dict[str, set[bytes]] = {}  # name -> normalised keys
         self._allows_recursion = allows_recursion
@@ -243,9 +247,7 @@ class AnswerCache:
 
     @_locked
     def clear(self) -> None:
-        self.fast.clear()
-        self.fast_normalised.clear()
-        self._due.clear()
+        self.tables.clear()
         self._entries.clear()
         self._dependents.clear()
         self._count = self.bytes = 0
@@ -263,12 +265,10 @@ class AnswerCache:
     def sweep(self, now: float) -> None:
         """Take forwarded entries due for a refresh out of the fast tables (every
         ``SWEEP_S``, on the event loop)."""
-        due = self._due
-        while due and due[0][0] <= now:
-            key = heapq.heappop(due)[1]
+        for key in self.tables.take_due(now):
             entry = self._entries.get(key)
             if entry is not None and entry.keys[0] == key and entry.expires <= now:
-                self._unfast(entry)
+                self.tables.remove(entry)
 
     def answer(self, data: bytes, client_ip: str, now: float) -> bytes | None:
         """The response to ``data`` if known, else None (the caller takes the slow path).
@@ -323,9 +323,7 @@ class AnswerCache:
             return
         entry.sizes += (key,)
         self._entries[key] = entry
-        fast = self.fast_normalised.get(canonical)
-        if fast is not None:
-            self.fast_normalised[key] = fast
+        self.tables.add_size_key(canonical, key)
 
     @_locked
     def _restamp(self, entry: _Entry, now: float) -> bool:
@@ -415,7 +413,7 @@ class AnswerCache:
         entry = self._entries.get(key)
         if entry is None or entry.keys[0] != key:
             return 0
-        self._unfast(entry)
+        self.tables.remove(entry)
         for k in entry.keys + entry.sizes:
             del self._entries[k]
         for name in entry.depends:
@@ -429,21 +427,7 @@ class AnswerCache:
         return 1
 
     def _make_fast(self, entry: _Entry, template: bytes) -> None:
-        allowed = self._recursion_check if entry.recursive else None
-        key, qend = entry.keys[0], entry.qend
-        if entry.alias is not None:
-            self.fast[entry.alias] = (template[2:], entry.cell, allowed)
-        row = (template[2:HEADER_LEN], template[qend:], entry.cell, allowed)
-        for k in (key, *entry.sizes):
-            self.fast_normalised[k] = row
-        if not math.isinf(entry.expires):
-            heapq.heappush(self._due, (entry.expires, key))
-
-    def _unfast(self, entry: _Entry) -> None:
-        if entry.alias is not None:
-            self.fast.pop(entry.alias, None)
-        for key in (entry.keys[0], *entry.sizes):
-            self.fast_normalised.pop(key, None)
+        self.tables.add(entry, template, self._recursion_check if entry.recursive else None)
 
     def _evict(self) -> None:
         """The oldest tenth of the entries go (insertion order); one pass over the dict."""

@@ -38,6 +38,7 @@ from dnsd.resolve.answer import Answer
 from dnsd.resolve.chain import ResolverChain
 from dnsd.stats import Stats
 from dnsd.wire.answer_cache import FORWARDED_REFRESH_S, AnswerCache
+from dnsd.wire.answer_key import udp_reply_limit
 from dnsd.wire.codec import DEFAULT_MAX_UDP_SIZE, error_response, plain_shape, question_end
 from dnsd.wire.query_log import QueryLog
 from dnsd.wire.screen import PASS, screened
@@ -162,7 +163,7 @@ class QueryHandler:
         if udp:
             limit = CLASSIC_UDP_SIZE
             if edns_size is not None:
-                limit = min(max(edns_size, CLASSIC_UDP_SIZE), self._max_udp_size)
+                limit = udp_reply_limit(edns_size, self._max_udp_size)
         question = query.q
         spelled = text_of(question.qname)
         if udp:  # a question the packed-answer cache did not have (not TCP, not a drop)
