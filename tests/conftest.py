@@ -7,7 +7,7 @@ FakeUpstream (or has forwarding off).
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import dns.message
@@ -18,13 +18,17 @@ from testbed.dnsd import ROOT, Dnsd, eventually, free_port, query, start_dnsd, w
 from testbed.upstream import LOOP_PROBE_SUFFIX, FakeUpstream
 
 __all__ = [
-    "LOOP_PROBE_SUFFIX", "ROOT", "Dnsd", "FakeUpstream", "eventually", "free_port", "query",
-    "rcode", "start_dnsd", "wait_ready",
+    "LOOP_PROBE_SUFFIX", "ROOT", "Dnsd", "DnsdFactory", "FakeUpstream", "eventually",
+    "free_port", "query", "rcode", "start_dnsd", "wait_ready",
 ]  # fmt: skip
 
 
+DnsdFactory = Callable[..., Dnsd]  # start_dnsd's arguments without tmp_path
+
+
 @pytest.fixture
-def dnsd_factory(tmp_path: Path) -> Iterator[object]:
+def dnsd_factory(tmp_path: Path) -> Iterator[DnsdFactory]:
+    """Start dnsd processes for a test; each is stopped when the test ends, pass or fail."""
     started: list[Dnsd] = []
 
     def factory(*args: str, **kw: object) -> Dnsd:

@@ -14,7 +14,16 @@ import dns.query
 import dns.rdatatype
 import dns.reversename
 import pytest
-from conftest import Dnsd, FakeUpstream, eventually, free_port, query, rcode, start_dnsd
+from conftest import (
+    Dnsd,
+    DnsdFactory,
+    FakeUpstream,
+    eventually,
+    free_port,
+    query,
+    rcode,
+    start_dnsd,
+)
 from testbed.dockerd import BRIDGE_IP, IMAGE, Dockerd
 
 NET_SUBNET = "172.29.1.0/24"
@@ -219,31 +228,28 @@ def test_every_label(dockerd: Dockerd, dnsd: Dnsd) -> None:
     assert addrs(dnsd.port, f"{ignored}.docker") == []
 
 
-def test_dnsdock_style_names(dockerd: Dockerd, dnsd: Dnsd, tmp_path: Path) -> None:
+def test_dnsdock_style_names(dnsd_factory: DnsdFactory, dockerd: Dockerd, dnsd: Dnsd) -> None:
     """com.dnsdock.alias, dnsd.wildcard=true (RFC 4592) and, opted in, <name>.<image>."""
-    with_image = start_dnsd(
-        tmp_path, "--no-forward", env={"DNSD_DOCKER_IMAGE_NAMES": "true"}, docker=dockerd.url
+    with_image = dnsd_factory(
+        "--no-forward", env={"DNSD_DOCKER_IMAGE_NAMES": "true"}, docker=dockerd.url
     )
-    try:
-        name = run(dockerd, "-l", "com.dnsdock.alias=db.docker,sql", "-l", "dnsd.wildcard=true")
-        ip = ip_of(dockerd, name)
-        eventually(lambda: addrs(dnsd.port, "db.docker") == [ip])
-        assert addrs(dnsd.port, "sql.docker") == [ip]
-        assert addrs(dnsd.port, f"tenant1.{name}.docker") == [ip]
-        assert addrs(dnsd.port, f"a.b.{name}.docker") == [ip]
-        ptr = dns.reversename.from_address(ip).to_text()
-        assert addrs(dnsd.port, ptr, "PTR") == [f"{name}.docker."]  # no PTR to "*.name"
-        assert addrs(dnsd.port, f"{name}.busybox.docker") == []  # image names: opt-in
-        image = IMAGE.split(":")[0].rsplit("/", 1)[-1]
-        eventually(lambda: addrs(with_image.port, f"{name}.{image}.docker") == [ip])
-        plain = run(dockerd)
-        plain_ip = ip_of(dockerd, plain)
-        eventually(lambda: addrs(dnsd.port, f"{plain}.docker") == [plain_ip])
-        assert rcode(query(dnsd.port, f"x.{plain}.docker")) == "NXDOMAIN"  # no label: none
-        dockerd.docker("rm", "-f", name)
-        eventually(lambda: addrs(dnsd.port, f"tenant1.{name}.docker") == [])
-    finally:
-        with_image.stop()
+    name = run(dockerd, "-l", "com.dnsdock.alias=db.docker,sql", "-l", "dnsd.wildcard=true")
+    ip = ip_of(dockerd, name)
+    eventually(lambda: addrs(dnsd.port, "db.docker") == [ip])
+    assert addrs(dnsd.port, "sql.docker") == [ip]
+    assert addrs(dnsd.port, f"tenant1.{name}.docker") == [ip]
+    assert addrs(dnsd.port, f"a.b.{name}.docker") == [ip]
+    ptr = dns.reversename.from_address(ip).to_text()
+    assert addrs(dnsd.port, ptr, "PTR") == [f"{name}.docker."]  # no PTR to "*.name"
+    assert addrs(dnsd.port, f"{name}.busybox.docker") == []  # image names: opt-in
+    image = IMAGE.split(":")[0].rsplit("/", 1)[-1]
+    eventually(lambda: addrs(with_image.port, f"{name}.{image}.docker") == [ip])
+    plain = run(dockerd)
+    plain_ip = ip_of(dockerd, plain)
+    eventually(lambda: addrs(dnsd.port, f"{plain}.docker") == [plain_ip])
+    assert rcode(query(dnsd.port, f"x.{plain}.docker")) == "NXDOMAIN"  # no label: none
+    dockerd.docker("rm", "-f", name)
+    eventually(lambda: addrs(dnsd.port, f"tenant1.{name}.docker") == [])
 
 
 def test_bad_labels_are_counted_and_defaults_used(dockerd: Dockerd, dnsd: Dnsd) -> None:
@@ -355,24 +361,21 @@ def test_one_resolver_setup_for_every_bridge(
         server.stop()
 
 
-def test_docker_unreachable_then_appears(tmp_path: Path, dockerd: Dockerd) -> None:
+def test_docker_unreachable_then_appears(
+    dnsd_factory: DnsdFactory, tmp_path: Path, dockerd: Dockerd
+) -> None:
     """dnsd serves its static zone while Docker is away and picks Docker up later."""
     (tmp_path / "hosts").write_text("10.0.0.1 static\n")
     missing = f"unix://{tmp_path}/docker.sock"
-    server = start_dnsd(
-        tmp_path, "--no-forward", config='[static]\nhosts = ["hosts"]\n', docker=missing
-    )
-    try:
-        assert addrs(server.port, "static.docker") == ["10.0.0.1"]
-        time.sleep(1.0)
-        log = server.log()
-        assert log.count("docker unreachable") == 1  # said once, not per retry
-        (tmp_path / "docker.sock").symlink_to(dockerd.socket)
-        server.wait_source("docker", timeout=20)
-        name = run(dockerd)
-        eventually(lambda: addrs(server.port, f"{name}.docker") == [ip_of(dockerd, name)])
-    finally:
-        server.stop()
+    server = dnsd_factory("--no-forward", config='[static]\nhosts = ["hosts"]\n', docker=missing)
+    assert addrs(server.port, "static.docker") == ["10.0.0.1"]
+    time.sleep(1.0)
+    log = server.log()
+    assert log.count("docker unreachable") == 1  # said once, not per retry
+    (tmp_path / "docker.sock").symlink_to(dockerd.socket)
+    server.wait_source("docker", timeout=20)
+    name = run(dockerd)
+    eventually(lambda: addrs(server.port, f"{name}.docker") == [ip_of(dockerd, name)])
 
 
 def test_dockerd_restart(dockerd: Dockerd, dnsd: Dnsd) -> None:
@@ -404,7 +407,7 @@ def test_burst_of_containers(dockerd: Dockerd, dnsd: Dnsd) -> None:
         eventually(lambda name=name: addrs(dnsd.port, f"{name}.docker") == [])
 
 
-def test_tls_engine(dockerd: Dockerd, tmp_path: Path) -> None:
+def test_tls_engine(dnsd_factory: DnsdFactory, dockerd: Dockerd, tmp_path: Path) -> None:
     """A tcp:// Engine with --tlsverify: dnsd connects with the client certificate only."""
     certs = dockerd.certs  # type: ignore[attr-defined]
     url = dockerd.tls_url  # type: ignore[attr-defined]
@@ -414,11 +417,8 @@ def test_tls_engine(dockerd: Dockerd, tmp_path: Path) -> None:
         f'[docker]\nurl = "{url}"\ntls_ca = "{certs.ca}"\n'
         f'tls_cert = "{certs.client_cert}"\ntls_key = "{certs.client_key}"\n'
     )
-    server = start_dnsd(tmp_path, "--no-forward", config=config, docker=url)
-    try:
-        eventually(lambda: addrs(server.port, f"{name}.docker") == [ip])
-    finally:
-        server.stop()
+    server = dnsd_factory("--no-forward", config=config, docker=url)
+    eventually(lambda: addrs(server.port, f"{name}.docker") == [ip])
     # Without a client certificate the Engine refuses: dnsd says so once and keeps serving.
     bare = start_dnsd(
         tmp_path, "--no-forward", config=f'[docker]\ntls_ca = "{certs.ca}"\n', docker=url
@@ -431,42 +431,39 @@ def test_tls_engine(dockerd: Dockerd, tmp_path: Path) -> None:
 
 
 def test_containers_cannot_take_names_they_do_not_own(
-    dockerd: Dockerd, net: str, tmp_path: Path
+    dnsd_factory: DnsdFactory, dockerd: Dockerd, net: str
 ) -> None:
     static = '[[static.records]]\nname = "api"\ntype = "A"\nvalue = "10.0.0.20"\n'
     http = free_port()
-    server = start_dnsd(tmp_path, "--http", f"127.0.0.1:{http}", docker=dockerd.url, config=static)
-    try:
-        server.wait_source("docker")
-        victim = run(dockerd, "--network", net)
-        victim_ip = ip_of(dockerd, victim, net)
-        eventually(lambda: addrs(server.port, f"{victim}.docker") == [victim_ip])
-        attacker = run(
-            dockerd, "--network", net, "--network-alias", victim, "--hostname", "api",
-            "--label", f"dnsd.name=api,{victim},ns",
-        )  # fmt: skip
-        attacker_ip = ip_of(dockerd, attacker, net)
-        eventually(lambda: addrs(server.port, f"{attacker}.docker") == [attacker_ip])
-        assert addrs(server.port, "ns.docker") == [attacker_ip]  # a free name: first come
-        for asker in ("127.0.0.1", NET_GATEWAY):  # network-aware answers too
-            assert addrs(server.port, f"{victim}.docker", source=asker) == [victim_ip]
-            assert addrs(server.port, f"{victim}.{net}.docker", source=asker) == [victim_ip]
-            assert addrs(server.port, "api.docker", source=asker) == ["10.0.0.20"]
-        with urllib.request.urlopen(f"http://127.0.0.1:{http}/records", timeout=5) as response:
-            rows = json.load(response)
-        refused = {(r["name"], r["reason"]) for r in rows if not r["served"]}
-        assert ("api.docker.", "name held by the static zone") in refused
-        assert (f"{victim}.docker.", f"name held by container {victim}") in refused
-        # Replicas of one service share a name; a stranger cannot join it.
-        one = run(dockerd, "--network", net, "--label", "dnsd.service=pay")
-        two = run(dockerd, "--network", net, "--label", "dnsd.service=pay")
-        stranger = run(dockerd, "--network", net, "--label", "dnsd.name=pay")
-        pair = sorted([ip_of(dockerd, one, net), ip_of(dockerd, two, net)])
-        eventually(lambda: addrs(server.port, f"{stranger}.docker") != [])
-        assert addrs(server.port, "pay.docker") == pair
-        assert "may not join" in server.log()
-    finally:
-        server.stop()
+    server = dnsd_factory("--http", f"127.0.0.1:{http}", docker=dockerd.url, config=static)
+    server.wait_source("docker")
+    victim = run(dockerd, "--network", net)
+    victim_ip = ip_of(dockerd, victim, net)
+    eventually(lambda: addrs(server.port, f"{victim}.docker") == [victim_ip])
+    attacker = run(
+        dockerd, "--network", net, "--network-alias", victim, "--hostname", "api",
+        "--label", f"dnsd.name=api,{victim},ns",
+    )  # fmt: skip
+    attacker_ip = ip_of(dockerd, attacker, net)
+    eventually(lambda: addrs(server.port, f"{attacker}.docker") == [attacker_ip])
+    assert addrs(server.port, "ns.docker") == [attacker_ip]  # a free name: first come
+    for asker in ("127.0.0.1", NET_GATEWAY):  # network-aware answers too
+        assert addrs(server.port, f"{victim}.docker", source=asker) == [victim_ip]
+        assert addrs(server.port, f"{victim}.{net}.docker", source=asker) == [victim_ip]
+        assert addrs(server.port, "api.docker", source=asker) == ["10.0.0.20"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{http}/records", timeout=5) as response:
+        rows = json.load(response)
+    refused = {(r["name"], r["reason"]) for r in rows if not r["served"]}
+    assert ("api.docker.", "name held by the static zone") in refused
+    assert (f"{victim}.docker.", f"name held by container {victim}") in refused
+    # Replicas of one service share a name; a stranger cannot join it.
+    one = run(dockerd, "--network", net, "--label", "dnsd.service=pay")
+    two = run(dockerd, "--network", net, "--label", "dnsd.service=pay")
+    stranger = run(dockerd, "--network", net, "--label", "dnsd.name=pay")
+    pair = sorted([ip_of(dockerd, one, net), ip_of(dockerd, two, net)])
+    eventually(lambda: addrs(server.port, f"{stranger}.docker") != [])
+    assert addrs(server.port, "pay.docker") == pair
+    assert "may not join" in server.log()
 
 
 def test_busybox_gets_addresses_from_an_answer_too_big_for_udp(

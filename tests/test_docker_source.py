@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Dnsd, eventually, free_port, query, rcode, start_dnsd
+from conftest import Dnsd, DnsdFactory, eventually, free_port, query, rcode, start_dnsd
 from testbed.fake_engine import FakeEngine, container
 
 from dnsd.records import SrvValue
@@ -141,63 +141,60 @@ def a_records(server: Dnsd, name: str) -> list[str]:
     return sorted(item.to_text() for rrset in reply.answer for item in rrset)
 
 
-def test_events_then_stream_end_reconnect_and_resync(engine: FakeEngine, tmp_path: Path) -> None:
+def test_events_then_stream_end_reconnect_and_resync(
+    dnsd_factory: DnsdFactory, engine: FakeEngine
+) -> None:
     engine.containers["a" * 64] = container("a" * 64, "first", "10.1.0.1")
-    server = start_dnsd(tmp_path, "--no-forward", docker=engine.url)
-    try:
-        eventually(lambda: a_records(server, "first.docker") == ["10.1.0.1"])
-        assert engine.requests.index("/events") < engine.requests.index("/containers/json")
-        engine.containers["b" * 64] = container("b" * 64, "second", "10.1.0.2")
-        engine.emit("start", "b" * 64)
-        eventually(lambda: a_records(server, "second.docker") == ["10.1.0.2"])
-        # The daemon goes away: the stream ends. Meanwhile "first" stops (no event reaches us)
-        # and "third" starts; the resync after reconnecting must show both.
-        del engine.containers["a" * 64]
-        engine.containers["c" * 64] = container("c" * 64, "third", "10.1.0.3")
-        engine.end_streams()
-        eventually(lambda: a_records(server, "third.docker") == ["10.1.0.3"])
-        eventually(lambda: a_records(server, "first.docker") == [])
-        assert a_records(server, "second.docker") == ["10.1.0.2"]
-        assert server.log().count("event stream ended") == 1
-    finally:
-        server.stop()
+    server = dnsd_factory("--no-forward", docker=engine.url)
+    eventually(lambda: a_records(server, "first.docker") == ["10.1.0.1"])
+    assert engine.requests.index("/events") < engine.requests.index("/containers/json")
+    engine.containers["b" * 64] = container("b" * 64, "second", "10.1.0.2")
+    engine.emit("start", "b" * 64)
+    eventually(lambda: a_records(server, "second.docker") == ["10.1.0.2"])
+    # The daemon goes away: the stream ends. Meanwhile "first" stops (no event reaches us)
+    # and "third" starts; the resync after reconnecting must show both.
+    del engine.containers["a" * 64]
+    engine.containers["c" * 64] = container("c" * 64, "third", "10.1.0.3")
+    engine.end_streams()
+    eventually(lambda: a_records(server, "third.docker") == ["10.1.0.3"])
+    eventually(lambda: a_records(server, "first.docker") == [])
+    assert a_records(server, "second.docker") == ["10.1.0.2"]
+    assert server.log().count("event stream ended") == 1
 
 
-def test_periodic_resync_heals_a_missed_event(engine: FakeEngine, tmp_path: Path) -> None:
+def test_periodic_resync_heals_a_missed_event(
+    dnsd_factory: DnsdFactory, engine: FakeEngine
+) -> None:
     engine.containers["a" * 64] = container("a" * 64, "ghost", "10.2.0.1")
     config = "[docker]\nresync_interval = 0.3\n"
-    server = start_dnsd(tmp_path, "--no-forward", config=config, docker=engine.url)
-    try:
-        eventually(lambda: a_records(server, "ghost.docker") == ["10.2.0.1"])
-        del engine.containers["a" * 64]  # and no "die" event is ever sent
-        eventually(lambda: rcode(query(server.port, "ghost.docker")) == "NXDOMAIN")
-        # Unchanged containers are not inspected again at each resync.
-        engine.containers["b" * 64] = container("b" * 64, "steady", "10.2.0.2")
-        eventually(lambda: a_records(server, "steady.docker") == ["10.2.0.2"])
-        inspected = engine.requests.count(f"/containers/{'b' * 64}/json")
-        resyncs = server.metric("dnsd_docker_resyncs_total")
-        eventually(lambda: server.metric("dnsd_docker_resyncs_total") >= resyncs + 2)
-        assert engine.requests.count(f"/containers/{'b' * 64}/json") == inspected
-    finally:
-        server.stop()
+    server = dnsd_factory("--no-forward", config=config, docker=engine.url)
+    eventually(lambda: a_records(server, "ghost.docker") == ["10.2.0.1"])
+    del engine.containers["a" * 64]  # and no "die" event is ever sent
+    eventually(lambda: rcode(query(server.port, "ghost.docker")) == "NXDOMAIN")
+    # Unchanged containers are not inspected again at each resync.
+    engine.containers["b" * 64] = container("b" * 64, "steady", "10.2.0.2")
+    eventually(lambda: a_records(server, "steady.docker") == ["10.2.0.2"])
+    inspected = engine.requests.count(f"/containers/{'b' * 64}/json")
+    resyncs = server.metric("dnsd_docker_resyncs_total")
+    eventually(lambda: server.metric("dnsd_docker_resyncs_total") >= resyncs + 2)
+    assert engine.requests.count(f"/containers/{'b' * 64}/json") == inspected
 
 
-def test_events_for_vanished_containers_and_junk_events(engine: FakeEngine, tmp_path: Path) -> None:
-    server = start_dnsd(tmp_path, "--no-forward", docker=engine.url)
-    try:
-        eventually(lambda: engine.subscriber_count() == 1)
-        engine.emit("start", "f" * 64)  # inspect -> 404: nothing to add
-        engine.emit("exec_start: sh", "f" * 64)
-        engine.emit("connect", "f" * 64, kind="network")
-        engine.containers["d" * 64] = container("d" * 64, "late", "10.3.0.1")
-        engine.emit("start", "d" * 64)
-        eventually(lambda: a_records(server, "late.docker") == ["10.3.0.1"])
-        engine.emit("die", "d" * 64)
-        eventually(lambda: a_records(server, "late.docker") == [])
-        assert server.proc.poll() is None
-        assert "Traceback" not in server.log()
-    finally:
-        server.stop()
+def test_events_for_vanished_containers_and_junk_events(
+    dnsd_factory: DnsdFactory, engine: FakeEngine
+) -> None:
+    server = dnsd_factory("--no-forward", docker=engine.url)
+    eventually(lambda: engine.subscriber_count() == 1)
+    engine.emit("start", "f" * 64)  # inspect -> 404: nothing to add
+    engine.emit("exec_start: sh", "f" * 64)
+    engine.emit("connect", "f" * 64, kind="network")
+    engine.containers["d" * 64] = container("d" * 64, "late", "10.3.0.1")
+    engine.emit("start", "d" * 64)
+    eventually(lambda: a_records(server, "late.docker") == ["10.3.0.1"])
+    engine.emit("die", "d" * 64)
+    eventually(lambda: a_records(server, "late.docker") == [])
+    assert server.proc.poll() is None
+    assert "Traceback" not in server.log()
 
 
 # --- name ownership (docker_claims) ------------------------------------------------------------
@@ -274,21 +271,20 @@ def test_records_from_the_list_match_the_inspected_ones() -> None:
     assert listed.health == "healthy" and listed.group == inspected.group == "api.shop"
 
 
-def test_first_sync_answers_from_the_list_then_inspects(engine: FakeEngine, tmp_path: Path) -> None:
+def test_first_sync_answers_from_the_list_then_inspects(
+    dnsd_factory: DnsdFactory, engine: FakeEngine
+) -> None:
     for i in range(40):  # over the quick-sync threshold
         cid = f"{i:064x}"
         engine.containers[cid] = container(cid, f"box{i}", f"10.2.0.{i + 1}")
     engine.containers[f"{0:064x}"]["Config"]["Hostname"] = "explicit"  # only inspect shows it
-    server = start_dnsd(tmp_path, "--no-forward", "--log-level", "DEBUG", docker=engine.url)
-    try:
-        eventually(lambda: a_records(server, "box39.docker") == ["10.2.0.40"])
-        eventually(lambda: a_records(server, "explicit.docker") == ["10.2.0.1"])
-        log = server.log()
-        assert log.index("(from the list)") < log.index("(inspected)")
-        inspected = [r for r in engine.requests if r.startswith("/containers/0")]
-        assert len(inspected) >= 40  # and every container was inspected after all
-    finally:
-        server.stop()
+    server = dnsd_factory("--no-forward", "--log-level", "DEBUG", docker=engine.url)
+    eventually(lambda: a_records(server, "box39.docker") == ["10.2.0.40"])
+    eventually(lambda: a_records(server, "explicit.docker") == ["10.2.0.1"])
+    log = server.log()
+    assert log.index("(from the list)") < log.index("(inspected)")
+    inspected = [r for r in engine.requests if r.startswith("/containers/0")]
+    assert len(inspected) >= 40  # and every container was inspected after all
 
 
 def test_socket_permission_error_says_how_to_fix_it() -> None:

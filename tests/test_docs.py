@@ -9,7 +9,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from conftest import start_dnsd
+from conftest import DnsdFactory
 
 from dnsd.cli import _parser
 from dnsd.config import load
@@ -57,36 +57,33 @@ def test_every_dnsd_command_in_the_docs_parses() -> None:
     assert commands >= 5
 
 
-def test_the_quickstart_questions_are_answered(tmp_path: Path) -> None:
+def test_the_quickstart_questions_are_answered(dnsd_factory: DnsdFactory) -> None:
     """README's and the quickstart's questions to a dnsd serving conf/dnsd.toml (its static
     zone and hosts file; the container examples are docs/docker.md's, tested there)."""
-    server = start_dnsd(tmp_path, "--config", str(ROOT / "conf" / "dnsd.toml"), "--no-forward")
-    try:
-        ours = {"5300": str(server.port), "9153": str(server.http_port)}
-        pages = (ROOT / "README.md", DOCS / "quickstart.md")
-        lines = [(p, line) for p in pages for tool in ("dig", "dnsd", "curl")
-                 for line in example_lines(p, tool)]  # fmt: skip
-        ran = 0
-        for page, text in lines:
-            if "[" in text or "web1" in text or text.startswith(("dnsd serve", "dnsd version")):
-                continue  # a synopsis; a container of the reader's; the server itself
-            for theirs, port in ours.items():
-                text = text.replace(theirs, port)
-            argv = shlex.split(text)
-            if argv[0] == "dnsd":
-                argv = [sys.executable, "-m", "dnsd", *argv[1:]]
-                if argv[3] == "records":
-                    argv += ["--http", f"127.0.0.1:{server.http_port}"]
-            elif argv[0] == "dig":
-                argv[1:1] = ["+time=1", "+tries=1"]
-            result = subprocess.run(argv, capture_output=True, text=True, timeout=20)
-            assert result.returncode == 0, (page.name, text, result.stderr)
-            if argv[0] == "dig":
-                assert "status: NOERROR" in result.stdout, (page.name, text, result.stdout)
-                assert "ANSWER: 0," not in result.stdout, (page.name, text, result.stdout)
-            ran += 1
-        assert ran >= 7
-        with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/ready") as reply:
-            assert reply.status == 200
-    finally:
-        server.stop()
+    server = dnsd_factory("--config", str(ROOT / "conf" / "dnsd.toml"), "--no-forward")
+    ours = {"5300": str(server.port), "9153": str(server.http_port)}
+    pages = (ROOT / "README.md", DOCS / "quickstart.md")
+    lines = [(p, line) for p in pages for tool in ("dig", "dnsd", "curl")
+             for line in example_lines(p, tool)]  # fmt: skip
+    ran = 0
+    for page, text in lines:
+        if "[" in text or "web1" in text or text.startswith(("dnsd serve", "dnsd version")):
+            continue  # a synopsis; a container of the reader's; the server itself
+        for theirs, port in ours.items():
+            text = text.replace(theirs, port)
+        argv = shlex.split(text)
+        if argv[0] == "dnsd":
+            argv = [sys.executable, "-m", "dnsd", *argv[1:]]
+            if argv[3] == "records":
+                argv += ["--http", f"127.0.0.1:{server.http_port}"]
+        elif argv[0] == "dig":
+            argv[1:1] = ["+time=1", "+tries=1"]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+        assert result.returncode == 0, (page.name, text, result.stderr)
+        if argv[0] == "dig":
+            assert "status: NOERROR" in result.stdout, (page.name, text, result.stdout)
+            assert "ANSWER: 0," not in result.stdout, (page.name, text, result.stdout)
+        ran += 1
+    assert ran >= 7
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/ready") as reply:
+        assert reply.status == 200

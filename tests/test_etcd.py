@@ -14,7 +14,7 @@ from pathlib import Path
 
 import dns.flags
 import pytest
-from conftest import Dnsd, eventually, free_port, query, rcode, start_dnsd
+from conftest import Dnsd, DnsdFactory, eventually, free_port, query, rcode, start_dnsd
 from testbed.etcd import Etcd, Member, available
 from testbed.fake_engine import FakeEngine, container
 
@@ -465,34 +465,31 @@ def test_all_of_etcd_down_keeps_last_answers(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("at_the_delete", [False, True])
-def test_compaction_relists(etcd: Etcd, tmp_path: Path, at_the_delete: bool) -> None:
+def test_compaction_relists(dnsd_factory: DnsdFactory, etcd: Etcd, at_the_delete: bool) -> None:
     """dnsd misses a delete while cut off, and the history it would resume from is compacted
     away: only a fresh list can show the delete, and it must.  ``at_the_delete``: compacted at
     exactly the delete's revision, where etcd accepts the resumed watch but drops the delete."""
     z = zone()
-    server = start_dnsd(tmp_path, "--no-forward", "--zone", z, "--etcd", etcd.endpoints)
+    server = dnsd_factory("--no-forward", "--zone", z, "--etcd", etcd.endpoints)
+    etcd.put(f"/skydns/{z}/c/one", '{"host": "10.11.0.1"}')
+    eventually(lambda: answers(server.port, f"one.c.{z}") == ["10.11.0.1"])
+    server.proc.send_signal(signal.SIGSTOP)  # cut off: it sees nothing from here on
     try:
-        etcd.put(f"/skydns/{z}/c/one", '{"host": "10.11.0.1"}')
-        eventually(lambda: answers(server.port, f"one.c.{z}") == ["10.11.0.1"])
-        server.proc.send_signal(signal.SIGSTOP)  # cut off: it sees nothing from here on
-        try:
-            etcd.put(f"/skydns/{z}/c/two", '{"host": "10.11.0.2"}')
-            etcd.ctl("del", f"/skydns/{z}/c/one")
-            if not at_the_delete:
-                etcd.put(f"/skydns/{z}/c/three", '{"host": "10.11.0.3"}')  # the delete is history
-            revision = json.loads(etcd.ctl("get", "/", "-w", "json").stdout)["header"]["revision"]
-            etcd.ctl("compact", str(revision))
-            etcd.members[0].kill()  # its watch connection breaks
-            etcd.restart(etcd.members[0])
-            etcd.wait_healthy()
-        finally:
-            server.proc.send_signal(signal.SIGCONT)
-        eventually(lambda: answers(server.port, f"two.c.{z}") == ["10.11.0.2"], timeout=20)
-        eventually(lambda: answers(server.port, f"one.c.{z}") == [], timeout=20)
-        assert "compacted: listing again" in server.log()
-        assert server.proc.poll() is None
+        etcd.put(f"/skydns/{z}/c/two", '{"host": "10.11.0.2"}')
+        etcd.ctl("del", f"/skydns/{z}/c/one")
+        if not at_the_delete:
+            etcd.put(f"/skydns/{z}/c/three", '{"host": "10.11.0.3"}')  # the delete is history
+        revision = json.loads(etcd.ctl("get", "/", "-w", "json").stdout)["header"]["revision"]
+        etcd.ctl("compact", str(revision))
+        etcd.members[0].kill()  # its watch connection breaks
+        etcd.restart(etcd.members[0])
+        etcd.wait_healthy()
     finally:
-        server.stop()
+        server.proc.send_signal(signal.SIGCONT)
+    eventually(lambda: answers(server.port, f"two.c.{z}") == ["10.11.0.2"], timeout=20)
+    eventually(lambda: answers(server.port, f"one.c.{z}") == [], timeout=20)
+    assert "compacted: listing again" in server.log()
+    assert server.proc.poll() is None
 
 
 def test_tls_and_authentication(tmp_path: Path) -> None:

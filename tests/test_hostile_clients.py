@@ -18,7 +18,7 @@ import dns.flags
 import dns.message
 import dns.rdatatype
 import pytest
-from conftest import Dnsd, FakeUpstream, eventually, free_port, query, rcode
+from conftest import Dnsd, DnsdFactory, FakeUpstream, eventually, free_port, query, rcode
 from dnslib import QTYPE, RR, TXT
 
 from dnsd.records import RecordStore
@@ -585,7 +585,7 @@ def test_malformed_packets_are_answered_on_the_listener_thread() -> None:
 
 
 def test_a_mutated_packet_flood_from_one_address_costs_other_clients_nothing(
-    tmp_path: Path,
+    dnsd_factory: DnsdFactory,
 ) -> None:
     """One address sends ~76,000 fuzzed packets a second (most still questions: misses).  Its
     misses beyond ``server.udp_miss_rate_per_client`` get SERVFAIL from the listener thread, so
@@ -595,23 +595,19 @@ def test_a_mutated_packet_flood_from_one_address_costs_other_clients_nothing(
     import subprocess
     import sys
 
-    from conftest import start_dnsd
     from testbed import flood
     from testbed.etcd_load import Probe
 
-    server = start_dnsd(tmp_path, "--no-forward")
-    try:
-        sender = subprocess.Popen(
-            [sys.executable, flood.__file__, str(server.port), "76000", "7", "127.0.0.2"],
-            stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        time.sleep(2.0)  # making the packets, then flooding
-        with Probe(server.port, "probe.docker", timeout=0.3, miss=True) as other:
-            time.sleep(4.0)
-        sent = int(sender.communicate(timeout=30)[0])
-        assert sent > 200_000, sent
-        assert other.lost <= 1 and other.percentile(0.99) < 0.1, other.summary()
-        reason = "too many misses from one client"
-        assert server.metric("dnsd_dropped_packets_total", reason=reason) > 50_000
-    finally:
-        server.stop()
+    server = dnsd_factory("--no-forward")
+    sender = subprocess.Popen(
+        [sys.executable, flood.__file__, str(server.port), "76000", "7", "127.0.0.2"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(2.0)  # making the packets, then flooding
+    with Probe(server.port, "probe.docker", timeout=0.3, miss=True) as other:
+        time.sleep(4.0)
+    sent = int(sender.communicate(timeout=30)[0])
+    assert sent > 200_000, sent
+    assert other.lost <= 1 and other.percentile(0.99) < 0.1, other.summary()
+    reason = "too many misses from one client"
+    assert server.metric("dnsd_dropped_packets_total", reason=reason) > 50_000

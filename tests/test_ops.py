@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import eventually, free_port, query, start_dnsd
+from conftest import DnsdFactory, eventually, free_port, query, start_dnsd
 from testbed.fake_engine import FakeEngine, container
 
 HOSTS = "10.0.0.10 web\n10.0.0.11 web\n10.0.0.20 api\n"
@@ -69,58 +69,55 @@ def test_forward_metrics_per_upstream(tmp_path: Path) -> None:
         dead.stop()
 
 
-def test_health_ready_metrics_records(tmp_path: Path) -> None:
+def test_health_ready_metrics_records(dnsd_factory: DnsdFactory, tmp_path: Path) -> None:
     (tmp_path / "hosts").write_text(HOSTS)
     http = free_port()
-    server = start_dnsd(
-        tmp_path, "--no-forward", "--http", f"127.0.0.1:{http}",
+    server = dnsd_factory(
+        "--no-forward", "--http", f"127.0.0.1:{http}",
         config='[static]\nhosts = ["hosts"]\n',
     )  # fmt: skip
-    try:
-        assert get(http, "/health") == (200, '{"status": "ok"}')
-        code, body = get(http, "/ready")
-        assert code == 200 and json.loads(body)["sources"]["static"]["status"] == "ok"
-        for _ in range(3):
-            query(server.port, "web.docker")
-        query(server.port, "nope.docker")
-        query(server.port, "api.docker", tcp=True)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as junk:  # dropped, not a miss
-            junk.sendto(b"\x00\x01\x81\x00" + bytes(8), ("127.0.0.1", server.port))
-        (tmp_path / "hosts").write_text(HOSTS + "10.0.0.99 late\n")  # a file-change reload
-        eventually(lambda: query(server.port, "late.docker", tcp=True).answer)
-        code, text = get(http, "/metrics")
-        assert code == 200
-        labels = {"zone": "docker.", "type": "A", "rcode": "NOERROR", "transport": "udp"}
-        assert metric(text, "dnsd_queries_total", **labels, path="resolver") == 1
-        assert metric(text, "dnsd_queries_total", **labels, path="cache") == 2
-        nx = {"rcode": "NXDOMAIN", "transport": "udp", "path": "resolver"}
-        assert metric(text, "dnsd_queries_total", **nx) == 1
-        assert metric(text, "dnsd_queries_total", transport="tcp", rcode="NOERROR") >= 1
-        assert metric(text, "dnsd_answer_cache_hits_total") == 2
-        # UDP questions that reached the resolver: web, nope (not TCP, not the drop)
-        assert metric(text, "dnsd_answer_cache_misses_total") == 2
-        assert metric(text, "dnsd_reloads_total") == 1  # a file change counts as a reload
-        assert metric(text, "dnsd_dropped_packets_total", reason="not a query") == 1
-        assert metric(text, "dnsd_records", source="static") == 4
-        duration = "dnsd_request_duration_seconds_count"
-        assert metric(text, duration, transport="udp", path="resolver") == 2
-        assert metric(text, duration, transport="udp", path="cache") == 2  # hits are timed too
-        assert metric(text, duration, transport="tcp", path="resolver") >= 2
-        assert "dnsd_build_info{" in text and "process_resident_memory_bytes" in text
-        assert "_created" not in text
-        code, body = get(http, "/records?name=web*")
-        rows = json.loads(body)
-        assert code == 200 and {r["value"] for r in rows} == {"10.0.0.10", "10.0.0.11"}
-        assert all(r["source"] == "static" and r["ttl"] == 5 for r in rows)
-        assert json.loads(get(http, "/records?source=docker")[1]) == []
-        table = cli("records", "--http", f"127.0.0.1:{http}", "--name", "api*")
-        assert table.returncode == 0
-        assert table.stdout.splitlines()[0].split()[:4] == ["NAME", "TYPE", "VALUE", "TTL"]
-        assert "api.docker." in table.stdout and "10.0.0.20" in table.stdout
-        as_json = cli("records", "--http", f"127.0.0.1:{http}", "--json")
-        assert len(json.loads(as_json.stdout)) == 4
-    finally:
-        server.stop()
+    assert get(http, "/health") == (200, '{"status": "ok"}')
+    code, body = get(http, "/ready")
+    assert code == 200 and json.loads(body)["sources"]["static"]["status"] == "ok"
+    for _ in range(3):
+        query(server.port, "web.docker")
+    query(server.port, "nope.docker")
+    query(server.port, "api.docker", tcp=True)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as junk:  # dropped, not a miss
+        junk.sendto(b"\x00\x01\x81\x00" + bytes(8), ("127.0.0.1", server.port))
+    (tmp_path / "hosts").write_text(HOSTS + "10.0.0.99 late\n")  # a file-change reload
+    eventually(lambda: query(server.port, "late.docker", tcp=True).answer)
+    code, text = get(http, "/metrics")
+    assert code == 200
+    labels = {"zone": "docker.", "type": "A", "rcode": "NOERROR", "transport": "udp"}
+    assert metric(text, "dnsd_queries_total", **labels, path="resolver") == 1
+    assert metric(text, "dnsd_queries_total", **labels, path="cache") == 2
+    nx = {"rcode": "NXDOMAIN", "transport": "udp", "path": "resolver"}
+    assert metric(text, "dnsd_queries_total", **nx) == 1
+    assert metric(text, "dnsd_queries_total", transport="tcp", rcode="NOERROR") >= 1
+    assert metric(text, "dnsd_answer_cache_hits_total") == 2
+    # UDP questions that reached the resolver: web, nope (not TCP, not the drop)
+    assert metric(text, "dnsd_answer_cache_misses_total") == 2
+    assert metric(text, "dnsd_reloads_total") == 1  # a file change counts as a reload
+    assert metric(text, "dnsd_dropped_packets_total", reason="not a query") == 1
+    assert metric(text, "dnsd_records", source="static") == 4
+    duration = "dnsd_request_duration_seconds_count"
+    assert metric(text, duration, transport="udp", path="resolver") == 2
+    assert metric(text, duration, transport="udp", path="cache") == 2  # hits are timed too
+    assert metric(text, duration, transport="tcp", path="resolver") >= 2
+    assert "dnsd_build_info{" in text and "process_resident_memory_bytes" in text
+    assert "_created" not in text
+    code, body = get(http, "/records?name=web*")
+    rows = json.loads(body)
+    assert code == 200 and {r["value"] for r in rows} == {"10.0.0.10", "10.0.0.11"}
+    assert all(r["source"] == "static" and r["ttl"] == 5 for r in rows)
+    assert json.loads(get(http, "/records?source=docker")[1]) == []
+    table = cli("records", "--http", f"127.0.0.1:{http}", "--name", "api*")
+    assert table.returncode == 0
+    assert table.stdout.splitlines()[0].split()[:4] == ["NAME", "TYPE", "VALUE", "TTL"]
+    assert "api.docker." in table.stdout and "10.0.0.20" in table.stdout
+    as_json = cli("records", "--http", f"127.0.0.1:{http}", "--json")
+    assert len(json.loads(as_json.stdout)) == 4
 
 
 def test_ready_follows_docker(tmp_path: Path) -> None:
@@ -155,18 +152,15 @@ def test_ready_follows_docker(tmp_path: Path) -> None:
             engine.stop()
 
 
-def test_query_tool(tmp_path: Path) -> None:
+def test_query_tool(dnsd_factory: DnsdFactory, tmp_path: Path) -> None:
     (tmp_path / "hosts").write_text(HOSTS)
-    server = start_dnsd(tmp_path, "--no-forward", config='[static]\nhosts = ["hosts"]\n')
-    try:
-        out = cli("query", "api.docker", "--server", f"127.0.0.1:{server.port}")
-        assert out.returncode == 0 and "10.0.0.20" in out.stdout and "NOERROR" in out.stdout
-        tcp = cli("query", "web.docker", "A", "--server", f"127.0.0.1:{server.port}", "--tcp")
-        assert tcp.returncode == 0 and "10.0.0.11" in tcp.stdout
-        srv = cli("query", "nope.docker", "AAAA", "--server", f"127.0.0.1:{server.port}")
-        assert "NXDOMAIN" in srv.stdout
-    finally:
-        server.stop()
+    server = dnsd_factory("--no-forward", config='[static]\nhosts = ["hosts"]\n')
+    out = cli("query", "api.docker", "--server", f"127.0.0.1:{server.port}")
+    assert out.returncode == 0 and "10.0.0.20" in out.stdout and "NOERROR" in out.stdout
+    tcp = cli("query", "web.docker", "A", "--server", f"127.0.0.1:{server.port}", "--tcp")
+    assert tcp.returncode == 0 and "10.0.0.11" in tcp.stdout
+    srv = cli("query", "nope.docker", "AAAA", "--server", f"127.0.0.1:{server.port}")
+    assert "NXDOMAIN" in srv.stdout
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     silent.bind(("127.0.0.1", 0))
     try:
@@ -190,19 +184,16 @@ def test_http_port_busy_is_exit_2(tmp_path: Path) -> None:
     assert "cannot serve http" in server.log()
 
 
-def test_default_docker_without_a_socket_does_not_hold_readiness(tmp_path: Path) -> None:
+def test_default_docker_without_a_socket_does_not_hold_readiness(dnsd_factory: DnsdFactory) -> None:
     if Path("/var/run/docker.sock").exists():
         pytest.skip("this machine has a Docker socket at the default path")
     http = free_port()
-    server = start_dnsd(tmp_path, "--no-forward", "--http", f"127.0.0.1:{http}", docker="")
-    try:
-        eventually(lambda: "docker" in json.loads(get(http, "/ready")[1])["sources"])
-        code, body = get(http, "/ready")
-        assert code == 200 and json.loads(body)["sources"]["docker"]["status"] == "absent"
-        eventually(lambda: "no containers known yet" in server.log())  # what it says
-        assert "serving the last known" not in server.log()
-    finally:
-        server.stop()
+    server = dnsd_factory("--no-forward", "--http", f"127.0.0.1:{http}", docker="")
+    eventually(lambda: "docker" in json.loads(get(http, "/ready")[1])["sources"])
+    code, body = get(http, "/ready")
+    assert code == 200 and json.loads(body)["sources"]["docker"]["status"] == "absent"
+    eventually(lambda: "no containers known yet" in server.log())  # what it says
+    assert "serving the last known" not in server.log()
 
 
 def test_query_log(tmp_path: Path) -> None:
@@ -240,29 +231,25 @@ def test_query_log(tmp_path: Path) -> None:
         upstream.stop()
 
 
-def test_query_log_says_upstream_only_for_questions_that_went_there(tmp_path: Path) -> None:
-    server = start_dnsd(tmp_path, "--log-queries", "--log-format", "json", "--no-forward")
-    try:
-        query(server.port, "outside.example")  # forwarding off: refused by dnsd itself
+def test_query_log_says_upstream_only_for_questions_that_went_there(
+    dnsd_factory: DnsdFactory,
+) -> None:
+    server = dnsd_factory("--log-queries", "--log-format", "json", "--no-forward")
+    query(server.port, "outside.example")  # forwarding off: refused by dnsd itself
 
-        def lines() -> list[dict[str, object]]:
-            found = [json.loads(line) for line in server.log().splitlines() if line.strip()]
-            return [line for line in found if line.get("event") == "query"]
+    def lines() -> list[dict[str, object]]:
+        found = [json.loads(line) for line in server.log().splitlines() if line.strip()]
+        return [line for line in found if line.get("event") == "query"]
 
-        eventually(lambda: len(lines()) == 1)
-        assert [(q["rcode"], q["answered_by"]) for q in lines()] == [("REFUSED", "local")]
-    finally:
-        server.stop()
+    eventually(lambda: len(lines()) == 1)
+    assert [(q["rcode"], q["answered_by"]) for q in lines()] == [("REFUSED", "local")]
 
 
-def test_no_query_log_by_default(tmp_path: Path) -> None:
-    server = start_dnsd(tmp_path, "--no-forward")
-    try:
-        query(server.port, "web.docker")
-        query(server.port, "web.docker")
-        assert "query 127.0.0.1" not in server.log()
-    finally:
-        server.stop()
+def test_no_query_log_by_default(dnsd_factory: DnsdFactory) -> None:
+    server = dnsd_factory("--no-forward")
+    query(server.port, "web.docker")
+    query(server.port, "web.docker")
+    assert "query 127.0.0.1" not in server.log()
 
 
 def test_query_log_rate_limit_counts_what_it_leaves_out() -> None:
@@ -293,26 +280,25 @@ def test_query_log_rate_limit_counts_what_it_leaves_out() -> None:
         logger.removeHandler(handler)
 
 
-def test_query_log_flood_stays_bounded(tmp_path: Path) -> None:
+def test_query_log_flood_stays_bounded(dnsd_factory: DnsdFactory) -> None:
     config = "[log]\nqueries = true\nqueries_per_second = 20\n"
-    server = start_dnsd(tmp_path, "--no-forward", config=config)
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.settimeout(2)
-            packet = bytes.fromhex("1234010000010000000000000377656206646f636b65720000010001")
-            for _ in range(2000):
-                sock.sendto(packet, ("127.0.0.1", server.port))
-                sock.recv(512)
-        lines = [line for line in server.log().splitlines() if "query 127.0.0.1" in line]
-        skipped = eventually(lambda: server.metric("dnsd_query_log_skipped"))
-        assert len(lines) + skipped == 2000  # every query logged or counted, none lost
-        assert len(lines) <= 20 * 30  # 20 a second, whatever the load
-        assert skipped >= 1000
-    finally:
-        server.stop()
+    server = dnsd_factory("--no-forward", config=config)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(2)
+        packet = bytes.fromhex("1234010000010000000000000377656206646f636b65720000010001")
+        for _ in range(2000):
+            sock.sendto(packet, ("127.0.0.1", server.port))
+            sock.recv(512)
+    lines = [line for line in server.log().splitlines() if "query 127.0.0.1" in line]
+    skipped = eventually(lambda: server.metric("dnsd_query_log_skipped"))
+    assert len(lines) + skipped == 2000  # every query logged or counted, none lost
+    assert len(lines) <= 20 * 30  # 20 a second, whatever the load
+    assert skipped >= 1000
 
 
-def test_records_at_50000_names_never_holds_serving(tmp_path: Path) -> None:
+def test_records_at_50000_names_never_holds_serving(
+    dnsd_factory: DnsdFactory, tmp_path: Path
+) -> None:
     """/records at 50,000 names (about 9 MB of JSON) is built and written in slices: five
     fetches in a row cost a probe on the event loop's path (a new name each time) nothing,
     where one fetch built in one go held the loop for 0.2-1.6 s.  The table still comes
@@ -323,34 +309,31 @@ def test_records_at_50000_names_never_holds_serving(tmp_path: Path) -> None:
     lines = [f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255} h{i}" for i in range(count)]
     (tmp_path / "hosts").write_text("10.9.9.9 probe\n" + "\n".join(lines) + "\n")
     http, table = free_port(), tmp_path / "records.json"
-    server = start_dnsd(
-        tmp_path, "--no-forward", "--http", f"127.0.0.1:{http}",
+    server = dnsd_factory(
+        "--no-forward", "--http", f"127.0.0.1:{http}",
         config='[static]\nhosts = ["hosts"]\n',
     )  # fmt: skip
-    try:
-        eventually(lambda: query(server.port, f"h{count - 1}.docker").answer)
-        with Probe(server.port, "probe.docker", timeout=0.2, miss=True) as probe:
-            for _ in range(5):  # fetched by another process: this one's GIL is the probe's
-                fetched = subprocess.run(
-                    ["curl", "-sf", "-o", str(table), f"http://127.0.0.1:{http}/records"],
-                    timeout=30,
-                )  # fmt: skip
-                assert fetched.returncode == 0
-        body = table.read_text()
-        # One fetch built in one go holds the loop about 0.2 s: each of the five made a probe
-        # wait that long.  Built in slices the probe's p99 is about 10 ms (measured outside
-        # pytest); this process adds its own pauses, so the bound here is loose.
-        slow = [latency for latency in probe.latencies if latency > 0.15]
-        assert probe.lost == 0 and len(slow) <= 1, probe.summary()
-        assert len(probe.latencies) > 20, probe.summary()
-        rows = json.loads(body)
-        assert len(rows) == count + 1
-        names = [row["name"] for row in rows]
-        assert names == sorted(names)
-        assert {row["name"]: row["value"] for row in rows}["h12345.docker."] == "10.0.48.57"
-        some = json.loads(get(http, "/records?name=h4999*")[1])
-        assert sorted(row["name"] for row in some) == sorted(
-            [f"h4999{d}.docker." for d in range(10)] + ["h4999.docker."]
-        )
-    finally:
-        server.stop()
+    eventually(lambda: query(server.port, f"h{count - 1}.docker").answer)
+    with Probe(server.port, "probe.docker", timeout=0.2, miss=True) as probe:
+        for _ in range(5):  # fetched by another process: this one's GIL is the probe's
+            fetched = subprocess.run(
+                ["curl", "-sf", "-o", str(table), f"http://127.0.0.1:{http}/records"],
+                timeout=30,
+            )  # fmt: skip
+            assert fetched.returncode == 0
+    body = table.read_text()
+    # One fetch built in one go holds the loop about 0.2 s: each of the five made a probe
+    # wait that long.  Built in slices the probe's p99 is about 10 ms (measured outside
+    # pytest); this process adds its own pauses, so the bound here is loose.
+    slow = [latency for latency in probe.latencies if latency > 0.15]
+    assert probe.lost == 0 and len(slow) <= 1, probe.summary()
+    assert len(probe.latencies) > 20, probe.summary()
+    rows = json.loads(body)
+    assert len(rows) == count + 1
+    names = [row["name"] for row in rows]
+    assert names == sorted(names)
+    assert {row["name"]: row["value"] for row in rows}["h12345.docker."] == "10.0.48.57"
+    some = json.loads(get(http, "/records?name=h4999*")[1])
+    assert sorted(row["name"] for row in some) == sorted(
+        [f"h4999{d}.docker." for d in range(10)] + ["h4999.docker."]
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import eventually
+from conftest import DnsdFactory, eventually
 
 from dnsd.cli import main
 from dnsd.config import ConfigError, load
@@ -110,112 +110,104 @@ def test_opted_in_outside_names_get_no_automatic_ptr() -> None:
     assert store.lookup("evil.example.com.", "A") == []
 
 
-def test_wildcard_records_follow_rfc4592(tmp_path: Path) -> None:
+def test_wildcard_records_follow_rfc4592(dnsd_factory: DnsdFactory, tmp_path: Path) -> None:
     """``*.dev`` answers names below ``dev`` that do not exist, never ``dev`` itself or a name
     that exists; a wildcard added later replaces a cached NXDOMAIN at once."""
-    from conftest import query, rcode, start_dnsd
+    from conftest import query, rcode
 
     hosts = tmp_path / "hosts"
     hosts.write_text("10.1.0.1 *.dev\n10.1.0.2 api.dev\n10.1.0.3 deep.x.dev\n")
     config = tmp_path / "dnsd.toml"
     config.write_text(f'[static]\nhosts = ["{hosts}"]\nwatch_interval = 0.1\n')
-    server = start_dnsd(tmp_path, "--no-forward", "--config", str(config))
-    try:
+    server = dnsd_factory("--no-forward", "--config", str(config))
 
-        def addresses(name: str, rdtype: str = "A") -> list[str]:
-            return sorted(r.to_text() for rs in query(server.port, name, rdtype).answer for r in rs)
+    def addresses(name: str, rdtype: str = "A") -> list[str]:
+        return sorted(r.to_text() for rs in query(server.port, name, rdtype).answer for r in rs)
 
-        reply = query(server.port, "Anything.DEV.docker")
-        assert [(rs.name.to_text(), r.to_text()) for rs in reply.answer for r in rs] == [
-            ("Anything.DEV.docker.", "10.1.0.1")
-        ]  # synthesised under the asked name, its case echoed
-        assert addresses("a.b.c.dev.docker") == ["10.1.0.1"]  # closest encloser: dev
-        assert addresses("api.dev.docker") == ["10.1.0.2"]  # an existing name wins
-        assert addresses("y.x.dev.docker") == []  # x.dev exists (empty non-terminal)...
-        assert rcode(query(server.port, "y.x.dev.docker")) == "NXDOMAIN"  # ...: no wildcard
-        assert rcode(query(server.port, "dev.docker")) == "NOERROR"  # the parent: NODATA
-        assert addresses("dev.docker") == []
-        assert rcode(query(server.port, "q.dev.docker", "TXT")) == "NOERROR"  # NODATA
-        assert rcode(query(server.port, "10.1.0.1.in-addr.arpa", "PTR")) == "REFUSED"  # no PTR
-        assert rcode(query(server.port, "q.late.docker")) == "NXDOMAIN"  # now cached
-        hosts.write_text(hosts.read_text() + "10.1.0.9 *.late\n")
-        eventually(lambda: addresses("q.late.docker") == ["10.1.0.9"])
-    finally:
-        server.stop()
+    reply = query(server.port, "Anything.DEV.docker")
+    assert [(rs.name.to_text(), r.to_text()) for rs in reply.answer for r in rs] == [
+        ("Anything.DEV.docker.", "10.1.0.1")
+    ]  # synthesised under the asked name, its case echoed
+    assert addresses("a.b.c.dev.docker") == ["10.1.0.1"]  # closest encloser: dev
+    assert addresses("api.dev.docker") == ["10.1.0.2"]  # an existing name wins
+    assert addresses("y.x.dev.docker") == []  # x.dev exists (empty non-terminal)...
+    assert rcode(query(server.port, "y.x.dev.docker")) == "NXDOMAIN"  # ...: no wildcard
+    assert rcode(query(server.port, "dev.docker")) == "NOERROR"  # the parent: NODATA
+    assert addresses("dev.docker") == []
+    assert rcode(query(server.port, "q.dev.docker", "TXT")) == "NOERROR"  # NODATA
+    assert rcode(query(server.port, "10.1.0.1.in-addr.arpa", "PTR")) == "REFUSED"  # no PTR
+    assert rcode(query(server.port, "q.late.docker")) == "NXDOMAIN"  # now cached
+    hosts.write_text(hosts.read_text() + "10.1.0.9 *.late\n")
+    eventually(lambda: addresses("q.late.docker") == ["10.1.0.9"])
 
 
 def _log_lines(dnsd: object, fragment: str) -> int:
     return sum(fragment in line for line in dnsd.log().splitlines())  # type: ignore[attr-defined]
 
 
-def test_bad_hosts_lines_cost_one_log_line_per_load(tmp_path: Path) -> None:
+def test_bad_hosts_lines_cost_one_log_line_per_load(
+    dnsd_factory: DnsdFactory, tmp_path: Path
+) -> None:
     import os
     import signal
 
-    from conftest import query, start_dnsd
+    from conftest import query
 
     hosts = tmp_path / "hosts"
     random_bytes = os.urandom(1_000_000)  # thousands of bad lines, and a good one at the end
     hosts.write_bytes(random_bytes + b"\n10.0.0.7 good\n")
     config = f'[static]\nhosts = ["{hosts}"]\nwatch_interval = 60\n'
-    dnsd = start_dnsd(tmp_path, "--no-forward", config=config)
-    try:
-        assert query(dnsd.port, "good.docker").answer
-        dnsd.proc.send_signal(signal.SIGHUP)
-        eventually(lambda: dnsd.metric("dnsd_reloads") >= 1)
-        assert query(dnsd.port, "good.docker").answer
-        assert _log_lines(dnsd, "bad line(s) skipped") == 2  # the load and the reload
-        assert len(dnsd.log()) < 20_000  # not a line per bad line (was 38 MB per 10 MB)
-    finally:
-        dnsd.stop()
+    dnsd = dnsd_factory("--no-forward", config=config)
+    assert query(dnsd.port, "good.docker").answer
+    dnsd.proc.send_signal(signal.SIGHUP)
+    eventually(lambda: dnsd.metric("dnsd_reloads") >= 1)
+    assert query(dnsd.port, "good.docker").answer
+    assert _log_lines(dnsd, "bad line(s) skipped") == 2  # the load and the reload
+    assert len(dnsd.log()) < 20_000  # not a line per bad line (was 38 MB per 10 MB)
 
 
-def test_oversized_hosts_file_is_refused_and_the_last_records_stay(tmp_path: Path) -> None:
+def test_oversized_hosts_file_is_refused_and_the_last_records_stay(
+    dnsd_factory: DnsdFactory, tmp_path: Path
+) -> None:
     import signal
 
-    from conftest import query, start_dnsd
+    from conftest import query
 
     hosts = tmp_path / "hosts"
     hosts.write_text("10.0.0.7 good\n")
     config = f'[static]\nhosts = ["{hosts}"]\nwatch_interval = 0.1\nmax_hosts_bytes = 100000\n'
-    dnsd = start_dnsd(tmp_path, "--no-forward", config=config)
-    try:
-        assert query(dnsd.port, "good.docker").answer
-        hosts.write_text("".join(f"10.1.{i // 250}.{i % 250} h{i}\n" for i in range(20000)))
-        eventually(lambda: _log_lines(dnsd, "over static.max_hosts_bytes") >= 1)
-        assert query(dnsd.port, "good.docker").answer  # the last good records
-        assert not query(dnsd.port, "h1.docker").answer
-        assert dnsd.metric("dnsd_reload_errors") >= 1
-        dnsd.proc.send_signal(signal.SIGHUP)
-        assert dnsd.proc.poll() is None
-    finally:
-        dnsd.stop()
+    dnsd = dnsd_factory("--no-forward", config=config)
+    assert query(dnsd.port, "good.docker").answer
+    hosts.write_text("".join(f"10.1.{i // 250}.{i % 250} h{i}\n" for i in range(20000)))
+    eventually(lambda: _log_lines(dnsd, "over static.max_hosts_bytes") >= 1)
+    assert query(dnsd.port, "good.docker").answer  # the last good records
+    assert not query(dnsd.port, "h1.docker").answer
+    assert dnsd.metric("dnsd_reload_errors") >= 1
+    dnsd.proc.send_signal(signal.SIGHUP)
+    assert dnsd.proc.poll() is None
     path = tmp_path / "check.toml"
     path.write_text(config)
     assert main(["check-config", str(path)]) == 2
 
 
-def test_a_sighup_storm_is_logged_in_a_few_lines(tmp_path: Path) -> None:
+def test_a_sighup_storm_is_logged_in_a_few_lines(dnsd_factory: DnsdFactory, tmp_path: Path) -> None:
     import signal
     import time
 
-    from conftest import query, start_dnsd
+    from conftest import query
 
     hosts = tmp_path / "hosts"
     hosts.write_text("10.0.0.7 good\n")
     config = f'[static]\nhosts = ["{hosts}"]\nwatch_interval = 60\n'
-    dnsd = start_dnsd(tmp_path, "--no-forward", config=config)
-    try:
-        before = len(dnsd.log().splitlines())
-        for _ in range(300):
-            dnsd.proc.send_signal(signal.SIGHUP)
-            time.sleep(0.005)
-        eventually(lambda: dnsd.metric("dnsd_reloads") >= 1)
-        assert query(dnsd.port, "good.docker").answer
-        added = len(dnsd.log().splitlines()) - before
-        assert added <= 6, dnsd.log()[-2000:]  # was two lines per signal
-    finally:
-        dnsd.stop()
+    dnsd = dnsd_factory("--no-forward", config=config)
+    before = len(dnsd.log().splitlines())
+    for _ in range(300):
+        dnsd.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.005)
+    eventually(lambda: dnsd.metric("dnsd_reloads") >= 1)
+    assert query(dnsd.port, "good.docker").answer
+    added = len(dnsd.log().splitlines()) - before
+    assert added <= 6, dnsd.log()[-2000:]  # was two lines per signal
 
 
 def _blocklist(count: int) -> str:
@@ -224,59 +216,57 @@ def _blocklist(count: int) -> str:
     return "".join(f"0.0.0.0 ads{i}.tracker{i % 97}.example.com.\n" for i in range(count))
 
 
-def test_a_big_hosts_file_is_parsed_off_the_event_loop(tmp_path: Path) -> None:
+def test_a_big_hosts_file_is_parsed_off_the_event_loop(
+    dnsd_factory: DnsdFactory, tmp_path: Path
+) -> None:
     """A reload of 200,000 lines (about 2 s of parsing, on the event loop before) runs on a
     worker thread: a probe on the loop's path (new names each time) loses nothing."""
     import signal
 
-    from conftest import query, start_dnsd
+    from conftest import query
     from testbed.etcd_load import Probe
 
     hosts = tmp_path / "hosts"
     hosts.write_text("10.9.9.9 probe\n")
     config = f'[static]\nhosts = ["{hosts}"]\nwatch_interval = 60\n'
-    dnsd = start_dnsd(tmp_path, "--no-forward", config=config)
-    try:
-        hosts.write_text("10.9.9.9 probe\n" + _blocklist(200_000) + "10.0.0.7 good\n")
-        with Probe(dnsd.port, "probe.docker", timeout=0.2, miss=True) as probe:
-            dnsd.proc.send_signal(signal.SIGHUP)
-            eventually(lambda: query(dnsd.port, "good.docker").answer, timeout=60)
-        assert probe.lost == 0, probe.summary()
-        assert len(probe.latencies) > 20, probe.summary()
-        assert _log_lines(dnsd, "200000 bad line(s) skipped") == 1
-    finally:
-        dnsd.stop()
+    dnsd = dnsd_factory("--no-forward", config=config)
+    hosts.write_text("10.9.9.9 probe\n" + _blocklist(200_000) + "10.0.0.7 good\n")
+    with Probe(dnsd.port, "probe.docker", timeout=0.2, miss=True) as probe:
+        dnsd.proc.send_signal(signal.SIGHUP)
+        eventually(lambda: query(dnsd.port, "good.docker").answer, timeout=60)
+    assert probe.lost == 0, probe.summary()
+    assert len(probe.latencies) > 20, probe.summary()
+    assert _log_lines(dnsd, "200000 bad line(s) skipped") == 1
 
 
 def _addresses(count: int, last: int) -> str:
     return "".join(f"10.{i >> 8 & 255}.{i & 255}.{last} n{i}\n" for i in range(count))
 
 
-def test_a_big_hosts_change_is_applied_between_queries(tmp_path: Path) -> None:
+def test_a_big_hosts_change_is_applied_between_queries(
+    dnsd_factory: DnsdFactory, tmp_path: Path
+) -> None:
     """A reload that changes the address of 200,000 names (2.5 s of store work, all on the
     event loop before) is applied in slices of a few milliseconds: a probe on the loop's path
     loses nothing and waits little; the new addresses are all served at the end."""
     import signal
 
-    from conftest import query, start_dnsd
+    from conftest import query
     from testbed.etcd_load import Probe
 
     hosts = tmp_path / "hosts"
     hosts.write_text("10.9.9.9 probe\n" + _addresses(200_000, 1))
     config = f'[static]\nhosts = ["{hosts}"]\nwatch_interval = 60\n'
-    dnsd = start_dnsd(tmp_path, "--no-forward", config=config)
-    try:
-        hosts.write_text("10.9.9.9 probe\n" + _addresses(200_000, 2))
-        with Probe(dnsd.port, "probe.docker", timeout=0.2, miss=True) as probe:
-            dnsd.proc.send_signal(signal.SIGHUP)
-            eventually(lambda: dnsd.metric("dnsd_reloads_total") == 1, timeout=60)
-        assert probe.lost == 0 and probe.percentile(0.99) < 0.05, probe.summary()
-        assert len(probe.latencies) > 50, probe.summary()
-        for i in (0, 123_456, 199_999):
-            answer = query(dnsd.port, f"n{i}.docker").answer
-            assert [r.address for r in answer[0]] == [f"10.{i >> 8 & 255}.{i & 255}.2"]
-    finally:
-        dnsd.stop()
+    dnsd = dnsd_factory("--no-forward", config=config)
+    hosts.write_text("10.9.9.9 probe\n" + _addresses(200_000, 2))
+    with Probe(dnsd.port, "probe.docker", timeout=0.2, miss=True) as probe:
+        dnsd.proc.send_signal(signal.SIGHUP)
+        eventually(lambda: dnsd.metric("dnsd_reloads_total") == 1, timeout=60)
+    assert probe.lost == 0 and probe.percentile(0.99) < 0.05, probe.summary()
+    assert len(probe.latencies) > 50, probe.summary()
+    for i in (0, 123_456, 199_999):
+        answer = query(dnsd.port, f"n{i}.docker").answer
+        assert [r.address for r in answer[0]] == [f"10.{i >> 8 & 255}.{i & 255}.2"]
 
 
 def _ended_within(dnsd: object, seconds: float) -> float:
@@ -296,36 +286,31 @@ def _ended_within(dnsd: object, seconds: float) -> float:
     return time.monotonic() - started
 
 
-def test_sigterm_ends_dnsd_during_a_long_reload(tmp_path: Path) -> None:
+def test_sigterm_ends_dnsd_during_a_long_reload(dnsd_factory: DnsdFactory, tmp_path: Path) -> None:
     """SIGTERM while a 400,000-line reload is being parsed: dnsd ends within its shutdown
     deadline (it waited for the whole parse before)."""
     import signal
     import time
-
-    from conftest import start_dnsd
 
     from dnsd.daemon import SHUTDOWN_DEADLINE_S
 
     hosts = tmp_path / "hosts"
     hosts.write_text("10.9.9.9 probe\n")
     config = f'[static]\nhosts = ["{hosts}"]\nwatch_interval = 60\n'
-    dnsd = start_dnsd(tmp_path, "--no-forward", config=config)
-    try:
-        hosts.write_text(_blocklist(400_000))
-        dnsd.proc.send_signal(signal.SIGHUP)
-        time.sleep(0.5)
-        assert _ended_within(dnsd, SHUTDOWN_DEADLINE_S + 1) < SHUTDOWN_DEADLINE_S + 1
-        assert "stopped" in dnsd.log()
-    finally:
-        dnsd.stop()
+    dnsd = dnsd_factory("--no-forward", config=config)
+    hosts.write_text(_blocklist(400_000))
+    dnsd.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    assert _ended_within(dnsd, SHUTDOWN_DEADLINE_S + 1) < SHUTDOWN_DEADLINE_S + 1
+    assert "stopped" in dnsd.log()
 
 
-def test_sigterm_ends_dnsd_while_the_event_loop_is_busy(tmp_path: Path) -> None:
+def test_sigterm_ends_dnsd_while_the_event_loop_is_busy(
+    dnsd_factory: DnsdFactory, tmp_path: Path
+) -> None:
     """SIGTERM during a first load of 300,000 hosts lines (900,000 names: many seconds with
     the event loop busy): the watchdog ends dnsd at the deadline, exit status 0."""
     import time
-
-    from conftest import start_dnsd
 
     from dnsd.daemon import SHUTDOWN_DEADLINE_S
 
@@ -336,11 +321,8 @@ def test_sigterm_ends_dnsd_while_the_event_loop_is_busy(tmp_path: Path) -> None:
         )
     )
     config = f'[static]\nhosts = ["{hosts}"]\n'
-    dnsd = start_dnsd(tmp_path, "--no-forward", config=config, wait=False)
-    try:
-        time.sleep(1.5)
-        assert dnsd.proc.poll() is None
-        assert _ended_within(dnsd, SHUTDOWN_DEADLINE_S + 1.5) < SHUTDOWN_DEADLINE_S + 1.5
-        assert "exiting now" in dnsd.log()
-    finally:
-        dnsd.stop()
+    dnsd = dnsd_factory("--no-forward", config=config, wait=False)
+    time.sleep(1.5)
+    assert dnsd.proc.poll() is None
+    assert _ended_within(dnsd, SHUTDOWN_DEADLINE_S + 1.5) < SHUTDOWN_DEADLINE_S + 1.5
+    assert "exiting now" in dnsd.log()
