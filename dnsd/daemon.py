@@ -111,10 +111,31 @@ class Daemon:
             self.docker.subscribers.append(self.publisher.update)
 
     async def start(self) -> None:
-        server = self.config.server
+        """Load the static zone, build the answer path, serve HTTP, listen, then run the
+        sources (each source's ``run``), in that order."""
         loaded = self.static.load()
         logger.info("static records loaded: %d", loaded, extra=event("static_loaded", "static"))
-        acl = Acl(server.allow_recursion)
+        acl = Acl(self.config.server.allow_recursion)
+        answer_cache = self._answer_cache(acl)
+        query_log = None
+        if self.config.log.queries:
+            query_log = QueryLog(
+                lines_per_second=self.config.log.queries_per_second, stats=self.stats
+            )
+        loop_detector, handler = self._resolver(acl, answer_cache, query_log)
+        self._collect(answer_cache)
+        await self._serve_http()
+        await self._listen(acl, handler, answer_cache, query_log)
+        self._tasks.append(asyncio.create_task(_sweep_answers(answer_cache)))
+        if loop_detector is not None and self.forwarder is not None:  # listeners are up: probe now
+            self._tasks.append(
+                asyncio.create_task(loop_detector.probe(list(self.forwarder.upstreams)))
+            )
+        for source in self.sources:
+            self._tasks.append(asyncio.create_task(source.run(), name=f"source {source.name}"))
+
+    def _answer_cache(self, acl: Acl) -> AnswerCache:
+        server = self.config.server
         answer_cache = AnswerCache(
             acl.allows,
             server.answer_cache_size,
@@ -123,11 +144,14 @@ class Daemon:
             max_udp_size=server.max_udp_size,
         )
         self.store.subscribe(answer_cache.invalidate)
-        local = LocalZone(
-            self.store,
-            server.zones,
-            negative_ttl=server.negative_ttl,
-        )
+        return answer_cache
+
+    def _resolver(
+        self, acl: Acl, answer_cache: AnswerCache, query_log: QueryLog | None
+    ) -> tuple[LoopDetector | None, QueryHandler]:
+        """Local zone -> forwarding cache -> forwarder, and the handler that packs answers."""
+        server = self.config.server
+        local = LocalZone(self.store, server.zones, negative_ttl=server.negative_ttl)
         forward = self._forwarding()
         budget = UpstreamBudget(
             limit_from_nofile(self.config.forward.max_pending, server.tcp_max_connections),
@@ -137,10 +161,6 @@ class Daemon:
         if self.forwarder is not None:
             loop_detector = LoopDetector(self.forwarder.probe, self.forwarder.drop)
         chain = ResolverChain(local, forward, acl, budget, self.stats, loop_detector)
-        log = self.config.log
-        query_log = None
-        if log.queries:
-            query_log = QueryLog(lines_per_second=log.queries_per_second, stats=self.stats)
         handler = QueryHandler(
             chain,
             self.stats,
@@ -149,6 +169,10 @@ class Daemon:
             recursion_available=forward is not None,
             query_log=query_log,
         )
+        return loop_detector, handler
+
+    def _collect(self, answer_cache: AnswerCache) -> None:
+        """What /metrics reads besides the counters in ``Stats``."""
         collector = self.metrics.collector
         collector.answer_cells = lambda: answer_cache.cells
         collector.records_by_source = self.store.counts
@@ -157,20 +181,37 @@ class Daemon:
             etcd = self.etcd
             collector.etcd = lambda: (etcd.revision, etcd.reconnects)
         collector.publishing = self.publisher is not None
-        collector.rrl = self._rrl_counts  # the limiter is made below, with the listeners
-        if self.config.http.listen:
-            from dnsd.http import HttpServer  # aiohttp only when the endpoint is on
+        collector.rrl = self._rrl_counts  # the limiter is made with the listeners
+        hit_timer = HitTimer(
+            lambda: answer_cache.hits, self.udp, self.stats.durations[("udp", "cache")]
+        )  # reads self.udp when collected: the listeners are added later
+        collector.before_collect = hit_timer.account
 
-            http_host, http_port = parse_hostport(self.config.http.listen, 9153)
-            self.http = HttpServer(
-                self, self.metrics.registry, http_host, http_port, self.config.http.request_timeout
-            )
-            try:
-                await self.http.start()
-            except OSError as exc:
-                raise StartupError(
-                    f"cannot serve http on {self.config.http.listen}: {exc.strerror}"
-                ) from None
+    async def _serve_http(self) -> None:
+        if not self.config.http.listen:
+            return
+        from dnsd.http import HttpServer  # aiohttp only when the endpoint is on
+
+        http_host, http_port = parse_hostport(self.config.http.listen, 9153)
+        self.http = HttpServer(
+            self, self.metrics.registry, http_host, http_port, self.config.http.request_timeout
+        )
+        try:
+            await self.http.start()
+        except OSError as exc:
+            raise StartupError(
+                f"cannot serve http on {self.config.http.listen}: {exc.strerror}"
+            ) from None
+
+    async def _listen(
+        self,
+        acl: Acl,
+        handler: QueryHandler,
+        answer_cache: AnswerCache,
+        query_log: QueryLog | None,
+    ) -> None:
+        """A UDP listener thread and a TCP server per ``server.listen`` address."""
+        server = self.config.server
         rrl = None
         if self.config.rrl.enabled:
             limits = self.config.rrl
@@ -200,17 +241,6 @@ class Daemon:
             self.udp.append(udp)
             self.tcp.append(tcp)
             logger.info("listening on %s (udp+tcp)", _show(udp.address), extra=event("listening"))
-        self._tasks.append(asyncio.create_task(_sweep_answers(answer_cache)))
-        hit_timer = HitTimer(
-            lambda: answer_cache.hits, self.udp, self.stats.durations[("udp", "cache")]
-        )
-        collector.before_collect = hit_timer.account
-        if loop_detector is not None and self.forwarder is not None:  # listeners are up: probe now
-            self._tasks.append(
-                asyncio.create_task(loop_detector.probe(list(self.forwarder.upstreams)))
-            )
-        for source in self.sources:
-            self._tasks.append(asyncio.create_task(source.run(), name=f"source {source.name}"))
 
     def _forwarding(self) -> ForwardCache | None:
         forward = self.config.forward
