@@ -78,10 +78,35 @@ class _Aging:
 
 
 class _Entry:
+    """What every entry has: where it is found (``keys``: the normalised key, and the exact
+    alias if any; ``sizes``: keys of other UDP sizes with the same answer), when it stops
+    being served as it is, who may have it, what it depends on and what it costs."""
+
     __slots__ = (
-        "aging", "alias", "cell", "clients", "depends", "expires", "keys", "memo", "qend",
-        "recursive", "scopes", "size", "sizes", "variants",
+        "alias", "cell", "depends", "expires", "keys", "qend", "recursive", "size", "sizes",
     )  # fmt: skip
+    # Read on the hot path for either kind: one answer for every asker (``variants``), or
+    # per network (``clients``); a forwarded answer counts its TTLs down (``aging``).
+    clients: dict[str, Iterator[bytes]] | None = None
+    aging: _Aging | None = None
+    variants: Iterator[bytes]  # a _SharedEntry's (read only where ``clients`` is None)
+
+    def __init__(self, expires: float, recursive: bool, cell: list[int]) -> None:
+        self.cell = cell  # hit counter shared by every entry with the same (type, rcode)
+        self.expires = expires
+        self.recursive = recursive
+        self.keys: tuple[bytes, ...] = ()
+        self.alias: bytes | None = None
+        self.sizes: tuple[bytes, ...] = ()
+        self.qend = 0  # where the question ends in the packets
+        self.depends: tuple[str, ...] = ()
+        self.size = 0
+
+
+class _SharedEntry(_Entry):
+    """One answer for every asker: its rotations, served in turn."""
+
+    __slots__ = ("aging", "variants")
 
     def __init__(
         self,
@@ -89,25 +114,26 @@ class _Entry:
         expires: float,
         recursive: bool,
         cell: list[int],
-        clients: dict[str, Iterator[bytes]] | None = None,
         aging: _Aging | None = None,
     ) -> None:
-        self.aging = aging
+        super().__init__(expires, recursive, cell)
         self.variants = variants
-        self.cell = cell  # hit counter shared by every entry with the same (type, rcode)
-        self.expires = expires
-        self.recursive = recursive
-        # Network-aware answers differ per asker: their rotations are kept per scope key (the
-        # networks among ``scopes`` that hold the asker), found through a per-client memo.
-        self.clients = clients
-        self.scopes: tuple[str, ...] = ()
+        self.aging = aging
+
+
+class _NetworkEntry(_Entry):
+    """A network-aware answer: rotations per scope key (the networks among ``scopes`` that
+    hold the asker), found through a per-client memo."""
+
+    __slots__ = ("clients", "memo", "scopes")
+
+    def __init__(
+        self, scopes: tuple[str, ...], expires: float, recursive: bool, cell: list[int]
+    ) -> None:
+        super().__init__(expires, recursive, cell)
+        self.clients: dict[str, Iterator[bytes]] = {}
+        self.scopes = scopes
         self.memo: dict[str, str] = {}
-        self.keys: tuple[bytes, ...] = ()  # the normalised key, and the exact alias if any
-        self.alias: bytes | None = None
-        self.sizes: tuple[bytes, ...] = ()  # normalised keys with other UDP sizes, same answer
-        self.qend = 0  # where the question ends in the packets
-        self.depends: tuple[str, ...] = ()
-        self.size = 0
 
 
 def _aging_of(template: bytes, born: float, lifetime_s: float) -> _Aging | None:
@@ -122,7 +148,7 @@ def _restamp(entry: _Entry, now: float) -> bool:
     """Count a forwarded entry's TTLs down in place (no resolver, no dnslib); False when it
     cannot be (a local entry, or the forwarded answer itself has expired)."""
     aging = entry.aging
-    if aging is None or now >= aging.final:
+    if aging is None or now >= aging.final or not isinstance(entry, _SharedEntry):
         return False
     elapsed = int(now - aging.born)
     packet = bytearray(aging.template)
@@ -201,7 +227,7 @@ def _locked(
 
 def _for_client(entry: _Entry, client_ip: str) -> Iterator[bytes] | None:
     """A network-aware entry's rotations for this asker (None: not known for its networks)."""
-    assert entry.clients is not None
+    assert isinstance(entry, _NetworkEntry)
     key = entry.memo.get(client_ip)
     if key is None:
         if len(entry.memo) >= MAX_CLIENTS_PER_ENTRY:
@@ -336,7 +362,7 @@ class AnswerCache:
             return True  # another thread re-stamped it since this one found it due
         if not _restamp(entry, now):
             return False
-        if entry.clients is None and self._entries.get(entry.keys[0]) is entry:
+        if isinstance(entry, _SharedEntry) and self._entries.get(entry.keys[0]) is entry:
             self._make_fast(entry, next(entry.variants))  # not dropped meanwhile
         return True
 
@@ -371,7 +397,7 @@ class AnswerCache:
         size = len(key) + sum(len(t) for t in templates)
         if client_ip is None:
             aged = _aging_of(templates[0], *aging) if aging and len(templates) == 1 else None
-            entry = _Entry(cycle, expires, recursive, cell, aging=aged)
+            entry = _SharedEntry(cycle, expires, recursive, cell, aging=aged)
             entry.qend = qend
             self._store(key, alias, entry, depends)
             if len(templates) == 1 and (aged is not None or math.isinf(expires)):
@@ -379,15 +405,12 @@ class AnswerCache:
         else:
             shared = self._entries.get(key)
             if (
-                shared is None
-                or shared.clients is None
+                not isinstance(shared, _NetworkEntry)
                 or shared.scopes != scopes
                 or len(shared.clients) >= MAX_CLIENTS_PER_ENTRY
             ):
-                shared = _Entry(iter(()), expires, recursive, cell, {})
-                shared.scopes = scopes
+                shared = _NetworkEntry(scopes, expires, recursive, cell)
                 self._store(key, alias, shared, depends)
-            assert shared.clients is not None
             shared.clients[scope_key(client_ip, scopes)] = cycle
         self._entries[key].size += size
         self.bytes += size
