@@ -9,6 +9,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import dns.message
 import dns.query
@@ -18,12 +19,13 @@ from testbed.dnsd import ROOT, Dnsd, eventually, free_port, query, start_dnsd, w
 from testbed.upstream import LOOP_PROBE_SUFFIX, FakeUpstream
 
 __all__ = [
-    "LOOP_PROBE_SUFFIX", "ROOT", "Dnsd", "DnsdFactory", "FakeUpstream", "eventually",
-    "free_port", "query", "rcode", "start_dnsd", "wait_ready",
+    "LOOP_PROBE_SUFFIX", "ROOT", "Dnsd", "DnsdFactory", "FakeUpstream", "StopAtEnd",
+    "eventually", "free_port", "query", "rcode", "start_dnsd", "wait_ready",
 ]  # fmt: skip
 
 
-DnsdFactory = Callable[..., Dnsd]  # start_dnsd's arguments without tmp_path
+DnsdFactory = Callable[..., Dnsd]
+_Stoppable = TypeVar("_Stoppable")  # start_dnsd's arguments without tmp_path
 
 
 @pytest.fixture
@@ -39,6 +41,24 @@ def dnsd_factory(tmp_path: Path) -> Iterator[DnsdFactory]:
     yield factory
     for dnsd in started:
         dnsd.stop()
+
+
+StopAtEnd = Callable[[_Stoppable], _Stoppable]
+
+
+@pytest.fixture
+def stop_at_end() -> Iterator[StopAtEnd]:
+    """``x = stop_at_end(thing)``: ``thing.stop()`` when the test ends, pass or fail (the last
+    one given first)."""
+    given: list[Any] = []
+
+    def register(thing: _Stoppable) -> _Stoppable:
+        given.append(thing)
+        return thing
+
+    yield register
+    for thing in reversed(given):
+        thing.stop()
 
 
 @pytest.fixture

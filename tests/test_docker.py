@@ -18,6 +18,7 @@ from conftest import (
     Dnsd,
     DnsdFactory,
     FakeUpstream,
+    StopAtEnd,
     eventually,
     free_port,
     query,
@@ -407,7 +408,9 @@ def test_burst_of_containers(dockerd: Dockerd, dnsd: Dnsd) -> None:
         eventually(lambda name=name: addrs(dnsd.port, f"{name}.docker") == [])
 
 
-def test_tls_engine(dnsd_factory: DnsdFactory, dockerd: Dockerd, tmp_path: Path) -> None:
+def test_tls_engine(
+    stop_at_end: StopAtEnd, dnsd_factory: DnsdFactory, dockerd: Dockerd, tmp_path: Path
+) -> None:
     """A tcp:// Engine with --tlsverify: dnsd connects with the client certificate only."""
     certs = dockerd.certs  # type: ignore[attr-defined]
     url = dockerd.tls_url  # type: ignore[attr-defined]
@@ -420,14 +423,13 @@ def test_tls_engine(dnsd_factory: DnsdFactory, dockerd: Dockerd, tmp_path: Path)
     server = dnsd_factory("--no-forward", config=config, docker=url)
     eventually(lambda: addrs(server.port, f"{name}.docker") == [ip])
     # Without a client certificate the Engine refuses: dnsd says so once and keeps serving.
-    bare = start_dnsd(
-        tmp_path, "--no-forward", config=f'[docker]\ntls_ca = "{certs.ca}"\n', docker=url
+    bare = stop_at_end(
+        start_dnsd(
+            tmp_path, "--no-forward", config=f'[docker]\ntls_ca = "{certs.ca}"\n', docker=url
+        )
     )
-    try:
-        eventually(lambda: "docker unreachable" in bare.log())
-        assert addrs(bare.port, f"{name}.docker") == []
-    finally:
-        bare.stop()
+    eventually(lambda: "docker unreachable" in bare.log())
+    assert addrs(bare.port, f"{name}.docker") == []
 
 
 def test_containers_cannot_take_names_they_do_not_own(

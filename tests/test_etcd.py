@@ -14,7 +14,7 @@ from pathlib import Path
 
 import dns.flags
 import pytest
-from conftest import Dnsd, DnsdFactory, eventually, free_port, query, rcode, start_dnsd
+from conftest import Dnsd, DnsdFactory, StopAtEnd, eventually, free_port, query, rcode, start_dnsd
 from testbed.etcd import Etcd, Member, available
 from testbed.fake_engine import FakeEngine, container
 
@@ -396,9 +396,13 @@ def cluster() -> Iterator[Etcd]:
     server.stop()
 
 
-def test_cluster_failover_loses_no_update(cluster: Etcd, tmp_path: Path) -> None:
+def test_cluster_failover_loses_no_update(
+    stop_at_end: StopAtEnd, cluster: Etcd, tmp_path: Path
+) -> None:
     z = zone()
-    server = start_dnsd(tmp_path, "--no-forward", "--zone", z, "--etcd", cluster.endpoints)
+    server = stop_at_end(
+        start_dnsd(tmp_path, "--no-forward", "--zone", z, "--etcd", cluster.endpoints)
+    )
 
     def watched() -> Member:
         via = server.log().rsplit("etcd watching", 1)[1].split("via ", 1)[1].split()[0]
@@ -409,59 +413,53 @@ def test_cluster_failover_loses_no_update(cluster: Etcd, tmp_path: Path) -> None
         cluster.put(f"/skydns/{z}/{label}", json.dumps({"host": ip}), endpoints=via.endpoint)
         eventually(lambda: answers(server.port, f"{label}.{z}") == [ip], timeout=timeout)
 
+    server.wait_source("etcd")
+    put_and_see("before", "10.9.0.1", watched())
+    # 1. The member the watch runs through dies.
+    victim = watched()
+    victim.kill()
+    put_and_see("after-kill", "10.9.0.2", victim)
+    assert watched() is not victim
+    cluster.restart(victim)
+    cluster.wait_healthy()
+    # 2. The leader dies.
+    leader = cluster.leader()
+    leader.kill()
+    put_and_see("after-leader", "10.9.0.3", leader)
+    cluster.restart(leader)
+    cluster.wait_healthy()
+    # 3. The member the watch runs through freezes (SIGSTOP): keepalive notices.
+    frozen = watched()
+    frozen.freeze()
     try:
-        server.wait_source("etcd")
-        put_and_see("before", "10.9.0.1", watched())
-        # 1. The member the watch runs through dies.
-        victim = watched()
-        victim.kill()
-        put_and_see("after-kill", "10.9.0.2", victim)
-        assert watched() is not victim
-        cluster.restart(victim)
-        cluster.wait_healthy()
-        # 2. The leader dies.
-        leader = cluster.leader()
-        leader.kill()
-        put_and_see("after-leader", "10.9.0.3", leader)
-        cluster.restart(leader)
-        cluster.wait_healthy()
-        # 3. The member the watch runs through freezes (SIGSTOP): keepalive notices.
-        frozen = watched()
-        frozen.freeze()
-        try:
-            put_and_see("after-freeze", "10.9.0.4", frozen)
-            assert watched() is not frozen
-        finally:
-            frozen.thaw()
-        for label, ip in (("before", "10.9.0.1"), ("after-kill", "10.9.0.2")):
-            assert answers(server.port, f"{label}.{z}") == [ip]
+        put_and_see("after-freeze", "10.9.0.4", frozen)
+        assert watched() is not frozen
+    finally:
+        frozen.thaw()
+    for label, ip in (("before", "10.9.0.1"), ("after-kill", "10.9.0.2")):
+        assert answers(server.port, f"{label}.{z}") == [ip]
+
+
+def test_all_of_etcd_down_keeps_last_answers(stop_at_end: StopAtEnd, tmp_path: Path) -> None:
+    solo = stop_at_end(Etcd(1).start())
+    z = zone()
+    solo.put(f"/skydns/{z}/kept", '{"host": "10.10.0.1"}')
+    server = start_dnsd(tmp_path, "--no-forward", "--zone", z, "--etcd", solo.endpoints)
+    try:
+        eventually(lambda: answers(server.port, f"kept.{z}") == ["10.10.0.1"])
+        solo.members[0].kill()
+        server.wait_source("etcd", "degraded")
+        why = server.source("etcd")["reason"]  # in words, naming the member
+        assert "StatusCode" not in why and solo.members[0].endpoint in why, why
+        for _ in range(5):
+            assert answers(server.port, f"kept.{z}") == ["10.10.0.1"]
+            time.sleep(0.2)
+        solo.restart(solo.members[0])
+        solo.wait_healthy()
+        solo.put(f"/skydns/{z}/new", '{"host": "10.10.0.2"}')
+        eventually(lambda: answers(server.port, f"new.{z}") == ["10.10.0.2"], timeout=20)
     finally:
         server.stop()
-
-
-def test_all_of_etcd_down_keeps_last_answers(tmp_path: Path) -> None:
-    solo = Etcd(1).start()
-    z = zone()
-    try:
-        solo.put(f"/skydns/{z}/kept", '{"host": "10.10.0.1"}')
-        server = start_dnsd(tmp_path, "--no-forward", "--zone", z, "--etcd", solo.endpoints)
-        try:
-            eventually(lambda: answers(server.port, f"kept.{z}") == ["10.10.0.1"])
-            solo.members[0].kill()
-            server.wait_source("etcd", "degraded")
-            why = server.source("etcd")["reason"]  # in words, naming the member
-            assert "StatusCode" not in why and solo.members[0].endpoint in why, why
-            for _ in range(5):
-                assert answers(server.port, f"kept.{z}") == ["10.10.0.1"]
-                time.sleep(0.2)
-            solo.restart(solo.members[0])
-            solo.wait_healthy()
-            solo.put(f"/skydns/{z}/new", '{"host": "10.10.0.2"}')
-            eventually(lambda: answers(server.port, f"new.{z}") == ["10.10.0.2"], timeout=20)
-        finally:
-            server.stop()
-    finally:
-        solo.stop()
 
 
 @pytest.mark.parametrize("at_the_delete", [False, True])
@@ -492,13 +490,13 @@ def test_compaction_relists(dnsd_factory: DnsdFactory, etcd: Etcd, at_the_delete
     assert server.proc.poll() is None
 
 
-def test_tls_and_authentication(tmp_path: Path) -> None:
+def test_tls_and_authentication(stop_at_end: StopAtEnd, tmp_path: Path) -> None:
     """etcd over TLS with client certificates, then with a user and password as well
     (gRPC sends credentials only over TLS, so dnsd requires etcd.ca for a user)."""
     from testbed.certs import make
 
     certs = make(tmp_path / "certs")
-    secure = Etcd(1, certs=certs).start()
+    secure = stop_at_end(Etcd(1, certs=certs).start())
     tls = f'ca = "{certs.ca}"\ncert = "{certs.client_cert}"\nkey = "{certs.client_key}"\n'
 
     def serve(z: str, extra: str) -> Dnsd:
@@ -509,35 +507,32 @@ def test_tls_and_authentication(tmp_path: Path) -> None:
             "--config", str(config),
         )  # fmt: skip
 
+    z = zone()
+    secure.put(f"/skydns/{z}/tls", '{"host": "10.12.0.1"}')
+    server = serve(z, "")
     try:
-        z = zone()
-        secure.put(f"/skydns/{z}/tls", '{"host": "10.12.0.1"}')
-        server = serve(z, "")
-        try:
-            eventually(lambda: answers(server.port, f"tls.{z}") == ["10.12.0.1"])
-        finally:
-            server.stop()
-        secure.ctl("user", "add", "root:rootpw")
-        secure.ctl("user", "add", "reader:readerpw")
-        secure.ctl("role", "add", "skydns-read")
-        secure.ctl("role", "grant-permission", "skydns-read", "--prefix=true", "read", "/skydns")
-        secure.ctl("user", "grant-role", "reader", "skydns-read")
-        secure.ctl("auth", "enable")
-        secure.auth = ["--user", "root:rootpw"]
-        secure.put(f"/skydns/{z}/auth", '{"host": "10.12.0.2"}')
-        server = serve(z, 'user = "reader"\npassword = "readerpw"\npublish = false\n')
-        try:
-            eventually(lambda: answers(server.port, f"auth.{z}") == ["10.12.0.2"])
-        finally:
-            server.stop()
-        refused = serve(z, 'user = "reader"\npassword = "wrong"\n')
-        try:
-            refused.wait_source("etcd", "down", reason="authentication")
-            assert answers(refused.port, f"auth.{z}") == []
-        finally:
-            refused.stop()
+        eventually(lambda: answers(server.port, f"tls.{z}") == ["10.12.0.1"])
     finally:
-        secure.stop()
+        server.stop()
+    secure.ctl("user", "add", "root:rootpw")
+    secure.ctl("user", "add", "reader:readerpw")
+    secure.ctl("role", "add", "skydns-read")
+    secure.ctl("role", "grant-permission", "skydns-read", "--prefix=true", "read", "/skydns")
+    secure.ctl("user", "grant-role", "reader", "skydns-read")
+    secure.ctl("auth", "enable")
+    secure.auth = ["--user", "root:rootpw"]
+    secure.put(f"/skydns/{z}/auth", '{"host": "10.12.0.2"}')
+    server = serve(z, 'user = "reader"\npassword = "readerpw"\npublish = false\n')
+    try:
+        eventually(lambda: answers(server.port, f"auth.{z}") == ["10.12.0.2"])
+    finally:
+        server.stop()
+    refused = serve(z, 'user = "reader"\npassword = "wrong"\n')
+    try:
+        refused.wait_source("etcd", "down", reason="authentication")
+        assert answers(refused.port, f"auth.{z}") == []
+    finally:
+        refused.stop()
 
 
 def test_lease_lost_is_regranted_and_republished(etcd: Etcd, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Dnsd, eventually, query, rcode, start_dnsd
+from conftest import Dnsd, StopAtEnd, eventually, query, rcode, start_dnsd
 from testbed.etcd import Etcd
 from testbed.etcd_load import Probe, address, bulk_delete, bulk_put, client, service_keys
 
@@ -43,38 +43,37 @@ def serve(tmp_path: Path, etcd: Etcd, prefix: str, zone: str, *args: str) -> Dns
     return server
 
 
-def test_bulk_write_is_absorbed_while_serving(etcd: Etcd, prefix: str, tmp_path: Path) -> None:
+def test_bulk_write_is_absorbed_while_serving(
+    stop_at_end: StopAtEnd, etcd: Etcd, prefix: str, tmp_path: Path
+) -> None:
     """20,000 keys in transactions of 125 (one parent): the event loop applies them in slices,
     so a probe on a cached name and one on the loop's path (new names each time) lose
     nothing; then every key answers, and so does the bulk delete."""
     zone, count = "bulk", 20_000
-    server = serve(tmp_path, etcd, prefix, zone)
-    try:
-        keys = service_keys(prefix, zone, count)
-        with (
-            Probe(server.port, f"probe.{zone}") as cached,
-            Probe(server.port, f"probe.{zone}", miss=True) as loop,
-        ):
-            bulk_put(etcd.endpoints, keys)
-            last = f"k{count - 1}.svc0.{zone}"
-            eventually(lambda: answers(server.port, last) == [address(count - 1)], timeout=120)
-        assert cached.lost == 0, cached.summary()
-        assert loop.lost == 0, loop.summary()
-        assert len(cached.latencies) > 10 and len(loop.latencies) > 10
-        for i in random.sample(range(count), 200):
-            assert answers(server.port, f"k{i}.svc0.{zone}") == [address(i)]
-        assert server.metric("dnsd_etcd_bad_keys") == 0
-        with Probe(server.port, f"probe.{zone}", miss=True) as loop:
-            bulk_delete(etcd.endpoints, list(keys))
-            eventually(lambda: rcode(query(server.port, f"svc0.{zone}")) == "NXDOMAIN", 120)
-        assert loop.lost == 0, loop.summary()
-        assert "Traceback" not in server.log()
-    finally:
-        server.stop()
+    server = stop_at_end(serve(tmp_path, etcd, prefix, zone))
+    keys = service_keys(prefix, zone, count)
+    with (
+        Probe(server.port, f"probe.{zone}") as cached,
+        Probe(server.port, f"probe.{zone}", miss=True) as loop,
+    ):
+        bulk_put(etcd.endpoints, keys)
+        last = f"k{count - 1}.svc0.{zone}"
+        eventually(lambda: answers(server.port, last) == [address(count - 1)], timeout=120)
+    assert cached.lost == 0, cached.summary()
+    assert loop.lost == 0, loop.summary()
+    assert len(cached.latencies) > 10 and len(loop.latencies) > 10
+    for i in random.sample(range(count), 200):
+        assert answers(server.port, f"k{i}.svc0.{zone}") == [address(i)]
+    assert server.metric("dnsd_etcd_bad_keys") == 0
+    with Probe(server.port, f"probe.{zone}", miss=True) as loop:
+        bulk_delete(etcd.endpoints, list(keys))
+        eventually(lambda: rcode(query(server.port, f"svc0.{zone}")) == "NXDOMAIN", 120)
+    assert loop.lost == 0, loop.summary()
+    assert "Traceback" not in server.log()
 
 
 def test_prefix_over_the_grpc_message_limit_is_listed_in_pages(
-    etcd: Etcd, prefix: str, tmp_path: Path
+    stop_at_end: StopAtEnd, etcd: Etcd, prefix: str, tmp_path: Path
 ) -> None:
     """Three values of 1.4 MB (4.2 MB together: one range reply would be refused with
     RESOURCE_EXHAUSTED) beside ordinary keys: a dnsd started afterwards serves them all."""
@@ -88,51 +87,46 @@ def test_prefix_over_the_grpc_message_limit_is_listed_in_pages(
             writer.put(f"{prefix}/{zone}/small/s{i}", json.dumps({"host": f"10.21.0.{i + 1}"}))
     finally:
         writer.close()
-    server = serve(tmp_path, etcd, prefix, zone)
-    try:
-        eventually(lambda: len(answers(server.port, f"small.{zone}")) == 20, timeout=60)
-        assert answers(server.port, f"large.{zone}") == ["10.20.0.1", "10.20.0.2", "10.20.0.3"]
-        assert "RESOURCE_EXHAUSTED" not in server.log()
-    finally:
-        server.stop()
+    server = stop_at_end(serve(tmp_path, etcd, prefix, zone))
+    eventually(lambda: len(answers(server.port, f"small.{zone}")) == 20, timeout=60)
+    assert answers(server.port, f"large.{zone}") == ["10.20.0.1", "10.20.0.2", "10.20.0.3"]
+    assert "RESOURCE_EXHAUSTED" not in server.log()
 
 
-def test_100000_keys_are_listed_in_pages(etcd: Etcd, prefix: str, tmp_path: Path) -> None:
+def test_100000_keys_are_listed_in_pages(
+    stop_at_end: StopAtEnd, etcd: Etcd, prefix: str, tmp_path: Path
+) -> None:
     """100,000 keys (about 7 MB as one reply) under 100 service names."""
     zone, count = "many", 100_000
     bulk_put(etcd.endpoints, service_keys(prefix, zone, count, parents=100))
-    server = serve(tmp_path, etcd, prefix, zone)
-    try:
-        last = f"k{count - 1}.svc{(count - 1) % 100}.{zone}"
-        eventually(lambda: answers(server.port, last) == [address(count - 1)], timeout=180)
-        eventually(lambda: server.metric("dnsd_records", source="etcd") >= 2 * count, 180)
-        for i in random.sample(range(count), 100):
-            assert answers(server.port, f"k{i}.svc{i % 100}.{zone}") == [address(i)]
-        whole = query(server.port, f"svc7.{zone}", "A", tcp=True)  # 1,000 addresses
-        assert sum(len(rrset) for rrset in whole.answer) == count // 100
-        assert "RESOURCE_EXHAUSTED" not in server.log()
-    finally:
-        server.stop()
+    server = stop_at_end(serve(tmp_path, etcd, prefix, zone))
+    last = f"k{count - 1}.svc{(count - 1) % 100}.{zone}"
+    eventually(lambda: answers(server.port, last) == [address(count - 1)], timeout=180)
+    eventually(lambda: server.metric("dnsd_records", source="etcd") >= 2 * count, 180)
+    for i in random.sample(range(count), 100):
+        assert answers(server.port, f"k{i}.svc{i % 100}.{zone}") == [address(i)]
+    whole = query(server.port, f"svc7.{zone}", "A", tcp=True)  # 1,000 addresses
+    assert sum(len(rrset) for rrset in whole.answer) == count // 100
+    assert "RESOURCE_EXHAUSTED" not in server.log()
 
 
-def test_a_bad_key_costs_only_itself(etcd: Etcd, prefix: str, tmp_path: Path) -> None:
+def test_a_bad_key_costs_only_itself(
+    stop_at_end: StopAtEnd, etcd: Etcd, prefix: str, tmp_path: Path
+) -> None:
     """A scoped IPv6 address in a transaction with good keys: the good keys answer, on a
     running dnsd and on one started afterwards (the list path); the bad key is counted and
     named in the log once, and /ready stays ok."""
     zone = "bad"
-    server = serve(tmp_path, etcd, prefix, zone)
+    server = stop_at_end(serve(tmp_path, etcd, prefix, zone))
     good = {
         f"{prefix}/{zone}/web/a": b'{"host": "10.30.0.1"}',
         f"{prefix}/{zone}/web/b": b'{"host": "fe80::1%eth0"}',
         f"{prefix}/{zone}/web/c": b'{"host": "10.30.0.3"}',
         f"{prefix}/{zone}/web/d": b'{"host": "fd00::4", "port": 80, "targetstrip": 9}',
     }
-    try:
-        bulk_put(etcd.endpoints, good)
-        eventually(lambda: answers(server.port, f"web.{zone}") == ["10.30.0.1", "10.30.0.3"])
-        assert server.metric("dnsd_etcd_bad_keys") == 2
-    finally:
-        server.stop()
+    bulk_put(etcd.endpoints, good)
+    eventually(lambda: answers(server.port, f"web.{zone}") == ["10.30.0.1", "10.30.0.3"])
+    assert server.metric("dnsd_etcd_bad_keys") == 2
     restarted = serve(tmp_path, etcd, prefix, zone)
     try:
         assert answers(restarted.port, f"web.{zone}") == ["10.30.0.1", "10.30.0.3"]

@@ -11,7 +11,7 @@ import dns.flags
 import dns.message
 import dns.rdatatype
 import pytest
-from conftest import FakeUpstream, eventually, free_port, query, rcode
+from conftest import FakeUpstream, StopAtEnd, eventually, free_port, query, rcode
 from dnslib import QTYPE, RR, A
 
 from dnsd.resolve.answer import Answer
@@ -53,81 +53,69 @@ def test_zero_ttl_is_not_cached(upstream: FakeUpstream, dnsd_factory) -> None:  
     assert len(upstream.queries) == 2
 
 
-def test_timeout_fails_over_to_the_next_upstream(dnsd_factory) -> None:  # type: ignore[no-untyped-def]
-    silent = FakeUpstream(mode="silent").start()
-    good = FakeUpstream(address="5.6.7.8").start()
-    try:
-        config = "[forward]\ntimeout = 0.5\n"
-        dnsd = dnsd_factory(
-            "--upstream",
-            f"127.0.0.1:{silent.port}",
-            "--upstream",
-            f"127.0.0.1:{good.port}",
-            config=config,
-        )
-        reply = query(dnsd.port, "failover.example", "A", timeout=5)
-        assert [r.to_text() for r in reply.answer[0]] == ["5.6.7.8"]
-        assert len(silent.queries) == 1 and len(good.queries) == 1
-        # The failed upstream is tried last from now on: no new timeout.
-        started = time.monotonic()
-        query(dnsd.port, "second.example", "A", timeout=5)
-        assert time.monotonic() - started < 0.4
-        assert len(silent.queries) == 1
-    finally:
-        silent.stop()
-        good.stop()
+def test_timeout_fails_over_to_the_next_upstream(stop_at_end: StopAtEnd, dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    silent = stop_at_end(FakeUpstream(mode="silent").start())
+    good = stop_at_end(FakeUpstream(address="5.6.7.8").start())
+    config = "[forward]\ntimeout = 0.5\n"
+    dnsd = dnsd_factory(
+        "--upstream",
+        f"127.0.0.1:{silent.port}",
+        "--upstream",
+        f"127.0.0.1:{good.port}",
+        config=config,
+    )
+    reply = query(dnsd.port, "failover.example", "A", timeout=5)
+    assert [r.to_text() for r in reply.answer[0]] == ["5.6.7.8"]
+    assert len(silent.queries) == 1 and len(good.queries) == 1
+    # The failed upstream is tried last from now on: no new timeout.
+    started = time.monotonic()
+    query(dnsd.port, "second.example", "A", timeout=5)
+    assert time.monotonic() - started < 0.4
+    assert len(silent.queries) == 1
 
 
-def test_every_upstream_down_is_servfail(dnsd_factory) -> None:  # type: ignore[no-untyped-def]
-    silent = FakeUpstream(mode="silent").start()
+def test_every_upstream_down_is_servfail(stop_at_end: StopAtEnd, dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    silent = stop_at_end(FakeUpstream(mode="silent").start())
     closed_port = free_port()  # nothing listens: ICMP port unreachable
-    try:
-        dnsd = dnsd_factory(
-            "--upstream",
-            f"127.0.0.1:{silent.port}",
-            "--upstream",
-            f"127.0.0.1:{closed_port}",
-            config="[forward]\ntimeout = 0.3\n",
-        )
-        reply = query(dnsd.port, "down.example", "A", timeout=5)
-        assert rcode(reply) == "SERVFAIL"
-        assert dnsd.proc.poll() is None
-    finally:
-        silent.stop()
+    dnsd = dnsd_factory(
+        "--upstream",
+        f"127.0.0.1:{silent.port}",
+        "--upstream",
+        f"127.0.0.1:{closed_port}",
+        config="[forward]\ntimeout = 0.3\n",
+    )
+    reply = query(dnsd.port, "down.example", "A", timeout=5)
+    assert rcode(reply) == "SERVFAIL"
+    assert dnsd.proc.poll() is None
 
 
-def test_spoofed_reply_with_wrong_id_is_ignored(dnsd_factory) -> None:  # type: ignore[no-untyped-def]
-    spoofing = FakeUpstream(mode="spoof", address="9.9.9.9").start()
-    try:
-        dnsd = dnsd_factory("--upstream", f"127.0.0.1:{spoofing.port}")
-        reply = query(dnsd.port, "spoof.example", "A")
-        assert [r.to_text() for r in reply.answer[0]] == ["9.9.9.9"]
-        assert rcode(reply) == "NOERROR"
-    finally:
-        spoofing.stop()
+def test_spoofed_reply_with_wrong_id_is_ignored(stop_at_end: StopAtEnd, dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    spoofing = stop_at_end(FakeUpstream(mode="spoof", address="9.9.9.9").start())
+    dnsd = dnsd_factory("--upstream", f"127.0.0.1:{spoofing.port}")
+    reply = query(dnsd.port, "spoof.example", "A")
+    assert [r.to_text() for r in reply.answer[0]] == ["9.9.9.9"]
+    assert rcode(reply) == "NOERROR"
 
 
-def test_truncated_upstream_answer_is_retried_over_tcp(dnsd_factory) -> None:  # type: ignore[no-untyped-def]
-    truncating = FakeUpstream(mode="truncate", answers_per_name=5).start()
-    try:
-        dnsd = dnsd_factory("--upstream", f"127.0.0.1:{truncating.port}")
-        reply = query(dnsd.port, "big.example", "A")
-        assert len(reply.answer[0]) == 5
-        assert [proto for proto, _, _ in truncating.queries] == ["udp", "tcp"]
-    finally:
-        truncating.stop()
+def test_truncated_upstream_answer_is_retried_over_tcp(
+    stop_at_end: StopAtEnd, dnsd_factory
+) -> None:  # type: ignore[no-untyped-def]
+    truncating = stop_at_end(FakeUpstream(mode="truncate", answers_per_name=5).start())
+    dnsd = dnsd_factory("--upstream", f"127.0.0.1:{truncating.port}")
+    reply = query(dnsd.port, "big.example", "A")
+    assert len(reply.answer[0]) == 5
+    assert [proto for proto, _, _ in truncating.queries] == ["udp", "tcp"]
 
 
-def test_identical_concurrent_misses_go_upstream_once(dnsd_factory) -> None:  # type: ignore[no-untyped-def]
-    slowish = FakeUpstream(mode="spoof").start()  # the spoofed first reply delays the answer 50 ms
-    try:
-        dnsd = dnsd_factory("--upstream", f"127.0.0.1:{slowish.port}")
-        with ThreadPoolExecutor(8) as pool:
-            replies = list(pool.map(lambda _: query(dnsd.port, "same.example", "A"), range(8)))
-        assert all(rcode(reply) == "NOERROR" for reply in replies)
-        assert len(slowish.queries) == 1
-    finally:
-        slowish.stop()
+def test_identical_concurrent_misses_go_upstream_once(stop_at_end: StopAtEnd, dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    slowish = stop_at_end(
+        FakeUpstream(mode="spoof").start()
+    )  # the spoofed first reply delays the answer 50 ms
+    dnsd = dnsd_factory("--upstream", f"127.0.0.1:{slowish.port}")
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda _: query(dnsd.port, "same.example", "A"), range(8)))
+    assert all(rcode(reply) == "NOERROR" for reply in replies)
+    assert len(slowish.queries) == 1
 
 
 def test_clients_outside_allow_recursion_are_refused(upstream: FakeUpstream, dnsd_factory) -> None:  # type: ignore[no-untyped-def]
@@ -207,20 +195,17 @@ def test_cname_not_followed_without_recursion(upstream: FakeUpstream, dnsd_facto
     assert upstream.queries == []
 
 
-def test_upstream_replies_are_scrubbed(dnsd_factory) -> None:  # type: ignore[no-untyped-def]
-    poisoner = FakeUpstream(mode="poison").start()
-    try:
-        dnsd = dnsd_factory("--upstream", f"127.0.0.1:{poisoner.port}")
-        for _ in range(2):  # the miss and the cached answer
-            reply = query(dnsd.port, "www.example.com", "A")
-            names = {rrset.name.to_text() for rrset in reply.answer}
-            assert names == {"www.example.com."}
-            assert not reply.authority and not reply.additional
-        # The out-of-bailiwick record was not cached for its own name either.
-        query(dnsd.port, "victim.example", "A")
-        assert ("udp", "victim.example.", "A") in poisoner.queries
-    finally:
-        poisoner.stop()
+def test_upstream_replies_are_scrubbed(stop_at_end: StopAtEnd, dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    poisoner = stop_at_end(FakeUpstream(mode="poison").start())
+    dnsd = dnsd_factory("--upstream", f"127.0.0.1:{poisoner.port}")
+    for _ in range(2):  # the miss and the cached answer
+        reply = query(dnsd.port, "www.example.com", "A")
+        names = {rrset.name.to_text() for rrset in reply.answer}
+        assert names == {"www.example.com."}
+        assert not reply.authority and not reply.additional
+    # The out-of-bailiwick record was not cached for its own name either.
+    query(dnsd.port, "victim.example", "A")
+    assert ("udp", "victim.example.", "A") in poisoner.queries
 
 
 def _rss_kb(pid: int) -> int:
@@ -228,22 +213,23 @@ def _rss_kb(pid: int) -> int:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
 
 
-def test_large_answers_do_not_grow_the_cache_without_bound(dnsd_factory) -> None:  # type: ignore[no-untyped-def]
-    big = FakeUpstream(mode="truncate", answers_per_name=2000).start()  # ~32 KB over TCP
-    try:
-        dnsd = dnsd_factory("--upstream", f"127.0.0.1:{big.port}")
-        query(dnsd.port, "warm.example", "A", tcp=True)
-        before = _rss_kb(dnsd.proc.pid)
-        for i in range(100):
-            reply = query(dnsd.port, f"n{i}.example", "A", tcp=True, timeout=5)
-            assert len(reply.answer[0]) == 2000
-        grown_mb = (_rss_kb(dnsd.proc.pid) - before) / 1024
-        assert grown_mb < 40, f"RSS grew {grown_mb:.0f} MB for 100 large answers"
-        asked = len(big.queries)
-        query(dnsd.port, "n1.example", "A", tcp=True, timeout=5)
-        assert len(big.queries) > asked  # over the size cap: passed on, not kept
-    finally:
-        big.stop()
+def test_large_answers_do_not_grow_the_cache_without_bound(
+    stop_at_end: StopAtEnd, dnsd_factory
+) -> None:  # type: ignore[no-untyped-def]
+    big = stop_at_end(
+        FakeUpstream(mode="truncate", answers_per_name=2000).start()
+    )  # ~32 KB over TCP
+    dnsd = dnsd_factory("--upstream", f"127.0.0.1:{big.port}")
+    query(dnsd.port, "warm.example", "A", tcp=True)
+    before = _rss_kb(dnsd.proc.pid)
+    for i in range(100):
+        reply = query(dnsd.port, f"n{i}.example", "A", tcp=True, timeout=5)
+        assert len(reply.answer[0]) == 2000
+    grown_mb = (_rss_kb(dnsd.proc.pid) - before) / 1024
+    assert grown_mb < 40, f"RSS grew {grown_mb:.0f} MB for 100 large answers"
+    asked = len(big.queries)
+    query(dnsd.port, "n1.example", "A", tcp=True, timeout=5)
+    assert len(big.queries) > asked  # over the size cap: passed on, not kept
 
 
 def test_forward_cache_is_bounded_in_bytes() -> None:
@@ -350,7 +336,7 @@ def test_domain_config_errors_are_clear(tmp_path: Path) -> None:
     }
 
 
-def test_dns_over_tls_upstream(dnsd_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_dns_over_tls_upstream(stop_at_end: StopAtEnd, dnsd_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import ssl
 
     from testbed import certs as testbed_certs
@@ -358,28 +344,24 @@ def test_dns_over_tls_upstream(dnsd_factory, tmp_path: Path) -> None:  # type: i
     made = testbed_certs.make(tmp_path / "tls")
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_tls.load_cert_chain(made.server_cert, made.server_key)
-    dot = FakeUpstream(address="10.8.5.3", tls=server_tls).start()
-    try:
-        good = dnsd_factory(
-            config=f'[forward]\nupstreams = ["tls://127.0.0.1:{dot.port}#localhost"]\n'
-            f'tls_ca = "{made.ca}"\n'
-        )
-        reply = query(good.port, "secure.example")
-        assert [r.to_text() for rs in reply.answer for r in rs] == ["10.8.5.3"]
-        assert dot.queries == [("tcp", "secure.example.", "A")]  # over TLS, never plain UDP
-        wrong_name = dnsd_factory(
-            config=f'[forward]\nupstreams = ["tls://127.0.0.1:{dot.port}#dns.elsewhere"]\n'
-            f'tls_ca = "{made.ca}"\ntimeout = 1.0\n'
-        )
-        assert rcode(query(wrong_name.port, "secure.example", timeout=5)) == "SERVFAIL"
-        untrusted = dnsd_factory(  # the system CAs do not know the test CA
-            config=f'[forward]\nupstreams = ["tls://127.0.0.1:{dot.port}#localhost"]\n'
-            "timeout = 1.0\n"
-        )
-        assert rcode(query(untrusted.port, "other.example", timeout=5)) == "SERVFAIL"
-        assert len(dot.queries) == 1  # no question was sent to a server it could not trust
-    finally:
-        dot.stop()
+    dot = stop_at_end(FakeUpstream(address="10.8.5.3", tls=server_tls).start())
+    good = dnsd_factory(
+        config=f'[forward]\nupstreams = ["tls://127.0.0.1:{dot.port}#localhost"]\n'
+        f'tls_ca = "{made.ca}"\n'
+    )
+    reply = query(good.port, "secure.example")
+    assert [r.to_text() for rs in reply.answer for r in rs] == ["10.8.5.3"]
+    assert dot.queries == [("tcp", "secure.example.", "A")]  # over TLS, never plain UDP
+    wrong_name = dnsd_factory(
+        config=f'[forward]\nupstreams = ["tls://127.0.0.1:{dot.port}#dns.elsewhere"]\n'
+        f'tls_ca = "{made.ca}"\ntimeout = 1.0\n'
+    )
+    assert rcode(query(wrong_name.port, "secure.example", timeout=5)) == "SERVFAIL"
+    untrusted = dnsd_factory(  # the system CAs do not know the test CA
+        config=f'[forward]\nupstreams = ["tls://127.0.0.1:{dot.port}#localhost"]\ntimeout = 1.0\n'
+    )
+    assert rcode(query(untrusted.port, "other.example", timeout=5)) == "SERVFAIL"
+    assert len(dot.queries) == 1  # no question was sent to a server it could not trust
 
 
 ZONE_WITH_API = (

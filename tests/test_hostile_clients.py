@@ -18,7 +18,7 @@ import dns.flags
 import dns.message
 import dns.rdatatype
 import pytest
-from conftest import Dnsd, DnsdFactory, FakeUpstream, eventually, free_port, query, rcode
+from conftest import Dnsd, DnsdFactory, FakeUpstream, StopAtEnd, eventually, free_port, query, rcode
 from dnslib import QTYPE, RR, TXT
 
 from dnsd.records import RecordStore
@@ -206,47 +206,46 @@ def test_upstream_budget_per_client() -> None:
     assert limit_from_nofile(100_000, 256) <= (resource.getrlimit(resource.RLIMIT_NOFILE)[0]) // 2
 
 
-def test_local_names_unharmed_by_a_random_subdomain_flood(dnsd_factory) -> None:  # type: ignore[no-untyped-def]
-    dead = FakeUpstream(mode="silent").start()
-    try:
-        config = '[[static.records]]\nname = "web"\ntype = "A"\nvalue = "10.0.0.10"\n'
-        dnsd = dnsd_factory("--upstream", f"127.0.0.1:{dead.port}", config=config)
-        stop = threading.Event()
-        sent = [0]
+def test_local_names_unharmed_by_a_random_subdomain_flood(
+    stop_at_end: StopAtEnd, dnsd_factory
+) -> None:  # type: ignore[no-untyped-def]
+    dead = stop_at_end(FakeUpstream(mode="silent").start())
+    config = '[[static.records]]\nname = "web"\ntype = "A"\nvalue = "10.0.0.10"\n'
+    dnsd = dnsd_factory("--upstream", f"127.0.0.1:{dead.port}", config=config)
+    stop = threading.Event()
+    sent = [0]
 
-        def flood() -> None:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                sock.bind(("127.0.0.3", 0))
-                while not stop.is_set():
-                    for _ in range(50):
-                        name = f"r{random.getrandbits(40):x}.victim.example"
-                        wire = dns.message.make_query(name, "A").to_wire()
-                        sock.sendto(wire, ("127.0.0.1", dnsd.port))
-                        sent[0] += 1
-                    time.sleep(0.02)  # ~2,500 queries/s, never reading a reply
-
-        flooder = threading.Thread(target=flood, daemon=True)
-        flooder.start()
-        time.sleep(1.0)
-        lost = 0
-        for _ in range(200):
-            try:
-                reply = query(dnsd.port, "web.docker", timeout=1.0)
-                lost += rcode(reply) != "NOERROR"
-            except dns.exception.Timeout:
-                lost += 1
-        stop.set()
-        flooder.join()
-        assert sent[0] > 1500
-        assert lost <= 4, f"{lost} of 200 local queries lost during the flood"
-        # Another client may still forward while the flooder holds its whole share.
-        other = dns.message.make_query("fine.example", "A")
+    def flood() -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.bind(("127.0.0.2", 0))
-            sock.sendto(other.to_wire(), ("127.0.0.1", dnsd.port))
-        eventually(lambda: any(name == "fine.example." for _, name, _ in dead.queries))
-    finally:
-        dead.stop()
+            sock.bind(("127.0.0.3", 0))
+            while not stop.is_set():
+                for _ in range(50):
+                    name = f"r{random.getrandbits(40):x}.victim.example"
+                    wire = dns.message.make_query(name, "A").to_wire()
+                    sock.sendto(wire, ("127.0.0.1", dnsd.port))
+                    sent[0] += 1
+                time.sleep(0.02)  # ~2,500 queries/s, never reading a reply
+
+    flooder = threading.Thread(target=flood, daemon=True)
+    flooder.start()
+    time.sleep(1.0)
+    lost = 0
+    for _ in range(200):
+        try:
+            reply = query(dnsd.port, "web.docker", timeout=1.0)
+            lost += rcode(reply) != "NOERROR"
+        except dns.exception.Timeout:
+            lost += 1
+    stop.set()
+    flooder.join()
+    assert sent[0] > 1500
+    assert lost <= 4, f"{lost} of 200 local queries lost during the flood"
+    # Another client may still forward while the flooder holds its whole share.
+    other = dns.message.make_query("fine.example", "A")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.2", 0))
+        sock.sendto(other.to_wire(), ("127.0.0.1", dnsd.port))
+    eventually(lambda: any(name == "fine.example." for _, name, _ in dead.queries))
 
 
 def test_misses_beyond_the_queue_bound_get_servfail_while_the_loop_is_busy() -> None:

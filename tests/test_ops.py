@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import DnsdFactory, eventually, free_port, query, start_dnsd
+from conftest import DnsdFactory, StopAtEnd, eventually, free_port, query, start_dnsd
 from testbed.fake_engine import FakeEngine, container
 
 HOSTS = "10.0.0.10 web\n10.0.0.11 web\n10.0.0.20 api\n"
@@ -196,39 +196,35 @@ def test_default_docker_without_a_socket_does_not_hold_readiness(dnsd_factory: D
     assert "serving the last known" not in server.log()
 
 
-def test_query_log(tmp_path: Path) -> None:
+def test_query_log(stop_at_end: StopAtEnd, tmp_path: Path) -> None:
     from conftest import FakeUpstream
 
-    upstream = FakeUpstream().start()
+    upstream = stop_at_end(FakeUpstream().start())
     config = '[[static.records]]\nname = "web"\ntype = "A"\nvalue = "10.0.0.10"\n'
-    server = start_dnsd(
+    server = stop_at_end(start_dnsd(
         tmp_path, "--log-queries", "--log-format", "json", "--upstream",
         f"127.0.0.1:{upstream.port}", config=config,
-    )  # fmt: skip
-    try:
-        query(server.port, "web.docker")
-        query(server.port, "web.docker")
-        query(server.port, "nope.docker")
-        query(server.port, "outside.example")
-        query(server.port, "web.docker", tcp=True)
+    ))  # fmt: skip
+    query(server.port, "web.docker")
+    query(server.port, "web.docker")
+    query(server.port, "nope.docker")
+    query(server.port, "outside.example")
+    query(server.port, "web.docker", tcp=True)
 
-        def lines() -> list[dict[str, object]]:
-            found = [json.loads(line) for line in server.log().splitlines() if line.strip()]
-            return [line for line in found if line.get("event") == "query"]
+    def lines() -> list[dict[str, object]]:
+        found = [json.loads(line) for line in server.log().splitlines() if line.strip()]
+        return [line for line in found if line.get("event") == "query"]
 
-        eventually(lambda: len(lines()) == 5)
-        seen = [(q["name"], q["type"], q["rcode"], q["answered_by"]) for q in lines()]
-        assert seen == [
-            ("web.docker.", "A", "NOERROR", "local"),
-            ("web.docker.", "A", "NOERROR", "cache"),
-            ("nope.docker.", "A", "NXDOMAIN", "local"),
-            ("outside.example.", "A", "NOERROR", "upstream"),
-            ("web.docker.", "A", "NOERROR", "local"),
-        ]
-        assert all(q["client"] == "127.0.0.1" and int(q["us"]) >= 0 for q in lines())  # type: ignore[call-overload]
-    finally:
-        server.stop()
-        upstream.stop()
+    eventually(lambda: len(lines()) == 5)
+    seen = [(q["name"], q["type"], q["rcode"], q["answered_by"]) for q in lines()]
+    assert seen == [
+        ("web.docker.", "A", "NOERROR", "local"),
+        ("web.docker.", "A", "NOERROR", "cache"),
+        ("nope.docker.", "A", "NXDOMAIN", "local"),
+        ("outside.example.", "A", "NOERROR", "upstream"),
+        ("web.docker.", "A", "NOERROR", "local"),
+    ]
+    assert all(q["client"] == "127.0.0.1" and int(q["us"]) >= 0 for q in lines())  # type: ignore[call-overload]
 
 
 def test_query_log_says_upstream_only_for_questions_that_went_there(
