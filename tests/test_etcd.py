@@ -209,178 +209,167 @@ def test_ttl_is_capped_by_the_lease(etcd: Etcd, mirror: tuple[Dnsd, str]) -> Non
 # --- publishing: two dnsd "hosts" sharing one etcd --------------------------------------------
 
 
-def host(tmp: Path, etcd: Etcd, node: str, z: str, *extra: str) -> tuple[Dnsd, FakeEngine]:
-    engine = FakeEngine(str(tmp / f"{node}.sock")).start()
+def host(
+    stop_at_end: StopAtEnd, tmp: Path, etcd: Etcd, node: str, z: str, *extra: str
+) -> tuple[Dnsd, FakeEngine]:
+    """A dnsd "host" with a scripted Engine, both stopped when the test ends."""
+    engine = stop_at_end(FakeEngine(str(tmp / f"{node}.sock")).start())
     config = tmp / f"{node}.toml"
     config.write_text("[etcd]\nlease_ttl = 3\n")
     server = start_dnsd(
         tmp, "--no-forward", "--zone", z, "--etcd", etcd.endpoints, "--node-id", node,
         "--config", str(config), *extra, docker=engine.url,
     )  # fmt: skip
+    stop_at_end(server)
     server.wait_source("etcd-publish")
     return server, engine
 
 
-def test_two_hosts_share_containers_and_a_crash_withdraws(etcd: Etcd, tmp_path: Path) -> None:
+def test_two_hosts_share_containers_and_a_crash_withdraws(
+    stop_at_end: StopAtEnd, etcd: Etcd, tmp_path: Path
+) -> None:
     z = zone()
-    a, engine_a = host(tmp_path, etcd, "hosta", z)
-    b, engine_b = host(tmp_path, etcd, "hostb", z)
+    a, engine_a = host(stop_at_end, tmp_path, etcd, "hosta", z)
+    b, engine_b = host(stop_at_end, tmp_path, etcd, "hostb", z)
+    engine_a.containers["a" * 64] = container(
+        "a" * 64, "web", "10.7.0.1", ports=("80/tcp",),
+        labels={"com.docker.compose.service": "api", "com.docker.compose.project": "shop"},
+    )  # fmt: skip
+    engine_a.emit("start", "a" * 64)
+    engine_b.containers["b" * 64] = container("b" * 64, "db", "10.7.0.2")
+    engine_b.emit("start", "b" * 64)
+    eventually(lambda: answers(b.port, f"web.{z}") == ["10.7.0.1"])
+    eventually(lambda: answers(a.port, f"db.{z}") == ["10.7.0.2"])
+    assert answers(b.port, f"api.shop.{z}") == ["10.7.0.1"]
+    srv = answers(b.port, f"_http._tcp.web.{z}", "SRV")
+    assert srv == [f"10 10 80 web.{z}."]  # the container's name and weight, as locally
+    eventually(lambda: answers(a.port, f"_http._tcp.web.{z}", "SRV") == srv)
+    assert answers(a.port, f"web.{z}") == ["10.7.0.1"]  # local + etcd copy: merged
+    keys = etcd.ctl("get", f"/skydns/{z}", "--prefix", "--keys-only").stdout.split()
+    assert f"/skydns/{z}/web/hosta-{'a' * 12}" in keys
+    assert all(k.rsplit("/", 1)[1].startswith(("hosta-", "hostb-")) for k in keys)
+    # A crash (SIGKILL): no withdrawal; the lease (3 s) expires; gone within TTL + 2 s.
+    a.proc.send_signal(signal.SIGKILL)
+    a.proc.wait()
+    started = time.monotonic()
+    eventually(lambda: answers(b.port, f"web.{z}") == [], timeout=6)
+    assert time.monotonic() - started <= 3 + 2
+    # Back after a restart.
+    a2 = start_dnsd(
+        tmp_path, "--no-forward", "--zone", z, "--etcd", etcd.endpoints, "--node-id",
+        "hosta", "--config", str(tmp_path / "hosta.toml"), docker=engine_a.url,
+    )  # fmt: skip
     try:
-        engine_a.containers["a" * 64] = container(
-            "a" * 64, "web", "10.7.0.1", ports=("80/tcp",),
-            labels={"com.docker.compose.service": "api", "com.docker.compose.project": "shop"},
-        )  # fmt: skip
-        engine_a.emit("start", "a" * 64)
-        engine_b.containers["b" * 64] = container("b" * 64, "db", "10.7.0.2")
-        engine_b.emit("start", "b" * 64)
         eventually(lambda: answers(b.port, f"web.{z}") == ["10.7.0.1"])
-        eventually(lambda: answers(a.port, f"db.{z}") == ["10.7.0.2"])
-        assert answers(b.port, f"api.shop.{z}") == ["10.7.0.1"]
-        srv = answers(b.port, f"_http._tcp.web.{z}", "SRV")
-        assert srv == [f"10 10 80 web.{z}."]  # the container's name and weight, as locally
-        eventually(lambda: answers(a.port, f"_http._tcp.web.{z}", "SRV") == srv)
-        assert answers(a.port, f"web.{z}") == ["10.7.0.1"]  # local + etcd copy: merged
-        keys = etcd.ctl("get", f"/skydns/{z}", "--prefix", "--keys-only").stdout.split()
-        assert f"/skydns/{z}/web/hosta-{'a' * 12}" in keys
-        assert all(k.rsplit("/", 1)[1].startswith(("hosta-", "hostb-")) for k in keys)
-        # A crash (SIGKILL): no withdrawal; the lease (3 s) expires; gone within TTL + 2 s.
-        a.proc.send_signal(signal.SIGKILL)
-        a.proc.wait()
-        started = time.monotonic()
-        eventually(lambda: answers(b.port, f"web.{z}") == [], timeout=6)
-        assert time.monotonic() - started <= 3 + 2
-        # Back after a restart.
-        a2 = start_dnsd(
-            tmp_path, "--no-forward", "--zone", z, "--etcd", etcd.endpoints, "--node-id",
-            "hosta", "--config", str(tmp_path / "hosta.toml"), docker=engine_a.url,
-        )  # fmt: skip
-        try:
-            eventually(lambda: answers(b.port, f"web.{z}") == ["10.7.0.1"])
-        finally:
-            a2.stop()
-        # A clean stop withdraws at once (the lease is revoked).
-        eventually(lambda: answers(b.port, f"web.{z}") == [], timeout=2)
     finally:
-        for server in (a, b):
-            server.stop()
-        engine_a.stop()
-        engine_b.stop()
+        a2.stop()
+    # A clean stop withdraws at once (the lease is revoked).
+    eventually(lambda: answers(b.port, f"web.{z}") == [], timeout=2)
 
 
-def test_every_host_gives_the_same_srv_answer(etcd: Etcd, tmp_path: Path) -> None:
+def test_every_host_gives_the_same_srv_answer(
+    stop_at_end: StopAtEnd, etcd: Etcd, tmp_path: Path
+) -> None:
     """Replicas of one service on two hosts, different weights: each host merges its own
     Docker records with everyone's etcd keys, and both answer alike, with the containers'
     own weights (as a single host does)."""
     z = zone()
-    a, engine_a = host(tmp_path, etcd, "hostf", z)
-    b, engine_b = host(tmp_path, etcd, "hostg", z)
+    a, engine_a = host(stop_at_end, tmp_path, etcd, "hostf", z)
+    b, engine_b = host(stop_at_end, tmp_path, etcd, "hostg", z)
     labels = {"dnsd.service": "payments", "dnsd.srv.8080": "api", "dnsd.priority": "5"}
-    try:
-        for engine, cid, name, ip, weight in (
-            (engine_a, "f" * 64, "lbl1", "10.9.0.1", "70"),
-            (engine_a, "1" * 64, "lbl2", "10.9.0.2", "10"),
-            (engine_b, "2" * 64, "lbl3", "10.9.0.3", "30"),
-        ):
-            engine.containers[cid] = container(
-                cid, name, ip, ports=("8080/tcp",), labels={**labels, "dnsd.weight": weight}
-            )
-            engine.emit("start", cid)
-        want = [f"5 10 8080 lbl2.{z}.", f"5 30 8080 lbl3.{z}.", f"5 70 8080 lbl1.{z}."]
-        asked = f"_api._tcp.payments.{z}"
-        for server in (a, b):
-            eventually(lambda s=server: answers(s.port, asked, "SRV") == want, timeout=5)
-        extra = query(b.port, f"_api._tcp.payments.{z}", "SRV").additional
-        assert sorted(r.to_text() for rs in extra for r in rs) == [
-            "10.9.0.1",
-            "10.9.0.2",
-            "10.9.0.3",
-        ]
-        for server in (a, b):  # an address's PTR names the container, never an SRV name
-            assert answers(server.port, "1.0.9.10.in-addr.arpa", "PTR") == [f"lbl1.{z}."]
-            assert answers(server.port, "3.0.9.10.in-addr.arpa", "PTR") == [f"lbl3.{z}."]
-    finally:
-        for server in (a, b):
-            server.stop()
-        engine_a.stop()
-        engine_b.stop()
+    for engine, cid, name, ip, weight in (
+        (engine_a, "f" * 64, "lbl1", "10.9.0.1", "70"),
+        (engine_a, "1" * 64, "lbl2", "10.9.0.2", "10"),
+        (engine_b, "2" * 64, "lbl3", "10.9.0.3", "30"),
+    ):
+        engine.containers[cid] = container(
+            cid, name, ip, ports=("8080/tcp",), labels={**labels, "dnsd.weight": weight}
+        )
+        engine.emit("start", cid)
+    want = [f"5 10 8080 lbl2.{z}.", f"5 30 8080 lbl3.{z}.", f"5 70 8080 lbl1.{z}."]
+    asked = f"_api._tcp.payments.{z}"
+    for server in (a, b):
+        eventually(lambda s=server: answers(s.port, asked, "SRV") == want, timeout=5)
+    extra = query(b.port, f"_api._tcp.payments.{z}", "SRV").additional
+    assert sorted(r.to_text() for rs in extra for r in rs) == [
+        "10.9.0.1",
+        "10.9.0.2",
+        "10.9.0.3",
+    ]
+    for server in (a, b):  # an address's PTR names the container, never an SRV name
+        assert answers(server.port, "1.0.9.10.in-addr.arpa", "PTR") == [f"lbl1.{z}."]
+        assert answers(server.port, "3.0.9.10.in-addr.arpa", "PTR") == [f"lbl3.{z}."]
 
 
-def test_operators_see_the_publishing_nodes(etcd: Etcd, tmp_path: Path) -> None:
+def test_operators_see_the_publishing_nodes(
+    stop_at_end: StopAtEnd, etcd: Etcd, tmp_path: Path
+) -> None:
     """/records names the node that published each etcd record; /nodes and ``dnsd records
     --nodes`` list the publishing nodes with their key counts and lease time left; keys
     skipped as unservable are rows of /records with the reason."""
     z = zone()
-    a, engine_a = host(tmp_path, etcd, "nodea", z)
-    b, engine_b = host(tmp_path, etcd, "nodeb", z)
-    try:
-        engine_a.containers["c" * 64] = container("c" * 64, "web", "10.8.0.1", ports=("80/tcp",))
-        engine_a.emit("start", "c" * 64)
-        etcd.put(f"/skydns/{z}/bad/k", '{"host": "fe80::1%eth0"}')
-        etcd.put(f"/skydns/{z}/foreign/k", '{"host": "10.8.0.9"}')
-        eventually(lambda: answers(b.port, f"web.{z}") == ["10.8.0.1"])
-        eventually(lambda: answers(b.port, f"foreign.{z}") == ["10.8.0.9"])
-        rows = json.loads(b._get(f"/records?source=etcd&name=*{z}"))
-        nodes = {(r["name"], r["type"]): r["node"] for r in rows if r["served"]}
-        assert nodes[(f"web.{z}.", "A")] == "nodea"
-        assert nodes[(f"_http._tcp.web.{z}.", "SRV")] == "nodea"
-        assert nodes[(f"foreign.{z}.", "A")] is None  # written by another tool
-        skipped = [r for r in rows if not r["served"]]
-        assert [(r["name"], r["owner"]) for r in skipped] == [(f"k.bad.{z}.", f"/skydns/{z}/bad/k")]
-        assert "scoped" in skipped[0]["reason"]
+    _a, engine_a = host(stop_at_end, tmp_path, etcd, "nodea", z)
+    b, _engine_b = host(stop_at_end, tmp_path, etcd, "nodeb", z)
+    engine_a.containers["c" * 64] = container("c" * 64, "web", "10.8.0.1", ports=("80/tcp",))
+    engine_a.emit("start", "c" * 64)
+    etcd.put(f"/skydns/{z}/bad/k", '{"host": "fe80::1%eth0"}')
+    etcd.put(f"/skydns/{z}/foreign/k", '{"host": "10.8.0.9"}')
+    eventually(lambda: answers(b.port, f"web.{z}") == ["10.8.0.1"])
+    eventually(lambda: answers(b.port, f"foreign.{z}") == ["10.8.0.9"])
+    rows = json.loads(b._get(f"/records?source=etcd&name=*{z}"))
+    nodes = {(r["name"], r["type"]): r["node"] for r in rows if r["served"]}
+    assert nodes[(f"web.{z}.", "A")] == "nodea"
+    assert nodes[(f"_http._tcp.web.{z}.", "SRV")] == "nodea"
+    assert nodes[(f"foreign.{z}.", "A")] is None  # written by another tool
+    skipped = [r for r in rows if not r["served"]]
+    assert [(r["name"], r["owner"]) for r in skipped] == [(f"k.bad.{z}.", f"/skydns/{z}/bad/k")]
+    assert "scoped" in skipped[0]["reason"]
 
-        def listed() -> list[dict[str, object]]:
-            found = [n for n in json.loads(b._get("/nodes")) if n["node"] in ("nodea", "nodeb")]
-            return found if found and found[0]["lease_left_s"] is not None else []
+    def listed() -> list[dict[str, object]]:
+        found = [n for n in json.loads(b._get("/nodes")) if n["node"] in ("nodea", "nodeb")]
+        return found if found and found[0]["lease_left_s"] is not None else []
 
-        (node,) = eventually(listed, timeout=10)  # nodeb has no containers: no keys
-        assert node["node"] == "nodea" and node["keys"] == 2  # web A, _http._tcp.web SRV
-        assert 0 < float(node["lease_left_s"]) <= 3  # type: ignore[arg-type]
-        printed = subprocess.run(
-            [sys.executable, "-m", "dnsd", "records", "--nodes", "--http",
-             f"127.0.0.1:{b.http_port}"],
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout  # fmt: skip
-        assert printed.splitlines()[0].split() == ["NODE", "KEYS", "LEASE", "LEASE_LEFT_S"]
-        assert any(line.split()[:2] == ["nodea", "2"] for line in printed.splitlines())
-    finally:
-        for server in (a, b):
-            server.stop()
-        engine_a.stop()
-        engine_b.stop()
+    (node,) = eventually(listed, timeout=10)  # nodeb has no containers: no keys
+    assert node["node"] == "nodea" and node["keys"] == 2  # web A, _http._tcp.web SRV
+    assert 0 < float(node["lease_left_s"]) <= 3  # type: ignore[arg-type]
+    printed = subprocess.run(
+        [sys.executable, "-m", "dnsd", "records", "--nodes", "--http",
+         f"127.0.0.1:{b.http_port}"],
+        capture_output=True, text=True, timeout=10, check=True,
+    ).stdout  # fmt: skip
+    assert printed.splitlines()[0].split() == ["NODE", "KEYS", "LEASE", "LEASE_LEFT_S"]
+    assert any(line.split()[:2] == ["nodea", "2"] for line in printed.splitlines())
 
 
-def test_earlier_run_leftovers_are_removed(etcd: Etcd, tmp_path: Path) -> None:
+def test_earlier_run_leftovers_are_removed(
+    stop_at_end: StopAtEnd, etcd: Etcd, tmp_path: Path
+) -> None:
     z = zone()
     etcd.put(f"/skydns/{z}/ghost/hostc-000000000000", '{"host": "10.8.0.1"}')
     etcd.put(f"/skydns/{z}/other/hostd-000000000000", '{"host": "10.8.0.2"}')
-    c, engine = host(tmp_path, etcd, "hostc", z)
-    try:
-        eventually(lambda: answers(c.port, f"ghost.{z}") == [])
-        assert answers(c.port, f"other.{z}") == ["10.8.0.2"]  # another node's key stays
-    finally:
-        c.stop()
-        engine.stop()
+    c, _engine = host(stop_at_end, tmp_path, etcd, "hostc", z)
+    eventually(lambda: answers(c.port, f"ghost.{z}") == [])
+    assert answers(c.port, f"other.{z}") == ["10.8.0.2"]  # another node's key stays
 
 
-def test_advertise_host_ip_with_published_ports(etcd: Etcd, tmp_path: Path) -> None:
+def test_advertise_host_ip_with_published_ports(
+    stop_at_end: StopAtEnd, etcd: Etcd, tmp_path: Path
+) -> None:
     z = zone()
-    e, engine = host(tmp_path, etcd, "hoste", z, "--advertise-ip", "192.0.2.10")
-    observer = start_dnsd(tmp_path, "--no-forward", "--zone", z, "--etcd", etcd.endpoints)
-    try:
-        attrs = container("e" * 64, "shop", "172.17.0.9", ports=("80/tcp", "9000/tcp"))
-        attrs["NetworkSettings"]["Ports"] = {
-            "80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}], "9000/tcp": None,
-        }  # fmt: skip
-        engine.containers["e" * 64] = attrs
-        engine.emit("start", "e" * 64)
-        eventually(lambda: answers(observer.port, f"shop.{z}") == ["192.0.2.10"])
-        srv = answers(observer.port, f"_http._tcp.shop.{z}", "SRV")
-        assert [s.split()[2] for s in srv] == ["8080"]
-        assert answers(observer.port, f"_9000._tcp.shop.{z}", "SRV") == []  # not published
-    finally:
-        observer.stop()
-        e.stop()
-        engine.stop()
+    _e, engine = host(stop_at_end, tmp_path, etcd, "hoste", z, "--advertise-ip", "192.0.2.10")
+    observer = stop_at_end(
+        start_dnsd(tmp_path, "--no-forward", "--zone", z, "--etcd", etcd.endpoints)
+    )
+    attrs = container("e" * 64, "shop", "172.17.0.9", ports=("80/tcp", "9000/tcp"))
+    attrs["NetworkSettings"]["Ports"] = {
+        "80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}], "9000/tcp": None,
+    }  # fmt: skip
+    engine.containers["e" * 64] = attrs
+    engine.emit("start", "e" * 64)
+    eventually(lambda: answers(observer.port, f"shop.{z}") == ["192.0.2.10"])
+    srv = answers(observer.port, f"_http._tcp.shop.{z}", "SRV")
+    assert [s.split()[2] for s in srv] == ["8080"]
+    assert answers(observer.port, f"_9000._tcp.shop.{z}", "SRV") == []  # not published
 
 
 # --- a 3-member cluster: failover, freezing, total loss ---------------------------------------
@@ -535,24 +524,22 @@ def test_tls_and_authentication(stop_at_end: StopAtEnd, tmp_path: Path) -> None:
         refused.stop()
 
 
-def test_lease_lost_is_regranted_and_republished(etcd: Etcd, tmp_path: Path) -> None:
+def test_lease_lost_is_regranted_and_republished(
+    stop_at_end: StopAtEnd, etcd: Etcd, tmp_path: Path
+) -> None:
     z = zone()
-    node, engine = host(tmp_path, etcd, "hostf", z)
-    try:
-        engine.containers["f" * 64] = container("f" * 64, "phoenix", "10.13.0.1")
-        engine.emit("start", "f" * 64)
-        key = f"/skydns/{z}/phoenix/hostf-{'f' * 12}"
-        eventually(lambda: key in etcd.ctl("get", key, "--keys-only").stdout)
-        leases = etcd.ctl("lease", "list").stdout.splitlines()[1:]
-        lease = next(
-            lid for lid in leases if key in etcd.ctl("lease", "timetolive", lid, "--keys").stdout
-        )
-        etcd.ctl("lease", "revoke", lease)  # as if it had expired while etcd was away
-        eventually(lambda: key in etcd.ctl("get", key, "--keys-only").stdout, timeout=10)
-        assert "lease" in node.log() and node.log().count("granted") >= 2
-    finally:
-        node.stop()
-        engine.stop()
+    node, engine = host(stop_at_end, tmp_path, etcd, "hostf", z)
+    engine.containers["f" * 64] = container("f" * 64, "phoenix", "10.13.0.1")
+    engine.emit("start", "f" * 64)
+    key = f"/skydns/{z}/phoenix/hostf-{'f' * 12}"
+    eventually(lambda: key in etcd.ctl("get", key, "--keys-only").stdout)
+    leases = etcd.ctl("lease", "list").stdout.splitlines()[1:]
+    lease = next(
+        lid for lid in leases if key in etcd.ctl("lease", "timetolive", lid, "--keys").stdout
+    )
+    etcd.ctl("lease", "revoke", lease)  # as if it had expired while etcd was away
+    eventually(lambda: key in etcd.ctl("get", key, "--keys-only").stdout, timeout=10)
+    assert "lease" in node.log() and node.log().count("granted") >= 2
 
 
 def test_wildcards_walk_the_etcd_tree_only() -> None:

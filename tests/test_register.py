@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Dnsd, eventually, query, rcode, start_dnsd
+from conftest import Dnsd, StopAtEnd, eventually, query, rcode, start_dnsd
 from test_etcd import answers, host, zone
 from testbed.etcd import Etcd
 
@@ -56,6 +56,10 @@ class Registered:
             self.proc.stdout.close()
         return code
 
+    def stop(self) -> None:
+        """At the end of a test, whatever happened (``stop_at_end``)."""
+        self.end(signal.SIGKILL)
+
 
 def dnsd(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -73,34 +77,31 @@ def server(etcd: Etcd, tmp_path: Path) -> Iterator[tuple[Dnsd, str]]:
 
 
 def test_a_registered_name_is_answered_by_another_dnsd_until_register_ends(
-    etcd: Etcd, tmp_path: Path, server: tuple[Dnsd, str]
+    etcd: Etcd, tmp_path: Path, server: tuple[Dnsd, str], stop_at_end: StopAtEnd
 ) -> None:
     served, z = server
-    reg = Registered(tmp_path, etcd, f"db.{z}.", "10.9.0.5", "--port", "5432", "--service",
-                     "postgresql", "--node-id", "vmhost")  # fmt: skip
-    try:
-        assert reg.first.startswith(f"registered db.{z}. A, _postgresql._tcp.db.{z}. SRV")
-        eventually(lambda: answers(served.port, f"db.{z}") == ["10.9.0.5"])
-        assert answers(served.port, f"_postgresql._tcp.db.{z}", "SRV") == [f"10 10 5432 db.{z}."]
-        assert answers(served.port, "5.0.9.10.in-addr.arpa", "PTR") == [f"db.{z}."]
-        rows = dnsd("records", "--http", f"127.0.0.1:{served.http_port}", "--name", "db")
-        assert "vmhost" in rows.stdout, rows.stdout
-        nodes = dnsd("records", "--nodes", "--http", f"127.0.0.1:{served.http_port}").stdout
-        assert any(line.split()[:2] == ["vmhost", "2"] for line in nodes.splitlines()), nodes
-        # SIGTERM withdraws at once (the lease is revoked), not after the lease TTL.
-        started = time.monotonic()
-        assert reg.end() == 0
-        eventually(lambda: rcode(query(served.port, f"db.{z}")) == "NXDOMAIN", timeout=3)
-        assert time.monotonic() - started < 2.0
-    finally:
-        reg.end(signal.SIGKILL)
+    reg = stop_at_end(Registered(tmp_path, etcd, f"db.{z}.", "10.9.0.5", "--port", "5432",
+                                 "--service", "postgresql", "--node-id", "vmhost"))  # fmt: skip
+    assert reg.first.startswith(f"registered db.{z}. A, _postgresql._tcp.db.{z}. SRV")
+    eventually(lambda: answers(served.port, f"db.{z}") == ["10.9.0.5"])
+    assert answers(served.port, f"_postgresql._tcp.db.{z}", "SRV") == [f"10 10 5432 db.{z}."]
+    assert answers(served.port, "5.0.9.10.in-addr.arpa", "PTR") == [f"db.{z}."]
+    rows = dnsd("records", "--http", f"127.0.0.1:{served.http_port}", "--name", "db")
+    assert "vmhost" in rows.stdout, rows.stdout
+    nodes = dnsd("records", "--nodes", "--http", f"127.0.0.1:{served.http_port}").stdout
+    assert any(line.split()[:2] == ["vmhost", "2"] for line in nodes.splitlines()), nodes
+    # SIGTERM withdraws at once (the lease is revoked), not after the lease TTL.
+    started = time.monotonic()
+    assert reg.end() == 0
+    eventually(lambda: rcode(query(served.port, f"db.{z}")) == "NXDOMAIN", timeout=3)
+    assert time.monotonic() - started < 2.0
 
 
 def test_a_killed_register_is_withdrawn_within_the_lease(
-    etcd: Etcd, tmp_path: Path, server: tuple[Dnsd, str]
+    etcd: Etcd, tmp_path: Path, server: tuple[Dnsd, str], stop_at_end: StopAtEnd
 ) -> None:
     served, z = server
-    reg = Registered(tmp_path, etcd, f"vm.{z}.", "fd00::7")
+    reg = stop_at_end(Registered(tmp_path, etcd, f"vm.{z}.", "fd00::7"))
     eventually(lambda: answers(served.port, f"vm.{z}", "AAAA") == ["fd00::7"])
     reg.end(signal.SIGKILL)
     started = time.monotonic()
@@ -109,49 +110,38 @@ def test_a_killed_register_is_withdrawn_within_the_lease(
 
 
 def test_deregister_ends_a_running_register_and_only_its_address(
-    etcd: Etcd, tmp_path: Path, server: tuple[Dnsd, str]
+    etcd: Etcd, tmp_path: Path, server: tuple[Dnsd, str], stop_at_end: StopAtEnd
 ) -> None:
     served, z = server
-    first = Registered(tmp_path, etcd, f"api.{z}.", "10.9.1.1", "--port", "8080")
-    second = Registered(tmp_path, etcd, f"api.{z}.", "10.9.1.2", "--port", "8080")
-    try:
-        eventually(lambda: answers(served.port, f"api.{z}") == ["10.9.1.1", "10.9.1.2"])
-        done = dnsd("deregister", f"api.{z}.", "10.9.1.1", "--etcd", etcd.endpoints)
-        assert done.returncode == 0, done.stderr
-        assert "2 key(s)" in done.stdout  # the address and its SRV record
-        assert first.proc.wait(5) == 0
-        assert "was deregistered" in first.output()
-        eventually(lambda: answers(served.port, f"api.{z}") == ["10.9.1.2"])
-        assert answers(served.port, f"_8080._tcp.api.{z}", "SRV") == [f"10 10 8080 api.{z}."]
-        assert second.proc.poll() is None
-        # Without an address: every registration of the name.
-        assert dnsd("deregister", f"api.{z}.", "--etcd", etcd.endpoints).returncode == 0
-        assert second.proc.wait(5) == 0
-        eventually(lambda: rcode(query(served.port, f"api.{z}")) == "NXDOMAIN")
-        again = dnsd("deregister", f"api.{z}.", "--etcd", etcd.endpoints)
-        assert again.returncode == 1 and "no registration" in again.stderr
-    finally:
-        first.end(signal.SIGKILL)
-        second.end(signal.SIGKILL)
+    first = stop_at_end(Registered(tmp_path, etcd, f"api.{z}.", "10.9.1.1", "--port", "8080"))
+    second = stop_at_end(Registered(tmp_path, etcd, f"api.{z}.", "10.9.1.2", "--port", "8080"))
+    eventually(lambda: answers(served.port, f"api.{z}") == ["10.9.1.1", "10.9.1.2"])
+    done = dnsd("deregister", f"api.{z}.", "10.9.1.1", "--etcd", etcd.endpoints)
+    assert done.returncode == 0, done.stderr
+    assert "2 key(s)" in done.stdout  # the address and its SRV record
+    assert first.proc.wait(5) == 0
+    assert "was deregistered" in first.output()
+    eventually(lambda: answers(served.port, f"api.{z}") == ["10.9.1.2"])
+    assert answers(served.port, f"_8080._tcp.api.{z}", "SRV") == [f"10 10 8080 api.{z}."]
+    assert second.proc.poll() is None
+    # Without an address: every registration of the name.
+    assert dnsd("deregister", f"api.{z}.", "--etcd", etcd.endpoints).returncode == 0
+    assert second.proc.wait(5) == 0
+    eventually(lambda: rcode(query(served.port, f"api.{z}")) == "NXDOMAIN")
+    again = dnsd("deregister", f"api.{z}.", "--etcd", etcd.endpoints)
+    assert again.returncode == 1 and "no registration" in again.stderr
 
 
 def test_a_dnsd_starting_on_the_same_node_keeps_its_registrations(
-    etcd: Etcd, tmp_path: Path
+    etcd: Etcd, tmp_path: Path, stop_at_end: StopAtEnd
 ) -> None:
     """The clean-up of keys an earlier run left takes the node's container keys only."""
     z = zone()
-    reg = Registered(tmp_path, etcd, f"nas.{z}.", "10.9.2.2", "--node-id", "shared")
-    try:
-        served, engine = host(tmp_path, etcd, "shared", z)
-        try:
-            eventually(lambda: answers(served.port, f"nas.{z}") == ["10.9.2.2"])
-            time.sleep(0.5)  # past the publisher's first sync
-            assert answers(served.port, f"nas.{z}") == ["10.9.2.2"]
-        finally:
-            served.stop()
-            engine.stop()
-    finally:
-        reg.end()
+    stop_at_end(Registered(tmp_path, etcd, f"nas.{z}.", "10.9.2.2", "--node-id", "shared"))
+    served, _ = host(stop_at_end, tmp_path, etcd, "shared", z)
+    eventually(lambda: answers(served.port, f"nas.{z}") == ["10.9.2.2"])
+    time.sleep(0.5)  # past the publisher's first sync
+    assert answers(served.port, f"nas.{z}") == ["10.9.2.2"]
 
 
 def test_register_refuses_bad_input_with_a_clear_message(etcd: Etcd) -> None:
