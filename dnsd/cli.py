@@ -21,10 +21,11 @@ from typing import Any
 from dnsd import __version__, logs, register, tools
 from dnsd.config import FLAGS, Config, ConfigError, Overrides, load
 from dnsd.config import warnings as config_warnings
-from dnsd.daemon import SHUTDOWN_DEADLINE_S, Daemon, StartupError, static_settings
+from dnsd.daemon import SHUTDOWN_DEADLINE_S, Daemon, StartupError
 from dnsd.hostport import parse_hostport
 from dnsd.records import RecordStore
 from dnsd.shutdown import ShutdownGuard, stop_soon
+from dnsd.source_setup import static_settings
 from dnsd.sources.errors import reason
 from dnsd.sources.static import StaticSource
 

@@ -34,13 +34,11 @@ from dnsd.resolve.forward import (
 from dnsd.resolve.local import LocalZone
 from dnsd.resolve.loop_detector import LoopDetector
 from dnsd.resolve.rebind import RebindGuard
-from dnsd.sources.docker import DockerSettings, DockerSource
-from dnsd.sources.docker_names import DockerNaming
+from dnsd.source_setup import build_sources, static_settings
+from dnsd.sources.docker import DockerSource
 from dnsd.sources.etcd import EtcdSource
-from dnsd.sources.etcd_client import make_client
-from dnsd.sources.etcd_publish import Publisher, PublishSettings
 from dnsd.sources.lifecycle import Source
-from dnsd.sources.static import StaticSettings, StaticSource, admission
+from dnsd.sources.static import admission
 from dnsd.stats import Stats
 from dnsd.wire.answer_cache import SWEEP_S, AnswerCache
 from dnsd.wire.query import QueryHandler
@@ -69,46 +67,15 @@ class Daemon:
         self.metrics = Metrics(self.stats)
         self.store = RecordStore(admission(static_settings(config)))
         self.http: Any = None  # dnsd.http.HttpServer once started
-        self.static = StaticSource(
-            self.store, lambda: static_settings(load_config()), static_settings(config), self.stats
-        )
-        self.docker: DockerSource | None = None
-        if config.docker.enabled:
-            self.docker = DockerSource(
-                self.store, _naming(config), _docker_settings(config), self.stats
-            )
-        self.etcd: EtcdSource | None = None
-        self.publisher: Publisher | None = None
-        if config.etcd.enabled:
-            self._wire_etcd()
-        self.sources: list[Source] = [
-            source
-            for source in (self.static, self.docker, self.etcd, self.publisher)
-            if source is not None
-        ]
+        built = build_sources(config, self.store, self.stats, load_config)
+        self.static, self.docker = built.static, built.docker
+        self.etcd, self.publisher = built.etcd, built.publisher
+        self.sources: list[Source] = built.all
         self.rrl: ResponseRateLimit | None = None
         self.forwarder: Forwarder | None = None
         self.udp: list[UdpServer] = []
         self.tcp: list[TcpServer] = []
         self._tasks: list[asyncio.Task[None]] = []
-
-    def _wire_etcd(self) -> None:
-        etcd = self.config.etcd
-        server = self.config.server
-        connection = etcd.connection()
-
-        def client() -> Any:
-            return make_client(connection)
-
-        self.etcd = EtcdSource(
-            self.store, client, etcd.prefix, server.zones, server.ttl, self.stats
-        )
-        if etcd.publish and self.docker is not None:
-            publish = PublishSettings(
-                etcd.node_id, etcd.lease_ttl, etcd.advertise, etcd.advertise_ip
-            )
-            self.publisher = Publisher(client, etcd.prefix, publish, self.stats)
-            self.docker.subscribers.append(self.publisher.update)
 
     async def start(self) -> None:
         """Load the static zone, build the answer path, serve HTTP, listen, then run the
@@ -340,26 +307,6 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         logger.info("stopped", extra=event("stopped"))
-
-
-def static_settings(config: Config) -> StaticSettings:
-    static = config.static
-    return StaticSettings(
-        list(config.server.zones), config.server.ttl, static.records, static.hosts,
-        static.watch_interval, static.outside_zones, static.max_hosts_bytes, config.path,
-    )  # fmt: skip
-
-
-def _naming(config: Config) -> DockerNaming:
-    docker = config.docker
-    return DockerNaming(docker.zone, config.server.ttl, docker.serve_starting, docker.image_names)
-
-
-def _docker_settings(config: Config) -> DockerSettings:
-    docker = config.docker
-    return DockerSettings(
-        docker.url, docker.tls_ca, docker.tls_cert, docker.tls_key, docker.resync_interval
-    )
 
 
 def _bind_pair(host: str, port: int) -> tuple[socket.socket, socket.socket]:

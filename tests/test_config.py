@@ -10,8 +10,8 @@ import pytest
 
 from dnsd.cli import main
 from dnsd.config import ConfigError, load
-from dnsd.daemon import static_settings
 from dnsd.hostport import parse_hostport
+from dnsd.source_setup import static_settings
 from dnsd.sources.static import StaticSource
 
 ROOT = Path(__file__).resolve().parent.parent

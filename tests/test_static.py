@@ -9,8 +9,8 @@ from conftest import DnsdFactory, eventually
 
 from dnsd.cli import main
 from dnsd.config import ConfigError, load
-from dnsd.daemon import static_settings
 from dnsd.records import MxValue, Record, RecordStore, SrvValue
+from dnsd.source_setup import static_settings
 from dnsd.sources.static import AbsoluteNames, admission, config_records, parse_hosts
 
 NAMES = AbsoluteNames(["docker.", "svc.local."])
