@@ -30,6 +30,7 @@ from dnsd.resolve.cache import (
     MAX_ANSWER_BYTES,
     MAX_NEGATIVE_TTL_S,
     MAX_TTL_S,
+    STALE_FOR_S,
 )
 from dnsd.resolve.forward import UPSTREAM_TIMEOUT_S, parse_upstream
 from dnsd.sources.etcd_client import EtcdConnection
@@ -89,6 +90,9 @@ class ForwardConfig:
     tls_ca: str = ""  # CA bundle for tls:// upstreams; empty: the system's
     max_ttl: int = MAX_TTL_S
     max_negative_ttl: int = MAX_NEGATIVE_TTL_S
+    # Seconds past its TTL an answer may be served (TTL 30) while no upstream answers
+    # (RFC 8767 serve-stale); 0: off.
+    stale_for: int = STALE_FOR_S
     # Questions waiting on upstreams at once (0: 2048, capped by the open-file limit), and
     # how many of them one client may hold (0: a quarter of that).
     max_pending: int = 0
@@ -553,6 +557,7 @@ def _check_forward(
     allowed = [check.domain("forward.rebind_allowed", d) for d in forward.rebind_allowed]
     _check_ttl(check, "forward.max_ttl", forward.max_ttl)
     _check_ttl(check, "forward.max_negative_ttl", forward.max_negative_ttl)
+    _check_ttl(check, "forward.stale_for", forward.stale_for)
     if not forward.timeout > 0:
         check.fail("forward.timeout", "must be positive")
     for key in ("cache_size", "cache_bytes", "max_cached_answer"):

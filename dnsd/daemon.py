@@ -242,6 +242,7 @@ class Daemon:
             max_entries=forward.cache_size,
             max_ttl_s=forward.max_ttl,
             max_negative_ttl_s=forward.max_negative_ttl,
+            stale_for_s=forward.stale_for,
             max_bytes=forward.cache_bytes,
             max_answer_bytes=forward.max_cached_answer,
         )

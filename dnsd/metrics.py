@@ -107,6 +107,9 @@ class StatsCollector(Collector):
                        stats.forward_cache_misses)  # fmt: skip
         yield _counter("dnsd_forward_coalesced", "Questions that waited for an identical one "
                        "already upstream.", stats.forward_coalesced)  # fmt: skip
+        yield _counter("dnsd_forward_stale_answers", "Expired answers served (TTL 30 s) because "
+                       "no upstream answered in time (RFC 8767 serve-stale).",
+                       stats.forward_stale_answers)  # fmt: skip
         yield _counter("dnsd_forward_not_cached", "Forwarded answers passed on but not kept: "
                        "larger than forward.max_cached_answer.",
                        stats.forward_not_cached)  # fmt: skip

@@ -268,6 +268,7 @@ def test_default_zone_with_etcd_gets_no_warning(
         ("server", "zones = []", "server.zones"),
         ("forward", "timeout = 0", "forward.timeout"),
         ("forward", "max_ttl = -5", "forward.max_ttl"),
+        ("forward", "stale_for = -1", "forward.stale_for"),
         ("forward", "cache_size = 0", "forward.cache_size"),
         ("forward", "max_pending = -1", "forward.max_pending"),
         ("forward", 'rebind_allowed = ["a..b"]', "forward.rebind_allowed"),

@@ -11,7 +11,7 @@ import dns.flags
 import dns.message
 import dns.rdatatype
 import pytest
-from conftest import FakeUpstream, StopAtEnd, eventually, free_port, query, rcode
+from conftest import DnsdFactory, FakeUpstream, StopAtEnd, eventually, free_port, query, rcode
 from dnslib import QTYPE, RR, A
 
 from dnsd.resolve.answer import Answer
@@ -494,3 +494,67 @@ def test_a_dot_inside_a_label_is_a_name_like_any_other(
         assert rcode(reply) == "NOERROR"
         assert reply.answer[0].name == dns.name.Name([*labels, b""])
     assert rcode(ask(b"web", b"docker")) == "NOERROR"
+
+
+# --- serve-stale (RFC 8767) ------------------------------------------------------------------
+
+
+def _a_answer(reply: dns.message.Message) -> tuple[list[str], int]:
+    rrset = reply.answer[0]
+    return sorted(r.to_text() for r in rrset), rrset.ttl
+
+
+def test_an_expired_answer_is_served_stale_when_the_only_upstream_dies(
+    stop_at_end: StopAtEnd, dnsd_factory: DnsdFactory
+) -> None:
+    """The upstream is killed after the name is cached; once the entry has expired the next
+    asker gets the stale answer (TTL 30) well within 2 s, a negative answer too, counted and
+    logged once."""
+    upstream = FakeUpstream(ttl=1).start()
+    dnsd = dnsd_factory("--upstream", f"127.0.0.1:{upstream.port}")
+    assert _a_answer(query(dnsd.port, "app.example")) == (["1.2.3.4"], 1)
+    assert rcode(query(dnsd.port, "nxgone.test")) == "NXDOMAIN"
+    upstream.stop()
+    time.sleep(1.3)  # both expired
+    started = time.monotonic()
+    reply = query(dnsd.port, "app.example", timeout=3)
+    assert time.monotonic() - started < 1.0  # a closed port fails at once: no waiting
+    assert _a_answer(reply) == (["1.2.3.4"], 30)
+    negative = query(dnsd.port, "nxgone.test", timeout=3)
+    assert rcode(negative) == "NXDOMAIN" and negative.authority[0].ttl == 30
+    assert rcode(query(dnsd.port, "never-asked.example", timeout=5)) == "SERVFAIL"
+    assert dnsd.metric("dnsd_forward_stale_answers_total") == 2
+    assert dnsd.log().count("serving expired answers") == 1
+
+
+def test_a_stalled_upstream_gets_the_stale_answer_in_time_and_the_fresh_one_after(
+    stop_at_end: StopAtEnd, dnsd_factory: DnsdFactory
+) -> None:
+    """An upstream that stops answering (timeouts of forward.timeout = 2 s): the stale answer
+    comes at the 1.8 s client timer, the next one at once; when the upstream answers again
+    the fresh answer returns."""
+    upstream = stop_at_end(FakeUpstream(ttl=1).start())
+    dnsd = dnsd_factory("--upstream", f"127.0.0.1:{upstream.port}")
+    assert _a_answer(query(dnsd.port, "api.example")) == (["1.2.3.4"], 1)
+    upstream.mode = "silent"
+    time.sleep(1.3)
+    started = time.monotonic()
+    assert _a_answer(query(dnsd.port, "api.example", timeout=5)) == (["1.2.3.4"], 30)
+    assert 1.5 < time.monotonic() - started < 2.0
+    started = time.monotonic()
+    assert _a_answer(query(dnsd.port, "api.example", timeout=5)) == (["1.2.3.4"], 30)
+    assert time.monotonic() - started < 0.5  # the refresh failed a moment ago: no waiting
+    upstream.mode, upstream.address = "answer", "5.6.7.8"
+    eventually(lambda: _a_answer(query(dnsd.port, "api.example"))[0] == ["5.6.7.8"], timeout=8)
+    assert "upstreams answer again" in dnsd.log()
+
+
+def test_serve_stale_can_be_turned_off(stop_at_end: StopAtEnd, dnsd_factory: DnsdFactory) -> None:
+    upstream = FakeUpstream(ttl=1).start()
+    config = "[forward]\nstale_for = 0\n"
+    dnsd = dnsd_factory("--upstream", f"127.0.0.1:{upstream.port}", config=config)
+    assert _a_answer(query(dnsd.port, "app.example")) == (["1.2.3.4"], 1)
+    upstream.stop()
+    time.sleep(1.3)
+    assert rcode(query(dnsd.port, "app.example", timeout=5)) == "SERVFAIL"
+    assert dnsd.metric("dnsd_forward_stale_answers_total") == 0

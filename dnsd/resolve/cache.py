@@ -6,6 +6,14 @@ errors are not kept.  Served TTLs count down.  Identical concurrent misses go up
 Bounded in entries and in bytes (cachetools TLRU, least recently used first out): an entry
 costs what its parsed records take in memory (about ``BYTES_PER_WIRE_BYTE`` per byte of the
 reply), and a reply over ``MAX_ANSWER_BYTES`` is passed on but not kept.
+
+Serve-stale (RFC 8767): an answer is kept ``stale_for`` past its expiry.  When the refresh of
+an expired name fails (the forwarder answers SERVFAIL: every upstream failed) or takes longer
+than ``STALE_CLIENT_TIMEOUT_S`` (RFC 8767's client response timer), the expired answer is
+served with TTL ``STALE_TTL_S`` — negative answers too — and the refresh goes on in the
+background.  For ``STALE_RETRY_S`` after a failed refresh (the failure recheck timer) the
+name's askers get the stale answer at once, while one refresh at a time keeps trying, so the
+first answer after the upstreams return is fresh.
 Knows nothing about upstreams, sockets or the local zone.
 """
 
@@ -21,7 +29,7 @@ from typing import Protocol
 from cachetools import TLRUCache
 from dnslib import QTYPE, RR
 
-from dnsd.protocol import RCODE_NOERROR, RCODE_NXDOMAIN
+from dnsd.protocol import RCODE_NOERROR, RCODE_NXDOMAIN, RCODE_SERVFAIL
 from dnsd.resolve.answer import Answer
 from dnsd.stats import Stats
 
@@ -35,6 +43,10 @@ BYTES_PER_WIRE_BYTE = 32
 ENTRY_OVERHEAD_BYTES = 1024
 MAX_TTL_S = 3600
 MAX_NEGATIVE_TTL_S = 900
+STALE_FOR_S = 3600  # how long past its TTL an answer may be served stale (CoreDNS: 1 h)
+STALE_TTL_S = 30  # the TTL of a stale answer (RFC 8767 4)
+STALE_CLIENT_TIMEOUT_S = 1.8  # a refresh slower than this: the stale answer (RFC 8767 5)
+STALE_RETRY_S = 30.0  # after a failed refresh: stale at once, for this long (RFC 8767 5)
 
 Key = tuple[str, int, int]
 
@@ -72,6 +84,10 @@ def _aged(rr: RR, elapsed: int) -> RR:
     return RR(rr.rname, rr.rtype, rr.rclass, max(rr.ttl - elapsed, 0), rr.rdata)
 
 
+def _stale(rr: RR) -> RR:
+    return RR(rr.rname, rr.rtype, rr.rclass, STALE_TTL_S, rr.rdata)
+
+
 class ForwardCache:
     def __init__(
         self,
@@ -83,8 +99,13 @@ class ForwardCache:
         clock: Callable[[], float] = time.monotonic,
         max_bytes: int = CACHE_BYTES,
         max_answer_bytes: int = MAX_ANSWER_BYTES,
+        stale_for_s: float = STALE_FOR_S,
     ) -> None:
+        """``stale_for_s``: 0 turns serve-stale off."""
         self._next = next_stage
+        self._stale_for_s = stale_for_s
+        self._failed: dict[Key, float] = {}  # when a refresh of the name last failed
+        self.serving_stale = False  # since the first stale answer of this outage
         self._stats = stats
         self._max_ttl_s = max_ttl_s
         self._max_negative_ttl_s = max_negative_ttl_s
@@ -96,7 +117,7 @@ class ForwardCache:
         )
         self._entries: TLRUCache[Key, _Entry] = TLRUCache(
             maxsize=max_bytes,
-            ttu=lambda _k, entry, _now: entry.expires_at,
+            ttu=lambda _k, entry, _now: entry.expires_at + stale_for_s,
             timer=clock,
             getsizeof=lambda entry: entry.cost,
         )
@@ -114,13 +135,13 @@ class ForwardCache:
         """A cached answer with its TTLs counted down, or None; ``counted`` in the hit and miss
         counters (a question is counted once, where it first meets the cache)."""
         entry = self._entries.get(key)
-        if entry is None:
+        now = self._clock()
+        if entry is None or entry.expires_at <= now:  # absent, or kept only to serve stale
             if counted:
                 self._stats.forward_cache_misses += 1
             return None
         if counted:
             self._stats.forward_cache_hits += 1
-        now = self._clock()
         elapsed = int(now - entry.stored_at)
         cached = entry.answer
         return Answer(
@@ -141,6 +162,7 @@ class ForwardCache:
         hit = self.get(key, counted)
         if hit is not None:
             return hit
+        stale = self._entries.get(key) if self._stale_for_s > 0 else None
         task = self._inflight.get(key)
         if task is None:
             task = asyncio.ensure_future(self._fetch(key))
@@ -148,10 +170,47 @@ class ForwardCache:
             task.add_done_callback(lambda _t: self._inflight.pop(key, None))
         else:
             self._stats.forward_coalesced += 1
-        return await asyncio.shield(task)
+        if stale is None:
+            return await asyncio.shield(task)
+        if self._clock() - self._failed.get(key, -STALE_RETRY_S) < STALE_RETRY_S:
+            return self._served_stale(stale)  # refreshing failed a moment ago: don't wait
+        try:
+            answer = await asyncio.wait_for(asyncio.shield(task), STALE_CLIENT_TIMEOUT_S)
+        except TimeoutError:  # the refresh goes on in the background
+            self._failed[key] = self._clock()
+            return self._served_stale(stale)
+        return self._served_stale(stale) if answer.rcode == RCODE_SERVFAIL else answer
+
+    def _served_stale(self, entry: _Entry) -> Answer:
+        self._stats.forward_stale_answers += 1
+        if not self.serving_stale:
+            self.serving_stale = True
+            logger.warning(
+                "upstreams not answering: serving expired answers (TTL %d s, up to %d s past "
+                "their own TTL) while refreshing them",
+                STALE_TTL_S,
+                self._stale_for_s,
+            )
+        cached = entry.answer
+        return Answer(
+            rcode=cached.rcode,
+            rrsets=[[_stale(rr) for rr in rrset] for rrset in cached.rrsets],
+            authority=[_stale(rr) for rr in cached.authority],
+            additional=[_stale(rr) for rr in cached.additional],
+            expires_in=0.0,  # asked again, not kept by the packed-answer cache
+            recursive=True,
+            enters=cached.enters,
+        )
 
     async def _fetch(self, key: Key) -> Answer:
         answer = await self._next.resolve(*key)
+        if answer.rcode == RCODE_SERVFAIL:
+            if len(self._failed) >= self._max_entries:
+                self._failed.clear()
+            self._failed[key] = self._clock()
+        elif self._failed.pop(key, None) is not None and self.serving_stale:
+            self.serving_stale = False
+            logger.info("upstreams answer again: fresh answers")
         ttl = cache_ttl(answer)
         limit = self._max_ttl_s if answer.rrsets else self._max_negative_ttl_s
         ttl = min(ttl, limit)

@@ -3,6 +3,7 @@ resolvers: no test ever talks to the machine's own resolver."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import struct
@@ -51,7 +52,10 @@ class FakeUpstream:
         return self
 
     def stop(self) -> None:
+        """Gone at once: the port is closed (a question then gets ICMP port unreachable)."""
         self._running = False
+        with contextlib.suppress(OSError):
+            self._udp.shutdown(socket.SHUT_RDWR)  # wakes the reader blocked in recvfrom
         self._udp.close()
         self._tcp.close()
 
@@ -84,6 +88,8 @@ class FakeUpstream:
             try:
                 data, addr = self._udp.recvfrom(65535)
             except OSError:
+                return
+            if not self._running:
                 return
             if self.mode == "silent":  # counted, never answered
                 question = DNSRecord.parse(data).q
