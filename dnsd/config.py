@@ -33,6 +33,7 @@ from dnsd.resolve.cache import (
     STALE_FOR_S,
 )
 from dnsd.resolve.forward import UPSTREAM_TIMEOUT_S, parse_upstream
+from dnsd.resolve.upstream_health import MAX_FAILS, POLICIES, PROBE_INTERVAL_S
 from dnsd.sources.etcd_client import EtcdConnection
 from dnsd.wire.answer_cache import ANSWER_CACHE_BYTES, ANSWER_CACHE_ENTRIES
 from dnsd.wire.codec import DEFAULT_MAX_UDP_SIZE
@@ -101,6 +102,11 @@ class ForwardConfig:
     # link-local addresses, except for names under rebind_allowed (and forward.domains).
     stop_rebind: bool = False
     rebind_allowed: list[str] = field(default_factory=list)
+    # An upstream failing this many times in a row is down (skipped, probed with ". NS"
+    # every health_check seconds until it answers); 0: never down.
+    max_fails: int = MAX_FAILS
+    health_check: float = PROBE_INTERVAL_S
+    policy: str = "sequential"  # or "random", "round_robin": the order of healthy upstreams
 
 
 @dataclass(frozen=True)
@@ -560,6 +566,11 @@ def _check_forward(
     _check_ttl(check, "forward.stale_for", forward.stale_for)
     if not forward.timeout > 0:
         check.fail("forward.timeout", "must be positive")
+    if not forward.health_check > 0:
+        check.fail("forward.health_check", "must be positive (seconds between probes)")
+    check.at_least("forward.max_fails", forward.max_fails, 0, "must be 0 (never down) or more")
+    if forward.policy not in POLICIES:
+        check.fail("forward.policy", f"one of {', '.join(POLICIES)}, got {forward.policy!r}")
     for key in ("cache_size", "cache_bytes", "max_cached_answer"):
         check.at_least(f"forward.{key}", getattr(forward, key), 1, "must be positive")
     for key in ("max_pending", "max_pending_per_client"):

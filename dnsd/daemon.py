@@ -148,6 +148,7 @@ class Daemon:
             etcd = self.etcd
             collector.etcd = lambda: (etcd.revision, etcd.reconnects)
         collector.publishing = self.publisher is not None
+        collector.upstreams = lambda: self.upstreams
         collector.rrl = self._rrl_counts  # the limiter is made with the listeners
         hit_timer = HitTimer(
             lambda: answer_cache.hits, self.udp, self.stats.durations[("udp", "cache")]
@@ -232,6 +233,9 @@ class Daemon:
             domains=domains,
             tls_ca=forward.tls_ca,
             zones=tuple(self.config.server.zones),
+            max_fails=forward.max_fails,
+            policy=forward.policy,
+            probe_interval_s=forward.health_check,
             rebind=RebindGuard([*forward.rebind_allowed, *domains])
             if forward.stop_rebind
             else None,
@@ -288,6 +292,10 @@ class Daemon:
     def cluster(self) -> EtcdSource | None:
         return self.etcd
 
+    @property
+    def upstreams(self) -> dict[str, bool]:
+        return self.forwarder.upstream_states() if self.forwarder is not None else {}
+
     async def stop(self) -> None:
         for udp in self.udp:
             udp.stop_reading()
@@ -295,6 +303,8 @@ class Daemon:
             source.stop()
         for task in self._tasks:
             task.cancel()
+        if self.forwarder is not None:
+            self.forwarder.close()
         # Threads still blocked in I/O after their source's stop_timeout_s are daemon
         # threads: left behind.  The publisher's withdraws this node's keys meanwhile.
         await asyncio.gather(

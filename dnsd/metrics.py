@@ -52,6 +52,7 @@ class StatsCollector(Collector):
         self.etcd: Callable[[], tuple[int, int]] | None = None
         self.rrl: Callable[[], tuple[int, int] | None] = lambda: None
         self.publishing = False
+        self.upstreams: Callable[[], Mapping[str, bool]] = dict  # upstream -> healthy
 
     def collect(self) -> Iterator[Metric]:
         self.before_collect()
@@ -142,6 +143,12 @@ class StatsCollector(Collector):
                        stats.tcp_connections)  # fmt: skip
         yield _counter("dnsd_tcp_refused", "TCP connections closed at once: over the limit.",
                        stats.tcp_refused)  # fmt: skip
+        healthy = GaugeMetricFamily("dnsd_forward_upstream_healthy", "1 while an upstream "
+                                    "is asked, 0 while it is down and probed.",
+                                    labels=["to"])  # fmt: skip
+        for to, up in sorted(self.upstreams().items()):
+            healthy.add_metric([to], 1 if up else 0)
+        yield healthy
         records = GaugeMetricFamily("dnsd_records", "Records held, by source.",
                                     labels=["source"])  # fmt: skip
         for source, count in sorted(self.records_by_source().items()):

@@ -63,6 +63,11 @@ class StatusView(Protocol):
     @property
     def cluster(self) -> Cluster | None: ...
 
+    @property
+    def upstreams(self) -> dict[str, bool]:
+        """Every upstream -> healthy (empty without forwarding)."""
+        ...
+
 
 def readiness(view: StatusView) -> tuple[bool, dict[str, Any]]:
     """Ready when listening and no source is down (never synced); a source that is degraded
@@ -77,7 +82,11 @@ def readiness(view: StatusView) -> tuple[bool, dict[str, Any]]:
         sources[source.name] = entry
     listening = view.listening
     ready = listening and all(s["status"] != DOWN for s in sources.values())
-    return ready, {"ready": ready, "listening": listening, "sources": sources}
+    upstreams = {to: "up" if up else "down" for to, up in view.upstreams.items()}
+    details = {"ready": ready, "listening": listening, "sources": sources}
+    if upstreams:  # a down upstream does not hold readiness back: local names still answer
+        details["upstreams"] = upstreams
+    return ready, details
 
 
 def _value(value: Any) -> Any:

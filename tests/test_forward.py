@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import dns.flags
 import dns.message
 import dns.rdatatype
 import pytest
-from conftest import DnsdFactory, FakeUpstream, StopAtEnd, eventually, free_port, query, rcode
+from conftest import Dnsd, DnsdFactory, FakeUpstream, StopAtEnd, eventually, free_port, query, rcode
 from dnslib import QTYPE, RR, A
 
 from dnsd.resolve.answer import Answer
@@ -558,3 +560,72 @@ def test_serve_stale_can_be_turned_off(stop_at_end: StopAtEnd, dnsd_factory: Dns
     time.sleep(1.3)
     assert rcode(query(dnsd.port, "app.example", timeout=5)) == "SERVFAIL"
     assert dnsd.metric("dnsd_forward_stale_answers_total") == 0
+
+
+# --- health-checked upstreams ----------------------------------------------------------------
+
+
+def _ready(dnsd: Dnsd) -> dict[str, Any]:
+    return json.loads(dnsd._get("/ready"))  # type: ignore[no-any-return]
+
+
+def test_a_failing_upstream_goes_down_is_probed_and_comes_back(
+    stop_at_end: StopAtEnd, dnsd_factory: DnsdFactory
+) -> None:
+    """max_fails timeouts in a row mark the only upstream down: questions then get SERVFAIL,
+    or a stale answer, at once instead of after forward.timeout; ". NS" probes bring it back
+    as soon as it answers."""
+    upstream = stop_at_end(FakeUpstream(ttl=1).start())
+    config = "[forward]\ntimeout = 0.4\nmax_fails = 2\nhealth_check = 0.2\n"
+    dnsd = dnsd_factory("--upstream", f"127.0.0.1:{upstream.port}", config=config)
+    to = f"127.0.0.1:{upstream.port}"
+    assert _a_answer(query(dnsd.port, "old.example")) == (["1.2.3.4"], 1)
+    assert _ready(dnsd)["upstreams"] == {to: "up"}
+    upstream.mode = "silent"
+    for name in ("n1.example", "n2.example"):  # each waits forward.timeout
+        assert rcode(query(dnsd.port, name, timeout=3)) == "SERVFAIL"
+    assert _ready(dnsd)["upstreams"] == {to: "down"}
+    assert dnsd.metric("dnsd_forward_upstream_healthy", to=to) == 0
+    started = time.monotonic()
+    assert rcode(query(dnsd.port, "n3.example", timeout=3)) == "SERVFAIL"
+    time.sleep(max(0.0, 1.2 - (time.monotonic() - started)))  # old.example has expired
+    assert _a_answer(query(dnsd.port, "old.example", timeout=3)) == (["1.2.3.4"], 30)
+    assert time.monotonic() - started < 1.2 + 0.3  # neither waited on a timeout
+    eventually(lambda: ("udp", ".", "NS") in upstream.queries, timeout=3)  # probed
+    upstream.mode = "answer"
+    eventually(lambda: _ready(dnsd)["upstreams"] == {to: "up"}, timeout=3)
+    assert _a_answer(query(dnsd.port, "n4.example")) == (["1.2.3.4"], 1)
+    assert dnsd.metric("dnsd_forward_upstream_healthy", to=to) == 1
+    assert "is down" in dnsd.log() and "answers again" in dnsd.log()
+
+
+def test_a_servfail_reply_goes_to_the_next_upstream(
+    stop_at_end: StopAtEnd, dnsd_factory: DnsdFactory
+) -> None:
+    broken = stop_at_end(FakeUpstream(mode="servfail").start())
+    good = stop_at_end(FakeUpstream(address="5.6.7.8").start())
+    dnsd = dnsd_factory("--upstream", f"127.0.0.1:{broken.port}",
+                        "--upstream", f"127.0.0.1:{good.port}")  # fmt: skip
+    assert _a_answer(query(dnsd.port, "x.example"))[0] == ["5.6.7.8"]
+    assert len(broken.queries) == 1 and len(good.queries) == 1
+    assert dnsd.metric("dnsd_forward_failures_total", to=f"127.0.0.1:{broken.port}") == 1
+
+
+@pytest.mark.parametrize("policy", ["sequential", "round_robin", "random"])
+def test_the_upstream_policy_orders_healthy_upstreams(
+    policy: str, stop_at_end: StopAtEnd, dnsd_factory: DnsdFactory
+) -> None:
+    first = stop_at_end(FakeUpstream(address="10.0.0.1").start())
+    second = stop_at_end(FakeUpstream(address="10.0.0.2").start())
+    dnsd = dnsd_factory("--upstream", f"127.0.0.1:{first.port}",
+                        "--upstream", f"127.0.0.1:{second.port}",
+                        config=f'[forward]\npolicy = "{policy}"\n')  # fmt: skip
+    for i in range(20):
+        query(dnsd.port, f"q{i}.example")
+    counts = (len(first.queries), len(second.queries))
+    if policy == "sequential":
+        assert counts == (20, 0)
+    elif policy == "round_robin":
+        assert counts == (10, 10)
+    else:
+        assert min(counts) >= 2 and sum(counts) == 20, counts

@@ -7,8 +7,10 @@ asked and its CNAME/DNAME chain stay in the answer, only an SOA above them in th
 section (for negative caching); everything else (NS, additional, out-of-bailiwick) is dropped,
 and so is every record at a name in dnsd's own zones: a chain that enters them is cut there
 (``Answer.enters``) and completed from the local zone by the resolver chain.
-Upstreams are tried in order of recent health with a per-upstream timeout;
-when every one fails the answer is SERVFAIL.  A name under a configured domain goes to that
+Upstreams are tried in the order of ``upstream_health`` (healthy ones only; one that keeps
+failing is probed in the background until it answers) with a per-upstream timeout; when
+every one fails, or none is healthy, the answer is SERVFAIL at once (the forwarding cache then
+serves stale).  A name under a configured domain goes to that
 domain's upstreams only (the longest domain wins, dnsmasq ``server=/domain/addr`` style); other
 names to the default upstreams, or REFUSED when there are none.  An upstream written
 ``tls://ADDR[:PORT][#name]`` is asked over DNS-over-TLS (RFC 7858, port 853), its certificate
@@ -37,6 +39,7 @@ from dnsd.names import label_of, text_of
 from dnsd.protocol import RCODE_REFUSED, RCODE_SERVFAIL
 from dnsd.resolve.answer import Answer
 from dnsd.resolve.rebind import RebindGuard
+from dnsd.resolve.upstream_health import MAX_FAILS, PROBE_INTERVAL_S, UpstreamHealth
 from dnsd.stats import Stats
 
 logger = logging.getLogger(__name__)
@@ -74,6 +77,9 @@ class Forwarder:
         tls_ca: str = "",
         zones: tuple[str, ...] = (),
         rebind: RebindGuard | None = None,
+        max_fails: int = MAX_FAILS,
+        policy: str = "sequential",
+        probe_interval_s: float = PROBE_INTERVAL_S,
     ) -> None:
         self.domains = {d: list(u) for d, u in (domains or {}).items() if u}
         if not upstreams and not self.domains:
@@ -85,7 +91,9 @@ class Forwarder:
         self._timeout_s = timeout_s
         self._random_id = random_id or (lambda: random.SystemRandom().getrandbits(16))
         everyone = [*self.upstreams, *(u for ups in self.domains.values() for u in ups)]
-        self._failures = dict.fromkeys(everyone, 0)
+        self.health = UpstreamHealth(everyone, max_fails, policy)
+        self._probe_interval_s = probe_interval_s
+        self._probes: dict[Upstream, asyncio.Task[None]] = {}
         self._tls_ca = tls_ca
         self._tls: ssl.SSLContext | None = None
         self._zones = zones  # dnsd's own: no upstream record at a name in them is passed on
@@ -105,17 +113,20 @@ class Forwarder:
         upstreams = self.route(qname)
         if not upstreams:  # only domains configured, or every default was a loop to dnsd
             return Answer(RCODE_REFUSED, recursive=True)
-        # Healthy upstreams first; the order among equals stays as configured.
-        for upstream in sorted(upstreams, key=self._failures.__getitem__):
+        refused: Answer | None = None  # the last SERVFAIL/REFUSED reply, if all were such
+        for upstream in self.health.order(upstreams):
             try:
                 reply = await self._ask(upstream, qname, qtype, qclass)
             except (TimeoutError, OSError, UpstreamError) as exc:
-                self._failures[upstream] = min(self._failures[upstream] + 1, 100)
-                self._stats.upstream_errors += 1
-                self._stats.upstream_failures[str(upstream)] += 1
+                self._failed(upstream)
                 logger.debug("upstream %s failed for %s: %r", upstream, qname, exc)
                 continue
-            self._failures[upstream] = 0
+            if reply[0].header.rcode in (RCODE_SERVFAIL, RCODE_REFUSED):
+                self._failed(upstream)  # the next upstream may do better
+                refused = _to_answer(reply[0], qname, qtype, reply[1], self.owns)[0]
+                continue
+            if self.health.answered(upstream):
+                logger.info("upstream %s answers again", upstream)
             answer, scrubbed = _to_answer(reply[0], qname, qtype, reply[1], self.owns)
             self._stats.upstream_scrubbed += scrubbed
             records = [rr for rrset in answer.rrsets for rr in rrset]
@@ -129,12 +140,50 @@ class Forwarder:
                 )
                 return Answer(RCODE_REFUSED, recursive=True)
             return answer
+        if refused is not None:
+            return refused
         throttled.warning(
             "all failed",
-            "every upstream failed (%s); answering SERVFAIL for names outside the zones",
+            "every upstream failed or is down (%s); answering SERVFAIL for names outside the zones",
             ", ".join(str(u) for u in upstreams),
         )
         return Answer(RCODE_SERVFAIL, recursive=True)
+
+    def _failed(self, upstream: Upstream) -> None:
+        self._stats.upstream_errors += 1
+        self._stats.upstream_failures[str(upstream)] += 1
+        if self.health.failed(upstream):
+            logger.warning(
+                "upstream %s is down (%d failures in a row): probing it every %.1f s",
+                upstream,
+                self.health.max_fails,
+                self._probe_interval_s,
+            )
+            if upstream not in self._probes:
+                task = asyncio.ensure_future(self._probe_until_up(upstream))
+                self._probes[upstream] = task
+                task.add_done_callback(lambda _t: self._probes.pop(upstream, None))
+
+    async def _probe_until_up(self, upstream: Upstream) -> None:
+        """A ``. NS`` question every probe interval until the upstream replies at all."""
+        while not self.health.healthy(upstream):
+            await asyncio.sleep(self._probe_interval_s)
+            try:
+                await self._ask(upstream, ".", QTYPE.NS, 1, counted=False)
+            except (TimeoutError, OSError, UpstreamError):
+                continue
+            if self.health.answered(upstream):
+                logger.info("upstream %s answers again", upstream)
+            return
+
+    def upstream_states(self) -> dict[str, bool]:
+        """Every upstream (as written) -> healthy."""
+        return {str(u): self.health.healthy(u) for u in self.health.upstreams}
+
+    def close(self) -> None:
+        """Stop the probes (shutdown)."""
+        for task in list(self._probes.values()):
+            task.cancel()
 
     async def probe(self, upstream: Upstream, qname: str) -> object:
         """One A question to one upstream, nothing cached (the loop detector's probe)."""

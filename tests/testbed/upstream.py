@@ -25,7 +25,7 @@ class FakeUpstream:
     mode: "answer" (A 1.2.3.4 for every name, or NXDOMAIN for names starting with "nx"),
     "silent" (never replies), "spoof" (first a reply with a wrong ID, then the right one),
     "truncate" (TC=1 over UDP; the full answer over TCP), "poison" (the answer plus records
-    for other names in every section: out of bailiwick).
+    for other names in every section: out of bailiwick), "servfail" (SERVFAIL to everything).
     """
 
     mode: str = "answer"
@@ -65,6 +65,9 @@ class FakeUpstream:
         if not name.endswith(LOOP_PROBE_SUFFIX):  # dnsd's start-up loop check is not counted
             self.queries.append((proto, name.lower(), QTYPE[request.q.qtype]))
         reply = request.reply()
+        if self.mode == "servfail":
+            reply.header.rcode = 2
+            return reply
         if name.lower() in self.scripted:
             for rr in RR.fromZone(self.scripted[name.lower()]):
                 reply.add_answer(rr)
