@@ -629,3 +629,44 @@ def test_the_upstream_policy_orders_healthy_upstreams(
         assert counts == (10, 10)
     else:
         assert min(counts) >= 2 and sum(counts) == 20, counts
+
+
+def test_dot_keeps_one_connection_pipelines_and_reconnects(
+    stop_at_end: StopAtEnd, dnsd_factory: DnsdFactory, tmp_path: Path
+) -> None:
+    """DoT questions share one kept-open TLS connection; pipelined replies that come out of
+    order are matched by ID; a connection the server closes is replaced without a lost
+    question."""
+    import ssl
+
+    from testbed import certs as testbed_certs
+
+    made = testbed_certs.make(tmp_path / "tls")
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(made.server_cert, made.server_key)
+    dot = stop_at_end(FakeUpstream(address="10.8.5.4", tls=server_tls).start())
+    dnsd = dnsd_factory(
+        config=f'[forward]\nupstreams = ["tls://127.0.0.1:{dot.port}#localhost"]\n'
+        f'tls_ca = "{made.ca}"\n'
+    )
+
+    def ask(name: str) -> list[str]:
+        return [r.to_text() for rs in query(dnsd.port, name, timeout=5).answer for r in rs]
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(map(tuple, pool.map(ask, [f"p{i}.example" for i in range(40)]))) == {
+            ("10.8.5.4",)
+        }
+    assert dot.tcp_connections == 1  # one connection for all 40
+    dot.out_of_order = True  # each pair: the second question answered first
+    with ThreadPoolExecutor(2) as pool:
+        for pair in range(5):
+            names = [f"o{pair}a.example", f"o{pair}b.example"]
+            assert list(pool.map(ask, names)) == [["10.8.5.4"], ["10.8.5.4"]]
+    dot.out_of_order, dot.close_after = False, 3
+    for i in range(10):  # the server hangs up every third answer
+        assert ask(f"c{i}.example") == ["10.8.5.4"]
+    assert dot.tcp_connections >= 4
+    assert (
+        dnsd.metric("dnsd_forward_failures_total", to=f"tls://127.0.0.1:{dot.port}#localhost") == 0
+    )

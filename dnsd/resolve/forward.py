@@ -38,6 +38,7 @@ from dnsd.logs import Throttled
 from dnsd.names import label_of, text_of
 from dnsd.protocol import RCODE_REFUSED, RCODE_SERVFAIL
 from dnsd.resolve.answer import Answer
+from dnsd.resolve.dot import DotConnection
 from dnsd.resolve.rebind import RebindGuard
 from dnsd.resolve.upstream_health import MAX_FAILS, PROBE_INTERVAL_S, UpstreamHealth
 from dnsd.stats import Stats
@@ -94,6 +95,7 @@ class Forwarder:
         self.health = UpstreamHealth(everyone, max_fails, policy)
         self._probe_interval_s = probe_interval_s
         self._probes: dict[Upstream, asyncio.Task[None]] = {}
+        self._dot: dict[Upstream, DotConnection] = {}  # one kept-open connection per upstream
         self._tls_ca = tls_ca
         self._tls: ssl.SSLContext | None = None
         self._zones = zones  # dnsd's own: no upstream record at a name in them is passed on
@@ -181,9 +183,19 @@ class Forwarder:
         return {str(u): self.health.healthy(u) for u in self.health.upstreams}
 
     def close(self) -> None:
-        """Stop the probes (shutdown)."""
+        """Stop the probes and close the DoT connections (shutdown)."""
         for task in list(self._probes.values()):
             task.cancel()
+        for connection in self._dot.values():
+            connection.close()
+
+    def _dot_connection(self, upstream: Upstream) -> DotConnection:
+        connection = self._dot.get(upstream)
+        if connection is None:
+            connection = self._dot[upstream] = DotConnection(
+                upstream.host, upstream.port, self._tls_context(), upstream.tls_name
+            )
+        return connection
 
     async def probe(self, upstream: Upstream, qname: str) -> object:
         """One A question to one upstream, nothing cached (the loop detector's probe)."""
@@ -199,6 +211,9 @@ class Forwarder:
         """One question to one upstream; ``counted``: in the per-upstream metrics (the loop
         detector's probes are not)."""
         ident = self._random_id()
+        connection = self._dot_connection(upstream) if upstream.tls_name else None
+        while connection is not None and connection.busy(ident):  # IDs unique per connection
+            ident = self._random_id()
         query = DNSRecord(DNSHeader(id=ident, rd=1), q=DNSQuestion(label_of(qname), qtype, qclass))
         query.add_ar(EDNS0(udp_len=UPSTREAM_UDP_SIZE))
         packet = query.pack()
@@ -207,8 +222,13 @@ class Forwarder:
             self._stats.upstream_requests[to] += 1
         started = time.monotonic()
         async with asyncio.timeout(self._timeout_s):
-            if upstream.tls_name:
-                reply = await self._ask_tcp(upstream, packet, ident, qname, qtype, qclass)
+            if connection is not None:
+                data = await connection.ask(packet, ident)
+                matched = _matching_reply(data, ident, qname, qtype, qclass)
+                if matched is None:
+                    self._stats.upstream_mismatched += 1
+                    raise UpstreamError("DoT reply does not match the query")
+                reply = (matched, len(data))
             else:
                 reply = await self._ask_udp(upstream, packet, ident, qname, qtype, qclass)
                 if reply[0].header.tc:
@@ -239,11 +259,8 @@ class Forwarder:
     async def _ask_tcp(
         self, upstream: Upstream, packet: bytes, ident: int, qname: str, qtype: int, qclass: int
     ) -> tuple[DNSRecord, int]:
-        """One question over TCP, or over TLS for a DoT upstream (a connection per question)."""
-        tls: dict[str, Any] = {}
-        if upstream.tls_name:
-            tls = {"ssl": self._tls_context(), "server_hostname": upstream.tls_name}
-        reader, writer = await asyncio.open_connection(upstream.host, upstream.port, **tls)
+        """One question over TCP (a truncated UDP reply), a connection per question."""
+        reader, writer = await asyncio.open_connection(upstream.host, upstream.port)
         try:
             writer.write(struct.pack("!H", len(packet)) + packet)
             await writer.drain()

@@ -37,6 +37,9 @@ class FakeUpstream:
     tls: ssl.SSLContext | None = None  # the TCP listener speaks DNS over TLS
     # name (lower-case, absolute) -> zone-file lines answered for it, whatever the type asked
     scripted: dict[str, str] = field(default_factory=dict)
+    out_of_order: bool = False  # TCP/TLS: two pipelined questions answered second first
+    close_after: int = 0  # TCP/TLS: close a connection after answering this many (0: never)
+    tcp_connections: int = 0  # accepted so far
 
     def start(self) -> FakeUpstream:
         self.port = free_port()
@@ -118,19 +121,53 @@ class FakeUpstream:
                 conn, _ = self._tcp.accept()
             except OSError:
                 return
-            if self.tls is not None:
-                try:
-                    conn = self.tls.wrap_socket(conn, server_side=True)
-                except OSError:  # a client that does not trust us hangs up (ssl.SSLError)
-                    conn.close()
-                    continue
-            with conn:
-                try:
-                    (length,) = struct.unpack("!H", conn.recv(2))
-                    data = b""
-                    while len(data) < length:
-                        data += conn.recv(length - len(data))
-                    packed = bytes(self.reply_to(data, "tcp").pack())
-                    conn.sendall(struct.pack("!H", len(packed)) + packed)
-                except (OSError, struct.error):
-                    pass
+            self.tcp_connections += 1
+            threading.Thread(target=self._serve_connection, args=(conn,), daemon=True).start()
+
+    def _serve_connection(self, conn: socket.socket) -> None:
+        """Every question on the connection, in turn (RFC 7766 reuse); with
+        ``out_of_order``, two pipelined questions are answered second first."""
+        if self.tls is not None:
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except OSError:  # a client that does not trust us hangs up (ssl.SSLError)
+                conn.close()
+                return
+        held: list[bytes] = []
+        answered = 0
+        with conn:
+            try:
+                while self._running:
+                    data = _read_message(conn)
+                    if data is None:
+                        return
+                    if self.out_of_order and not held:
+                        held.append(data)
+                        continue
+                    for message in [data, *held]:
+                        packed = bytes(self.reply_to(message, "tcp").pack())
+                        conn.sendall(struct.pack("!H", len(packed)) + packed)
+                        answered += 1
+                    held.clear()
+                    if self.close_after and answered >= self.close_after:
+                        return
+            except (OSError, struct.error):
+                pass
+
+
+def _read_message(conn: socket.socket) -> bytes | None:
+    """One length-prefixed DNS message from a TCP stream; None when it ends."""
+    head = b""
+    while len(head) < 2:
+        chunk = conn.recv(2 - len(head))
+        if not chunk:
+            return None
+        head += chunk
+    (length,) = struct.unpack("!H", head)
+    data = b""
+    while len(data) < length:
+        chunk = conn.recv(length - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
