@@ -127,6 +127,8 @@ class Daemon:
         loop_detector = None
         if self.forwarder is not None:
             loop_detector = LoopDetector(self.forwarder.probe, self.forwarder.drop)
+        if forward is not None:
+            answer_cache.on_popular = _prefetcher(forward)
         chain = ResolverChain(local, forward, acl, budget, self.stats, loop_detector)
         handler = QueryHandler(
             chain,
@@ -318,6 +320,17 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         logger.info("stopped", extra=event("stopped"))
+
+
+def _prefetcher(forward: ForwardCache) -> Callable[[tuple[str, int, int]], None]:
+    """The answer cache's popular-answer hook (a listener thread) -> a prefetch on the loop."""
+    loop = asyncio.get_running_loop()
+
+    def hand_over(question: tuple[str, int, int]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: shutting down
+            loop.call_soon_threadsafe(forward.prefetch, *question)
+
+    return hand_over
 
 
 def _bind_pair(host: str, port: int) -> tuple[socket.socket, socket.socket]:

@@ -111,6 +111,11 @@ class StatsCollector(Collector):
         yield _counter("dnsd_forward_stale_answers", "Expired answers served (TTL 30 s) because "
                        "no upstream answered in time (RFC 8767 serve-stale).",
                        stats.forward_stale_answers)  # fmt: skip
+        yield _counter("dnsd_forward_prefetches", "Popular forwarded answers refreshed before "
+                       "they expired.", stats.forward_prefetches)  # fmt: skip
+        yield _counter("dnsd_forward_prefetch_skipped", "Prefetches skipped: the most allowed "
+                       "at once were upstream already.",
+                       stats.forward_prefetch_skipped)  # fmt: skip
         yield _counter("dnsd_forward_not_cached", "Forwarded answers passed on but not kept: "
                        "larger than forward.max_cached_answer.",
                        stats.forward_not_cached)  # fmt: skip

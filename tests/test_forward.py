@@ -670,3 +670,24 @@ def test_dot_keeps_one_connection_pipelines_and_reconnects(
     assert (
         dnsd.metric("dnsd_forward_failures_total", to=f"tls://127.0.0.1:{dot.port}#localhost") == 0
     )
+
+
+def test_a_popular_forwarded_answer_is_refreshed_before_it_expires(
+    stop_at_end: StopAtEnd, dnsd_factory: DnsdFactory
+) -> None:
+    """A name asked several times a second: refreshed from upstream ahead of its expiry, so no
+    asker ever waits on the (slow) upstream after the first; counted."""
+    upstream = stop_at_end(FakeUpstream(ttl=3, delay=0.3).start())
+    dnsd = dnsd_factory("--upstream", f"127.0.0.1:{upstream.port}")
+    assert _a_answer(query(dnsd.port, "hot.example"))[0] == ["1.2.3.4"]
+    slowest, deadline = 0.0, time.monotonic() + 7.5  # two and a half TTLs
+    while time.monotonic() < deadline:
+        started = time.monotonic()
+        reply = query(dnsd.port, "hot.example", timeout=3)
+        slowest = max(slowest, time.monotonic() - started)
+        assert _a_answer(reply)[0] == ["1.2.3.4"]
+        time.sleep(0.1)
+    assert slowest < 0.2, slowest  # never the upstream's 0.3 s
+    asked = [q for q in upstream.queries if q[1] == "hot.example."]
+    assert len(asked) >= 3  # the first question and a refresh per TTL
+    assert dnsd.metric("dnsd_forward_prefetches_total") >= 2

@@ -14,6 +14,8 @@ served with TTL ``STALE_TTL_S`` — negative answers too — and the refresh goe
 background.  For ``STALE_RETRY_S`` after a failed refresh (the failure recheck timer) the
 name's askers get the stale answer at once, while one refresh at a time keeps trying, so the
 first answer after the upstreams return is fresh.
+Prefetch: the packed-answer cache hands over a forwarded answer asked often near its expiry
+(``prefetch``), which is refreshed ahead of time, a bounded number at once.
 Knows nothing about upstreams, sockets or the local zone.
 """
 
@@ -47,6 +49,7 @@ STALE_FOR_S = 3600  # how long past its TTL an answer may be served stale (CoreD
 STALE_TTL_S = 30  # the TTL of a stale answer (RFC 8767 4)
 STALE_CLIENT_TIMEOUT_S = 1.8  # a refresh slower than this: the stale answer (RFC 8767 5)
 STALE_RETRY_S = 30.0  # after a failed refresh: stale at once, for this long (RFC 8767 5)
+MAX_PREFETCHES = 32  # refreshes ahead of expiry upstream at once; more are skipped, counted
 
 Key = tuple[str, int, int]
 
@@ -106,6 +109,7 @@ class ForwardCache:
         self._stale_for_s = stale_for_s
         self._failed: dict[Key, float] = {}  # when a refresh of the name last failed
         self.serving_stale = False  # since the first stale answer of this outage
+        self._prefetching = 0
         self._stats = stats
         self._max_ttl_s = max_ttl_s
         self._max_negative_ttl_s = max_negative_ttl_s
@@ -180,6 +184,26 @@ class ForwardCache:
             self._failed[key] = self._clock()
             return self._served_stale(stale)
         return self._served_stale(stale) if answer.rcode == RCODE_SERVFAIL else answer
+
+    def prefetch(self, qname: str, qtype: int, qclass: int) -> None:
+        """Refresh a popular answer before it expires (its askers then never wait on an
+        upstream); at most ``MAX_PREFETCHES`` at once, the rest skipped and counted."""
+        key = (qname, qtype, qclass)
+        if key in self._inflight or self._entries.get(key) is None:
+            return
+        if self._prefetching >= MAX_PREFETCHES:
+            self._stats.forward_prefetch_skipped += 1
+            return
+        self._stats.forward_prefetches += 1
+        self._prefetching += 1
+        task = asyncio.ensure_future(self._fetch(key))
+        self._inflight[key] = task
+
+        def done(_task: asyncio.Task[Answer]) -> None:
+            self._inflight.pop(key, None)
+            self._prefetching -= 1
+
+        task.add_done_callback(done)
 
     def _served_stale(self, entry: _Entry) -> Answer:
         self._stats.forward_stale_answers += 1

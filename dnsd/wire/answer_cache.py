@@ -55,6 +55,11 @@ EVICT_FRACTION = 10  # when full, the oldest 1/EVICT_FRACTION of the entries go
 ANSWER_CACHE_BYTES = 64 * 1024 * 1024  # packed bytes held (rotations and per-client copies)
 FORWARDED_REFRESH_S = 1.0
 SWEEP_S = 0.25  # how often forwarded entries due for a refresh leave the fast tables
+# Prefetch: a forwarded entry asked in PREFETCH_ASKS different seconds within the last tenth of
+# its lifetime (at least PREFETCH_WINDOW_S) is handed to ``on_popular`` once, to be refreshed
+# before it expires.
+PREFETCH_ASKS = 2
+PREFETCH_WINDOW_S = 2.0
 
 
 MAX_CLIENTS_PER_ENTRY = 1024
@@ -63,6 +68,7 @@ MAX_SIZE_KEYS = 4  # per entry: keys of other UDP sizes that clamp to its own
 
 _TTL = struct.Struct("!I")
 FastHit = tuple[bytes, list[int], Callable[[str], bool | None] | None]
+Question = tuple[str, int, int]  # (name, type, class) as the resolver takes them
 NormalisedHit = tuple[bytes, bytes, list[int], Callable[[str], bool | None] | None]
 
 
@@ -75,6 +81,7 @@ class _Aging:
     ttls: list[int]  # as packed at ``born``
     born: float
     final: float  # the forwarding cache drops the answer then: stop re-stamping
+    late_asks: int = 0  # re-stamps (seconds it was asked in) within the prefetch window
 
 
 class _Entry:
@@ -83,7 +90,8 @@ class _Entry:
     being served as it is, who may have it, what it depends on and what it costs."""
 
     __slots__ = (
-        "alias", "cell", "depends", "expires", "keys", "qend", "recursive", "size", "sizes",
+        "alias", "cell", "depends", "expires", "keys", "qend", "question", "recursive", "size",
+        "sizes",
     )  # fmt: skip
     # Read on the hot path for either kind: one answer for every asker (``variants``), or
     # per network (``clients``); a forwarded answer counts its TTLs down (``aging``).
@@ -101,6 +109,7 @@ class _Entry:
         self.qend = 0  # where the question ends in the packets
         self.depends: tuple[str, ...] = ()
         self.size = 0
+        self.question: Question | None = None  # a forwarded answer's, for prefetching
 
 
 class _SharedEntry(_Entry):
@@ -263,6 +272,9 @@ class AnswerCache:
         # (zone, qtype, rcode) -> [hits]: counted here so the hot path never calls a metrics
         # library.
         self.cells: dict[tuple[str, str, str], list[int]] = {}
+        # Called (on a listener thread, under the lock: hand it on, quickly) with the question
+        # of a forwarded answer popular near its expiry (prefetch); None: no prefetching.
+        self.on_popular: Callable[[Question], None] | None = None
 
     @property
     def hits(self) -> int:
@@ -336,6 +348,17 @@ class AnswerCache:
         template = next(variants)
         return data[:2] + template[2:HEADER_LEN] + data[HEADER_LEN:qend] + template[qend:]
 
+    def _count_late_ask(self, entry: _Entry, now: float) -> None:
+        aging = entry.aging
+        if aging is None or entry.question is None or self.on_popular is None:
+            return
+        window = max(PREFETCH_WINDOW_S, (aging.final - aging.born) / 10)
+        if aging.final - now > window:
+            return
+        aging.late_asks += 1
+        if aging.late_asks == PREFETCH_ASKS:  # once per entry
+            self.on_popular(entry.question)
+
     @_locked
     def _add_size_key(self, entry: _Entry, key: bytes) -> None:
         """Find ``entry`` by ``key`` (its key with another UDP size) from now on, in the fast
@@ -362,6 +385,7 @@ class AnswerCache:
             return True  # another thread re-stamped it since this one found it due
         if not _restamp(entry, now):
             return False
+        self._count_late_ask(entry, now)
         if isinstance(entry, _SharedEntry) and self._entries.get(entry.keys[0]) is entry:
             self._make_fast(entry, next(entry.variants))  # not dropped meanwhile
         return True
@@ -378,6 +402,7 @@ class AnswerCache:
         aging: tuple[float, float] | None = None,
         depends: tuple[str, ...] = (),
         scopes: tuple[str, ...] = (),
+        question: Question | None = None,
     ) -> bytes:
         """Remember the responses to ``data`` (for ``client_ip`` only, when given), to be
         dropped when a name in ``depends`` changes; returns the first one to send, as
@@ -399,6 +424,7 @@ class AnswerCache:
             aged = _aging_of(templates[0], *aging) if aging and len(templates) == 1 else None
             entry = _SharedEntry(cycle, expires, recursive, cell, aging=aged)
             entry.qend = qend
+            entry.question = question
             self._store(key, alias, entry, depends)
             if len(templates) == 1 and (aged is not None or math.isinf(expires)):
                 self._make_fast(entry, templates[0])

@@ -247,10 +247,15 @@ class QueryHandler:
         client = client_ip if answer.per_client else None
         # Every entry depends at least on its own name (a forwarded answer is shadowed by a
         # record the store gains for that name).
-        depends = answer.depends or (text_of(query.q.qname).lower(),)
+        qname = text_of(query.q.qname).lower()
+        depends = answer.depends or (qname,)
+        question = None  # a forwarded answer: refreshed ahead of its expiry when popular
+        if answer.recursive and answer.enters is None and answer.follow is None:
+            question = (qname, query.q.qtype, query.q.qclass)
         return self._answer_cache.put(
-            data, variants, expires, answer.recursive, client, label, aging, depends, answer.scopes
-        )
+            data, variants, expires, answer.recursive, client, label, aging, depends,
+            answer.scopes, question,
+        )  # fmt: skip
 
     def _fitted(self, query: DNSRecord, answer: Answer, edns: bool, limit: int, turn: int) -> bytes:
         """The reply, fitted to ``limit``: the additional section goes first (no TC, RFC 2181

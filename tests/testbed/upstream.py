@@ -39,6 +39,7 @@ class FakeUpstream:
     scripted: dict[str, str] = field(default_factory=dict)
     out_of_order: bool = False  # TCP/TLS: two pipelined questions answered second first
     close_after: int = 0  # TCP/TLS: close a connection after answering this many (0: never)
+    delay: float = 0.0  # UDP: seconds before each answer (a slow upstream)
     tcp_connections: int = 0  # accepted so far
 
     def start(self) -> FakeUpstream:
@@ -104,6 +105,8 @@ class FakeUpstream:
                     self.queries.append(("udp", name.lower(), QTYPE[question.qtype]))
                 continue
             reply = self.reply_to(data, "udp")
+            if self.delay:
+                time.sleep(self.delay)
             if self.mode == "spoof":  # a forged reply (wrong ID, other address) arrives first
                 forged = DNSRecord.parse(data).reply()
                 forged.header.id = (reply.header.id + 1) % 65536
