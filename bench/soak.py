@@ -5,8 +5,11 @@ NXDOMAIN (15 %) and forwarded names (30 %, upstream TTL 2 s so they go upstream 
 again).  Meanwhile: 10 etcd writes per second under the zone (each one a store change), the
 hosts file rewritten every 30 s (a reload), and an upstream that stalls for 5 s every minute
 (at the run's middle when it is shorter than a minute).  A probe asks a local name 20 times a
-second and times each answer.  Reports queries sent/answered/lost, probe p50/p99 and losses,
-RSS after warm-up and at the end.  Exits 1 if dnsd dies or answers under 90 % of the load.
+second and times each answer.  In each stall, once the forwarded answers have expired, 50
+forwarded names asked before it are asked again: how many are still answered (stale,
+RFC 8767) within 2 s.  Reports queries sent/answered/lost, probe p50/p99 and losses (and
+the probe's p99 inside the stalls), the stall answers, RSS after warm-up and at the end.
+Exits 1 if dnsd dies or answers under 90 % of the load.
 Only loopback is used; etcd is a private single member (tests/testbed).
 Usage: python bench/soak.py [--duration S] (CI runs 30 s; the figures in notes come from 600 s)
 """
@@ -101,7 +104,10 @@ def write_hosts(path: Path, generation: int) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def probe(port: int, stop: threading.Event, latencies: list[float], lost: list[int]) -> None:
+def probe(
+    port: int, stop: threading.Event, latencies: list[tuple[float, float]], lost: list[int]
+) -> None:
+    """(when, seconds) for each answer to a local name, 20 a second."""
     query = DNSRecord.question("web1.docker").pack()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(1.0)
@@ -110,10 +116,33 @@ def probe(port: int, stop: threading.Event, latencies: list[float], lost: list[i
             sock.sendto(query, ("127.0.0.1", port))
             try:
                 sock.recv(4096)
-                latencies.append(time.perf_counter() - started)
+                latencies.append((started, time.perf_counter() - started))
             except TimeoutError:
                 lost[0] += 1
             stop.wait(1 / PROBE_PER_S)
+
+
+STALL_CHECK_NAMES = 50
+
+
+def ask_during_stall(port: int, ends_at: float, counts: dict[str, int]) -> None:
+    """Forwarded names the load asked before the stall, asked (all at once) once their
+    answers have expired; an answer counts only if it comes while the upstream is stalled."""
+    time.sleep(UPSTREAM_TTL_S + 0.5)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.2", 0))  # a client of its own, not dnsperf's address
+        for i in range(STALL_CHECK_NAMES):
+            sock.sendto(DNSRecord.question(f"f{i}.example").pack(), ("127.0.0.1", port))
+        pending = STALL_CHECK_NAMES
+        while pending and time.perf_counter() < ends_at:
+            sock.settimeout(max(ends_at - time.perf_counter(), 0.001))
+            try:
+                reply = DNSRecord.parse(sock.recv(4096))
+            except TimeoutError:
+                break
+            pending -= 1
+            counts["answered" if reply.header.rcode == 0 and reply.rr else "failed"] += 1
+        counts["unanswered"] += pending
 
 
 def churn(client: object, stop: threading.Event, writes: list[int]) -> None:
@@ -148,8 +177,10 @@ def main() -> int:
         host, _, etcd_port = etcd.endpoints.split(",")[0].rpartition(":")
         client = pyetcd.client(host=host, port=int(etcd_port))
         stop = threading.Event()
-        latencies: list[float] = []
+        latencies: list[tuple[float, float]] = []
         probe_lost = [0]
+        stall_counts = {"answered": 0, "failed": 0, "unanswered": 0}
+        stall_windows: list[tuple[float, float]] = []
         writes = [0]
         threads = [
             threading.Thread(target=probe, args=(port, stop, latencies, probe_lost), daemon=True),
@@ -175,23 +206,37 @@ def main() -> int:
             if elapsed >= stall_at + stalls * STALL_EVERY_S:
                 stalls += 1
                 upstream.stalled.set()
+                now = time.perf_counter()
+                stall_windows.append((now, now + STALL_S))
                 threading.Timer(STALL_S, upstream.stalled.clear).start()
+                threading.Thread(
+                    target=ask_during_stall,
+                    args=(port, now + STALL_S, stall_counts),
+                    daemon=True,
+                ).start()
             time.sleep(1.0)
         out = load.communicate()[0]
         stop.set()
         died = proc.poll() is not None
         sent = int(re.search(r"Queries sent:\s+(\d+)", out).group(1))  # type: ignore[union-attr]
         done = int(re.search(r"Queries completed:\s+(\d+)", out).group(1))  # type: ignore[union-attr]
-        latencies.sort()
+        in_stall = sorted(d for t, d in latencies if any(a <= t <= b for a, b in stall_windows))
+        timings = sorted(d for _, d in latencies)
         warm = [mb for t, mb in rss if t >= WARM_UP_S] or [mb for _, mb in rss]
         growth = (warm[-1] - warm[0]) / warm[0] * 100 if warm else 0.0
         print(f"queries sent {sent:,}, answered {done:,}, lost {sent - done:,} "
               f"({(sent - done) / max(sent, 1) * 100:.3f} %)")  # fmt: skip
-        if latencies:
-            p50 = statistics.median(latencies) * 1000
-            p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
-            print(f"probe: {len(latencies):,} answered, {probe_lost[0]} lost, "
+        if timings:
+            p50 = statistics.median(timings) * 1000
+            p99 = timings[int(len(timings) * 0.99) - 1] * 1000
+            print(f"probe: {len(timings):,} answered, {probe_lost[0]} lost, "
                   f"p50 {p50:.2f} ms, p99 {p99:.2f} ms")  # fmt: skip
+        if in_stall:
+            p99_stall = in_stall[max(int(len(in_stall) * 0.99) - 1, 0)] * 1000
+            print(f"probe in the stalls: {len(in_stall):,} answered, p99 {p99_stall:.2f} ms")
+        print(f"forwarded names asked before a stall, asked in it: {stall_counts['answered']} "
+              f"answered (stale), {stall_counts['failed']} SERVFAIL, "
+              f"{stall_counts['unanswered']} unanswered while it lasted")  # fmt: skip
         print(f"store changes (etcd writes) {writes[0]:,}, hosts reloads {reloads}, "
               f"upstream stalls {stalls} ({upstream.answered:,} upstream answers)")  # fmt: skip
         print(f"RSS after warm-up {warm[0]:.1f} MB, at end {warm[-1]:.1f} MB, "

@@ -49,6 +49,7 @@ STALE_FOR_S = 3600  # how long past its TTL an answer may be served stale (CoreD
 STALE_TTL_S = 30  # the TTL of a stale answer (RFC 8767 4)
 STALE_CLIENT_TIMEOUT_S = 1.8  # a refresh slower than this: the stale answer (RFC 8767 5)
 STALE_RETRY_S = 30.0  # after a failed refresh: stale at once, for this long (RFC 8767 5)
+STALE_KEEP_S = 1.0  # how long the packed-answer cache may serve a stale answer as it is
 MAX_PREFETCHES = 32  # refreshes ahead of expiry upstream at once; more are skipped, counted
 
 Key = tuple[str, int, int]
@@ -221,7 +222,9 @@ class ForwardCache:
             rrsets=[[_stale(rr) for rr in rrset] for rrset in cached.rrsets],
             authority=[_stale(rr) for rr in cached.authority],
             additional=[_stale(rr) for rr in cached.additional],
-            expires_in=0.0,  # asked again, not kept by the packed-answer cache
+            # The packed-answer cache keeps it a second: the askers of a busy name stay on the
+            # listener threads, and the loop tries a refresh once a second.
+            expires_in=STALE_KEEP_S,
             recursive=True,
             enters=cached.enters,
         )
