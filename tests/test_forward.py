@@ -691,3 +691,35 @@ def test_a_popular_forwarded_answer_is_refreshed_before_it_expires(
     asked = [q for q in upstream.queries if q[1] == "hot.example."]
     assert len(asked) >= 3  # the first question and a refresh per TTL
     assert dnsd.metric("dnsd_forward_prefetches_total") >= 2
+
+
+def test_an_idle_dot_connection_is_closed_and_opened_again(tmp_path: Path) -> None:
+    import ssl
+
+    from dnslib import DNSRecord
+    from testbed import certs as testbed_certs
+
+    from dnsd.resolve.dot import DotConnection
+
+    made = testbed_certs.make(tmp_path / "tls")
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(made.server_cert, made.server_key)
+    upstream = FakeUpstream(address="10.8.5.6", tls=server_tls).start()
+    client_tls = ssl.create_default_context(cafile=str(made.ca))
+
+    async def run() -> list[int]:
+        connection = DotConnection("127.0.0.1", upstream.port, client_tls, "localhost", 0.3)
+        opened = []
+        for name, pause in (("one.example", 0.0), ("two.example", 0.6), ("three.example", 0)):
+            question = DNSRecord.question(name)
+            data = await connection.ask(question.pack(), question.header.id)
+            assert str(DNSRecord.parse(data).a.rdata) == "10.8.5.6"
+            opened.append(upstream.tcp_connections)
+            await asyncio.sleep(pause)  # 0.6 s: past the idle timeout, closed
+        connection.close()
+        return opened
+
+    try:
+        assert asyncio.run(run()) == [1, 1, 2]  # reused, then opened again after the idle time
+    finally:
+        upstream.stop()

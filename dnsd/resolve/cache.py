@@ -92,6 +92,19 @@ def _stale(rr: RR) -> RR:
     return RR(rr.rname, rr.rtype, rr.rclass, STALE_TTL_S, rr.rdata)
 
 
+def _served(cached: Answer, restamp: Callable[[RR], RR], expires_in: float) -> Answer:
+    """A cached answer as served: every record re-stamped (TTLs counted down, or stale)."""
+    return Answer(
+        rcode=cached.rcode,
+        rrsets=[[restamp(rr) for rr in rrset] for rrset in cached.rrsets],
+        authority=[restamp(rr) for rr in cached.authority],
+        additional=[restamp(rr) for rr in cached.additional],
+        expires_in=expires_in,
+        recursive=True,
+        enters=cached.enters,
+    )
+
+
 class ForwardCache:
     def __init__(
         self,
@@ -148,16 +161,7 @@ class ForwardCache:
         if counted:
             self._stats.forward_cache_hits += 1
         elapsed = int(now - entry.stored_at)
-        cached = entry.answer
-        return Answer(
-            rcode=cached.rcode,
-            rrsets=[[_aged(rr, elapsed) for rr in rrset] for rrset in cached.rrsets],
-            authority=[_aged(rr, elapsed) for rr in cached.authority],
-            additional=[_aged(rr, elapsed) for rr in cached.additional],
-            expires_in=entry.expires_at - now,
-            recursive=True,
-            enters=cached.enters,
-        )
+        return _served(entry.answer, lambda rr: _aged(rr, elapsed), entry.expires_at - now)
 
     async def resolve(self, qname: str, qtype: int, qclass: int, counted: bool = True) -> Answer:
         """The answer from the cache or upstream.  ``counted=False``: the caller already
@@ -216,18 +220,9 @@ class ForwardCache:
                 STALE_TTL_S,
                 self._stale_for_s,
             )
-        cached = entry.answer
-        return Answer(
-            rcode=cached.rcode,
-            rrsets=[[_stale(rr) for rr in rrset] for rrset in cached.rrsets],
-            authority=[_stale(rr) for rr in cached.authority],
-            additional=[_stale(rr) for rr in cached.additional],
-            # The packed-answer cache keeps it a second: the askers of a busy name stay on the
-            # listener threads, and the loop tries a refresh once a second.
-            expires_in=STALE_KEEP_S,
-            recursive=True,
-            enters=cached.enters,
-        )
+        # The packed-answer cache keeps it a second: the askers of a busy name stay on the
+        # listener threads, and the loop tries a refresh once a second.
+        return _served(entry.answer, _stale, STALE_KEEP_S)
 
     async def _fetch(self, key: Key) -> Answer:
         answer = await self._next.resolve(*key)
