@@ -179,8 +179,9 @@ class Forwarder:
             return
 
     def upstream_states(self) -> dict[str, bool]:
-        """Every upstream (as written) -> healthy."""
-        return {str(u): self.health.healthy(u) for u in self.health.upstreams}
+        """Every upstream asked (as written; not one dropped as a loop) -> healthy."""
+        asked = [*self.upstreams, *(u for ups in self.domains.values() for u in ups)]
+        return {str(u): self.health.healthy(u) for u in asked}
 
     def close(self) -> None:
         """Stop the probes and close the DoT connections (shutdown)."""

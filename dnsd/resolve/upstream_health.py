@@ -69,9 +69,5 @@ class UpstreamHealth(Generic[U]):
             return True
         return False
 
-    @property
-    def upstreams(self) -> list[U]:
-        return list(self._fails)
-
     def healthy(self, upstream: U) -> bool:
         return upstream not in self.down
