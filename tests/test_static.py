@@ -262,7 +262,9 @@ def test_a_big_hosts_change_is_applied_between_queries(
     with Probe(dnsd.port, "probe.docker", timeout=0.2, miss=True) as probe:
         dnsd.proc.send_signal(signal.SIGHUP)
         eventually(lambda: dnsd.metric("dnsd_reloads_total") == 1, timeout=60)
-    assert probe.lost == 0 and probe.percentile(0.99) < 0.05, probe.summary()
+    # In one piece (before): 12 of ~110 lost at 0.2 s, p99 172 ms; in slices a few ms, with
+    # the 2-core machine's other work (a CI run: 51.6 ms once) well under 100 ms.
+    assert probe.lost == 0 and probe.percentile(0.99) < 0.1, probe.summary()
     assert len(probe.latencies) > 50, probe.summary()
     for i in (0, 123_456, 199_999):
         answer = query(dnsd.port, f"n{i}.docker").answer
