@@ -716,7 +716,7 @@ def test_an_idle_dot_connection_is_closed_and_opened_again(tmp_path: Path) -> No
             assert str(DNSRecord.parse(data).a.rdata) == "10.8.5.6"
             opened.append(upstream.tcp_connections)
             await asyncio.sleep(pause)  # 0.6 s: past the idle timeout, closed
-        connection.close()
+        await connection.aclose()
         return opened
 
     try:

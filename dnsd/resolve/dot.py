@@ -120,3 +120,14 @@ class DotConnection:
     def close(self) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is gone: nothing left to close
             self._close(None)
+
+    async def aclose(self) -> None:
+        """``close``, and wait until the connection is closed."""
+        writer, reader_task = self._writer, self._reader_task
+        self.close()
+        if reader_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader_task
+        if writer is not None:
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await writer.wait_closed()
