@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,6 +16,7 @@ import dns.rdatatype
 import pytest
 from conftest import Dnsd, DnsdFactory, FakeUpstream, StopAtEnd, eventually, free_port, query, rcode
 from dnslib import QTYPE, RR, A
+from testbed import certs as testbed_certs
 
 from dnsd.resolve.answer import Answer
 from dnsd.resolve.cache import ForwardCache
@@ -338,14 +340,16 @@ def test_domain_config_errors_are_clear(tmp_path: Path) -> None:
     }
 
 
-def test_dns_over_tls_upstream(stop_at_end: StopAtEnd, dnsd_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    import ssl
-
-    from testbed import certs as testbed_certs
-
+def _test_tls(tmp_path: Path) -> tuple[Any, ssl.SSLContext]:
+    """The test bed's CA and a server context for a TLS upstream on 127.0.0.1."""
     made = testbed_certs.make(tmp_path / "tls")
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_tls.load_cert_chain(made.server_cert, made.server_key)
+    return made, server_tls
+
+
+def test_dns_over_tls_upstream(stop_at_end: StopAtEnd, dnsd_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    made, server_tls = _test_tls(tmp_path)
     dot = stop_at_end(FakeUpstream(address="10.8.5.3", tls=server_tls).start())
     good = dnsd_factory(
         config=f'[forward]\nupstreams = ["tls://127.0.0.1:{dot.port}#localhost"]\n'
@@ -637,13 +641,7 @@ def test_dot_keeps_one_connection_pipelines_and_reconnects(
     """DoT questions share one kept-open TLS connection; pipelined replies that come out of
     order are matched by ID; a connection the server closes is replaced without a lost
     question."""
-    import ssl
-
-    from testbed import certs as testbed_certs
-
-    made = testbed_certs.make(tmp_path / "tls")
-    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_tls.load_cert_chain(made.server_cert, made.server_key)
+    made, server_tls = _test_tls(tmp_path)
     dot = stop_at_end(FakeUpstream(address="10.8.5.4", tls=server_tls).start())
     dnsd = dnsd_factory(
         config=f'[forward]\nupstreams = ["tls://127.0.0.1:{dot.port}#localhost"]\n'
@@ -694,16 +692,11 @@ def test_a_popular_forwarded_answer_is_refreshed_before_it_expires(
 
 
 def test_an_idle_dot_connection_is_closed_and_opened_again(tmp_path: Path) -> None:
-    import ssl
-
     from dnslib import DNSRecord
-    from testbed import certs as testbed_certs
 
     from dnsd.resolve.dot import DotConnection
 
-    made = testbed_certs.make(tmp_path / "tls")
-    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_tls.load_cert_chain(made.server_cert, made.server_key)
+    made, server_tls = _test_tls(tmp_path)
     upstream = FakeUpstream(address="10.8.5.6", tls=server_tls).start()
     client_tls = ssl.create_default_context(cafile=str(made.ca))
 
