@@ -150,6 +150,10 @@ class Daemon:
             etcd = self.etcd
             collector.etcd = lambda: (etcd.revision, etcd.reconnects)
         collector.publishing = self.publisher is not None
+        if self.publisher is not None:
+            publisher = self.publisher
+            collector.lease = lambda: (publisher.lease_left_s(), publisher.lease_ttl_s)
+        collector.sources = lambda: [(s.name, s.health().state) for s in self.sources]
         collector.upstreams = lambda: self.upstreams
         collector.rrl = self._rrl_counts  # the limiter is made with the listeners
         hit_timer = HitTimer(

@@ -9,6 +9,7 @@ transport; request durations; forward requests, responses and durations per upst
 from __future__ import annotations
 
 import platform
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -22,7 +23,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from dnsd import __version__
+from dnsd.sources.lifecycle import ABSENT, DEGRADED, DOWN, OK
 from dnsd.stats import DURATION_BUCKETS_S, Durations, Stats
+
+SOURCE_STATES = (OK, DEGRADED, DOWN, ABSENT)
 
 disable_created_metrics()  # no *_created series next to every counter and histogram
 
@@ -52,6 +56,9 @@ class StatsCollector(Collector):
         self.etcd: Callable[[], tuple[int, int]] | None = None
         self.rrl: Callable[[], tuple[int, int] | None] = lambda: None
         self.publishing = False
+        self.lease: Callable[[], tuple[float | None, int]] | None = None  # (left s, TTL s)
+        self.sources: Callable[[], list[tuple[str, str]]] = list  # (source, state)
+        self.clock: Callable[[], float] = time.time
         self.upstreams: Callable[[], Mapping[str, bool]] = dict  # upstream -> healthy
 
     def collect(self) -> Iterator[Metric]:
@@ -183,6 +190,18 @@ class StatsCollector(Collector):
                        stats.etcd_lease_renewals)  # fmt: skip
         yield _counter("dnsd_etcd_lease_grants", "Leases granted (1 plus one per loss).",
                        stats.etcd_lease_grants)  # fmt: skip
+        yield _counter("dnsd_etcd_lease_losses", "Leases found gone (expired while etcd was "
+                       "out of reach, or revoked by someone else): published again under a "
+                       "new one.", stats.etcd_lease_losses)  # fmt: skip
+        yield from self._lease_metrics()
+        states = GaugeMetricFamily("dnsd_source_state", "1 for the state each source is in "
+                                   "(ok, degraded: synced once and serving what it had, down: "
+                                   "never synced, absent: optional and not there), else 0.",
+                                   labels=["source", "state"])  # fmt: skip
+        for source, state in self.sources():
+            for each in SOURCE_STATES:
+                states.add_metric([source, each], 1 if each == state else 0)
+        yield states
         if self.etcd is not None:
             revision, reconnects = self.etcd()
             yield GaugeMetricFamily("dnsd_etcd_revision", "Last etcd revision the mirror "
@@ -198,6 +217,18 @@ class StatsCollector(Collector):
                                     "limiting.", value=limited[0])  # fmt: skip
             yield GaugeMetricFamily("dnsd_rrl_slipped", "UDP answers sent truncated (TC=1) by "
                                     "response rate limiting.", value=limited[1])  # fmt: skip
+
+
+    def _lease_metrics(self) -> Iterator[Metric]:
+        if self.lease is None:
+            return
+        left_s, ttl_s = self.lease()
+        yield GaugeMetricFamily("dnsd_etcd_lease_ttl_seconds", "TTL of this node's etcd lease "
+                                "(renewed every third of it).", value=ttl_s)  # fmt: skip
+        if left_s is not None:  # none before the first grant
+            yield GaugeMetricFamily("dnsd_etcd_lease_expiry_timestamp_seconds", "When this "
+                                    "node's etcd lease runs out unless renewed (Unix time).",
+                                    value=self.clock() + left_s)  # fmt: skip
 
 
 def _buckets(histogram: Durations) -> tuple[list[tuple[str, float]], float]:

@@ -77,6 +77,7 @@ class Stats:
     etcd_published: int = 0
     etcd_lease_grants: int = 0
     etcd_lease_renewals: int = 0
+    etcd_lease_losses: int = 0  # leases found gone (expired, or revoked by someone else)
 
     def drop(self, reason: str) -> None:
         self.dropped[reason] += 1

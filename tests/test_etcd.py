@@ -537,9 +537,15 @@ def test_lease_lost_is_regranted_and_republished(
     lease = next(
         lid for lid in leases if key in etcd.ctl("lease", "timetolive", lid, "--keys").stdout
     )
+    assert node.metric("dnsd_etcd_lease_losses_total") == 0
+    assert node.metric("dnsd_etcd_lease_ttl_seconds") == 3
+    left = node.metric("dnsd_etcd_lease_expiry_timestamp_seconds") - time.time()
+    assert 0 < left <= 3.5
     etcd.ctl("lease", "revoke", lease)  # as if it had expired while etcd was away
     eventually(lambda: key in etcd.ctl("get", key, "--keys-only").stdout, timeout=10)
     assert "lease" in node.log() and node.log().count("granted") >= 2
+    assert node.metric("dnsd_etcd_lease_losses_total") == 1
+    assert node.metric("dnsd_source_state", source="etcd-publish", state="ok") == 1
 
 
 def test_wildcards_walk_the_etcd_tree_only() -> None:

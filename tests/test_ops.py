@@ -38,6 +38,15 @@ def metric(text: str, name: str, **labels: str) -> float:
     raise AssertionError(f"{name} {labels} not in metrics")
 
 
+def state_metrics(http: int, source: str) -> dict[str, float]:
+    """dnsd_source_state of one source: state -> 0 or 1."""
+    text = get(http, "/metrics")[1]
+    return {
+        state: metric(text, "dnsd_source_state", source=source, state=state)
+        for state in ("ok", "degraded", "down", "absent")
+    }
+
+
 def test_forward_metrics_per_upstream(tmp_path: Path) -> None:
     from conftest import FakeUpstream
 
@@ -132,12 +141,16 @@ def test_ready_follows_docker(tmp_path: Path) -> None:
         detail = json.loads(body)
         assert code == 503 and detail["sources"]["docker"]["status"] == "down"
         assert detail["sources"]["docker"]["reason"]
+        states = state_metrics(http, "docker")
+        assert states == {"ok": 0, "degraded": 0, "down": 1, "absent": 0}
+        assert state_metrics(http, "static")["ok"] == 1
         engine = FakeEngine(str(socket_path)).start()
         engine.containers["a" * 64] = container(
             "a" * 64, "web", "10.5.0.1", labels={"com.docker.compose.service": "x"}
         )
         engine.containers["a" * 64]["State"]["Health"] = {"Status": "healthy"}
         eventually(lambda: get(http, "/ready")[0] == 200, timeout=20)
+        assert state_metrics(http, "docker")["ok"] == 1
         rows = json.loads(get(http, "/records?source=docker&name=web.docker")[1])
         assert rows and rows[0]["container"] == "web" and rows[0]["health"] == "healthy"
         assert rows[0]["node"]
@@ -146,6 +159,7 @@ def test_ready_follows_docker(tmp_path: Path) -> None:
         eventually(lambda: json.loads(get(http, "/ready")[1])["sources"]["docker"]["status"]
                    == "degraded")  # fmt: skip
         assert get(http, "/ready")[0] == 200  # synced once: still serving what it knew
+        assert state_metrics(http, "docker") == {"ok": 0, "degraded": 1, "down": 0, "absent": 0}
     finally:
         server.stop()
         if engine is not None:

@@ -146,6 +146,7 @@ class Publisher:
         self._end_when_revoked = end_when_revoked
         self._clock = clock
         self._lease_until = 0.0  # when the lease runs out unless renewed (our clock)
+        self._leased = False  # a lease was granted once
         self.revoked = False
         self._wanted: dict[str, bytes] = {}
         self._published: dict[str, bytes] = {}
@@ -182,6 +183,15 @@ class Publisher:
     def health(self) -> SourceHealth:
         return SourceHealth.of(self.state == "ok", self.reason, self.synced)
 
+    def lease_left_s(self) -> float | None:
+        """Seconds until the lease runs out unless renewed (negative: overdue); None before
+        the first grant."""
+        return self._lease_until - self._clock() if self._leased else None
+
+    @property
+    def lease_ttl_s(self) -> int:
+        return self._settings.lease_ttl
+
     # --- publisher thread ---------------------------------------------------------------------
     def _run(self) -> None:
         client: Any = None
@@ -202,6 +212,7 @@ class Publisher:
                         break
                     lease = client.lease(self._settings.lease_ttl)
                     self._lease_until = self._clock() + self._settings.lease_ttl
+                    self._leased = True
                     self._published = {}
                     self._stats.etcd_lease_grants += 1
                     logger.info(
@@ -242,6 +253,7 @@ class Publisher:
             self.revoked = True
             self.state, self.reason = "down", f"lease {lease.id:x} revoked"
             return True
+        self._stats.etcd_lease_losses += 1
         logger.warning("etcd lease %x %s; publishing again under a new lease", lease.id, how)
         return False
 
