@@ -218,7 +218,6 @@ class StatsCollector(Collector):
             yield GaugeMetricFamily("dnsd_rrl_slipped", "UDP answers sent truncated (TC=1) by "
                                     "response rate limiting.", value=limited[1])  # fmt: skip
 
-
     def _lease_metrics(self) -> Iterator[Metric]:
         if self.lease is None:
             return
