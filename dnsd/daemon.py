@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from dnsd import dns_sd
 from dnsd.config import Config
 from dnsd.hostport import parse_hostport
 from dnsd.logs import Throttled, event
@@ -65,7 +66,7 @@ class Daemon:
         self.config = config
         self.stats = Stats()
         self.metrics = Metrics(self.stats)
-        self.store = RecordStore(admission(static_settings(config)))
+        self.store = RecordStore(admission(static_settings(config)), derive=dns_sd.derived)
         self.http: Any = None  # dnsd.http.HttpServer once started
         built = build_sources(config, self.store, self.stats, load_config)
         self.static, self.docker = built.static, built.docker

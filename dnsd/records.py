@@ -53,6 +53,9 @@ class SrvValue(NamedTuple):
     # SkyDNS/CoreDNS semantics (etcd): the weight is a share; an answer holding such a record
     # gives every record of its priority its percentage of the total (``srv_weights``).
     shares: bool = False
+    # DNS-SD (dns_sd.py): whether the SRV's name makes its instance label a browsable
+    # instance (false for a container's group names, which point at the containers' own).
+    listed: bool = True
 
 
 class MxValue(NamedTuple):
@@ -282,10 +285,20 @@ class AdmissionRules(Protocol):
 
     def reverses(self, record: Record) -> bool: ...
 
+    def zone_of(self, name: str) -> str | None: ...
+
+
+Derive = Callable[[Record], tuple[Record, ...]]
+
 
 class RecordStore:
-    def __init__(self, admission: AdmissionRules | None = None) -> None:
+    def __init__(
+        self, admission: AdmissionRules | None = None, derive: Derive | None = None
+    ) -> None:
+        """``derive``: records a served record brings with it (DNS-SD browsing,
+        ``dns_sd.derived``), indexed and dropped with it; kept inside the zones."""
         self._admission = admission
+        self._derive = derive
         # Each owner's records as a tuple without repeats (a third the size of a frozenset;
         # sets are built only to compare an owner's old and new records).
         self._offered: dict[Key, Records] = {}  # as the sources gave them
@@ -634,6 +647,11 @@ class RecordStore:
             ptr = reverse_name(str(record.value))
             self._touched.add(ptr)
             _bag_add(self._reverse, ptr, record.name)
+        if self._derive is not None and record.name[0] == "_":
+            for extra in self._derived(record):
+                self._touched.add(extra.name)
+                _bag_add(self._index, (extra.name, extra.rtype), extra)
+                self._add_name(extra.name)
 
     def _unindex(self, record: Record) -> None:
         self._touched.add(record.name)
@@ -643,6 +661,20 @@ class RecordStore:
             ptr = reverse_name(str(record.value))
             self._touched.add(ptr)
             _bag_remove(self._reverse, ptr, record.name)
+        if self._derive is not None and record.name[0] == "_":
+            for extra in self._derived(record):
+                self._touched.add(extra.name)
+                _bag_remove(self._index, (extra.name, extra.rtype), extra)
+                self._drop_name(extra.name)
+
+    def _derived(self, record: Record) -> list[Record]:
+        assert self._derive is not None
+        admission = self._admission
+        return [
+            extra
+            for extra in self._derive(record)
+            if admission is None or admission.zone_of(extra.name) is not None
+        ]
 
     def _changed(self, readmit: bool = True) -> None:
         if readmit and self._static_dirty:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from dnslib import AAAA, CNAME, MX, NS, PTR, QTYPE, RD, RR, SOA, SRV, TXT, A
 
+from dnsd import dns_sd
 from dnsd.names import label_of
 from dnsd.protocol import QTYPE_ANY, RCODE_NOERROR, RCODE_NXDOMAIN
 from dnsd.records import (
@@ -193,6 +194,11 @@ class LocalZone:
             return Answer(RCODE_NOERROR, True, [[self._soa(zone)]])
         if qname == zone and qtype == QTYPE.NS:
             return self._nameservers(ask, zone, spelled)
+        if qname in dns_sd.browse_domain_names(zone):  # RFC 6763 11: the zone is browsable
+            if qtype != QTYPE.PTR:
+                return self._negative(zone, RCODE_NOERROR)
+            ptr = Record(qname, "PTR", zone, self._soa_ttl)
+            return Answer(RCODE_NOERROR, True, [_rrset([ptr], spelled)])
         if qtype == QTYPE_ANY:
             if qname == zone or self._store.exists(qname):
                 hinfo = RR(
@@ -238,6 +244,11 @@ class LocalZone:
                 # Outside our zones: the chain asks upstream for the rest, if it may.
                 return Answer(RCODE_NOERROR, True, answer, follow=name)
             zone = target_zone
+        if rtype == "TXT" and not answer and dns_sd.is_instance_name(name):
+            srv = self._store.lookup(name, "SRV")
+            if srv:  # RFC 6763 6.1: an instance without TXT data has one empty string
+                empty = Record(name, "TXT", ("",), min(r.ttl for r in srv))
+                return Answer(RCODE_NOERROR, True, [_rrset([empty], owner_spelling)])
         exists = name == zone or self._store.exists(name) or holder != name
         negative = self._negative(zone, RCODE_NOERROR if exists else RCODE_NXDOMAIN)
         negative.rrsets = answer

@@ -8,7 +8,9 @@ container and writes the result to the store.  Names (zone ``docker.`` by defaul
   network so a client on that network gets only that address;
 - ``<name>.<network>``, ``<alias>.<network>`` and ``<alias>``: the address on that network;
 - ``_<service>._<proto>.<owner>`` SRV for every exposed port, under the container name, the
-  compose name and the ``dnsd.service`` name, targeting the container's own name;
+  compose name and the ``dnsd.service`` name, targeting the container's own name; under the
+  container name also a TXT of its ``dnsd.txt.<key>=<value>`` labels (``key=value`` strings),
+  which makes it a DNS-SD instance (``dns_sd``) with that TXT;
 - ``com.dnsdock.alias`` names (as ``dnsd.name``); ``*.<name>`` with ``dnsd.wildcard=true``
   (RFC 4592: any name below that does not exist); ``<name>.<image>`` when
   ``DockerNaming.image_names`` is on (dnsdock style);
@@ -327,6 +329,9 @@ def _srv_records(
     priority = _number(labels, LABEL_PREFIX + "priority", DEFAULT_PRIORITY, 65535, problems)
     weight = _number(labels, LABEL_PREFIX + "weight", DEFAULT_WEIGHT, 65535, problems)
     records = []
+    text = _txt_strings(labels, problems)
+    if text is not None and not exposed_ports(attrs):
+        problems.append("labels dnsd.txt.*: the container exposes no port (no service to describe)")
     for port, proto in exposed_ports(attrs):
         service = WELL_KNOWN_PORTS.get(port, str(port))
         custom = labels.get(f"{LABEL_PREFIX}srv.{port}")
@@ -335,15 +340,37 @@ def _srv_records(
                 service = dns_label(custom.removeprefix("_"))
             else:
                 problems.append(f"label dnsd.srv.{port}: unusable service name {custom!r}")
-        value = SrvValue(priority, weight, port, target)
+        own = SrvValue(priority, weight, port, target)
+        group = own._replace(listed=False)  # DNS-SD lists the container, not its groups
         for owner in dict.fromkeys(owners):
-            records.append(Record(f"_{service}._{proto}.{owner}.{zone}", "SRV", value, ttl))
+            name = f"_{service}._{proto}.{owner}.{zone}"
+            records.append(Record(name, "SRV", own if owner == owners[0] else group, ttl))
+            if owner == owners[0] and text is not None:
+                records.append(Record(name, "TXT", text, ttl))
     for key in labels:
         if key.startswith(LABEL_PREFIX + "srv."):
             port_text = key.removeprefix(LABEL_PREFIX + "srv.")
             if not port_text.isdigit() or all(p != int(port_text) for p, _ in exposed_ports(attrs)):
                 problems.append(f"label {key}: no such exposed port")
     return records
+
+
+def _txt_strings(labels: dict[str, str], problems: list[str]) -> tuple[str, ...] | None:
+    """``dnsd.txt.<key>=<value>`` labels as DNS-SD TXT strings ``key=value`` (RFC 6763 6.3),
+    sorted by key; None without any.  A key must be printable ASCII without ``=``, and each
+    string at most 255 bytes: others are reported and left out."""
+    prefix = LABEL_PREFIX + "txt."
+    strings = []
+    for key in sorted(k for k in labels if k.startswith(prefix)):
+        name = key.removeprefix(prefix)
+        entry = f"{name}={labels[key]}"
+        if not name or "=" in name or not all(" " <= c <= "~" for c in name):
+            problems.append(f"label {key}: a TXT key must be printable ASCII without '='")
+        elif len(entry.encode()) > 255:
+            problems.append(f"label {key}: 'key=value' is longer than 255 bytes")
+        else:
+            strings.append(entry)
+    return tuple(strings) if strings else None
 
 
 def list_fingerprint(entry: dict[str, Any]) -> tuple[Any, ...]:

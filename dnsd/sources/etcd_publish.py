@@ -30,7 +30,7 @@ from dnsd.records import Record, SrvValue
 from dnsd.sources.docker_names import dns_label
 from dnsd.sources.errors import reason
 from dnsd.sources.lifecycle import SourceHealth, Threads
-from dnsd.sources.skydns import NODE_FIELD, name_to_key
+from dnsd.sources.skydns import NODE_FIELD, TXT_FIELD, name_to_key
 from dnsd.stats import Stats
 
 logger = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ def desired_keys(
         addresses = sorted({str(r.value) for r in box.served if r.rtype in ("A", "AAAA")})
         if host_mode:
             addresses = [settings.advertise_ip] if addresses else []
+        texts = {r.name: r.value for r in box.served if r.rtype == "TXT"}  # DNS-SD TXT
         for record in box.served:  # names lost to another container are not published
             if record.name in box.local_names:
                 continue
@@ -110,6 +111,8 @@ def desired_keys(
                 index = 0
                 value = {"host": srv.target.rstrip("."), "port": port, "priority": srv.priority,
                          "weight": srv.weight, "ttl": record.ttl, NODE_FIELD: node}  # fmt: skip
+                if record.name in texts:
+                    value[TXT_FIELD] = list(texts[record.name])
             else:
                 continue
             key = f"{name_to_key(record.name, prefix)}/"

@@ -5,7 +5,8 @@ Pure functions, no I/O.  A key is the prefix plus the name's labels reversed
 A/AAAA; a name: CNAME and SRV/MX target), ``port``, ``priority`` (default 10), ``weight``
 (0/absent counts as 100; a share: answers give each record its percent of the priority's
 total, see ``records.srv_weights``), ``text`` (TXT), ``mail`` (MX),
-``ttl``, ``targetstrip``, ``group`` and dnsd's own ``reverse`` (false: no automatic PTR);
+``ttl``, ``targetstrip``, ``group`` and dnsd's own ``reverse`` (false: no automatic PTR),
+``dnsd_node`` (the publishing node) and ``dnsd_txt`` (a DNS-SD TXT as a list of strings);
 unknown fields are ignored.  A name answers for its whole
 subtree (every key at or below it), filtered by group as CoreDNS does.  A malformed value makes
 ``parse_value`` raise ``ValueError`` (the caller skips that key and counts it).
@@ -27,11 +28,15 @@ DEFAULT_WEIGHT = 100
 _FIELDS = {
     "host": str, "port": int, "priority": int, "weight": int, "text": str, "mail": bool,
     "ttl": int, "targetstrip": int, "group": str, "reverse": bool, "dnsd_node": str,
+    "dnsd_txt": list,
 }  # fmt: skip
 # dnsd's own keys carry the publishing node: such a key stands for its name without the last
 # label (the instance) and answers exactly as the container's own host does (see
 # ``published_records``); CoreDNS ignores the field and reads them as SkyDNS keys.
 NODE_FIELD = "dnsd_node"
+# A DNS-SD TXT (RFC 6763 6: one "key=value" string each) for a dnsd key's SRV name; SkyDNS's
+# ``text`` is one string only.
+TXT_FIELD = "dnsd_txt"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +56,7 @@ class Service:
     group: str = ""
     reverse: bool = True  # dnsd's own field: false = no automatic PTR for this address
     node: str = ""  # dnsd's own field (dnsd_node): the node that published the key
+    txt: tuple[str, ...] = ()  # dnsd's own field (dnsd_txt): a DNS-SD TXT, string by string
     lease_ttl: int = 0  # granted TTL of the key's lease, 0 if none
     lease: int = 0  # the key's lease ID, 0 if none
     family: int = -1  # 4 or 6: the host is an address; 0: a name or none; -1: not yet known
@@ -107,10 +113,23 @@ def parse_value(key: str, name: str, raw: bytes, lease_ttl: int = 0, lease: int 
         raise ValueError(f"'targetstrip' must leave at least one label of {name}")
     if NODE_FIELD in fields:
         fields["node"] = fields.pop(NODE_FIELD)
+    if TXT_FIELD in fields:
+        fields["txt"] = _txt(fields.pop(TXT_FIELD))  # type: ignore[arg-type]
     fields["host"], fields["family"] = _host(str(fields.get("host", "")))
     if not fields["host"] and not fields.get("text"):
         raise ValueError("needs a 'host' or a 'text'")
     return Service(key=key, name=name, lease_ttl=lease_ttl, lease=lease, **fields)  # type: ignore[arg-type]
+
+
+def _txt(strings: list[object]) -> tuple[str, ...]:
+    if not strings or len(strings) > 64:
+        raise ValueError("'dnsd_txt' must hold 1 to 64 strings")
+    texts = []
+    for text in strings:
+        if not isinstance(text, str) or len(text.encode()) > 255:
+            raise ValueError(f"'dnsd_txt' strings are text of 255 bytes at most: {_short(text)}")
+        texts.append(sys.intern(text))
+    return tuple(texts)
 
 
 def _short(value: object) -> str:
@@ -228,9 +247,14 @@ def published_records(service: Service, default_ttl: int) -> list[Record]:
         records.append(Record(name, rtype, service.host, ttl, reverse=service.reverse))
     elif service.host and service.port:
         target = sys.intern(service.host + ".")
-        srv = SrvValue(service.priority, service.weight, service.port, target)
+        # A container's group names (compose service, dnsd.service) point at its own name:
+        # not DNS-SD instances of their own, as on the container's host (docker_names).
+        listed = name.split(".", 2)[2:] == [target]
+        srv = SrvValue(service.priority, service.weight, service.port, target, listed=listed)
         records.append(Record(name, "SRV", srv, ttl))
-    if service.text:
+    if service.txt:
+        records.append(Record(name, "TXT", service.txt, ttl))
+    elif service.text:
         records.append(Record(name, "TXT", _chunks(service.text), ttl))
     return records
 
