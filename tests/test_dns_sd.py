@@ -51,6 +51,10 @@ def test_instances_types_and_txt_follow_the_srv_records() -> None:
     assert zone_answers(zone, "_services._dns-sd._udp.docker.", "PTR") == (
         0, ["_http._tcp.docker.", "_postgresql._tcp.docker."])  # fmt: skip
     assert zone_answers(zone, "_http._tcp.docker.", "PTR") == (0, ["web._http._tcp.docker."])
+    browsed = zone.answer("_http._tcp.docker.", dns.rdatatype.PTR, "_http._tcp.docker.")
+    assert browsed is not None  # RFC 6763 12.1: the instance's SRV, TXT and address along
+    assert [rr.toZone().split()[-1] for rr in browsed.additional] == [
+        "web.docker.", '"v=2"', "10.0.0.1"]  # fmt: skip
     assert zone_answers(zone, "web._http._tcp.docker.", "SRV") == (0, ["10 10 80 web.docker."])
     assert zone_answers(zone, "web._http._tcp.docker.", "TXT") == (0, ['"path=/" "v=2"'])
     assert zone_answers(zone, "db._postgresql._tcp.docker.", "TXT") == (0, ['""'])  # RFC 6763 6.1
@@ -230,6 +234,8 @@ def test_browsing_real_containers_on_two_hosts(
     srv = ask(a.port, f"{web}.{service_type}", "SRV")
     ip = dockerd.docker("inspect", "-f", "{{.NetworkSettings.IPAddress}}", web)
     assert [r.to_text() for rrset in srv.additional for r in rrset] == [ip]
+    along = {rrset.name.to_text() for rrset in ask(a.port, service_type, "PTR").additional}
+    assert {f"{web}.{service_type}", f"{web}.docker."} <= along
     # Health-aware: an unhealthy instance leaves every host's listing, and comes back.
     eventually(lambda: dockerd.docker("inspect", "-f", "{{.State.Health.Status}}", api)
                == "healthy")  # fmt: skip

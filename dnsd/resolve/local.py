@@ -34,6 +34,7 @@ from dnsd.resolve.scopes import inside
 logger = logging.getLogger(__name__)
 
 MAX_CNAME_CHAIN = 8
+MAX_BROWSED = 32  # DNS-SD instances whose SRV/TXT a browse answer carries as additional data
 _ADDRESS_TYPES = ("A", "AAAA")
 # RFC 8482: a minimal answer to ANY is one synthesized HINFO record.
 _RFC8482_HINFO = RD(b"\x07RFC8482\x00")
@@ -262,6 +263,10 @@ class LocalZone:
         """Addresses of in-store SRV, MX and NS targets; a target that is an in-zone CNAME
         brings its chain and the final addresses (as CoreDNS does)."""
         targets: dict[str, None] = {}
+        extra: list[RR] = []
+        browsed = [str(r.value) for r in records if r.rtype == "PTR"]
+        for instance in [i for i in browsed if dns_sd.is_instance_name(i)][:MAX_BROWSED]:
+            extra += self._instance(ask, instance, targets)
         for record in records:
             if isinstance(record.value, SrvValue):
                 targets[record.value.target] = None
@@ -269,7 +274,6 @@ class LocalZone:
                 targets[record.value.exchange] = None
             elif record.rtype == "NS":
                 targets[str(record.value)] = None
-        extra: list[RR] = []
         for target in targets:
             name, seen = target, set[str]()
             while True:
@@ -290,6 +294,19 @@ class LocalZone:
                     break  # a chain that leaves the zones is the client's to follow
                 extra.append(to_rr(cname[0], owner))
         return extra
+
+    def _instance(self, ask: _Asked, instance: str, targets: dict[str, None]) -> list[RR]:
+        """A browsed DNS-SD instance's SRV and TXT for the additional section (RFC 6763 12.1),
+        its SRV targets added to ``targets`` (their addresses follow)."""
+        found: list[RR] = []
+        for rtype in ("SRV", "TXT"):
+            records = self._addresses(ask, instance, rtype)
+            if records:
+                found += _rrset(records, instance)
+            for record in records:
+                if isinstance(record.value, SrvValue):
+                    targets[record.value.target] = None
+        return found
 
     def _negative(self, zone: str, rcode: int) -> Answer:
         return Answer(rcode, True, authority=[self._soa(zone, self._negative_ttl)])
