@@ -13,7 +13,7 @@ import dns.query
 import dns.rdatatype
 import pytest
 from conftest import Dnsd, StopAtEnd, eventually, start_dnsd
-from testbed.dockerd import IMAGE, Dockerd
+from testbed.dockerd import Dockerd
 from testbed.etcd import Etcd
 
 from dnsd import dns_sd
@@ -176,9 +176,7 @@ def browse(port: int, service_type: str) -> dict[str, tuple[list[str], list[str]
 
 
 def run(dockerd: Dockerd, *args: str, cmd: tuple[str, ...] = ("sleep", "1000")) -> str:
-    name = "sd" + uuid.uuid4().hex[:8]
-    dockerd.docker("run", "-d", "--pull", "never", "--name", name, *args, IMAGE, *cmd)
-    return name
+    return dockerd.run(*args, cmd=cmd, prefix="sd")
 
 
 def test_browsing_real_containers_on_two_hosts(

@@ -76,9 +76,7 @@ def addrs(port: int, name: str, rdtype: str = "A", source: str | None = None) ->
 
 def run(dockerd: Dockerd, *args: str, cmd: tuple[str, ...] = ("sleep", "1000")) -> str:
     """docker run -d --pull never ...; returns the container name."""
-    name = "c" + uuid.uuid4().hex[:8]
-    dockerd.docker("run", "-d", "--pull", "never", "--name", name, *args, IMAGE, *cmd)
-    return name
+    return dockerd.run(*args, cmd=cmd)
 
 
 def ip_of(dockerd: Dockerd, name: str, network: str = "bridge") -> str:

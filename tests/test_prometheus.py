@@ -39,9 +39,9 @@ def tool(name: str) -> str:
     return path
 
 
-def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+def promtool(*args: str, cwd: Path = PROMETHEUS) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [tool("promtool"), *args], capture_output=True, text=True, timeout=60, cwd=PROMETHEUS
+        [tool("promtool"), *args], capture_output=True, text=True, timeout=60, cwd=cwd
     )
 
 
@@ -77,10 +77,7 @@ def test_the_unit_tests_fail_when_an_alert_is_broken(tmp_path: Path) -> None:
     ):
         assert broken != rules
         (tmp_path / "rules.yml").write_text(broken)
-        run = subprocess.run(
-            [tool("promtool"), "test", "rules", "rules_test.yml"],
-            capture_output=True, text=True, timeout=60, cwd=tmp_path,
-        )  # fmt: skip
+        run = promtool("test", "rules", "rules_test.yml", cwd=tmp_path)
         assert run.returncode != 0 and "FAILED" in run.stdout + run.stderr
 
 

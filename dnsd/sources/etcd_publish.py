@@ -148,8 +148,7 @@ class Publisher:
         self._remove_earlier = remove_earlier_run
         self._end_when_revoked = end_when_revoked
         self._clock = clock
-        self._lease_until = 0.0  # when the lease runs out unless renewed (our clock)
-        self._leased = False  # a lease was granted once
+        self._lease_until = 0.0  # when the lease runs out unless renewed (our clock; 0: none yet)
         self.revoked = False
         self._wanted: dict[str, bytes] = {}
         self._published: dict[str, bytes] = {}
@@ -189,7 +188,7 @@ class Publisher:
     def lease_left_s(self) -> float | None:
         """Seconds until the lease runs out unless renewed (negative: overdue); None before
         the first grant."""
-        return self._lease_until - self._clock() if self._leased else None
+        return self._lease_until - self._clock() if self._lease_until else None
 
     @property
     def lease_ttl_s(self) -> int:
@@ -215,7 +214,6 @@ class Publisher:
                         break
                     lease = client.lease(self._settings.lease_ttl)
                     self._lease_until = self._clock() + self._settings.lease_ttl
-                    self._leased = True
                     self._published = {}
                     self._stats.etcd_lease_grants += 1
                     logger.info(

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 BASE_GLOB = "/tmp/dnsd-dockerd-*"
@@ -124,6 +125,12 @@ class Dockerd:
         if check and result.returncode != 0:
             raise RuntimeError(f"docker {' '.join(args)}: {result.stderr.strip()}")
         return result.stdout.strip()
+
+    def run(self, *args: str, cmd: tuple[str, ...] = ("sleep", "1000"), prefix: str = "c") -> str:
+        """``docker run -d --pull never`` of the test image under a fresh name; returns it."""
+        name = prefix + uuid.uuid4().hex[:8]
+        self.docker("run", "-d", "--pull", "never", "--name", name, *args, IMAGE, *cmd)
+        return name
 
     def start(self) -> Dockerd:
         (self.root / "daemon.json").write_text("{}")
