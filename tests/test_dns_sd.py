@@ -226,6 +226,11 @@ def test_browsing_real_containers_on_two_hosts(
         assert dig(server.port, f"grp{svc}.{service_type}", "SRV") == []  # a group, no instance
         for label in ("b", "lb"):
             assert dig(server.port, f"{label}._dns-sd._udp.docker", "PTR") == ["docker."]
+    # A bad TXT field in etcd is a skipped, counted key: nothing else changes.
+    bad = '{"host": "x.docker", "port": 1, "dnsd_node": "n", "dnsd_txt": "not a list"}'
+    etcd.put(f"/skydns/docker/bad{svc}/_tcp/_{svc}/n-1", bad)
+    eventually(lambda: b.metric("dnsd_etcd_bad_keys") >= 1)
+    assert listed(b) == instances and b.proc.poll() is None
     # dnspython walks the same on both hosts; an instance's SRV brings its address along.
     assert browse(a.port, service_type) == browse(b.port, service_type)
     assert browse(a.port, service_type)[f"{web}.{service_type}"][1] == ['"path=/api" "version=2"']
