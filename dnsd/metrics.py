@@ -135,6 +135,12 @@ class StatsCollector(Collector):
         yield _counter("dnsd_forward_entered_zone", "Forwarded answers whose CNAME chain "
                        "entered dnsd's zones: cut there and completed from the local zone.",
                        stats.forward_entered_zone)  # fmt: skip
+        yield _counter("dnsd_answers_rebuilt", "Answers completed through an upstream and "
+                       "built again: a name they were built from changed during the wait.",
+                       stats.answers_rebuilt)  # fmt: skip
+        yield _counter("dnsd_answers_overtaken", "Answers still overtaken by store changes "
+                       "after every rebuild: sent once, not cached.",
+                       stats.answers_overtaken)  # fmt: skip
         yield _counter("dnsd_forward_rebind_refused", "Forwarded answers refused: they held "
                        "a private, loopback or link-local address (forward.stop_rebind).",
                        stats.forward_rebind_refused)  # fmt: skip

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, NamedTuple, Protocol, TypeVar
 
+from dnsd.change_log import ChangeLog
 from dnsd.logs import Throttled
 from dnsd.slices import Steps, drive
 
@@ -317,6 +318,7 @@ class RecordStore:
         self._touched: set[str] = set()  # names whose records changed in this change
         self._patterns: list[Callable[[str, str], list[Record]]] = []
         self.generation = 0
+        self.changes = ChangeLog()  # which names each recent generation touched
 
     # --- reading -------------------------------------------------------------------------
     def lookup(self, name: str, rtype: str) -> list[Record]:
@@ -379,6 +381,11 @@ class RecordStore:
     def serve_patterns(self, patterns: Callable[[str, str], list[Record]]) -> None:
         """A source's own wildcard-pattern walk over the names it holds (``matching``)."""
         self._patterns.append(patterns)
+
+    def changed_since(self, generation: int, names: Iterable[str]) -> bool:
+        """Did a change after ``generation`` touch one of ``names``?  (``ChangeLog``: an
+        answer built from the store before an ``await`` is checked with it after.)"""
+        return self.changes.changed_since(generation, names)
 
     def subscribe(self, listener: Callable[[set[str]], None]) -> None:
         """``listener(names)`` after every change, with every name whose answers may differ."""
@@ -688,6 +695,7 @@ class RecordStore:
                 if name == ".":
                     break
                 name = name.partition(".")[2] or "."
+        self.changes.add(self.generation, names)
         for listener in self._listeners:
             listener(names)
 

@@ -62,6 +62,10 @@ class Stats:
     forward_over_budget: int = 0  # questions refused upstream: too many already pending
     upstream_scrubbed: int = 0  # upstream records dropped: not part of the answer asked for
     forward_entered_zone: int = 0  # upstream chains into our zones, completed locally
+    # Answers completed across an upstream wait whose store names changed meanwhile: built
+    # again; still overtaken after every rebuild: sent once, never cached.
+    answers_rebuilt: int = 0
+    answers_overtaken: int = 0
     query_log_skipped: int = 0  # query log lines left out: over log.queries_per_second
     forward_rebind_refused: int = 0  # upstream answers with private addresses (stop_rebind)
     tcp_connections: int = 0

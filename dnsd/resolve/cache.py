@@ -17,6 +17,12 @@ first answer after the upstreams return is fresh.
 Prefetch: the packed-answer cache hands over a forwarded answer asked often near its expiry
 (``prefetch``), which is refreshed ahead of time, a bounded number at once.
 Knows nothing about upstreams, sockets or the local zone.
+
+What it keeps comes from upstreams only: an upstream chain that enters the zones is kept cut
+where it enters (``Answer.enters``) and completed from the store each time it is served, so no
+record-store change can leave a kept answer stale.  Answers are immutable: the one answer a
+fetch returns goes to every coalesced waiter and into the cache as it is, and each hit is a
+new answer with its TTLs counted down.  Event-loop only.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from cachetools import TLRUCache
@@ -77,7 +83,7 @@ def cache_ttl(answer: Answer) -> int:
         return 0
     answers = [rr for rrset in answer.rrsets for rr in rrset]
     if answers and answer.rcode == RCODE_NOERROR:
-        return min(rr.ttl for rr in answers + answer.authority)
+        return min(rr.ttl for rr in [*answers, *answer.authority])
     soas = [rr for rr in answer.authority if rr.rtype == QTYPE.SOA]
     if not soas:
         return 0
@@ -236,7 +242,7 @@ class ForwardCache:
         ttl = cache_ttl(answer)
         limit = self._max_ttl_s if answer.rrsets else self._max_negative_ttl_s
         ttl = min(ttl, limit)
-        answer.expires_in = float(ttl)
+        answer = replace(answer, expires_in=float(ttl))
         if ttl > 0 and answer.wire_size <= self._max_answer_bytes:
             now = self._clock()
             self._entries.expire(now)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from dnslib import AAAA, CNAME, MX, NS, PTR, QTYPE, RD, RR, SOA, SRV, TXT, A
 
@@ -28,7 +28,7 @@ from dnsd.records import (
     srv_weights,
     wildcard_parts,
 )
-from dnsd.resolve.answer import FOREVER, Answer
+from dnsd.resolve.answer import FOREVER, UNREAD, Answer
 from dnsd.resolve.scopes import inside
 
 logger = logging.getLogger(__name__)
@@ -133,13 +133,30 @@ class LocalZone:
         ``client_ip`` picks network-aware addresses.
         """
         ask = _Asked(client_ip, {qname})
+        generation = self._store.generation
         found = self._answer(ask, qname, qtype, spelled)
-        if found is not None:
-            found.expires_in = FOREVER  # true until the store changes one of ``depends``
-            found.per_client = ask.per_client
-            found.scopes = tuple(sorted(ask.scopes))
-            found.depends = tuple(ask.depends)
-        return found
+        if found is None:
+            return None
+        return replace(
+            found,
+            expires_in=FOREVER,  # true until the store changes one of ``depends``
+            per_client=ask.per_client,
+            scopes=tuple(sorted(ask.scopes)),
+            depends=tuple(ask.depends),
+            generation=generation,
+        )
+
+    @property
+    def generation(self) -> int:
+        """The record store's generation (answers carry the one they were read at)."""
+        return self._store.generation
+
+    def changed_since(self, answer: Answer) -> bool:
+        """Has the store changed, since ``answer`` was read from it, a name it depends on?
+        (An answer that never read the store is current.)"""
+        if answer.generation == UNREAD:
+            return False
+        return self._store.changed_since(answer.generation, answer.depends)
 
     def _holder(self, ask: _Asked, name: str) -> str:
         """The name whose records answer for ``name``: itself, or when it does not exist the
@@ -231,9 +248,8 @@ class LocalZone:
                 records = self._automatic_ptr(name)
             if records:
                 answer.append(_rrset(records, owner_spelling))
-                answer_result = Answer(RCODE_NOERROR, True, answer)
-                answer_result.additional = self._additional(ask, records)
-                return answer_result
+                additional = self._additional(ask, records)
+                return Answer(RCODE_NOERROR, True, answer, additional=additional)
             cname = self._store.lookup(holder, "CNAME") if rtype != "CNAME" else []
             if not cname or name in seen or len(seen) >= MAX_CNAME_CHAIN:
                 break
@@ -251,9 +267,7 @@ class LocalZone:
                 empty = Record(name, "TXT", ("",), min(r.ttl for r in srv))
                 return Answer(RCODE_NOERROR, True, [_rrset([empty], owner_spelling)])
         exists = name == zone or self._store.exists(name) or holder != name
-        negative = self._negative(zone, RCODE_NOERROR if exists else RCODE_NXDOMAIN)
-        negative.rrsets = answer
-        return negative
+        return self._negative(zone, RCODE_NOERROR if exists else RCODE_NXDOMAIN, answer)
 
     def _automatic_ptr(self, name: str) -> list[Record]:
         ttl = self._negative_ttl
@@ -308,8 +322,10 @@ class LocalZone:
                     targets[record.value.target] = None
         return found
 
-    def _negative(self, zone: str, rcode: int) -> Answer:
-        return Answer(rcode, True, authority=[self._soa(zone, self._negative_ttl)])
+    def _negative(self, zone: str, rcode: int, chain: list[list[RR]] | None = None) -> Answer:
+        """NXDOMAIN or NODATA with the SOA, after the CNAME ``chain`` that led there."""
+        soa = self._soa(zone, self._negative_ttl)
+        return Answer(rcode, True, chain or (), authority=[soa])
 
     def _soa(self, zone: str, ttl: int | None = None) -> RR:
         serial = (self._serial_base + self._store.generation) % 2**32
@@ -325,6 +341,5 @@ class LocalZone:
         if not records:
             label = "" if zone == "." else zone
             records = [Record(zone, "NS", "ns.dns." + label, self._soa_ttl)]
-        answer = Answer(RCODE_NOERROR, True, [_rrset(records, spelled)])
-        answer.additional = self._additional(ask, records)
-        return answer
+        additional = self._additional(ask, records)
+        return Answer(RCODE_NOERROR, True, [_rrset(records, spelled)], additional=additional)

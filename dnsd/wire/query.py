@@ -12,7 +12,7 @@ import logging
 import math
 import struct
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from dnslib import EDNS0, QTYPE, RCODE, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
@@ -212,7 +212,12 @@ class QueryHandler:
         label = (zone, qtype_label(query.q.qtype), rcode_label(answer.rcode))
         response: bytes | None
         try:
-            if udp and self._answer_cache is not None and answer.expires_in > 0:
+            if (
+                udp
+                and self._answer_cache is not None
+                and answer.expires_in > 0
+                and not self._chain.changed_since(answer)  # never keep what is overtaken
+            ):
                 rotations = min(answer.rotations(), MAX_ROTATIONS)
                 # Start where the last answer left off, so uncached askers see the order rotate.
                 turns = range(self._turn, self._turn + rotations)
@@ -265,7 +270,7 @@ class QueryHandler:
         records: list[Any] = []
         for rrset in answer.rrsets:
             shift = turn % len(rrset)
-            records += rrset[shift:] + rrset[:shift]
+            records += [*rrset[shift:], *rrset[:shift]]
         packed = self._sections(query, answer, records, answer.authority, answer.additional, edns)
         if len(packed) <= limit:
             return packed
@@ -285,9 +290,9 @@ class QueryHandler:
         self,
         query: DNSRecord,
         answer: Answer,
-        records: list[Any],
-        authority: list[Any],
-        additional: list[Any],
+        records: Sequence[Any],
+        authority: Sequence[Any],
+        additional: Sequence[Any],
         edns: bool,
         truncated: bool = False,
     ) -> bytes:
@@ -316,9 +321,9 @@ def pack_reply(
     ident: int,
     flags: int,
     question: DNSQuestion,
-    answer: list[Any],
-    authority: list[Any],
-    additional: list[Any],
+    answer: Sequence[Any],
+    authority: Sequence[Any],
+    additional: Sequence[Any],
     opt: Any = None,
 ) -> bytes:
     """A reply packed as ``DNSRecord.pack`` does (header, question, sections, an OPT record

@@ -9,6 +9,7 @@ import ssl
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dnslib import NS, QTYPE, RR, SOA, A, DNSRecord
@@ -40,6 +41,10 @@ class FakeUpstream:
     out_of_order: bool = False  # TCP/TLS: two pipelined questions answered second first
     close_after: int = 0  # TCP/TLS: close a connection after answering this many (0: never)
     delay: float = 0.0  # UDP: seconds before each answer (a slow upstream)
+    # UDP, answered on a thread of their own (others are not held up): the seconds to wait
+    # before answering a name (lower-case, absolute), and a gate every answer waits for.
+    delay_of: Callable[[str], float] | None = None
+    gate: threading.Event | None = None
     tcp_connections: int = 0  # accepted so far
 
     def start(self) -> FakeUpstream:
@@ -104,6 +109,9 @@ class FakeUpstream:
                 if not name.endswith(LOOP_PROBE_SUFFIX):
                     self.queries.append(("udp", name.lower(), QTYPE[question.qtype]))
                 continue
+            if self.delay_of is not None or self.gate is not None:
+                threading.Thread(target=self._answer_later, args=(data, addr), daemon=True).start()
+                continue
             reply = self.reply_to(data, "udp")
             if self.delay:
                 time.sleep(self.delay)
@@ -116,6 +124,15 @@ class FakeUpstream:
             if self.mode == "truncate":
                 reply = DNSRecord(reply.header, q=reply.q)
                 reply.header.tc = 1
+            self._udp.sendto(bytes(reply.pack()), addr)
+
+    def _answer_later(self, data: bytes, addr: tuple[str, int]) -> None:
+        reply = self.reply_to(data, "udp")
+        if self.gate is not None:
+            self.gate.wait()
+        if self.delay_of is not None:
+            time.sleep(self.delay_of(str(reply.q.qname).lower()))
+        with contextlib.suppress(OSError):
             self._udp.sendto(bytes(reply.pack()), addr)
 
     def _serve_tcp(self) -> None:
