@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -66,6 +67,7 @@ class Throttled:
         self._clock = clock or time.monotonic
         self._next: dict[str, float] = {}
         self._held: dict[str, int] = {}
+        self._lock = threading.Lock()  # logged from the listener and source threads too
 
     def warning(self, kind: str, message: str, *args: object) -> bool:
         """Log ``message`` unless ``kind`` was logged less than the interval ago; True if logged."""
@@ -79,13 +81,14 @@ class Throttled:
 
     def log(self, level: int, kind: str, message: str, *args: object) -> bool:
         now = self._clock()
-        if now < self._next.get(kind, 0.0):
-            self._held[kind] = self._held.get(kind, 0) + 1
-            return False
-        held = self._held.pop(kind, 0)
+        with self._lock:
+            if now < self._next.get(kind, 0.0):
+                self._held[kind] = self._held.get(kind, 0) + 1
+                return False
+            held = self._held.pop(kind, 0)
+            if len(self._next) > 1024:
+                self._next.clear()
+            self._next[kind] = now + self._interval_s
         suffix = f" ({held} more like it since the last line)" if held else ""
         self._logger.log(level, message + suffix, *args)
-        if len(self._next) > 1024:
-            self._next.clear()
-        self._next[kind] = now + self._interval_s
         return True

@@ -73,7 +73,7 @@ class StatsCollector(Collector):
         for (zone, qtype, rcode, transport), count in sorted(stats.answers.items()):
             queries.add_metric([zone, qtype, rcode, transport, "resolver"], count)
         for (zone, qtype, rcode), cell in sorted(self.answer_cells().items()):
-            queries.add_metric([zone, qtype, rcode, "udp", "cache"], cell[0])
+            queries.add_metric([zone, qtype, rcode, "udp", "cache"], sum(cell))
         yield queries
         durations = HistogramMetricFamily(
             "dnsd_request_duration_seconds", "Time to answer a query, by transport and path "
@@ -106,7 +106,7 @@ class StatsCollector(Collector):
             upstream.add_metric([to], *_buckets(histogram))
         yield upstream
         yield _counter("dnsd_answer_cache_hits", "UDP queries answered from the packed-answer "
-                       "cache.", sum(c[0] for c in self.answer_cells().values()))  # fmt: skip
+                       "cache.", sum(sum(c) for c in self.answer_cells().values()))  # fmt: skip
         yield _counter("dnsd_answer_cache_misses", "Queries that went through the resolver.",
                        stats.queries_slow)  # fmt: skip
         yield _counter("dnsd_forward_cache_hits", "Forwarded questions answered from the "
@@ -210,8 +210,8 @@ class StatsCollector(Collector):
         yield states
         if self.etcd is not None:
             revision, reconnects = self.etcd()
-            yield GaugeMetricFamily("dnsd_etcd_revision", "Last etcd revision the mirror "
-                                    "applied.", value=revision)  # fmt: skip
+            yield GaugeMetricFamily("dnsd_etcd_revision", "Newest etcd revision the "
+                                    "watch has read.", value=revision)  # fmt: skip
             yield GaugeMetricFamily("dnsd_etcd_reconnects", "etcd watch reconnects.",
                                     value=reconnects)  # fmt: skip
         if self.publishing:

@@ -3,12 +3,20 @@ them directly.
 
 Counters are bare attributes (and ``Durations`` plain lists) so the hot path pays an
 increment, nothing more; no stage imports a metrics library.
+
+Threads: a bare attribute counter has exactly one writer thread (the event loop, or the one
+source thread named beside it), so ``+=`` loses nothing and a reader on another thread sees
+a whole int.  Counts bumped on several threads (the UDP listener threads and the loop: the
+packets screened, dropped and refused) are ``ThreadCounts``: each thread adds to a table of
+its own, summed when read.
 """
 
 from __future__ import annotations
 
+import threading
 from bisect import bisect_left
 from collections import Counter, defaultdict
+from collections.abc import ItemsView
 from dataclasses import dataclass, field
 
 # Upper bounds (seconds) of the duration buckets, as CoreDNS's request_duration_seconds.
@@ -28,12 +36,51 @@ class Durations:
         self.total_s += seconds * times
 
 
+class ThreadCounts:
+    """Counts by key that several threads bump without losing an increment: each thread adds
+    to a dict of its own (no lock on the way in); a reader sums the threads' dicts (each
+    copied in one C call, whole under the GIL)."""
+
+    def __init__(self) -> None:
+        self._mine = threading.local()
+        self._tables: list[dict[str, int]] = []
+        self._lock = threading.Lock()  # guards ``_tables`` (a thread's first count)
+
+    def add(self, key: str, n: int = 1) -> None:
+        try:
+            table: dict[str, int] = self._mine.table
+        except AttributeError:
+            table = self._mine.table = {}
+            with self._lock:
+                self._tables.append(table)
+        table[key] = table.get(key, 0) + n
+
+    def totals(self) -> Counter[str]:
+        with self._lock:
+            tables = list(self._tables)
+        total: Counter[str] = Counter()
+        for table in tables:
+            total.update(dict(table))
+        return total
+
+    def __getitem__(self, key: str) -> int:
+        return self.totals()[key]
+
+    def items(self) -> ItemsView[str, int]:
+        return self.totals().items()
+
+
+FORMERR = "formerr"
+NOTIMP = "notimp"
+
+
 @dataclass
 class Stats:
-    queries_slow: int = 0  # went through the resolver chain
-    formerr: int = 0
-    notimp: int = 0
-    dropped: Counter[str] = field(default_factory=Counter)  # reason -> packets
+    queries_slow: int = 0  # went through the resolver chain (the event loop)
+    # Packets answered FORMERR / NOTIMP from their bytes (``FORMERR``, ``NOTIMP``) and
+    # dropped (reason -> packets): counted on the listener threads and the loop.
+    refused_packets: ThreadCounts = field(default_factory=ThreadCounts)
+    dropped: ThreadCounts = field(default_factory=ThreadCounts)
     # (zone, qtype, rcode, transport) -> answers given on the miss path
     answers: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
     # (transport, path) -> how long answers took; path "cache": the UDP listener threads' CPU
@@ -83,5 +130,13 @@ class Stats:
     etcd_lease_renewals: int = 0
     etcd_lease_losses: int = 0  # leases found gone (expired, or revoked by someone else)
 
+    @property
+    def formerr(self) -> int:
+        return self.refused_packets[FORMERR]
+
+    @property
+    def notimp(self) -> int:
+        return self.refused_packets[NOTIMP]
+
     def drop(self, reason: str) -> None:
-        self.dropped[reason] += 1
+        self.dropped.add(reason)

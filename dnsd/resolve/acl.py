@@ -1,8 +1,16 @@
-"""Who may recurse: client addresses matched against ``allow_recursion`` networks."""
+"""Who may recurse: client addresses matched against ``allow_recursion`` networks.
+
+Asked from the event loop and the UDP listener threads.  The verdicts are remembered in a
+memo read without a lock (one dict ``get``: whole under the GIL) and written under ``_lock``
+(a miss: the first question from an address), so no two writers interleave a clear with a
+set; a verdict is a pure function of the address, so one read a moment before a clear is
+still right.
+"""
 
 from __future__ import annotations
 
 import ipaddress
+import threading
 from collections.abc import Callable, Iterable
 
 from dnsd.resolve.scopes import client_address
@@ -26,6 +34,7 @@ class Acl:
     def __init__(self, networks: Iterable[str]) -> None:
         self.networks: list[Network] = [ipaddress.ip_network(n, strict=False) for n in networks]
         self._memo: dict[str, bool] = {}
+        self._lock = threading.Lock()
         # The verdict for a client already decided, else None: one dict lookup (what the UDP
         # threads ask before serving a forwarded answer; ``allows`` decides the rest).
         self.decided: Callable[[str], bool | None] = self._memo.get
@@ -36,7 +45,8 @@ class Acl:
             return known
         address = client_address(client_ip)
         allowed = address is not None and any(address in network for network in self.networks)
-        if len(self._memo) >= _MEMO_ENTRIES:
-            self._memo.clear()
-        self._memo[client_ip] = allowed
+        with self._lock:
+            if len(self._memo) >= _MEMO_ENTRIES:
+                self._memo.clear()
+            self._memo[client_ip] = allowed
         return allowed

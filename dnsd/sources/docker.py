@@ -8,6 +8,17 @@ Two threads keep the blocking Docker SDK off the event loop:
   records (``docker_names``) and hands the result to the event loop, which writes the store.
 A periodic resync (default 60 s) heals anything missed.  While Docker is away the last known
 records stay; the resync after reconnecting adds what started and drops what went away.
+
+Who owns what: the event loop owns ``_built``, ``_claims``, ``_warned``, ``state``/``reason``/
+``synced_at`` and the store writes (``_hand`` carries every result over, in order).  The
+worker owns ``_known`` (what it last inspected or listed, by container id: a resync keeps what
+did not change without asking the loop) and ``_fingerprints``.  A ``Built`` crosses from the
+worker to the loop and is never changed by the worker again (the loop sets its ``served`` and
+``conflicts``).  ``_resync_queued`` is set by the reader, the loop and the worker: under
+``_resync_lock``.  ``_stream`` is set by the reader and closed from any thread
+(``_close_stream`` swaps it out under the same lock, so it is closed once).  Each counter of
+``Stats`` has one writer thread: ``docker_events`` the worker, ``docker_reconnects`` the
+reader, ``docker_resyncs`` the loop.
 """
 
 from __future__ import annotations
@@ -138,7 +149,9 @@ class DockerSource:
         self._hand = LoopHand()
         self._stream: Any = None
         self._fingerprints: dict[str, tuple[Any, ...]] = {}
-        self._built: dict[str, Built] = {}
+        self._built: dict[str, Built] = {}  # the event loop's
+        self._known: dict[str, Built] = {}  # the worker's
+        self._resync_lock = threading.Lock()
         self._claims = NameClaims()
         self._warned: dict[str, set[str]] = {}
         self._resync_queued = False
@@ -236,15 +249,18 @@ class DockerSource:
                 self._stopping.wait(backoff.next())
 
     def _close_stream(self) -> None:
-        stream, self._stream = self._stream, None
+        with self._resync_lock:
+            stream, self._stream = self._stream, None
         if stream is not None:
             with contextlib.suppress(Exception):
                 stream.close()
 
     def _queue_resync(self) -> None:
-        if not self._resync_queued:
+        with self._resync_lock:
+            if self._resync_queued:
+                return
             self._resync_queued = True
-            self._jobs.put(("resync", None))
+        self._jobs.put(("resync", None))
 
     # --- worker thread -----------------------------------------------------------------------
     def _work(self) -> None:
@@ -256,7 +272,8 @@ class DockerSource:
             try:
                 client = client or self._client_factory()
                 if kind == "resync":
-                    self._resync_queued = False
+                    with self._resync_lock:
+                        self._resync_queued = False
                     self._resync(client)
                 else:
                     self._on_event(client, payload)
@@ -285,9 +302,15 @@ class DockerSource:
             return
         verb = action.split(":", 1)[0]
         if kind == "container" and verb in REMOVE_ACTIONS:
+            self._known.pop(container_id, None)
             self._hand(self._apply_one, container_id, None, verb)
         elif kind == "network" or verb in INSPECT_ACTIONS or verb == "health_status":
-            self._hand(self._apply_one, container_id, self._inspect(client, container_id), verb)
+            built = self._inspect(client, container_id)
+            if built is None:
+                self._known.pop(container_id, None)
+            else:
+                self._known[container_id] = built
+            self._hand(self._apply_one, container_id, built, verb)
 
     def _inspect(self, client: Any, container_id: str) -> Built | None:
         import docker.errors
@@ -305,7 +328,7 @@ class DockerSource:
         fingerprints = {entry["Id"]: list_fingerprint(entry) for entry in entries}
         stale = []
         for container_id, fingerprint in fingerprints.items():
-            known = self._built.get(container_id)
+            known = self._known.get(container_id)
             if known is not None and self._fingerprints.get(container_id) == fingerprint:
                 owners[container_id] = known
             else:
@@ -330,7 +353,7 @@ class DockerSource:
         for container_id, result in zip(stale, results, strict=True):
             if isinstance(result, Exception):
                 failed += 1
-                known = self._built.get(container_id)
+                known = self._known.get(container_id)
                 if known is not None:  # keep what we had; the next resync inspects it again
                     owners[container_id] = known
                 fingerprints.pop(container_id, None)
@@ -345,6 +368,7 @@ class DockerSource:
                 len(stale),
             )
         self._fingerprints = {cid: fingerprints[cid] for cid in owners if cid in fingerprints}
+        self._known = dict(owners)
         self._hand(self._apply_all, owners, time.monotonic() - started)
 
     def _try_inspect(self, client: Any, container_id: str) -> Built | Exception | None:

@@ -7,6 +7,14 @@ After any disconnect it re-watches from the last revision seen (nothing missed);
 revision has been compacted (checked before re-watching, and reported by the watch) it lists
 again.  While etcd is unreachable the mirror keeps its last content (state ``degraded``) and
 answers go on.  etcd is never read on the query path.
+
+Who owns what: the watch thread writes ``revision`` (the newest revision it has read, not
+necessarily applied yet), ``reconnects``, ``_lease_ttls`` and ``_lease_left`` (replaced whole,
+never changed in place); the event loop writes everything else (the mirror and the store,
+``_backlog``, ``state``/``reason``/``listed``/``via``, ``_node_leases``, a frozenset replaced
+whole).  Each is written by one thread only, and read elsewhere as one attribute load (an int,
+or a reference to a value its writer no longer changes).  Work crosses from the thread to the
+loop only through ``_hand`` (``call_soon_threadsafe``), in order.
 """
 
 from __future__ import annotations

@@ -16,14 +16,17 @@ Concurrency (one event loop thread, one UDP listener thread per listen address).
 on CPython's GIL: one dict ``get``/``set``/``pop``, one ``next`` of an ``itertools.cycle`` and
 one attribute store are each atomic.  The listener threads, without the lock: read
 the fast tables and ``_entries`` (one ``get`` each: a row is whole or absent),
-read an entry's ``expires``/``recursive``/``variants``/``clients``, advance its rotation
-(``next``), add to its per-client ``memo`` (a cache of ``scope_key``: a lost or cleared
-memo entry is only computed again) and count hits (``cell[0] += 1``: two threads may lose an
-increment; hit counts are metrics, not accounting).  Everything else that changes entries or
-tables holds ``_lock``: ``put``, ``invalidate``, ``sweep``, eviction (the loop), and the
-listener threads' two writes, ``_restamp`` (which writes only if no other thread re-stamped
-since, so older TTLs never replace newer ones) and ``_add_size_key``.  A reader may still
-serve an entry the loop is dropping at that instant: the answer it was a moment before.
+read an entry's ``expires``/``recursive``/``variants``/``clients``/``memo``, advance its
+rotation (``next``) and count hits, each thread in its own slot of the hit cell
+(``cell[slot] += 1``, the slot from ``listener_slot``: no increment is lost).  Everything else
+that changes entries or tables holds ``_lock``: ``put``, ``invalidate``, ``sweep``, eviction
+(the loop), and the listener threads' writes, ``_restamp`` (which writes only if no other
+thread re-stamped since, so older TTLs never replace newer ones), ``_add_size_key`` and a
+network entry's per-client ``memo`` (a cache of ``scope_key``).  A reader may still serve an
+entry the loop is dropping at that instant: the answer it was a moment before.  ``put`` runs
+on the loop right after ``QueryHandler`` has checked that the answer is still current
+(``ResolverChain.changed_since``), and ``invalidate`` runs on the loop too, so no store change
+falls between that check and the entry's ``depends`` being registered.
 
 Entries hold every rotation of the answer (served in turn), an expiry and the names the answer
 depends on: a store change drops only the entries that depend on a name it touched
@@ -63,6 +66,7 @@ PREFETCH_WINDOW_S = 2.0
 
 
 MAX_CLIENTS_PER_ENTRY = 1024
+HIT_SLOTS = 64  # per hit cell: one per listener thread (more threads share slots, modulo)
 MAX_SIZE_KEYS = 4  # per entry: keys of other UDP sizes that clamp to its own
 
 
@@ -234,14 +238,17 @@ def _locked(
     return locked
 
 
-def _for_client(entry: _Entry, client_ip: str) -> Iterator[bytes] | None:
-    """A network-aware entry's rotations for this asker (None: not known for its networks)."""
+def _for_client(entry: _Entry, client_ip: str, lock: threading.Lock) -> Iterator[bytes] | None:
+    """A network-aware entry's rotations for this asker (None: not known for its networks);
+    the memo is read without ``lock`` and written under it."""
     assert isinstance(entry, _NetworkEntry)
     key = entry.memo.get(client_ip)
     if key is None:
-        if len(entry.memo) >= MAX_CLIENTS_PER_ENTRY:
-            entry.memo.clear()
-        key = entry.memo[client_ip] = scope_key(client_ip, entry.scopes)
+        key = scope_key(client_ip, entry.scopes)
+        with lock:
+            if len(entry.memo) >= MAX_CLIENTS_PER_ENTRY:
+                entry.memo.clear()
+            entry.memo[client_ip] = key
     return entry.clients.get(key)
 
 
@@ -271,14 +278,20 @@ class AnswerCache:
         self.invalidated = 0
         # (zone, qtype, rcode) -> [hits]: counted here so the hot path never calls a metrics
         # library.
-        self.cells: dict[tuple[str, str, str], list[int]] = {}
+        self.cells: dict[tuple[str, str, str], list[int]] = {}  # HIT_SLOTS counts each
+        self._slots = itertools.count()
         # Called (on a listener thread, under the lock: hand it on, quickly) with the question
         # of a forwarded answer popular near its expiry (prefetch); None: no prefetching.
         self.on_popular: Callable[[Question], None] | None = None
 
     @property
     def hits(self) -> int:
-        return sum(cell[0] for cell in self.cells.values())
+        return sum(sum(cell) for cell in list(self.cells.values()))
+
+    def listener_slot(self) -> int:
+        """The hit-cell slot a new listener thread counts its hits in."""
+        with self._lock:
+            return next(self._slots) % HIT_SLOTS
 
     def __len__(self) -> int:
         return self._count
@@ -308,7 +321,7 @@ class AnswerCache:
             if entry is not None and entry.keys[0] == key and entry.expires <= now:
                 self.tables.remove(entry)
 
-    def answer(self, data: bytes, client_ip: str, now: float) -> bytes | None:
+    def answer(self, data: bytes, client_ip: str, now: float, slot: int = 0) -> bytes | None:
         """The response to ``data`` if known, else None (the caller takes the slow path).
 
         The two lookups below repeat their checks on purpose: a shared helper would cost a
@@ -321,10 +334,14 @@ class AnswerCache:
                 return None
             if entry.recursive and not self._allows_recursion(client_ip):
                 return None
-            variants = entry.variants if entry.clients is None else _for_client(entry, client_ip)
+            variants = (
+                entry.variants
+                if entry.clients is None
+                else _for_client(entry, client_ip, self._lock)
+            )
             if variants is None:
                 return None
-            entry.cell[0] += 1
+            entry.cell[slot] += 1
             return data[:2] + next(variants)[2:]
         qend = data.find(b"\x00", HEADER_LEN) + 5
         if qend < 5:
@@ -341,10 +358,12 @@ class AnswerCache:
             return None
         if entry.recursive and not self._allows_recursion(client_ip):
             return None
-        variants = entry.variants if entry.clients is None else _for_client(entry, client_ip)
+        variants = (
+            entry.variants if entry.clients is None else _for_client(entry, client_ip, self._lock)
+        )
         if variants is None:
             return None
-        entry.cell[0] += 1
+        entry.cell[slot] += 1
         template = next(variants)
         return data[:2] + template[2:HEADER_LEN] + data[HEADER_LEN:qend] + template[qend:]
 
@@ -417,7 +436,7 @@ class AnswerCache:
             return data[:2] + variants[0][2:]  # not a plain question echoed byte for byte
         templates = [v[:HEADER_LEN] + lower + v[qend:] for v in variants]
         cycle = itertools.cycle(templates)
-        cell = self.cells.setdefault(label, [0])
+        cell = self.cells.setdefault(label, [0] * HIT_SLOTS)
         alias = None if has_options else data[2:HEADER_LEN] + lower + data[qend:]
         size = len(key) + sum(len(t) for t in templates)
         if client_ip is None:

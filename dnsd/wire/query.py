@@ -36,7 +36,7 @@ from dnsd.protocol import (
 )
 from dnsd.resolve.answer import Answer
 from dnsd.resolve.chain import ResolverChain
-from dnsd.stats import Stats
+from dnsd.stats import FORMERR, NOTIMP, Stats
 from dnsd.wire.answer_cache import FORWARDED_REFRESH_S, AnswerCache
 from dnsd.wire.answer_key import udp_reply_limit
 from dnsd.wire.codec import DEFAULT_MAX_UDP_SIZE, error_response, plain_shape, question_end
@@ -140,24 +140,24 @@ class QueryHandler:
             try:
                 query = DNSRecord.parse(data)
             except Exception:  # dnslib raises more than DNSError on hostile input
-                self._stats.formerr += 1
+                self._stats.refused_packets.add(FORMERR)
                 return error_response(data, RCODE_FORMERR)
             if query.header.opcode != 0:
-                self._stats.notimp += 1
+                self._stats.refused_packets.add(NOTIMP)
                 return error_response(data, RCODE_NOTIMP, echo_question=True)
             options = [rr for rr in query.ar if rr.rtype == QTYPE.OPT]
             if len(query.questions) != 1 or len(options) > 1:
-                self._stats.formerr += 1
+                self._stats.refused_packets.add(FORMERR)
                 return error_response(data, RCODE_FORMERR)
             edns_size = options[0].rclass if options else None
             if options and (options[0].ttl >> 16) & 0xFF != 0:
                 return self._badvers(query)
         edns = edns_size is not None
         if query.q.qtype in MALFORMED_QTYPES:
-            self._stats.formerr += 1
+            self._stats.refused_packets.add(FORMERR)
             return error_response(data, RCODE_FORMERR, echo_question=True)
         if query.q.qtype in UNSERVED_QTYPES:  # zone transfers, TKEY, MAILA/MAILB: never upstream
-            self._stats.notimp += 1
+            self._stats.refused_packets.add(NOTIMP)
             return error_response(data, RCODE_NOTIMP, echo_question=True)
         limit = MAX_TCP_SIZE
         if udp:

@@ -11,6 +11,7 @@ At most ``log.queries_per_second`` lines a second: the rest are counted, not wri
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -53,8 +54,15 @@ class QueryLog:
         self._second = -1
         self._left = 0
         self._skipped_since = 0  # since the last line logged
+        self._lock = threading.Lock()
 
     def _admit(self) -> bool:
+        """Whether this line may be written (the listener threads and the loop both log:
+        the budget is counted under ``_lock``)."""
+        with self._lock:
+            return self._admit_locked()
+
+    def _admit_locked(self) -> bool:
         second = int(self.clock())
         if second != self._second:
             self._second, self._left = second, self.lines_per_second

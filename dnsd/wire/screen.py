@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Final
 
 from dnsd.protocol import HEADER_LEN, RCODE_FORMERR, RCODE_NOTIMP
-from dnsd.stats import Stats
+from dnsd.stats import FORMERR, NOTIMP, Stats
 from dnsd.wire.codec import error_response, question_end
 
 PASS: Final = b""  # a question for the resolver (an empty reply is never sent)
@@ -26,13 +26,13 @@ def screened(data: bytes, stats: Stats) -> bytes | None:
         stats.drop("not a query")
         return None
     if question_end(data) < 0:  # a label over 63 bytes, a pointer, a name over 255 bytes
-        stats.formerr += 1
+        stats.refused_packets.add(FORMERR)
         return error_response(data, RCODE_FORMERR)
     questions = data[4] << 8 | data[5]
     if data[2] & 0x78:  # an opcode other than QUERY
-        stats.notimp += 1
+        stats.refused_packets.add(NOTIMP)
         return error_response(data, RCODE_NOTIMP, echo_question=questions == 1)
     if questions != 1:
-        stats.formerr += 1
+        stats.refused_packets.add(FORMERR)
         return error_response(data, RCODE_FORMERR)
     return PASS

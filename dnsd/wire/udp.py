@@ -153,6 +153,7 @@ class UdpServer:
         recvfrom, sendto = self._sock.recvfrom, self._sock.sendto
         fast, normalised = self._cache.tables.exact.get, self._cache.tables.normalised.get
         answer, clock = self._cache.answer, self._clock
+        slot = self._cache.listener_slot()  # this thread's hit counts: none lost to another's
         while True:
             try:
                 data, addr = recvfrom(READ_BYTES)
@@ -166,7 +167,7 @@ class UdpServer:
             if hit is not None:
                 tail, cell, allowed = hit
                 if allowed is None or allowed(addr[0]):
-                    cell[0] += 1
+                    cell[slot] += 1
                     try:
                         sendto(data[:2] + tail, addr)
                     except OSError as exc:
@@ -177,7 +178,7 @@ class UdpServer:
             if found is not None:
                 head, rest, cell, allowed = found
                 if allowed is None or allowed(addr[0]):
-                    cell[0] += 1
+                    cell[slot] += 1
                     reply = data[:2] + head + data[HEADER_LEN:qend] + rest
                     try:
                         sendto(reply, addr)
@@ -187,7 +188,7 @@ class UdpServer:
             if not data and self._stopping:
                 return  # stop_reading's shutdown woke the read: nothing is queued
             try:
-                response = answer(data, addr[0], clock())
+                response = answer(data, addr[0], clock(), slot)
             except Exception as exc:  # a bug: the event loop answers this one
                 throttled.warning("cache", "cached answer for %s failed: %r", addr[0], exc)
                 response = None
@@ -204,6 +205,7 @@ class UdpServer:
         the default hot path pays nothing for them)."""
         query_log = self._query_log
         recvfrom, answer, clock = self._sock.recvfrom, self._cache.answer, self._clock
+        slot = self._cache.listener_slot()
         while True:
             try:
                 data, addr = recvfrom(READ_BYTES)
@@ -216,7 +218,7 @@ class UdpServer:
                 return
             started = query_log.clock() if query_log is not None else 0.0
             try:
-                response = answer(data, addr[0], clock())
+                response = answer(data, addr[0], clock(), slot)
             except Exception as exc:  # a bug: the event loop answers this one
                 throttled.warning("cache", "cached answer for %s failed: %r", addr[0], exc)
                 response = None
