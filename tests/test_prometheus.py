@@ -10,7 +10,6 @@ import re
 import shutil
 import subprocess
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -206,6 +205,12 @@ def traffic() -> Iterator[list[int]]:
 ZONE = f"p{uuid.uuid4().hex[:8]}.test."
 
 
+def _samples(prometheus: Prometheus, selector: str) -> int:
+    """How many samples Prometheus holds for ``selector`` (a range vector)."""
+    found = prometheus.query(f"count_over_time({selector})")
+    return int(float(found[0]["value"][1])) if found else 0
+
+
 def test_prometheus_scrapes_dnsd_and_every_dashboard_query_has_data(
     stop_at_end: StopAtEnd, etcd: Etcd, tmp_path: Path, traffic: list[int]
 ) -> None:
@@ -227,7 +232,8 @@ def test_prometheus_scrapes_dnsd_and_every_dashboard_query_has_data(
     target = f"127.0.0.1:{server.http_port}"
     prometheus = stop_at_end(Prometheus(tmp_path, target))
     eventually(prometheus.ready, timeout=30)
-    time.sleep(4)  # a few scrapes, so every rate has two samples or more
+    # A few scrapes, so every rate has two samples or more (counted, not waited for).
+    eventually(lambda: _samples(prometheus, "dnsd_build_info[1m]") >= 3, timeout=60)
     instance = {"$instance": target.replace(".", "\\\\."), "$__rate_interval": "15s"}
     missing = []
     dashboard = json.loads(DASHBOARD.read_text())

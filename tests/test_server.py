@@ -307,10 +307,19 @@ def test_sighup_and_file_change_reload(tmp_path: Path, dnsd_factory) -> None:  #
     hosts = tmp_path / "hosts"
     hosts.write_text("10.0.0.1 one\n")
     dnsd = dnsd_factory("--no-forward", config='[static]\nhosts = ["hosts"]\nwatch_interval = 0\n')
+    # Beside it, a dnsd polling the same file: by the time that one has seen the change,
+    # the one with polling off has not (counted reloads, not a wall-clock wait).
+    polling = dnsd_factory(
+        "--no-forward", config=f'[static]\nhosts = ["{hosts}"]\nwatch_interval = 0.05\n'
+    )
     assert addresses(query(dnsd.port, "one.docker")) == ["10.0.0.1"]
-    hosts.write_text("10.0.0.2 one\n10.0.0.3 two\n")
-    time.sleep(0.3)
+    hosts.write_text("10.0.0.4 one\n")
+    eventually(lambda: addresses(query(polling.port, "one.docker")) == ["10.0.0.4"])
+    hosts.write_text("10.0.0.2 one\n10.0.0.3 two\n")  # a second change, seen by polling too
+    eventually(lambda: addresses(query(polling.port, "one.docker")) == ["10.0.0.2"])
+    assert polling.metric("dnsd_reloads_total") == 2
     assert addresses(query(dnsd.port, "one.docker")) == ["10.0.0.1"]  # polling is off
+    assert dnsd.metric("dnsd_reloads_total") == 0
     dnsd.proc.send_signal(signal.SIGHUP)
     eventually(lambda: addresses(query(dnsd.port, "one.docker")) == ["10.0.0.2"])
     assert addresses(query(dnsd.port, "two.docker")) == ["10.0.0.3"]
@@ -340,12 +349,11 @@ def test_file_change_reload_and_bad_file_keeps_records(tmp_path: Path, dnsd_fact
 def test_sigterm_drains_and_exits_zero_quickly(zone_dnsd: Dnsd) -> None:
     with socket.create_connection(("127.0.0.1", zone_dnsd.port)):  # an idle TCP client
         query(zone_dnsd.port, "web.docker")
-        started = time.monotonic()
         zone_dnsd.proc.send_signal(signal.SIGTERM)
-        code = zone_dnsd.proc.wait(5)
-        elapsed = time.monotonic() - started
+        code = zone_dnsd.proc.wait(10)
     assert code == 0
-    assert elapsed < 2.0, elapsed
+    # An orderly stop (the idle client was not waited for): not the deadline's forced exit.
+    assert "stopped" in zone_dnsd.log() and "exiting now" not in zone_dnsd.log()
 
 
 def test_busy_port_is_a_clear_error(tmp_path: Path) -> None:
@@ -385,11 +393,10 @@ def test_tcp_idle_timeout_and_connection_limit(tmp_path: Path, dnsd_factory) -> 
     eventually(lambda: dnsd.metric("dnsd_tcp_connections_total") == 2)  # both accepted
     with socket.create_connection(("127.0.0.1", dnsd.port), timeout=3) as third:
         assert third.recv(10) == b""  # over the limit: closed at once
-    started = time.monotonic()
     for conn in held:
+        conn.settimeout(8)  # generous: the idle timeout is 0.5 s
         assert conn.recv(10) == b""  # idle: closed by the server
         conn.close()
-    assert time.monotonic() - started < 2.0
     assert rcode(query(dnsd.port, "x.docker", "A", tcp=True)) == "NXDOMAIN"  # slots free again
 
 
