@@ -11,6 +11,12 @@ are deleted.  While etcd is unreachable the publisher keeps trying; on return it
 lease if it expired and publishes everything again.  Advertise mode ``container`` publishes
 container addresses (routed/overlay networks); ``host`` publishes ``advertise_ip`` with the
 host ports of published (-p) ports.
+
+Threads: the event loop hands the desired keys over in ``update`` (``_wanted``, swapped under
+``_lock``, then ``_wake``); everything else is the publisher thread's: ``_published``, the
+lease, ``_lease_until``, ``state``/``reason``/``synced``/``revoked`` and its ``Stats`` counters
+(one writer each).  The loop reads those as single attribute loads (/ready, /metrics): a
+reader may see a new ``state`` with the previous ``reason`` for an instant.
 """
 
 from __future__ import annotations

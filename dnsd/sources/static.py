@@ -4,6 +4,11 @@ Writes the store under source ``static`` with one owner per origin (``config`` a
 file), all replaced in one atomic call.  Reloads on SIGHUP (``reload``) and when a watched file
 changes (``watch``); a reload that fails keeps the last good records.  Knows nothing about DNS
 wire format or the resolver.
+
+Threads: a reload reads the config and parses the hosts files on a daemon thread
+(``on_daemon_thread``), one reload at a time; ``build`` there touches only what it returns
+and ``bad_lines``/``bad_examples`` (read by ``check-config`` after it returns, never by the
+running daemon).  The store is written on the event loop, in slices.
 """
 
 from __future__ import annotations
