@@ -55,7 +55,7 @@ SUBZONE = "rob." + ZONE  # the etcd writer's names: /skydns/docker/rob/<label>
 DOCKER_TTL = HOSTS_TTL = 5  # server.ttl
 READER_ADDRESSES = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
 UPSTREAM_TTL = 2  # outside names are asked upstream again every few seconds
-RECOVERY_S = 10.0  # after a fault ends: time allowed for dnsd to catch up with the source
+CATCH_UP_S = 30.0  # the longest a fault's recovery may take before the run fails
 
 
 @dataclass
@@ -95,6 +95,7 @@ class Run:
         self.hosts_file = workdir / "hosts"
         self.threads: list[threading.Thread] = []
         self.errors: list[str] = []
+        self.etcd_revision = 0  # of the newest write etcd has committed
 
     # --- components --------------------------------------------------------------------------
     @contextmanager
@@ -209,6 +210,8 @@ class Run:
             try:
                 with urllib.request.urlopen(request, timeout=1.0) as response:
                     if response.status == 200:
+                        revision = int(json.load(response)["header"]["revision"])
+                        self.etcd_revision = max(self.etcd_revision, revision)
                         return True
             except (OSError, urllib.error.URLError):
                 pass
@@ -306,6 +309,25 @@ class Run:
     def _hold(self, seconds: float) -> None:
         self.stopping.wait(seconds)
 
+    def _etcd_caught_up(self) -> float:
+        """When dnsd has read every write committed so far (a fault's recovery ends then)."""
+        wanted = self.etcd_revision
+        deadline = time.monotonic() + CATCH_UP_S
+        while self.dnsd.metric("dnsd_etcd_revision") < wanted:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"dnsd did not catch up with etcd revision {wanted}")
+            time.sleep(0.05)
+        return time.monotonic()
+
+    def _docker_caught_up(self, resyncs: float) -> float:
+        """When dnsd has resynced with the Engine after reconnecting (``resyncs`` before)."""
+        deadline = time.monotonic() + CATCH_UP_S
+        while self.dnsd.metric("dnsd_docker_resyncs_total") <= resyncs:
+            if time.monotonic() > deadline:
+                raise AssertionError("dnsd did not resync with the Engine")
+            time.sleep(0.05)
+        return time.monotonic()
+
     def _kill_leader(self) -> None:
         started = time.monotonic()
         member = self.etcd.leader()
@@ -313,7 +335,7 @@ class Run:
         self._hold(2.0)
         self.etcd.restart(member)
         self.history.fault(f"etcd leader {member.name} killed 2 s", (ETCD,), started,
-                           time.monotonic() + RECOVERY_S)  # fmt: skip
+                           self._etcd_caught_up())  # fmt: skip
 
     def _freeze_member(self) -> None:
         started = time.monotonic()
@@ -322,7 +344,7 @@ class Run:
         self._hold(3.0)
         member.thaw()
         self.history.fault(f"etcd member {member.name} SIGSTOPped 3 s", (ETCD,), started,
-                           time.monotonic() + RECOVERY_S)  # fmt: skip
+                           self._etcd_caught_up())  # fmt: skip
 
     def _cut_etcd(self) -> None:
         started = time.monotonic()
@@ -331,7 +353,7 @@ class Run:
         self._hold(3.0)
         for proxy in self.proxies:
             proxy.heal()
-        self.history.fault("dnsd cut off etcd 3 s", (ETCD,), started, time.monotonic() + RECOVERY_S)
+        self.history.fault("dnsd cut off etcd 3 s", (ETCD,), started, self._etcd_caught_up())
 
     def _upstream_stall(self) -> None:
         assert self.upstream.gate is not None
@@ -356,10 +378,11 @@ class Run:
         self.history.fault("20 SIGHUPs", (), started, time.monotonic())
 
     def _cut_docker_events(self) -> None:
+        resyncs = self.dnsd.metric("dnsd_docker_resyncs_total")
         started = time.monotonic()
         self.engine.end_streams()
         self.history.fault("Docker event stream cut", (DOCKER,), started,
-                           time.monotonic() + RECOVERY_S)  # fmt: skip
+                           self._docker_caught_up(resyncs))  # fmt: skip
 
 
 def _row(rrset: Any, item: Any, in_zone: bool) -> Row:

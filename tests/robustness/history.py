@@ -76,6 +76,7 @@ class Report:
     unanswered_by: dict[str, int] = field(default_factory=dict)  # rcode or "timeout"
     violations: list[Violation] = field(default_factory=list)
     largest_staleness_s: float = 0.0  # outside the faults' windows
+    stalest: str = ""  # which answer that was
     largest_staleness_in_faults_s: float = 0.0
     writes: int = 0
     faults: list[str] = field(default_factory=list)
@@ -87,8 +88,8 @@ class Report:
             f"answers checked: {self.checked} ({writers})",
             f"unanswered: {self.unanswered} {dict(sorted(self.unanswered_by.items()))}",
             f"violations: {len(self.violations)}",
-            f"largest staleness: {self.largest_staleness_s * 1000:.0f} ms "
-            f"({self.largest_staleness_in_faults_s * 1000:.0f} ms around faults)",
+            f"largest staleness: {self.largest_staleness_s * 1000:.0f} ms ({self.stalest}; "
+            f"{self.largest_staleness_in_faults_s * 1000:.0f} ms around faults)",
             f"writes: {self.writes}",
             f"faults injected: {len(self.faults)} ({'; '.join(self.faults)})",
         ]
@@ -179,8 +180,9 @@ class History:
                         report.largest_staleness_in_faults_s = max(
                             report.largest_staleness_in_faults_s, staleness
                         )
-                    else:
-                        report.largest_staleness_s = max(report.largest_staleness_s, staleness)
+                    elif staleness > report.largest_staleness_s:
+                        report.largest_staleness_s = staleness
+                        report.stalest = f"{item.writer} {item.name} {item.qtype} {item.transport}"
                 return
             candidates.append(reply)
         report.violations.append(Violation(item, candidates[::-1]))
