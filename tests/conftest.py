@@ -6,6 +6,7 @@ FakeUpstream (or has forwarding off).
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -83,6 +84,15 @@ def etcd() -> Iterator[object]:
 
 def rcode(message: dns.message.Message) -> str:
     return dns.rcode.to_text(message.rcode())
+
+
+@pytest.fixture
+def switching_often() -> Iterator[None]:
+    """The GIL switches threads as often as it can while the test runs (races show)."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(before)
 
 
 @pytest.fixture(scope="session")

@@ -7,13 +7,11 @@ increment split between a read and a write by another thread would show here.
 
 from __future__ import annotations
 
-import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import dns.message
 import dns.query
-import pytest
 from conftest import DnsdFactory, free_port, query
 
 from dnsd.resolve.acl import Acl
@@ -23,14 +21,6 @@ from dnsd.wire.screen import screened
 
 THREADS = 8
 EACH = 5_000
-
-
-@pytest.fixture
-def switching_often() -> Iterator[None]:
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    yield
-    sys.setswitchinterval(before)
 
 
 def _on_threads(work: Callable[[int], None]) -> None:

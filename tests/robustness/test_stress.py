@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from testbed.dnsd import free_port
 from testbed.upstream import FakeUpstream
 
@@ -82,14 +79,6 @@ class InProcess:
 
         self.loop.call_soon_threadsafe(change)
         assert applied.wait(10), "the loop did not apply a change"
-
-
-@pytest.fixture
-def switching_often() -> Iterator[None]:
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    yield
-    sys.setswitchinterval(before)
 
 
 def test_answers_under_constant_thread_switching_match_the_history(
