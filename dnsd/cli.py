@@ -22,7 +22,7 @@ from dnsd import __version__, logs, register, tools
 from dnsd.config import FLAGS, Config, ConfigError, Overrides, load
 from dnsd.config import warnings as config_warnings
 from dnsd.daemon import SHUTDOWN_DEADLINE_S, Daemon, StartupError
-from dnsd.hostport import parse_hostport
+from dnsd.hostport import format_hostport, parse_hostport
 from dnsd.records import RecordStore
 from dnsd.shutdown import ShutdownGuard, stop_soon
 from dnsd.source_setup import static_settings
@@ -164,7 +164,7 @@ def _loopback(entry: str) -> str:
     host, port = parse_hostport(entry, 53)
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1" if host == "0.0.0.0" else "::1"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return format_hostport(host, port)
 
 
 def _flag_overrides(args: argparse.Namespace) -> Overrides:

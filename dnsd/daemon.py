@@ -18,7 +18,7 @@ from typing import Any
 
 from dnsd import dns_sd
 from dnsd.config import Config
-from dnsd.hostport import parse_hostport
+from dnsd.hostport import format_hostport, parse_hostport
 from dnsd.logs import Throttled, event
 from dnsd.metrics import Metrics
 from dnsd.records import RecordStore
@@ -215,7 +215,9 @@ class Daemon:
             await tcp.start()
             self.udp.append(udp)
             self.tcp.append(tcp)
-            logger.info("listening on %s (udp+tcp)", _show(udp.address), extra=event("listening"))
+            logger.info(
+                "listening on %s (udp+tcp)", format_hostport(*udp.address), extra=event("listening")
+            )
 
     def _forwarding(self) -> ForwardCache | None:
         forward = self.config.forward
@@ -355,12 +357,7 @@ def _bind_pair(host: str, port: int) -> tuple[socket.socket, socket.socket]:
 
 def _bind_message(host: str, port: int, proto: str, exc: OSError) -> str:
     reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-    return f"cannot listen on {_show((host, port))}/{proto}: {reason}"
-
-
-def _show(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"cannot listen on {format_hostport(host, port)}/{proto}: {reason}"
 
 
 async def _sweep_answers(answer_cache: AnswerCache) -> None:

@@ -9,6 +9,11 @@ from __future__ import annotations
 import ipaddress
 
 
+def format_hostport(host: str, port: int) -> str:
+    """(host, port) as ``ADDR:PORT``, an IPv6 address in brackets: ``[::1]:53``."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
     """``1.2.3.4``, ``1.2.3.4:53``, ``::1``, ``[::1]:53`` -> (host, port)."""
     text = text.strip()

@@ -33,7 +33,7 @@ from typing import Any
 
 from dnslib import EDNS0, QTYPE, RCODE, DNSHeader, DNSQuestion, DNSRecord
 
-from dnsd.hostport import parse_hostport
+from dnsd.hostport import format_hostport, parse_hostport
 from dnsd.logs import Throttled
 from dnsd.names import label_of, text_of
 from dnsd.protocol import RCODE_REFUSED, RCODE_SERVFAIL
@@ -59,7 +59,7 @@ class Upstream:
     tls_name: str = ""  # DNS-over-TLS when set: the name its certificate must carry
 
     def __str__(self) -> str:
-        address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        address = format_hostport(self.host, self.port)
         return f"tls://{address}#{self.tls_name}" if self.tls_name else address
 
 

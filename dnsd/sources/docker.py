@@ -50,6 +50,7 @@ from dnsd.sources.lifecycle import (
     ABSENT,
     DOWN,
     JOIN_TIMEOUT_S,
+    OK,
     Backoff,
     LoopHand,
     SourceHealth,
@@ -155,7 +156,7 @@ class DockerSource:
         self._claims = NameClaims()
         self._warned: dict[str, set[str]] = {}
         self._resync_queued = False
-        self.state = "down"  # "ok" once the first resync after connecting has landed
+        self.state = DOWN  # OK once the first resync after connecting has landed
         self.reason = "not connected yet"
         self.synced_at: float | None = None
         self.events_applied = 0  # event-driven store updates (tests and benchmarks wait on it)
@@ -214,7 +215,7 @@ class DockerSource:
         return None if box is None else (box.name, box.health or "none")
 
     def health(self) -> SourceHealth:
-        health = SourceHealth.of(self.state == "ok", self.reason, self.synced_at is not None)
+        health = SourceHealth.of(self.state == OK, self.reason, self.synced_at is not None)
         if health.state == DOWN and self.optional:
             return SourceHealth(ABSENT, health.reason)
         return health
@@ -382,7 +383,7 @@ class DockerSource:
 
     # --- event loop: the only place that writes the store ---------------------------------
     def _set_down(self, reason: str) -> None:
-        if self.state != "down" or self.reason == "not connected yet":
+        if self.state != DOWN or self.reason == "not connected yet":
             serving = (
                 f"serving the last known {len(self._built)} containers"
                 if self._built
@@ -391,7 +392,7 @@ class DockerSource:
             logger.warning(
                 "docker %s; %s, retrying", reason, serving, extra=event("docker_lost", SOURCE)
             )
-        self.state, self.reason = "down", reason
+        self.state, self.reason = DOWN, reason
 
     def _apply_one(self, container_id: str, built: Built | None, reason: str) -> None:
         owners: dict[str, list[Record]] = {}
@@ -480,7 +481,7 @@ class DockerSource:
                 records,
                 extra=event("docker_resynced", SOURCE),
             )
-        self.state, self.reason = "ok", ""
+        self.state, self.reason = OK, ""
 
     def _notify(self) -> None:
         for subscriber in self.subscribers:

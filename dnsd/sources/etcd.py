@@ -33,7 +33,16 @@ from dnsd.logs import event
 from dnsd.records import RecordStore
 from dnsd.sources.errors import explain
 from dnsd.sources.etcd_mirror import SOURCE, Change, Mirror
-from dnsd.sources.lifecycle import JOIN_TIMEOUT_S, Backoff, LoopHand, SourceHealth, Threads
+from dnsd.sources.lifecycle import (
+    DEGRADED,
+    DOWN,
+    JOIN_TIMEOUT_S,
+    OK,
+    Backoff,
+    LoopHand,
+    SourceHealth,
+    Threads,
+)
 from dnsd.sources.skydns import key_to_name
 from dnsd.stats import Stats
 
@@ -82,7 +91,7 @@ class EtcdSource:
         self._backlog: deque[Change | Callable[[], None]] = deque()
         self._draining = False
         self._heap = Settler()  # after bulk changes: no full GC pause over the whole store
-        self.state = "down"
+        self.state = DOWN
         self.reason = "not connected yet"
         self.revision = 0
         self.listed = False  # a whole list has been applied
@@ -107,9 +116,9 @@ class EtcdSource:
     def health(self) -> SourceHealth:
         """OK once connected and the first list is applied (a restarted dnsd is not ready
         while it would still answer NXDOMAIN for names in etcd)."""
-        listing = self.state == "ok" and not self.listed
+        listing = self.state == OK and not self.listed
         return SourceHealth.of(
-            self.state == "ok" and self.listed,
+            self.state == OK and self.listed,
             "applying the first list" if listing else self.reason,
             self.listed,
             revision=self.revision,
@@ -135,7 +144,7 @@ class EtcdSource:
                     self._prefix, events.put, start_revision=self.revision + 1
                 )
                 endpoint = getattr(client, "endpoint_in_use", None)
-                self._hand(self._set_state, "ok", f"via {getattr(endpoint, 'netloc', '?')}")
+                self._hand(self._set_state, OK, f"via {getattr(endpoint, 'netloc', '?')}")
                 backoff.reset()
                 try:
                     self._consume(client, events)
@@ -151,7 +160,7 @@ class EtcdSource:
                     logger.warning("etcd watch reply too big: listing again, in pages")
                     listed = False
                 self.reconnects += 1
-                self._hand(self._set_state, "degraded", describe(exc, client))
+                self._hand(self._set_state, DEGRADED, describe(exc, client))
                 self._stopping.wait(backoff.next())
             finally:
                 if client is not None:

@@ -35,7 +35,7 @@ from dnsd.logs import event
 from dnsd.records import Record, SrvValue
 from dnsd.sources.docker_names import dns_label
 from dnsd.sources.errors import reason
-from dnsd.sources.lifecycle import SourceHealth, Threads
+from dnsd.sources.lifecycle import DEGRADED, DOWN, OK, SourceHealth, Threads
 from dnsd.sources.skydns import NODE_FIELD, TXT_FIELD, name_to_key
 from dnsd.stats import Stats
 
@@ -162,7 +162,7 @@ class Publisher:
         self._threads = Threads()
         self._stopping = self._threads.stopping
         self._lock = threading.Lock()
-        self.state = "down"
+        self.state = DOWN
         self.reason = "not connected yet"
         self.synced = False  # published at least once
 
@@ -189,7 +189,7 @@ class Publisher:
         self._threads.join(timeout_s)
 
     def health(self) -> SourceHealth:
-        return SourceHealth.of(self.state == "ok", self.reason, self.synced)
+        return SourceHealth.of(self.state == OK, self.reason, self.synced)
 
     def lease_left_s(self) -> float | None:
         """Seconds until the lease runs out unless renewed (negative: overdue); None before
@@ -230,11 +230,11 @@ class Publisher:
                     )
                 self._sync(client, lease)
                 self.synced = True
-                self._set_state("ok", "")
+                self._set_state(OK, "")
                 self._wake.wait(refresh_s)
                 self._wake.clear()
             except Exception as exc:
-                self._set_state("degraded", reason(exc))
+                self._set_state(DEGRADED, reason(exc))
                 with contextlib.suppress(Exception):
                     client.close()
                 client = None
@@ -258,7 +258,7 @@ class Publisher:
         if revoked and self._end_when_revoked:
             logger.warning("etcd lease %x %s: withdrawn", lease.id, how)
             self.revoked = True
-            self.state, self.reason = "down", f"lease {lease.id:x} revoked"
+            self.state, self.reason = DOWN, f"lease {lease.id:x} revoked"
             return True
         self._stats.etcd_lease_losses += 1
         logger.warning("etcd lease %x %s; publishing again under a new lease", lease.id, how)
