@@ -18,7 +18,9 @@ wrong, they are counted (availability, not consistency).
 from __future__ import annotations
 
 import bisect
+import re
 import threading
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -84,6 +86,8 @@ class Report:
 
     def summary(self) -> str:
         writers = ", ".join(f"{w} {n}" for w, n in sorted(self.by_writer.items()))
+        counted = Counter(re.sub(r"\bm\d+\b", "m*", fault) for fault in self.faults)
+        kinds = "; ".join(f"{n}x {fault}" for fault, n in counted.items())
         lines = [
             f"answers checked: {self.checked} ({writers})",
             f"unanswered: {self.unanswered} {dict(sorted(self.unanswered_by.items()))}",
@@ -91,7 +95,7 @@ class Report:
             f"largest staleness: {self.largest_staleness_s * 1000:.0f} ms ({self.stalest}; "
             f"{self.largest_staleness_in_faults_s * 1000:.0f} ms around faults)",
             f"writes: {self.writes}",
-            f"faults injected: {len(self.faults)} ({'; '.join(self.faults)})",
+            f"faults injected: {len(self.faults)} ({kinds})",
         ]
         lines += [f"  {v}" for v in self.violations[:10]]
         return "\n".join(lines)
