@@ -9,7 +9,7 @@ SIGSTOPped, dnsd cut off etcd, upstream stalled and failing, SIGHUP bursts, the 
 stream cut).  Reports answers checked, violations (answers no state of the writes explains),
 the largest staleness seen outside and around faults, and the faults injected.
 Exits 1 on any violation.  The suite runs 60 s (tests/robustness); notes quote 600 s.
-Usage: python bench/robustness.py [--duration S] [--seed N] [--no-faults] [--bound S]
+Usage: scripts/bench robustness [--duration S] [--seed N] [--no-faults] [--bound S]
 """
 
 from __future__ import annotations
