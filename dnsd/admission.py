@@ -70,10 +70,6 @@ def _target_problem(target: str) -> str | None:
     return None if problem is None else f"target {problem}"
 
 
-def in_zone(name: str, zone: str) -> bool:
-    return zone == "." or name == zone or name.endswith("." + zone)
-
-
 class Admission:
     def __init__(self, zones: Iterable[str], outside_sources: Iterable[str] = ()) -> None:
         self.zones = tuple(zones)

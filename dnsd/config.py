@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dnsd.admission import in_zone, name_problem
+from dnsd.admission import name_problem
 from dnsd.config_error import ConfigError as ConfigError
 from dnsd.hostport import parse_hostport
+from dnsd.names import in_zone
 from dnsd.resolve.acl import DEFAULT_ALLOW_RECURSION
 from dnsd.resolve.cache import (
     CACHE_BYTES,

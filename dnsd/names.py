@@ -1,4 +1,8 @@
-"""Names as text without losing a label: a ``.`` or ``\\`` byte inside a label is escaped
+"""Names as text, and where they stand.
+
+``in_zone``: whether a name is a zone's apex or below it, the one test every stage uses.
+
+Names as text without losing a label: a ``.`` or ``\\`` byte inside a label is escaped
 (RFC 1035 5.1), so ``a\\.b.example.org.`` (labels ``a.b``, ``example``, ``org``) never
 becomes the four-label ``a.b.example.org.`` on the way to the zone or an upstream, and never
 reaches dnslib's IDNA encoder as an empty label (a ``UnicodeError``)."""
@@ -8,6 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 from dnslib import DNSLabel
+
+
+def in_zone(name: str, zone: str) -> bool:
+    """``name`` is ``zone`` or below it (both absolute, lower-case; every name is below
+    the root ``.``)."""
+    return zone == "." or name == zone or name.endswith("." + zone)
 
 
 def text_of(label: Any) -> str:

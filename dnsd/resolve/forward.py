@@ -35,7 +35,7 @@ from dnslib import EDNS0, QTYPE, RCODE, DNSHeader, DNSQuestion, DNSRecord
 
 from dnsd.hostport import format_hostport, parse_hostport
 from dnsd.logs import Throttled
-from dnsd.names import label_of, text_of
+from dnsd.names import in_zone, label_of, text_of
 from dnsd.protocol import RCODE_REFUSED, RCODE_SERVFAIL
 from dnsd.resolve.answer import Answer
 from dnsd.resolve.dot import DotConnection
@@ -102,12 +102,12 @@ class Forwarder:
         self._rebind = rebind  # None: private addresses from upstream are passed on
 
     def owns(self, name: str) -> bool:
-        return any(_under(name, zone) for zone in self._zones)
+        return any(in_zone(name, zone) for zone in self._zones)
 
     def route(self, qname: str) -> list[Upstream]:
         """The upstreams for ``qname``: its longest configured domain's, else the defaults."""
         for domain in self._domain_order:
-            if _under(qname, domain):
+            if in_zone(qname, domain):
                 return self.domains[domain]
         return self.upstreams
 
@@ -298,10 +298,6 @@ def _matching_reply(
     return reply if question.qclass == qclass else None
 
 
-def _under(name: str, owner: str) -> bool:
-    return owner == "." or name == owner or name.endswith("." + owner)
-
-
 @dataclass(slots=True)
 class Scrubbed:
     """What of an upstream reply may be passed on."""
@@ -332,7 +328,7 @@ def scrub(
             if keep[index] or owned(owner):
                 continue
             if rr.rtype == QTYPE.DNAME:
-                keep[index] = any(_under(n, owner) and n != owner for n in chain)
+                keep[index] = any(in_zone(n, owner) and n != owner for n in chain)
                 continue
             if owner not in chain:
                 continue
@@ -350,7 +346,7 @@ def scrub(
         for rr in reply.auth
         if rr.rtype == QTYPE.SOA
         and not owned(text_of(rr.rname).lower())
-        and any(_under(n, text_of(rr.rname).lower()) for n in chain)
+        and any(in_zone(n, text_of(rr.rname).lower()) for n in chain)
     ]
     additional = [rr for rr in reply.ar if rr.rtype != QTYPE.OPT]
     dropped = len(reply.rr) - len(kept) + len(reply.auth) - len(authority) + len(additional)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from dnslib import AAAA, CNAME, MX, NS, PTR, QTYPE, RD, RR, SOA, SRV, TXT, A
 
 from dnsd import dns_sd
-from dnsd.names import label_of
+from dnsd.names import in_zone, label_of
 from dnsd.protocol import QTYPE_ANY, RCODE_NOERROR, RCODE_NXDOMAIN
 from dnsd.records import (
     WILDCARD_LABELS,
@@ -122,7 +122,7 @@ class LocalZone:
 
     def zone_of(self, qname: str) -> str | None:
         for zone in self.zones:
-            if qname == zone or qname.endswith("." + zone) or zone == ".":
+            if in_zone(qname, zone):
                 return zone
         return None
 

@@ -16,9 +16,7 @@ from typing import Any
 
 from dnslib import QTYPE
 
-
-def _under(name: str, domain: str) -> bool:
-    return domain == "." or name == domain or name.endswith("." + domain)
+from dnsd.names import in_zone
 
 
 class RebindGuard:
@@ -27,7 +25,7 @@ class RebindGuard:
 
     def allows(self, qname: str, records: Iterable[Any]) -> bool:
         """Whether an upstream's answer records for ``qname`` may be passed on."""
-        if any(_under(qname, domain) for domain in self.allowed):
+        if any(in_zone(qname, domain) for domain in self.allowed):
             return True
         for rr in records:
             if rr.rtype in (QTYPE.A, QTYPE.AAAA) and not _is_global(str(rr.rdata)):

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from dnsd.names import in_zone
 from dnsd.protocol import MAX_LABEL_BYTES
 from dnsd.records import Record, SrvValue
 from dnsd.resolve.scopes import scope_of
@@ -240,9 +241,9 @@ def container_records(attrs: dict[str, Any], naming: DockerNaming) -> Built:
         owners = [name, *_srv_owners(attrs, labels)]
         records.update(_srv_records(attrs, labels, owners, canonical, zone, ttl, built.problems))
     built.records = sorted(records, key=lambda r: (r.name, r.rtype, str(r.value)))
-    built.own_names = {
-        r.name for r in records if r.name == canonical or r.name.endswith("." + canonical)
-    } | {f"{name}.{a.network}.{zone}" for a in addresses if a.network}
+    built.own_names = {r.name for r in records if in_zone(r.name, canonical)} | {
+        f"{name}.{a.network}.{zone}" for a in addresses if a.network
+    }
     built.own_names |= {f"{extra}.{zone}" for extra in own_extra}
     groups = _srv_owners(attrs, labels)
     built.group = groups[-1] if groups else ""  # dnsd.service wins over the compose service

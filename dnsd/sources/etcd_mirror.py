@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from dnsd.admission import name_problem, value_problem
 from dnsd.logs import Throttled, event
+from dnsd.names import in_zone
 from dnsd.records import WILDCARD_LABELS, Record, RecordStore, ancestors, wildcard_parts
 from dnsd.sources.skydns import (
     Service,
@@ -94,7 +95,7 @@ class Mirror:
     def _owner_names(self, name: str) -> list[str]:
         """The name and its ancestors down to (not including) its zone's apex; the apex too
         for keys under ``ns.dns.<zone>`` and ``apex.dns.<zone>``."""
-        zone = next((z for z in self._zones if name == z or name.endswith("." + z)), None)
+        zone = next((z for z in self._zones if in_zone(name, z)), None)
         if zone is None:
             return [name]
         found = []

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from dnsd.admission import name_problem
+from dnsd.names import in_zone
 from dnsd.records import IPV4, MxValue, Record, SrvValue
 
 DEFAULT_PRIORITY = 10
@@ -294,7 +295,7 @@ def apex_markers(zone: str) -> tuple[str, str]:
 
 
 def speaks_for_apex(name: str, zone: str) -> bool:
-    return any(name == m or name.endswith("." + m) for m in apex_markers(zone))
+    return any(in_zone(name, marker) for marker in apex_markers(zone))
 
 
 def apex_service_records(zone: str, service: Service, default_ttl: int) -> list[Record]:
@@ -302,10 +303,10 @@ def apex_service_records(zone: str, service: Service, default_ttl: int) -> list[
     with an address host names a nameserver, the key's name less ``targetstrip`` labels (as
     CoreDNS), whose address is the glue.  Other keys never aggregate up to the apex."""
     ns_marker, apex_marker = apex_markers(zone)
-    if service.name == apex_marker or service.name.endswith("." + apex_marker):
+    if in_zone(service.name, apex_marker):
         found = service_records((zone,), service, default_ttl)
         return [r for r in found if r.rtype in ("A", "AAAA")]
-    if service.is_ip and (service.name == ns_marker or service.name.endswith("." + ns_marker)):
+    if service.is_ip and in_zone(service.name, ns_marker):
         return [Record(zone, "NS", target_of(service), service_ttl(service, default_ttl))]
     return []
 
