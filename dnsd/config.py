@@ -23,7 +23,7 @@ from typing import Any
 from dnsd.admission import name_problem
 from dnsd.config_error import ConfigError as ConfigError
 from dnsd.hostport import parse_hostport
-from dnsd.names import in_zone
+from dnsd.names import in_zone, normalized
 from dnsd.resolve.acl import DEFAULT_ALLOW_RECURSION
 from dnsd.resolve.cache import (
     CACHE_BYTES,
@@ -443,11 +443,6 @@ def load(
     return build(file_layer, env_layer, flags or {}, path=path)
 
 
-def normalize_zone(zone: str) -> str:
-    zone = zone.strip().lower()
-    return zone if zone.endswith(".") else zone + "."
-
-
 class _Checker:
     """Raises ``ConfigError`` naming the file (or the environment) and the key."""
 
@@ -474,7 +469,7 @@ class _Checker:
             self.fail(key, f"{context}{exc}")
 
     def domain(self, key: str, domain: str) -> str:
-        name = normalize_zone(domain)
+        name = normalized(domain)
         if name_problem(name) or "*" in name:
             self.fail(key, f"not a domain name: {domain!r}")
         return name
@@ -491,7 +486,7 @@ def validate(config: Config, origin: str) -> Config:
     _check_log(config.log, check)
     check.at_least("static.max_hosts_bytes", config.static.max_hosts_bytes, 1, "must be positive")
     _check_etcd(config.etcd, check)
-    zones = [normalize_zone(z) for z in config.server.zones]
+    zones = [normalized(z) for z in config.server.zones]
     docker_zone = _check_docker(config.docker, zones, check)
     etcd = config.etcd
     node_id = etcd.node_id or socket.gethostname()
@@ -523,8 +518,8 @@ def _check_server(server: ServerConfig, check: _Checker) -> None:
     if not server.zones:
         check.fail("server.zones", "at least one zone is needed")
     for zone in server.zones:
-        normalized = normalize_zone(zone)
-        if normalized != "." and (not zone.strip() or name_problem(normalized) is not None):
+        absolute = normalized(zone)
+        if absolute != "." and (not zone.strip() or name_problem(absolute) is not None):
             check.fail("server.zones", f"not a domain name: {zone!r}")
     _check_ttl(check, "server.ttl", server.ttl)
     _check_ttl(check, "server.negative_ttl", server.negative_ttl)
@@ -554,7 +549,7 @@ def _check_forward(
         name = check.domain("forward.domains", domain)
         if name == ".":
             check.fail("forward.domains", f"not a domain name: {domain!r}")
-        if any(in_zone(name, normalize_zone(zone)) for zone in zones):
+        if any(in_zone(name, normalized(zone)) for zone in zones):
             check.fail("forward.domains", f"{domain!r} is inside a zone dnsd answers itself")
         if not entries:
             check.fail("forward.domains", f"{domain!r}: at least one upstream is needed")
@@ -636,7 +631,7 @@ def _check_docker(docker: DockerConfig, zones: list[str], check: _Checker) -> st
                        f"{docker.url!r}")  # fmt: skip
     if not docker.resync_interval > 0:
         check.fail("docker.resync_interval", "must be positive")
-    docker_zone = normalize_zone(docker.zone) if docker.zone else zones[0]
+    docker_zone = normalized(docker.zone) if docker.zone else zones[0]
     if docker_zone not in zones:
         check.fail("docker.zone", f"{docker_zone!r} is not one of server.zones")
     return docker_zone

@@ -1,6 +1,7 @@
-"""Names as text, and where they stand.
+"""Names as text, and where they stand: the name helpers every stage uses.
 
-``in_zone``: whether a name is a zone's apex or below it, the one test every stage uses.
+``normalized`` (lower-case, absolute), ``in_zone`` (a zone's apex or below it), ``ancestors``
+(a name up to the root), ``reverse_name`` (an address's PTR name).
 
 Names as text without losing a label: a ``.`` or ``\\`` byte inside a label is escaped
 (RFC 1035 5.1), so ``a\\.b.example.org.`` (labels ``a.b``, ``example``, ``org``) never
@@ -9,15 +10,51 @@ reaches dnslib's IDNA encoder as an empty label (a ``UnicodeError``)."""
 
 from __future__ import annotations
 
+import ipaddress
+import re
+from collections.abc import Iterator
+from functools import lru_cache
 from typing import Any
 
 from dnslib import DNSLabel
+
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+IPV4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")  # dotted quad, canonical form
+
+
+def normalized(name: str) -> str:
+    """Lower-case and make absolute: ``Web.Docker`` -> ``web.docker.``."""
+    name = name.strip().lower()
+    return name if name.endswith(".") else name + "."
 
 
 def in_zone(name: str, zone: str) -> bool:
     """``name`` is ``zone`` or below it (both absolute, lower-case; every name is below
     the root ``.``)."""
     return zone == "." or name == zone or name.endswith("." + zone)
+
+
+def ancestors(name: str) -> Iterator[str]:
+    """``a.b.docker.`` -> ``a.b.docker.``, ``b.docker.``, ``docker.``, ``.``."""
+    while True:
+        yield name
+        if name == ".":
+            return
+        _, _, rest = name.partition(".")
+        name = rest or "."
+
+
+def reverse_name(address: str) -> str:
+    """``10.0.0.1`` -> ``1.0.0.10.in-addr.arpa.``; ``ValueError`` for what is no address."""
+    if IPV4.fullmatch(address):  # the common case without ipaddress (a store at 100k keys)
+        a, b, c, d = address.split(".")
+        return f"{d}.{c}.{b}.{a}.in-addr.arpa."
+    return _reverse_name(address)
+
+
+@lru_cache(maxsize=16384)  # bounded: hosts reloads with new addresses must not grow it
+def _reverse_name(address: str) -> str:
+    return ipaddress.ip_address(address).reverse_pointer + "."
 
 
 def text_of(label: Any) -> str:

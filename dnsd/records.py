@@ -22,17 +22,15 @@ The store knows nothing about DNS wire format or sockets.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import logging
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 from dnsd.change_log import ChangeLog
 from dnsd.logs import Throttled
+from dnsd.names import reverse_name
 from dnsd.slices import Steps, drive
 
 logger = logging.getLogger(__name__)
@@ -131,22 +129,6 @@ def srv_weights(records: list[Record]) -> list[Record]:
     return answered
 
 
-def normalize_name(name: str) -> str:
-    """Lower-case and make absolute: ``Web.Docker`` -> ``web.docker.``."""
-    name = name.strip().lower()
-    return name if name.endswith(".") else name + "."
-
-
-def ancestors(name: str) -> Iterator[str]:
-    """``a.b.docker.`` -> ``a.b.docker.``, ``b.docker.``, ``docker.``, ``.``."""
-    while True:
-        yield name
-        if name == ".":
-            return
-        _, _, rest = name.partition(".")
-        name = rest or "."
-
-
 WILDCARD_LABELS = ("*", "any")  # SkyDNS: a label that matches any one label
 
 
@@ -160,23 +142,6 @@ def wildcard_parts(pattern: str) -> tuple[list[str], str]:
         fixed -= 1
     suffix = labels[fixed:]
     return labels[:fixed], ".".join(suffix) + "." if suffix else "."
-
-
-_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-IPV4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")  # dotted quad, canonical form
-
-
-def reverse_name(address: str) -> str:
-    """``10.0.0.1`` -> ``1.0.0.10.in-addr.arpa.``; ``ValueError`` for what is no address."""
-    if IPV4.fullmatch(address):  # the common case without ipaddress (a store at 100k keys)
-        a, b, c, d = address.split(".")
-        return f"{d}.{c}.{b}.{a}.in-addr.arpa."
-    return _reverse_name(address)
-
-
-@lru_cache(maxsize=16384)  # bounded: hosts reloads with new addresses must not grow it
-def _reverse_name(address: str) -> str:
-    return ipaddress.ip_address(address).reverse_pointer + "."
 
 
 Item = TypeVar("Item", Record, str)

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dnsd.records import Record, RecordStore, SrvValue, ancestors, reverse_name, srv_weights
+from dnsd.names import ancestors, reverse_name
+from dnsd.records import Record, RecordStore, SrvValue, srv_weights
 
 
 def a(name: str, ip: str, ttl: int = 5) -> Record:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from dnslib import AAAA, CNAME, MX, NS, PTR, QTYPE, RD, RR, SOA, SRV, TXT, A
 
 from dnsd import dns_sd
-from dnsd.names import in_zone, label_of
+from dnsd.names import ancestors, in_zone, label_of
 from dnsd.protocol import QTYPE_ANY, RCODE_NOERROR, RCODE_NXDOMAIN
 from dnsd.records import (
     WILDCARD_LABELS,
@@ -24,7 +24,6 @@ from dnsd.records import (
     Record,
     RecordStore,
     SrvValue,
-    ancestors,
     srv_weights,
     wildcard_parts,
 )

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from dnsd.admission import name_problem, value_problem
 from dnsd.logs import Throttled, event
-from dnsd.names import in_zone
-from dnsd.records import WILDCARD_LABELS, Record, RecordStore, ancestors, wildcard_parts
+from dnsd.names import ancestors, in_zone
+from dnsd.records import WILDCARD_LABELS, Record, RecordStore, wildcard_parts
 from dnsd.sources.skydns import (
     Service,
     apex_service_records,

@@ -21,8 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from dnsd.admission import name_problem
-from dnsd.names import in_zone
-from dnsd.records import IPV4, MxValue, Record, SrvValue
+from dnsd.names import IPV4, in_zone
+from dnsd.records import MxValue, Record, SrvValue
 
 DEFAULT_PRIORITY = 10
 DEFAULT_WEIGHT = 100
