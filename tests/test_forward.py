@@ -714,3 +714,56 @@ def test_an_idle_dot_connection_is_closed_and_opened_again(tmp_path: Path) -> No
         assert asyncio.run(run()) == [1, 1, 2]  # reused, then opened again after the idle time
     finally:
         upstream.stop()
+
+
+@pytest.mark.parametrize("stall", ["silent", "partial"])
+def test_a_dot_connection_that_stops_answering_is_replaced(tmp_path: Path, stall: str) -> None:
+    """The server stops answering on its open connection (or sends half a frame, leaving the
+    stream out of step) but answers a new one: the question that timed out with nothing read
+    closes the connection, and the next question is answered over a new one."""
+    from dnslib import DNSRecord
+
+    from dnsd.resolve.dot import DotConnection
+
+    made, server_tls = _test_tls(tmp_path)
+    upstream = FakeUpstream(address="10.8.5.7", tls=server_tls, stall_after=1, stall=stall)
+    upstream.start()
+    client_tls = ssl.create_default_context(cafile=str(made.ca))
+
+    async def run() -> list[str]:
+        connection = DotConnection("127.0.0.1", upstream.port, client_tls, "localhost")
+        outcomes = []
+        for name in ("one.example", "two.example", "three.example"):
+            question = DNSRecord.question(name)
+            try:
+                async with asyncio.timeout(1.0):  # the forwarder's timeout
+                    data = await connection.ask(question.pack(), question.header.id)
+                outcomes.append(str(DNSRecord.parse(data).a.rdata))
+            except TimeoutError:
+                outcomes.append("timeout")
+        await connection.aclose()
+        return outcomes
+
+    try:
+        assert asyncio.run(run()) == ["10.8.5.7", "timeout", "10.8.5.7"]
+        assert upstream.tcp_connections == 2
+    finally:
+        upstream.stop()
+
+
+def test_dnsd_replaces_a_silent_dot_connection(
+    stop_at_end: StopAtEnd, dnsd_factory: DnsdFactory, tmp_path: Path
+) -> None:
+    """A TLS upstream that goes silent on its open connection costs one question, not every
+    question until the idle timeout (which the questions themselves kept from coming)."""
+    made, server_tls = _test_tls(tmp_path)
+    dot = stop_at_end(FakeUpstream(address="10.8.5.8", tls=server_tls, stall_after=2).start())
+    dnsd = dnsd_factory(
+        config=f'[forward]\nupstreams = ["tls://127.0.0.1:{dot.port}#localhost"]\n'
+        f'tls_ca = "{made.ca}"\ntimeout = 1.0\n'
+    )
+    eventually(lambda: dot.tcp_answered == 1)  # the start-up loop probe: the first answer
+    assert _a_answer(query(dnsd.port, "one.example", timeout=5))[0] == ["10.8.5.8"]
+    assert rcode(query(dnsd.port, "two.example", timeout=5)) == "SERVFAIL"  # went unanswered
+    assert _a_answer(query(dnsd.port, "three.example", timeout=5))[0] == ["10.8.5.8"]
+    assert dot.tcp_connections == 2

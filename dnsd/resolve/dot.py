@@ -4,8 +4,11 @@ Questions are pipelined: each is written as soon as it is asked, and a reader ta
 reply to the question with its ID, in whatever order the replies come.  The connection is
 opened on the first question, closed after ``IDLE_TIMEOUT_S`` without one, and opened again
 after any failure (a reset, a reply that does not parse, a closed stream): the questions it
-held fail at once, and the forwarder's own timeout bounds every wait.  Knows nothing about
-what is asked: the forwarder packs the query and checks the reply.
+held fail at once, and the forwarder's own timeout bounds every wait.  A question that times
+out with no reply at all read on the connection since it was written marks the connection
+dead (a server that went silent on it, or a frame cut short that leaves the stream out of
+step): it is closed, so the next question, the health probe's included, opens a new one.
+Knows nothing about what is asked: the forwarder packs the query and checks the reply.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ class DotConnection:
         self._connecting = asyncio.Lock()
         self._idle: asyncio.TimerHandle | None = None
         self.connections = 0  # opened so far
+        self.replies = 0  # frames read, over every connection
+        self.silent_closed = 0  # connections closed: a question timed out with nothing read
 
     def busy(self, ident: int) -> bool:
         """Whether a question with this ID waits on the connection (pick another)."""
@@ -53,10 +58,16 @@ class DotConnection:
             reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
             self._pending[ident] = reply
             self._cancel_idle()
+            replies_before = self.replies
             try:
                 writer.write(_LENGTH.pack(len(packet)) + packet)
                 await writer.drain()
                 return await reply
+            except asyncio.CancelledError:  # the forwarder's timeout
+                if self.replies == replies_before and self._writer is writer:
+                    self.silent_closed += 1
+                    self._close(TimeoutError("no reply on the connection"))
+                raise
             except (OSError, ssl.SSLError) as exc:  # DotError too: closed while waiting
                 self._close(exc)
                 if attempt == 2:
@@ -83,6 +94,7 @@ class DotConnection:
             while True:
                 (length,) = _LENGTH.unpack(await reader.readexactly(2))
                 data = await reader.readexactly(length)
+                self.replies += 1
                 if len(data) < 2:
                     raise DotError("a reply shorter than a DNS header")
                 waiting = self._pending.get(_LENGTH.unpack_from(data)[0])

@@ -40,12 +40,17 @@ class FakeUpstream:
     scripted: dict[str, str] = field(default_factory=dict)
     out_of_order: bool = False  # TCP/TLS: two pipelined questions answered second first
     close_after: int = 0  # TCP/TLS: close a connection after answering this many (0: never)
+    # TCP/TLS: after answering this many on a connection, answer nothing more on it
+    # ("silent") or send half a frame and then nothing ("partial"); 0: never.
+    stall_after: int = 0
+    stall: str = "silent"
     delay: float = 0.0  # UDP: seconds before each answer (a slow upstream)
     # UDP, answered on a thread of their own (others are not held up): the seconds to wait
     # before answering a name (lower-case, absolute), and a gate every answer waits for.
     delay_of: Callable[[str], float] | None = None
     gate: threading.Event | None = None
     tcp_connections: int = 0  # accepted so far
+    tcp_answered: int = 0  # TCP/TLS answers sent, dnsd's start-up loop probe included
 
     def start(self) -> FakeUpstream:
         self.port = free_port()
@@ -166,8 +171,14 @@ class FakeUpstream:
                         continue
                     for message in [data, *held]:
                         packed = bytes(self.reply_to(message, "tcp").pack())
+                        if self.stall_after and answered >= self.stall_after:
+                            if self.stall == "partial" and answered == self.stall_after:
+                                conn.sendall(struct.pack("!H", len(packed)) + packed[:5])
+                            answered += 1
+                            continue
                         conn.sendall(struct.pack("!H", len(packed)) + packed)
                         answered += 1
+                        self.tcp_answered += 1
                     held.clear()
                     if self.close_after and answered >= self.close_after:
                         return
