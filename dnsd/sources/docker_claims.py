@@ -4,8 +4,12 @@ A container's *own* names (its name, ``<name>.<network>``, SRV names under its n
 on a Docker host and always its own.  Its *extra* names (hostname, ``dnsd.name``,
 ``dnsd.service``, compose ``service.project``, network aliases) may not take a name that another
 container already owns: the oldest claimant keeps it, together with every claimant of the same
-group (the same ``dnsd.service``, else the same compose service), so replicas share their names
-and a stranger cannot join them.  An own name beats any extra name.  The rule depends only on
+group, so replicas share their names and a stranger cannot join them.  A service name (compose
+``service.project``, ``dnsd.service``) and the names below it are claimed as members of that
+service: every member shares it, whatever other service it is in too (as on several hosts,
+where each host serves its own members and etcd joins them); other extra names are claimed
+as members of the container's group (``dnsd.service``, else the compose service).  An own
+name beats any extra name.  The rule depends only on
 who claims what (creation time, then id), never on the order events arrive, so a resync gives
 the same answer.  When an owner leaves, the next claimant takes the name over.
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from dnsd.names import in_zone
 from dnsd.records import Record
 from dnsd.sources.docker_names import Built
 
@@ -35,9 +40,18 @@ def claims_of(built: Built) -> dict[str, Claim]:
         return {}
     own = Claim(True, built.group, built.created)
     extra = Claim(False, built.group, built.created)
-    return {
-        record.name: own if record.name in built.own_names else extra for record in built.records
-    }
+    members = {service: Claim(False, service, built.created) for service in built.service_names}
+    claims: dict[str, Claim] = {}
+    for record in built.records:
+        name = record.name
+        if name in claims:
+            continue
+        if name in built.own_names:
+            claims[name] = own
+            continue
+        services = [s for s in built.service_names if in_zone(name, s)]
+        claims[name] = members[max(services, key=len)] if services else extra
+    return claims
 
 
 class NameClaims:

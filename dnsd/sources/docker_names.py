@@ -88,6 +88,9 @@ class Built:
     # creation time.  Every other name in ``records`` is an extra name.
     own_names: set[str] = field(default_factory=set)
     group: str = ""
+    # The service names it belongs to, absolute (compose service.project, dnsd.service): a
+    # name at or below one is shared with the other members of that service.
+    service_names: tuple[str, ...] = ()
     created: str = ""
     # What is served after name ownership is applied (set by the Docker source), and for each
     # name not served, the names of the container(s) holding it.
@@ -247,6 +250,7 @@ def container_records(attrs: dict[str, Any], naming: DockerNaming) -> Built:
     built.own_names |= {f"{extra}.{zone}" for extra in own_extra}
     groups = _srv_owners(attrs, labels)
     built.group = groups[-1] if groups else ""  # dnsd.service wins over the compose service
+    built.service_names = tuple(f"{group}.{zone}" for group in groups)
     built.created = str(attrs.get("Created") or "")
     built.published = published_ports(attrs)
     return built

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -36,11 +37,29 @@ def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: float 
         time.sleep(interval)
 
 
+def _ephemeral_ports() -> range:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return range(int(low), int(high) + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)
+
+
+_EPHEMERAL = _ephemeral_ports()
+_OURS = range(20000, 32000) if _EPHEMERAL.start >= 32000 else range(0)
+_PICK = random.Random()  # its own: Hypothesis reseeds the global one for every example
+
+
 def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1."""
+    """A port free for both UDP and TCP on 127.0.0.1, outside the kernel's ephemeral range
+    when it can be: a port handed out by ``bind(0)`` can be taken by any outgoing
+    connection on the machine before the process it was picked for binds it."""
     for _ in range(50):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
+            try:
+                udp.bind(("127.0.0.1", _PICK.choice(_OURS) if _OURS else 0))
+            except OSError:
+                continue
             port = udp.getsockname()[1]
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
                 try:
