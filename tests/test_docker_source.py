@@ -258,6 +258,26 @@ def test_a_group_shares_its_names_and_a_freed_name_passes_on() -> None:
     assert "pay.docker." in changed and claims.winners("pay.docker.") == {"x"}
 
 
+def test_a_service_name_is_shared_by_members_also_in_another_service() -> None:
+    """web is in compose service front.shop and in dnsd.service pay; db only in front.shop:
+    both answer for front.shop (as two hosts, one container each, do through etcd), and pay
+    stays web's (db does not claim it)."""
+    compose = {"com.docker.compose.service": "front", "com.docker.compose.project": "shop"}
+    builts = {
+        "w": built_of(
+            "w", "web", "10.0.0.1", "2026-01-01T00:00:01Z", **compose, **{"dnsd.service": "pay"}
+        ),
+        "d": built_of("d", "db", "10.0.0.2", "2026-01-01T00:00:02Z", **compose),
+        "s": built_of(
+            "s", "stranger", "10.0.0.3", "2026-01-01T00:00:03Z", **{"dnsd.name": "front.shop"}
+        ),
+    }
+    for order in (list(builts), list(reversed(builts))):
+        served = serve_all(builts, order)
+        assert served["front.shop.docker."] == {"10.0.0.1", "10.0.0.2"}  # no stranger
+        assert served["pay.docker."] == {"10.0.0.1"}
+
+
 def test_records_from_the_list_match_the_inspected_ones() -> None:
     labels = {"com.docker.compose.service": "api", "com.docker.compose.project": "shop",
               "dnsd.name": "extra", "dnsd.srv.8080": "web"}  # fmt: skip
