@@ -96,6 +96,7 @@ class Run:
         self.threads: list[threading.Thread] = []
         self.errors: list[str] = []
         self.etcd_revision = 0  # of the newest write etcd has committed
+        self.mod_revisions: dict[str, int] = {}  # key -> its revision after our last write
 
     # --- components --------------------------------------------------------------------------
     @contextmanager
@@ -188,34 +189,54 @@ class Run:
             self.history.wrote(ETCD, {name: value}, sent, time.monotonic())
 
     def _etcd_call(self, key: str, value: Value | None) -> bool:
-        """The write through etcd's JSON gateway, member after member until one commits it
-        (a retry of a write that did commit sets the same value again)."""
+        """The write through etcd's JSON gateway, member after member until one answers.
+
+        Each write is a transaction that applies only if the key is still at the revision of
+        this writer's previous write to it, so an attempt that timed out (a frozen member
+        holding it) and commits later can never undo a newer write; when the transaction
+        finds the key moved on, an earlier attempt of this very write committed (this writer
+        is the keys' only one), and the key now holds it."""
         encoded = base64.b64encode(key.encode()).decode()
         if value is None:
-            path, body = "/v3/kv/deleterange", {"key": encoded}
+            change = {"request_delete_range": {"key": encoded}}
         else:
             text = (
                 {"text": value.data} if value.rtype == "TXT" else {"host": value.data.rstrip(".")}
             )
-            raw = json.dumps({**text, "ttl": value.ttl}).encode()
-            path, body = "/v3/kv/put", {"key": encoded, "value": base64.b64encode(raw).decode()}
+            raw = base64.b64encode(json.dumps({**text, "ttl": value.ttl}).encode()).decode()
+            change = {"request_put": {"key": encoded, "value": raw}}
+        expected = self.mod_revisions.get(key, 0)
+        body = {
+            "compare": [{"key": encoded, "target": "MOD", "result": "EQUAL",
+                         "mod_revision": str(expected)}],
+            "success": [change],
+            "failure": [{"request_range": {"key": encoded}}],
+        }  # fmt: skip
         members = list(self.etcd.members)
         attempt = 0
         while not self.stopping.is_set() or attempt == 0:
             member = members[attempt % len(members)]
             attempt += 1
             request = urllib.request.Request(
-                f"http://{member.endpoint}{path}", json.dumps(body).encode(), method="POST"
+                f"http://{member.endpoint}/v3/kv/txn", json.dumps(body).encode(), method="POST"
             )
             try:
                 with urllib.request.urlopen(request, timeout=1.0) as response:
-                    if response.status == 200:
-                        revision = int(json.load(response)["header"]["revision"])
-                        self.etcd_revision = max(self.etcd_revision, revision)
-                        return True
-            except (OSError, urllib.error.URLError):
-                pass
-            time.sleep(0.05)
+                    reply = json.load(response)
+            except (OSError, urllib.error.URLError, ValueError):
+                time.sleep(0.05)
+                continue
+            revision = int(reply["header"]["revision"])
+            if not reply.get("succeeded"):  # an earlier attempt of this write committed
+                kvs = reply["responses"][0]["response_range"].get("kvs") or []
+                held = kvs[0].get("value") if kvs else None
+                wanted = change.get("request_put", {}).get("value")
+                if held != wanted:
+                    raise AssertionError(f"{key} holds {held!r}, not this writer's {wanted!r}")
+                revision = int(kvs[0]["mod_revision"]) if kvs else revision
+            self.mod_revisions[key] = 0 if value is None else revision
+            self.etcd_revision = max(self.etcd_revision, revision)
+            return True
         return False
 
     def _write_docker(self) -> None:
