@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import logging
 import os
 import shutil
 import signal
@@ -23,6 +24,8 @@ import uuid
 from pathlib import Path
 
 BASE_GLOB = "/tmp/dnsd-dockerd-*"
+DIED_LOG = "/tmp/dnsd-test-dockerd-died.log"  # outside BASE_GLOB: stop_leftovers keeps it
+logger = logging.getLogger(__name__)
 TESTBED_PREFIX = "172.29."
 OWN_BRIDGE = "dnsd-test0"  # the test daemon's default bridge in the root network namespace
 MACHINE_BRIDGE = "docker0"  # the machine's own Docker: never touched
@@ -222,6 +225,13 @@ class Dockerd:
             self.docker("rm", "-f", *ids, check=False)
 
     def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            # It ended before it was asked to: keep its log (the folder goes) for whoever
+            # looks into why.
+            with contextlib.suppress(OSError):
+                shutil.copy(self.root / "dockerd.log", DIED_LOG)
+                logger.warning("the test dockerd had exited (%s): its log is in %s",
+                               self.proc.returncode, DIED_LOG)  # fmt: skip
         self.remove_all_containers()
         if self.proc is not None and self.proc.poll() is None:
             self.docker("network", "prune", "-f", check=False)  # deletes their bridges
