@@ -231,7 +231,8 @@ def test_a_big_hosts_file_is_parsed_off_the_event_loop(
     config = f'[static]\nhosts = ["{hosts}"]\nwatch_interval = 60\n'
     dnsd = dnsd_factory("--no-forward", config=config)
     hosts.write_text("10.9.9.9 probe\n" + _blocklist(200_000) + "10.0.0.7 good\n")
-    with Probe(dnsd.port, "probe.docker", timeout=0.2, miss=True) as probe:
+    # 1 s: generous for a busy machine, and half what the parse held the loop on it.
+    with Probe(dnsd.port, "probe.docker", timeout=1.0, miss=True) as probe:
         dnsd.proc.send_signal(signal.SIGHUP)
         eventually(lambda: query(dnsd.port, "good.docker").answer, timeout=60)
     assert probe.lost == 0, probe.summary()
