@@ -33,7 +33,7 @@ from dnsd.resolve.cache import (
     MAX_TTL_S,
     STALE_FOR_S,
 )
-from dnsd.resolve.forward import UPSTREAM_TIMEOUT_S, parse_upstream
+from dnsd.resolve.forward import FAILURE_TTL_S, UPSTREAM_TIMEOUT_S, parse_upstream
 from dnsd.resolve.upstream_health import MAX_FAILS, POLICIES, PROBE_INTERVAL_S
 from dnsd.sources.etcd_client import EtcdConnection
 from dnsd.wire.answer_cache import ANSWER_CACHE_BYTES, ANSWER_CACHE_ENTRIES
@@ -108,6 +108,9 @@ class ForwardConfig:
     max_fails: int = MAX_FAILS
     health_check: float = PROBE_INTERVAL_S
     policy: str = "sequential"  # or "random", "round_robin": the order of healthy upstreams
+    # A name that failed at every upstream asked (SERVFAIL, REFUSED, timeout) gets SERVFAIL
+    # at once for this many seconds (RFC 9520); 0: asked again every time.
+    failure_ttl: float = FAILURE_TTL_S
 
 
 @dataclass(frozen=True)
@@ -562,6 +565,8 @@ def _check_forward(
     _check_ttl(check, "forward.stale_for", forward.stale_for)
     if not forward.timeout > 0:
         check.fail("forward.timeout", "must be positive")
+    if not 0 <= forward.failure_ttl <= 300:
+        check.fail("forward.failure_ttl", "seconds from 0 (off) to 300 (RFC 9520's limit)")
     if not forward.health_check > 0:
         check.fail("forward.health_check", "must be positive (seconds between probes)")
     check.at_least("forward.max_fails", forward.max_fails, 0, "must be 0 (never down) or more")

@@ -245,6 +245,7 @@ class Daemon:
             max_fails=forward.max_fails,
             policy=forward.policy,
             probe_interval_s=forward.health_check,
+            failure_ttl_s=forward.failure_ttl,
             rebind=RebindGuard([*forward.rebind_allowed, *domains])
             if forward.stop_rebind
             else None,

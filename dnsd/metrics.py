@@ -123,6 +123,9 @@ class StatsCollector(Collector):
         yield _counter("dnsd_forward_prefetch_skipped", "Prefetches skipped: the most allowed "
                        "at once were upstream already.",
                        stats.forward_prefetch_skipped)  # fmt: skip
+        yield _counter("dnsd_forward_failures_cached", "Questions answered SERVFAIL at once: "
+                       "the name failed at every upstream less than forward.failure_ttl ago.",
+                       stats.forward_failures_cached)  # fmt: skip
         yield _counter("dnsd_forward_not_cached", "Forwarded answers passed on but not kept: "
                        "larger than forward.max_cached_answer.",
                        stats.forward_not_cached)  # fmt: skip

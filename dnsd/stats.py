@@ -106,6 +106,7 @@ class Stats:
     forward_stale_answers: int = 0  # expired answers served while upstreams failed
     forward_prefetches: int = 0  # popular answers refreshed ahead of their expiry
     forward_prefetch_skipped: int = 0  # ... not, MAX_PREFETCHES being upstream already
+    forward_failures_cached: int = 0  # SERVFAIL at once: the name failed a moment ago
     forward_over_budget: int = 0  # questions refused upstream: too many already pending
     upstream_scrubbed: int = 0  # upstream records dropped: not part of the answer asked for
     forward_entered_zone: int = 0  # upstream chains into our zones, completed locally

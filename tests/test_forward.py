@@ -6,6 +6,7 @@ import asyncio
 import json
 import ssl
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -767,3 +768,73 @@ def test_dnsd_replaces_a_silent_dot_connection(
     assert rcode(query(dnsd.port, "two.example", timeout=5)) == "SERVFAIL"  # went unanswered
     assert _a_answer(query(dnsd.port, "three.example", timeout=5))[0] == ["10.8.5.8"]
     assert dot.tcp_connections == 2
+
+
+def _fails_prefixed(kind: str) -> Callable[[str], str]:
+    return lambda name: kind if name.startswith("fail") else ""
+
+
+@pytest.mark.parametrize("kind", ["servfail", "silent"])
+def test_names_that_fail_do_not_take_the_upstream_down_for_others(
+    kind: str, stop_at_end: StopAtEnd, dnsd_factory: DnsdFactory
+) -> None:
+    """One client's broken names (SERVFAIL replies, or no reply at all while the upstream
+    answers everything else) are those names' failures: another client's new names are all
+    answered.  Before, three failures in a row marked the only upstream down and everyone got
+    SERVFAIL until a probe brought it back."""
+    upstream = stop_at_end(FakeUpstream(broken=_fails_prefixed(kind)).start())
+    config = "[forward]\ntimeout = 0.5\nhealth_check = 5\n"  # a probe would hide the outage
+    dnsd = dnsd_factory("--upstream", f"127.0.0.1:{upstream.port}", config=config)
+    other: list[str] = []
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        for round_ in range(5):
+            broken = [
+                pool.submit(
+                    query, dnsd.port, f"fail{round_}-{i}.example", timeout=3, source="127.0.0.2"
+                )
+                for i in range(3)
+            ]
+            for i in range(4):  # while the broken names wait (the silent kind)...
+                other.append(rcode(query(dnsd.port, f"ok{round_}-{i}.example", source="127.0.0.3")))
+            assert {rcode(f.result()) for f in broken} == {"SERVFAIL"}
+            for i in range(4, 8):  # ... and once they have failed
+                other.append(rcode(query(dnsd.port, f"ok{round_}-{i}.example", source="127.0.0.3")))
+    assert other.count("SERVFAIL") == 0, other
+    assert _ready(dnsd)["upstreams"] == {f"127.0.0.1:{upstream.port}": "up"}
+    assert f"upstream 127.0.0.1:{upstream.port} is down" not in dnsd.log()
+
+
+def test_a_failed_name_gets_servfail_at_once_for_failure_ttl(
+    stop_at_end: StopAtEnd, dnsd_factory: DnsdFactory
+) -> None:
+    """RFC 9520: a name that failed at every upstream is not asked again for a while."""
+    upstream = stop_at_end(FakeUpstream(broken=_fails_prefixed("servfail")).start())
+    config = "[forward]\nfailure_ttl = 1\n"
+    dnsd = dnsd_factory("--upstream", f"127.0.0.1:{upstream.port}", config=config)
+    for _ in range(5):
+        assert rcode(query(dnsd.port, "fail.example")) == "SERVFAIL"
+    asked = [q for q in upstream.queries if q[1] == "fail.example."]
+    assert len(asked) == 1
+    assert dnsd.metric("dnsd_forward_failures_cached_total") == 4
+    time.sleep(1.2)  # failure_ttl passed: asked again
+    assert rcode(query(dnsd.port, "fail.example")) == "SERVFAIL"
+    assert len([q for q in upstream.queries if q[1] == "fail.example."]) == 2
+
+
+def test_a_servfail_given_while_no_upstream_is_healthy_is_not_kept(
+    stop_at_end: StopAtEnd, dnsd_factory: DnsdFactory
+) -> None:
+    """The failure cache holds names an upstream failed, not the outage: once the upstream
+    is back, the first question goes to it."""
+    upstream = stop_at_end(FakeUpstream().start())
+    config = "[forward]\ntimeout = 0.3\nmax_fails = 1\nhealth_check = 0.2\nfailure_ttl = 60\n"
+    dnsd = dnsd_factory("--upstream", f"127.0.0.1:{upstream.port}", config=config)
+    to = f"127.0.0.1:{upstream.port}"
+    upstream.mode = "silent"
+    assert rcode(query(dnsd.port, "first.example", timeout=3)) == "SERVFAIL"  # marks it down
+    assert _ready(dnsd)["upstreams"] == {to: "down"}
+    assert rcode(query(dnsd.port, "second.example", timeout=3)) == "SERVFAIL"  # nobody asked
+    upstream.mode = "answer"
+    eventually(lambda: _ready(dnsd)["upstreams"] == {to: "up"}, timeout=5)
+    assert _a_answer(query(dnsd.port, "second.example"))[0] == ["1.2.3.4"]
+    assert rcode(query(dnsd.port, "first.example")) == "SERVFAIL"  # that one was asked: kept

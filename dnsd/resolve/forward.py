@@ -10,7 +10,13 @@ and so is every record at a name in dnsd's own zones: a chain that enters them i
 Upstreams are tried in the order of ``upstream_health`` (healthy ones only; one that keeps
 failing is probed in the background until it answers) with a per-upstream timeout; when
 every one fails, or none is healthy, the answer is SERVFAIL at once (the forwarding cache then
-serves stale).  A name under a configured domain goes to that
+serves stale).  Only transport failures count against an upstream's health, and a timeout only
+when the upstream has replied to nothing since the question was sent: a SERVFAIL or REFUSED
+reply, or one name that never gets an answer while others do, is that name's failure, not the
+upstream's (a recursive upstream answers SERVFAIL for every domain with broken DNSSEC).  A
+name that failed at every upstream asked gets SERVFAIL at once for ``failure_ttl_s`` without
+asking again (RFC 9520: resolution failures are cached), so one broken name cannot hammer the
+upstreams.  A name under a configured domain goes to that
 domain's upstreams only (the longest domain wins, dnsmasq ``server=/domain/addr`` style); other
 names to the default upstreams, or REFUSED when there are none.  An upstream written
 ``tls://ADDR[:PORT][#name]`` is asked over DNS-over-TLS (RFC 7858, port 853), its certificate
@@ -22,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import math
 import random
 import socket
 import ssl
@@ -31,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cachetools import TTLCache
 from dnslib import EDNS0, QTYPE, RCODE, DNSHeader, DNSQuestion, DNSRecord
 
 from dnsd.hostport import format_hostport, parse_hostport
@@ -50,6 +58,8 @@ UPSTREAM_TIMEOUT_S = 2.0
 DOT_PORT = 853
 UPSTREAM_UDP_SIZE = 1232
 MAX_REPLY_BYTES = 65535
+FAILURE_TTL_S = 5.0  # a name that failed everywhere gets SERVFAIL at once for this long
+FAILURES_KEPT = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +91,10 @@ class Forwarder:
         max_fails: int = MAX_FAILS,
         policy: str = "sequential",
         probe_interval_s: float = PROBE_INTERVAL_S,
+        failure_ttl_s: float = FAILURE_TTL_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``failure_ttl_s`` 0: a failed name is asked again at once."""
         self.domains = {d: list(u) for d, u in (domains or {}).items() if u}
         if not upstreams and not self.domains:
             raise ValueError("forwarding needs at least one upstream")
@@ -100,6 +113,12 @@ class Forwarder:
         self._tls: ssl.SSLContext | None = None
         self._zones = zones  # dnsd's own: no upstream record at a name in them is passed on
         self._rebind = rebind  # None: private addresses from upstream are passed on
+        self._clock = clock
+        self._last_reply: dict[Upstream, float] = {}  # when each upstream last replied at all
+        # (qname, qtype, qclass) -> the failure answered for it, until failure_ttl_s passed
+        self._failures: TTLCache[tuple[str, int, int], Answer] | None = (
+            TTLCache(FAILURES_KEPT, failure_ttl_s, timer=clock) if failure_ttl_s > 0 else None
+        )
 
     def owns(self, name: str) -> bool:
         return any(in_zone(name, zone) for zone in self._zones)
@@ -115,20 +134,29 @@ class Forwarder:
         upstreams = self.route(qname)
         if not upstreams:  # only domains configured, or every default was a loop to dnsd
             return Answer(RCODE_REFUSED, recursive=True)
+        key = (qname, qtype, qclass)
+        if self._failures is not None and (failed := self._failures.get(key)) is not None:
+            self._stats.forward_failures_cached += 1
+            return failed
         refused: Answer | None = None  # the last SERVFAIL/REFUSED reply, if all were such
+        asked = False
         for upstream in self.health.order(upstreams):
+            asked = True
+            sent_at = self._clock()
             try:
                 reply = await self._ask(upstream, qname, qtype, qclass)
             except (TimeoutError, OSError, UpstreamError) as exc:
-                self._failed(upstream)
+                # A timeout while the upstream answers others: this name's failure only.
+                alive = isinstance(exc, TimeoutError) and self._replied_since(upstream, sent_at)
+                self._failed(upstream, counts_against_health=not alive)
                 logger.debug("upstream %s failed for %s: %r", upstream, qname, exc)
-                continue
-            if reply[0].header.rcode in (RCODE_SERVFAIL, RCODE_REFUSED):
-                self._failed(upstream)  # the next upstream may do better
-                refused = _to_answer(reply[0], qname, qtype, reply[1], self.owns)[0]
                 continue
             if self.health.answered(upstream):
                 logger.info("upstream %s answers again", upstream)
+            if reply[0].header.rcode in (RCODE_SERVFAIL, RCODE_REFUSED):
+                self._failed(upstream, counts_against_health=False)  # the next may do better
+                refused = _to_answer(reply[0], qname, qtype, reply[1], self.owns)[0]
+                continue
             answer, scrubbed = _to_answer(reply[0], qname, qtype, reply[1], self.owns)
             self._stats.upstream_scrubbed += scrubbed
             records = [rr for rrset in answer.rrsets for rr in rrset]
@@ -142,19 +170,27 @@ class Forwarder:
                 )
                 return Answer(RCODE_REFUSED, recursive=True)
             return answer
-        if refused is not None:
-            return refused
-        throttled.warning(
-            "all failed",
-            "every upstream failed or is down (%s); answering SERVFAIL for names outside the zones",
-            ", ".join(str(u) for u in upstreams),
-        )
-        return Answer(RCODE_SERVFAIL, recursive=True)
+        failure = refused if refused is not None else Answer(RCODE_SERVFAIL, recursive=True)
+        if asked and self._failures is not None:  # not when none was healthy: no one was asked
+            self._failures[key] = failure
+        if refused is None:
+            throttled.warning(
+                "all failed",
+                "every upstream failed or is down (%s); answering SERVFAIL for names outside "
+                "the zones",
+                ", ".join(str(u) for u in upstreams),
+            )
+        return failure
 
-    def _failed(self, upstream: Upstream) -> None:
+    def _replied_since(self, upstream: Upstream, moment: float) -> bool:
+        return self._last_reply.get(upstream, -math.inf) >= moment
+
+    def _failed(self, upstream: Upstream, counts_against_health: bool) -> None:
+        """A question that got no usable answer from ``upstream``: counted; against its health
+        only when the upstream itself seems gone (a transport failure)."""
         self._stats.upstream_errors += 1
         self._stats.upstream_failures[str(upstream)] += 1
-        if self.health.failed(upstream):
+        if counts_against_health and self.health.failed(upstream):
             logger.warning(
                 "upstream %s is down (%d failures in a row): probing it every %.1f s",
                 upstream,
@@ -234,6 +270,7 @@ class Forwarder:
                 reply = await self._ask_udp(upstream, packet, ident, qname, qtype, qclass)
                 if reply[0].header.tc:
                     reply = await self._ask_tcp(upstream, packet, ident, qname, qtype, qclass)
+        self._last_reply[upstream] = self._clock()
         if counted:
             self._stats.upstream_queries += 1
             self._stats.upstream_durations[to].observe(time.monotonic() - started)

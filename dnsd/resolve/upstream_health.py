@@ -1,9 +1,10 @@
 """Which upstreams to ask, and in what order: health from consecutive failures, and a policy.
 
-An upstream that fails ``max_fails`` times in a row (a timeout, a refused connection, a
-failed TLS handshake, a SERVFAIL or REFUSED reply) is down: questions skip it while the
+An upstream that fails ``max_fails`` times in a row (a timeout while it replies to nothing, a
+refused connection, a failed TLS handshake; a SERVFAIL or REFUSED reply is a reply: it
+works) is down: questions skip it while the
 forwarder probes it in the background (a ``. NS`` question every ``PROBE_INTERVAL_S``, as
-CoreDNS does) until it answers.  Any reply to a probe, or any good answer, brings it back.
+CoreDNS does) until it answers.  Any reply to a probe, or any reply at all, brings it back.
 The order among healthy upstreams: ``sequential`` (as configured, those that failed lately
 last), ``random``, or ``round_robin``.  No I/O here: the forwarder asks and reports.
 """

@@ -49,6 +49,9 @@ class FakeUpstream:
     # before answering a name (lower-case, absolute), and a gate every answer waits for.
     delay_of: Callable[[str], float] | None = None
     gate: threading.Event | None = None
+    # Per-name failures, whatever the mode: name (lower-case, absolute) -> "servfail" (a
+    # SERVFAIL reply), "silent" (no reply, over UDP) or "" (answered as usual).
+    broken: Callable[[str], str] | None = None
     tcp_connections: int = 0  # accepted so far
     tcp_answered: int = 0  # TCP/TLS answers sent, dnsd's start-up loop probe included
 
@@ -79,7 +82,7 @@ class FakeUpstream:
         if not name.endswith(LOOP_PROBE_SUFFIX):  # dnsd's start-up loop check is not counted
             self.queries.append((proto, name.lower(), QTYPE[request.q.qtype]))
         reply = request.reply()
-        if self.mode == "servfail":
+        if self.mode == "servfail" or self._broken(name) == "servfail":
             reply.header.rcode = 2
             return reply
         if name.lower() in self.scripted:
@@ -100,6 +103,9 @@ class FakeUpstream:
                 reply.add_answer(RR(request.q.qname, QTYPE.A, ttl=self.ttl, rdata=A(address)))
         return reply
 
+    def _broken(self, name: str) -> str:
+        return self.broken(name.lower()) if self.broken is not None else ""
+
     def _serve_udp(self) -> None:
         while self._running:
             try:
@@ -108,9 +114,9 @@ class FakeUpstream:
                 return
             if not self._running:
                 return
-            if self.mode == "silent":  # counted, never answered
-                question = DNSRecord.parse(data).q
-                name = str(question.qname)
+            question = DNSRecord.parse(data).q
+            if self.mode == "silent" or self._broken(str(question.qname)) == "silent":
+                name = str(question.qname)  # counted, never answered
                 if not name.endswith(LOOP_PROBE_SUFFIX):
                     self.queries.append(("udp", name.lower(), QTYPE[question.qtype]))
                 continue
