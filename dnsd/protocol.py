@@ -21,6 +21,11 @@ OPCODE_MASK = 0x7800
 
 QTYPE_ANY = 255
 
+# EDNS options (RFC 6891 6.1.2) dnsd checks: a COOKIE is a client cookie of 8 bytes, with a
+# server cookie of 8 to 32 after it (RFC 7873 4); any other length is FORMERR (5.2.2).
+EDNS_OPTION_COOKIE = 10
+COOKIE_LENGTHS = frozenset({8, *range(16, 41)})
+
 HEADER_LEN = 12
 CLASSIC_UDP_SIZE = 512  # a reply to a query without EDNS fits this (RFC 1035)
 MAX_TCP_SIZE = 65535  # a TCP message's two-byte length

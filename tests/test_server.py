@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import dns.edns
 import dns.flags
 import dns.message
 import dns.opcode
@@ -17,6 +18,8 @@ import dns.rdatatype
 import dns.reversename
 import pytest
 from conftest import Dnsd, eventually, free_port, query, rcode, start_dnsd
+
+from dnsd.wire.codec import opt_well_formed
 
 ZONE_CONFIG = """
 [server]
@@ -199,6 +202,40 @@ def test_edns_is_echoed_and_size_honoured(zone_dnsd: Dnsd) -> None:
 def test_badvers(zone_dnsd: Dnsd) -> None:
     reply = query(zone_dnsd.port, "web.docker", "A", use_edns=1)
     assert reply.rcode() == 16  # BADVERS
+
+
+@pytest.mark.parametrize("tcp", [False, True])
+def test_a_cookie_of_a_wrong_length_is_formerr_on_every_path(zone_dnsd: Dnsd, tcp: bool) -> None:
+    """RFC 7873 5.2.2: a COOKIE option that is not 8 or 16-40 bytes is FORMERR, also when the
+    answer to the same question is in the packed-answer cache (hot path, mixed case)."""
+
+    def asked(name: str, cookie: bytes) -> dns.message.Message:
+        option = dns.edns.GenericOption(dns.edns.OptionType.COOKIE, cookie)
+        return query(zone_dnsd.port, name, "A", tcp=tcp, use_edns=0, options=[option])
+
+    for _ in range(3):  # well-formed: answered, then cached (client cookie, then both)
+        assert rcode(asked("web.docker", b"c" * 8)) == "NOERROR"
+        assert rcode(asked("web.docker", b"c" * 24)) == "NOERROR"
+    for length in (0, 5, 9, 15, 41):
+        for name in ("web.docker", "WeB.dOcKeR", f"new{length}.docker"):
+            assert rcode(asked(name, b"c" * length)) == "FORMERR", (name, length)
+    assert rcode(asked("WEB.docker", b"c" * 8)) == "NOERROR"
+
+
+def test_opt_rdata_is_checked_option_by_option() -> None:
+    opt = b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00"  # after the question: OPT, no RDATA yet
+
+    def packet(rdata: bytes) -> bytes:
+        return b"Q" * 17 + opt + len(rdata).to_bytes(2, "big") + rdata
+
+    cookie = b"\x00\x0a\x00\x08" + b"c" * 8
+    padding = b"\x00\x0c\x00\x03" + b"\x00" * 3
+    assert opt_well_formed(packet(b""), 17)
+    assert opt_well_formed(packet(cookie + padding), 17)
+    assert not opt_well_formed(packet(cookie[:-1]), 17)  # the option runs past the RDATA
+    assert not opt_well_formed(packet(b"\x00\x0a\x00\x05" + b"c" * 5), 17)
+    assert not opt_well_formed(packet(b"\x00\x0c\x00"), 17)  # half an option header
+    assert not opt_well_formed(packet(cookie)[:-1], 17)  # RDLEN says more than there is
 
 
 def test_notimp_for_other_opcodes(zone_dnsd: Dnsd) -> None:

@@ -51,7 +51,13 @@ from typing import Concatenate, ParamSpec, TypeVar
 from dnsd.protocol import CLASSIC_UDP_SIZE, HEADER_LEN
 from dnsd.resolve.scopes import scope_key
 from dnsd.wire.answer_key import clamped, normalised_key
-from dnsd.wire.codec import DEFAULT_MAX_UDP_SIZE, OPT_FIXED_BYTES, question_end, ttl_offsets
+from dnsd.wire.codec import (
+    DEFAULT_MAX_UDP_SIZE,
+    OPT_FIXED_BYTES,
+    opt_well_formed,
+    question_end,
+    ttl_offsets,
+)
 
 ANSWER_CACHE_ENTRIES = 100_000
 EVICT_FRACTION = 10  # when full, the oldest 1/EVICT_FRACTION of the entries go
@@ -345,6 +351,8 @@ class AnswerCache:
             return data[:2] + next(variants)[2:]
         qend = data.find(b"\x00", HEADER_LEN) + 5
         if qend < 5:
+            return None
+        if len(data) != qend and not opt_well_formed(data, qend):  # the event loop says why
             return None
         key = data[2:qend].lower() + data[qend : qend + OPT_FIXED_BYTES]
         entry = self._entries.get(key)

@@ -12,7 +12,15 @@ from __future__ import annotations
 
 import struct
 
-from dnsd.protocol import FLAG_QR, FLAG_RD, HEADER_LEN, MAX_NAME_WIRE_BYTES, OPCODE_MASK
+from dnsd.protocol import (
+    COOKIE_LENGTHS,
+    EDNS_OPTION_COOKIE,
+    FLAG_QR,
+    FLAG_RD,
+    HEADER_LEN,
+    MAX_NAME_WIRE_BYTES,
+    OPCODE_MASK,
+)
 
 DEFAULT_MAX_UDP_SIZE = 1232  # the largest UDP reply dnsd sends by default (DNS flag day 2020)
 
@@ -119,6 +127,30 @@ def plain_shape(data: bytes) -> tuple[int, bool]:
     if qend + 11 + options != size or data[qend + 6] != 0:  # EDNS version 0 only
         return -1, False
     return qend, options > 0
+
+
+def opt_well_formed(data: bytes, opt_at: int) -> bool:
+    """Whether the OPT record at ``opt_at``, the last thing in ``data``, is well formed: its
+    RDATA length is what follows, and its options are (``options_well_formed``)."""
+    start = opt_at + OPT_FIXED_BYTES + 2
+    if len(data) < start or int.from_bytes(data[start - 2 : start], "big") != len(data) - start:
+        return False
+    return options_well_formed(data, start)
+
+
+def options_well_formed(data: bytes, start: int) -> bool:
+    """Whether the EDNS options from ``start`` to the end of ``data`` (the OPT record's RDATA)
+    are well formed: each option's length inside the RDATA, a COOKIE of a valid length."""
+    size = len(data)
+    while start < size:
+        if start + 4 > size:
+            return False
+        code = (data[start] << 8) | data[start + 1]
+        length = (data[start + 2] << 8) | data[start + 3]
+        start += 4 + length
+        if start > size or (code == EDNS_OPTION_COOKIE and length not in COOKIE_LENGTHS):
+            return False
+    return True
 
 
 def truncated(response: bytes) -> bytes:

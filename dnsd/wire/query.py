@@ -22,7 +22,9 @@ from dnsd.logs import Throttled
 from dnsd.names import text_of
 from dnsd.protocol import (
     CLASSIC_UDP_SIZE,
+    COOKIE_LENGTHS,
     EDNS_BADVERS,
+    EDNS_OPTION_COOKIE,
     FLAG_AA,
     FLAG_QR,
     FLAG_RA,
@@ -39,7 +41,13 @@ from dnsd.resolve.chain import ResolverChain
 from dnsd.stats import FORMERR, NOTIMP, Stats
 from dnsd.wire.answer_cache import FORWARDED_REFRESH_S, AnswerCache
 from dnsd.wire.answer_key import udp_reply_limit
-from dnsd.wire.codec import DEFAULT_MAX_UDP_SIZE, error_response, plain_shape, question_end
+from dnsd.wire.codec import (
+    DEFAULT_MAX_UDP_SIZE,
+    error_response,
+    opt_well_formed,
+    plain_shape,
+    question_end,
+)
 from dnsd.wire.query_log import QueryLog
 from dnsd.wire.screen import PASS, screened
 
@@ -136,6 +144,9 @@ class QueryHandler:
         plain = _parse_plain(data, qend)
         if plain is not None:  # the common case, read straight from the bytes
             query, edns_size = plain
+            if edns_size is not None and not opt_well_formed(data, qend):  # a bad option
+                self._stats.refused_packets.add(FORMERR)
+                return error_response(data, RCODE_FORMERR, echo_question=True)
         else:
             try:
                 query = DNSRecord.parse(data)
@@ -152,6 +163,9 @@ class QueryHandler:
             edns_size = options[0].rclass if options else None
             if options and (options[0].ttl >> 16) & 0xFF != 0:
                 return self._badvers(query)
+            if options and not all(_option_well_formed(o) for o in options[0].rdata):
+                self._stats.refused_packets.add(FORMERR)
+                return error_response(data, RCODE_FORMERR, echo_question=True)
         edns = edns_size is not None
         if query.q.qtype in MALFORMED_QTYPES:
             self._stats.refused_packets.add(FORMERR)
@@ -364,6 +378,11 @@ class _Plain:
     def __init__(self, header: _Header, question: DNSQuestion) -> None:
         self.header = header
         self.q = question
+
+
+def _option_well_formed(option: Any) -> bool:
+    """A dnslib ``EDNSOption`` of a length its code allows (a COOKIE: RFC 7873 4)."""
+    return option.code != EDNS_OPTION_COOKIE or len(option.data) in COOKIE_LENGTHS
 
 
 def _parse_plain(data: bytes, qend: int) -> tuple[Any, int | None] | None:

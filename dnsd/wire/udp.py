@@ -35,7 +35,7 @@ from dnsd.logs import Throttled
 from dnsd.protocol import HEADER_LEN, RCODE_NOERROR, RCODE_SERVFAIL
 from dnsd.stats import Durations, Stats
 from dnsd.wire.answer_cache import AnswerCache
-from dnsd.wire.codec import OPT_FIXED_BYTES, error_response, truncated
+from dnsd.wire.codec import OPT_FIXED_BYTES, error_response, opt_well_formed, truncated
 from dnsd.wire.fair_queue import FairQueue
 from dnsd.wire.miss_rate import MISSES_PER_CLIENT_PER_SECOND, TOO_MANY_MISSES, MissRate
 from dnsd.wire.query import QueryHandler
@@ -175,7 +175,7 @@ class UdpServer:
                     continue
             qend = data.find(b"\x00", HEADER_LEN) + 5
             found = normalised(data[2:qend].lower() + data[qend : qend + OPT_FIXED_BYTES])
-            if found is not None:
+            if found is not None and (len(data) == qend or opt_well_formed(data, qend)):
                 head, rest, cell, allowed = found
                 if allowed is None or allowed(addr[0]):
                     cell[slot] += 1
