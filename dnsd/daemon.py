@@ -38,7 +38,7 @@ from dnsd.resolve.rebind import RebindGuard
 from dnsd.source_setup import build_sources, static_settings
 from dnsd.sources.docker import DockerSource
 from dnsd.sources.etcd import EtcdSource
-from dnsd.sources.lifecycle import Source
+from dnsd.sources.lifecycle import ABSENT, Source
 from dnsd.sources.static import admission
 from dnsd.stats import Stats
 from dnsd.wire.answer_cache import SWEEP_S, AnswerCache
@@ -119,7 +119,9 @@ class Daemon:
     ) -> tuple[LoopDetector | None, QueryHandler]:
         """Local zone -> forwarding cache -> forwarder, and the handler that packs answers."""
         server = self.config.server
-        local = LocalZone(self.store, server.zones, negative_ttl=server.negative_ttl)
+        local = LocalZone(
+            self.store, server.zones, negative_ttl=server.negative_ttl, loading=self._loading()
+        )
         forward = self._forwarding()
         budget = UpstreamBudget(
             limit_from_nofile(self.config.forward.max_pending, server.tcp_max_connections),
@@ -140,6 +142,32 @@ class Daemon:
             query_log=query_log,
         )
         return loop_detector, handler
+
+    def _loading(self) -> Callable[[str], bool]:
+        """Whether a zone may still lack names: a source that fills it (Docker its zone, etcd
+        every zone) has not applied its first full load, and is not absent.  Once none is
+        waiting, never again (later outages serve what was loaded; a Docker absent then and
+        started later is not waited for)."""
+        holders: list[tuple[Source, str | None]] = []  # None: every zone
+        if self.docker is not None:
+            holders.append((self.docker, self.config.docker.zone))
+        if self.etcd is not None:
+            holders.append((self.etcd, None))
+        loaded = not holders
+
+        def loading(zone: str) -> bool:
+            nonlocal loaded
+            if loaded:
+                return False
+            waiting = [
+                fills
+                for source, fills in holders
+                if not (health := source.health()).synced and health.state != ABSENT
+            ]
+            loaded = not waiting
+            return any(fills is None or fills == zone for fills in waiting)
+
+        return loading
 
     def _collect(self, answer_cache: AnswerCache) -> None:
         """What /metrics reads besides the counters in ``Stats``."""

@@ -141,6 +141,28 @@ def a_records(server: Dnsd, name: str) -> list[str]:
     return sorted(item.to_text() for rrset in reply.answer for item in rrset)
 
 
+def test_no_negative_answer_in_the_docker_zone_before_the_first_list(
+    dnsd_factory: DnsdFactory, tmp_path: Path
+) -> None:
+    """An Engine asked for but not reachable yet: names in Docker's zone get SERVFAIL (not
+    an NXDOMAIN resolvers would keep), other zones answer as usual; once the first list is
+    applied, NXDOMAIN again."""
+    engine = FakeEngine(str(tmp_path / "later.sock"))  # not started yet
+    engine.containers["b" * 64] = container("b" * 64, "web", "10.1.0.7")
+    server = dnsd_factory("--no-forward", "--zone", "docker.", "--zone", "other.",
+                          docker=engine.url)  # fmt: skip
+    try:
+        assert rcode(query(server.port, "web.docker")) == "SERVFAIL"
+        assert rcode(query(server.port, "missing.docker")) == "SERVFAIL"
+        assert rcode(query(server.port, "missing.other")) == "NXDOMAIN"
+        engine.start()
+        server.wait_source("docker")
+        assert a_records(server, "web.docker") == ["10.1.0.7"]
+        assert rcode(query(server.port, "missing.docker")) == "NXDOMAIN"
+    finally:
+        engine.stop()
+
+
 def test_events_then_stream_end_reconnect_and_resync(
     dnsd_factory: DnsdFactory, engine: FakeEngine
 ) -> None:

@@ -17,6 +17,7 @@ import pytest
 from conftest import Dnsd, DnsdFactory, StopAtEnd, eventually, free_port, query, rcode, start_dnsd
 from testbed.etcd import Etcd, Member, available
 from testbed.fake_engine import FakeEngine, container
+from testbed.tcp_proxy import TcpProxy
 
 from dnsd.admission import Admission
 from dnsd.records import Record, RecordStore
@@ -447,6 +448,36 @@ def test_all_of_etcd_down_keeps_last_answers(stop_at_end: StopAtEnd, tmp_path: P
         eventually(lambda: answers(server.port, f"new.{z}") == ["10.10.0.2"], timeout=20)
     finally:
         server.stop()
+
+
+def test_no_negative_answer_before_the_first_etcd_list(
+    etcd: Etcd, stop_at_end: StopAtEnd, tmp_path: Path
+) -> None:
+    """Until etcd's first list is applied, a name it could hold gets SERVFAIL (never cached),
+    never an authoritative NXDOMAIN that resolvers would keep for the negative TTL; names the
+    hosts file holds are answered meanwhile."""
+    z = zone()
+    etcd.put(f"/skydns/{z}/app", '{"host": "10.20.0.1"}')
+    host, port = etcd.members[0].endpoint.rsplit(":", 1)
+    proxy = TcpProxy(host, int(port))
+    proxy.cut.set()  # etcd unreachable when dnsd starts
+    (tmp_path / "hosts").write_text(f"10.20.0.9 fixed.{z}\n")
+    config = f'[static]\nhosts = ["{tmp_path / "hosts"}"]\n'
+    server = start_dnsd(tmp_path, "--no-forward", "--zone", z, "--etcd", proxy.endpoint,
+                        config=config)  # fmt: skip
+    try:
+        assert answers(server.port, f"fixed.{z}") == ["10.20.0.9"]
+        for name in (f"app.{z}", f"missing.{z}", f"missing.{z}"):
+            assert rcode(query(server.port, name)) == "SERVFAIL", name
+        assert rcode(query(server.port, f"fixed.{z}", "AAAA")) == "SERVFAIL"  # NODATA, too
+        proxy.heal()
+        server.wait_source("etcd")
+        assert answers(server.port, f"app.{z}") == ["10.20.0.1"]
+        assert rcode(query(server.port, f"missing.{z}")) == "NXDOMAIN"
+        assert rcode(query(server.port, f"fixed.{z}", "AAAA")) == "NOERROR"
+    finally:
+        server.stop()
+        proxy.close()
 
 
 @pytest.mark.parametrize("at_the_delete", [False, True])

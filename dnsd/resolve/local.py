@@ -1,9 +1,11 @@
 """The local zone: authoritative answers from the record store.
 
 Sits first in the resolver chain.  For a name inside an owned zone it always answers (records,
-NODATA or NXDOMAIN with the SOA, never forwarded); outside the zones it answers only what the
-store holds (automatic PTR, explicit records) and otherwise returns None so the next stage
-(cache -> forward) takes over.  Knows nothing about sockets, caches or forwarding.
+NODATA or NXDOMAIN with the SOA, never forwarded; SERVFAIL instead of a negative answer while
+a source that could hold the name has not applied its first full load: ``loading``); outside
+the zones it answers only what the store holds (automatic PTR, explicit records) and otherwise
+returns None so the next stage (cache -> forward) takes over.  Knows nothing about sockets,
+caches or forwarding.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dnslib import AAAA, CNAME, MX, NS, PTR, QTYPE, RD, RR, SOA, SRV, TXT, A
 
 from dnsd import dns_sd
 from dnsd.names import ancestors, in_zone, label_of
-from dnsd.protocol import QTYPE_ANY, RCODE_NOERROR, RCODE_NXDOMAIN
+from dnsd.protocol import QTYPE_ANY, RCODE_NOERROR, RCODE_NXDOMAIN, RCODE_SERVFAIL
 from dnsd.records import (
     WILDCARD_LABELS,
     MxValue,
@@ -111,8 +113,12 @@ class LocalZone:
         negative_ttl: int = 5,
         soa_ttl: int = 60,
         wall_clock: Callable[[], float] = time.time,
+        loading: Callable[[str], bool] = lambda _zone: False,
     ) -> None:
+        """``loading(zone)``: a source that could hold names in ``zone`` has not applied its
+        first full load yet (a negative answer could be wrong: SERVFAIL, never cached)."""
         self._store = store
+        self._loading = loading
         # Longest zone first, so ``a.b.docker.`` matches ``b.docker.`` before ``docker.``.
         self.zones = sorted(zones, key=len, reverse=True)
         self._negative_ttl = negative_ttl
@@ -138,7 +144,8 @@ class LocalZone:
             return None
         return replace(
             found,
-            expires_in=FOREVER,  # true until the store changes one of ``depends``
+            # true until the store changes one of ``depends`` (a SERVFAIL: not at all)
+            expires_in=FOREVER if found.rcode != RCODE_SERVFAIL else 0.0,
             per_client=ask.per_client,
             scopes=tuple(sorted(ask.scopes)),
             depends=tuple(ask.depends),
@@ -322,7 +329,10 @@ class LocalZone:
         return found
 
     def _negative(self, zone: str, rcode: int, chain: list[list[RR]] | None = None) -> Answer:
-        """NXDOMAIN or NODATA with the SOA, after the CNAME ``chain`` that led there."""
+        """NXDOMAIN or NODATA with the SOA, after the CNAME ``chain`` that led there; SERVFAIL
+        while the zone is still loading (the name may be on its way)."""
+        if self._loading(zone):
+            return Answer(RCODE_SERVFAIL)
         soa = self._soa(zone, self._negative_ttl)
         return Answer(rcode, True, chain or (), authority=[soa])
 
