@@ -164,6 +164,9 @@ class StatsCollector(Collector):
                        stats.tcp_connections)  # fmt: skip
         yield _counter("dnsd_tcp_refused", "TCP connections closed at once: over the limit.",
                        stats.tcp_refused)  # fmt: skip
+        yield _counter("dnsd_tcp_idle_closed", "Idle TCP connections closed to give a new "
+                       "connection their slot (every slot was taken).",
+                       stats.tcp_idle_closed)  # fmt: skip
         healthy = GaugeMetricFamily("dnsd_forward_upstream_healthy", "1 while an upstream "
                                     "is asked, 0 while it is down and probed.",
                                     labels=["to"])  # fmt: skip

@@ -118,6 +118,7 @@ class Stats:
     forward_rebind_refused: int = 0  # upstream answers with private addresses (stop_rebind)
     tcp_connections: int = 0
     tcp_refused: int = 0
+    tcp_idle_closed: int = 0  # idle connections closed to give a new one their slot
     reloads: int = 0
     reload_errors: int = 0
     docker_events: int = 0

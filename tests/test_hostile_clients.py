@@ -432,6 +432,90 @@ def test_non_reading_tcp_clients_cannot_hold_every_slot(dnsd_factory) -> None:  
             sock.close()
 
 
+def _tcp_ask(sock: socket.socket, name: str) -> str:
+    ask = dns.message.make_query(name, "A").to_wire()
+    sock.sendall(struct.pack("!H", len(ask)) + ask)
+    (length,) = struct.unpack("!H", _read_exactly(sock, 2))
+    return rcode(dns.message.from_wire(_read_exactly(sock, length)))
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    return data
+
+
+def test_slots_held_by_idle_connections_are_given_to_new_clients(
+    dnsd_factory: DnsdFactory,
+) -> None:
+    """The issue's attack, scaled: 8 addresses hold every TCP slot with connections that ask
+    now and then.  A new client (a truncated UDP answer to complete) is served: the slot of an
+    idle connection of the heaviest address is taken; busy connections are never closed."""
+    config = "[server]\ntcp_max_connections = 16\ntcp_max_connections_per_client = 2\n"
+    dnsd = dnsd_factory("--no-forward", config=config)
+    held: dict[str, list[socket.socket]] = {}
+    for i in range(8):
+        source = f"127.0.0.{10 + i}"
+        for _ in range(2):
+            sock = socket.create_connection(("127.0.0.1", dnsd.port), 3, (source, 0))
+            assert _tcp_ask(sock, "x.docker") == "NXDOMAIN"
+            held.setdefault(source, []).append(sock)
+    try:
+        for n in range(4):  # new clients, one after another, each served (and staying)
+            sock = socket.create_connection(("127.0.0.1", dnsd.port), 3, (f"127.0.1.{n + 1}", 0))
+            held[f"127.0.1.{n + 1}"] = [sock]
+            assert _tcp_ask(sock, "y.docker") == "NXDOMAIN"
+        assert dnsd.metric("dnsd_tcp_idle_closed_total") == 4
+        assert dnsd.metric("dnsd_tcp_refused_total") == 0
+        closed = 0
+        for socks in held.values():
+            for sock in socks:
+                try:
+                    _tcp_ask(sock, "x.docker")
+                except OSError:
+                    closed += 1
+        assert closed == 4  # four attackers' connections gave their slots, the rest work
+        assert all(len(held[f"127.0.1.{n + 1}"]) == 1 for n in range(4))
+    finally:
+        for socks in held.values():
+            for sock in socks:
+                sock.close()
+
+
+def test_busy_tcp_connections_keep_their_slots(
+    stop_at_end: StopAtEnd, dnsd_factory: DnsdFactory
+) -> None:
+    """A connection waiting for an answer is not idle: with every slot busy, a new
+    connection is refused (and counted) rather than an answer lost."""
+    gate = threading.Event()
+    upstream = stop_at_end(FakeUpstream(gate=gate).start())
+    config = "[server]\ntcp_max_connections = 2\n[forward]\ntimeout = 10\n"
+    dnsd = dnsd_factory("--upstream", f"127.0.0.1:{upstream.port}", config=config)
+    busy = []
+    ask = dns.message.make_query("slow.example", "A").to_wire()
+    for _ in range(2):
+        sock = socket.create_connection(("127.0.0.1", dnsd.port), timeout=5)
+        sock.sendall(struct.pack("!H", len(ask)) + ask)
+        busy.append(sock)
+    eventually(lambda: len(upstream.queries) >= 1)
+    try:
+        with pytest.raises((ConnectionError, dns.exception.DNSException, EOFError)):
+            query(dnsd.port, "x.docker", tcp=True, timeout=3)
+        assert dnsd.metric("dnsd_tcp_refused_total") == 1
+        gate.set()
+        for sock in busy:
+            (length,) = struct.unpack("!H", _read_exactly(sock, 2))
+            assert rcode(dns.message.from_wire(_read_exactly(sock, length))) == "NOERROR"
+    finally:
+        gate.set()
+        for sock in busy:
+            sock.close()
+
+
 def test_http_endpoint_cuts_off_slow_clients(dnsd_factory) -> None:  # type: ignore[no-untyped-def]
     http = free_port()
     dnsd = dnsd_factory(

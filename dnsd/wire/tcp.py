@@ -4,7 +4,11 @@ Several queries per connection, answered as they complete (pipelining), an idle 
 also bounds a blocked write (a client that does not read), a cap on each connection's unsent
 bytes, and limits on open connections in all and per client address (beyond them a new
 connection is closed at once and counted), so slow or non-reading clients cannot hold every
-slot or grow memory; connections take turns, one query each.  Every answer goes through
+slot or grow memory; connections take turns, one query each.  When every slot is taken, a
+new connection takes the slot of an idle one (waiting for its next question, none being
+answered: RFC 7766 6.2.3 lets a server close those under pressure), of the address holding
+the most connections first, then the one idle longest; only when none is idle is the new
+one refused.  Event-loop only.  Every answer goes through
 ``QueryHandler`` with the full 64 KiB size.
 """
 
@@ -15,6 +19,9 @@ import contextlib
 import logging
 import socket
 import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from dnsd.logs import Throttled
 from dnsd.protocol import RCODE_SERVFAIL
@@ -48,6 +55,18 @@ def bind_tcp(host: str, port: int) -> socket.socket:
     return sock
 
 
+@dataclass(eq=False, slots=True)
+class _Connection:
+    client_ip: str
+    writer: asyncio.StreamWriter
+    inflight: set[asyncio.Task[None]] = field(default_factory=set)
+    waiting_since: float | None = None  # waiting for the next question, since then
+
+    @property
+    def idle(self) -> bool:
+        return self.waiting_since is not None and not self.inflight
+
+
 class TcpServer:
     def __init__(
         self,
@@ -57,6 +76,7 @@ class TcpServer:
         idle_timeout_s: float = IDLE_TIMEOUT_S,
         max_connections: int = MAX_CONNECTIONS,
         max_per_client: int = MAX_CONNECTIONS_PER_CLIENT,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._sock = sock
         self._handler = handler
@@ -66,7 +86,8 @@ class TcpServer:
         self._max_per_client = max_per_client
         self._per_client: dict[str, int] = {}
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        self._connections: dict[asyncio.Task[None], _Connection] = {}
+        self._clock = clock
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, sock=self._sock)
@@ -74,20 +95,23 @@ class TcpServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         client_ip = peer[0] if peer else ""
-        held = self._per_client.get(client_ip, 0)
-        if len(self._connections) >= self._max_connections or held >= self._max_per_client:
+        if self._per_client.get(client_ip, 0) >= self._max_per_client or (
+            len(self._connections) >= self._max_connections and not self._close_an_idle_one()
+        ):
             self._stats.tcp_refused += 1
             writer.transport.abort()
             return
         task = asyncio.current_task()
         assert task is not None
-        self._connections.add(task)
-        self._per_client[client_ip] = held + 1
+        connection = self._connections[task] = _Connection(client_ip, writer)
+        self._per_client[client_ip] = self._per_client.get(client_ip, 0) + 1
         self._stats.tcp_connections += 1
-        inflight: set[asyncio.Task[None]] = set()
+        inflight = connection.inflight
         try:
             while True:
+                connection.waiting_since = self._clock()
                 data = await self._read_message(reader)
+                connection.waiting_since = None
                 if data is None:
                     break
                 try:
@@ -118,15 +142,36 @@ class TcpServer:
         finally:
             for pending in inflight:
                 pending.cancel()
-            self._connections.discard(task)
-            left = self._per_client[client_ip] - 1
-            if left:
-                self._per_client[client_ip] = left
-            else:
-                del self._per_client[client_ip]
+            self._release(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    def _close_an_idle_one(self) -> bool:
+        """Free a slot: close the idle connection of the address holding the most, the one
+        idle longest among them; False when no connection is idle."""
+        idle = [(task, c) for task, c in self._connections.items() if c.idle]
+        if not idle:
+            return False
+        task, victim = min(
+            idle, key=lambda item: (-self._per_client[item[1].client_ip], item[1].waiting_since)
+        )
+        self._release(task)
+        victim.writer.transport.abort()  # its read ends; its task finishes on its own
+        self._stats.tcp_idle_closed += 1
+        return True
+
+    def _release(self, task: asyncio.Task[None]) -> None:
+        """Give a connection's slot back (once: at its end, or when it was closed for
+        another)."""
+        connection = self._connections.pop(task, None)
+        if connection is None:
+            return
+        left = self._per_client[connection.client_ip] - 1
+        if left:
+            self._per_client[connection.client_ip] = left
+        else:
+            del self._per_client[connection.client_ip]
 
     async def _read_message(self, reader: asyncio.StreamReader) -> bytes | None:
         try:
@@ -141,7 +186,7 @@ class TcpServer:
         if self._server is not None:
             self._server.close()
         if self._connections:
-            _, late = await asyncio.wait(set(self._connections), timeout=timeout_s)
+            _, late = await asyncio.wait(list(self._connections), timeout=timeout_s)
             for task in late:
                 task.cancel()
             if late:
