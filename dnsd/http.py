@@ -49,6 +49,8 @@ MAX_HEADER_LINE_BYTES = 4096
 MAX_HEADERS = 32
 KEEPALIVE_TIMEOUT_S = 2.0
 SORTED_RUN_ROWS = 1024  # /records: rows sorted at once (then merged)
+RECORDS_BUILDS = 2  # /records built at once; more get 503 with Retry-After
+RECORDS_RETRY_AFTER_S = 1
 WRITTEN_ROWS = 256  # /records: rows encoded and written at once
 
 
@@ -70,6 +72,7 @@ class HttpServer:
         self._request_timeout_s = request_timeout_s
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
+        self._records_building = 0
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_get("/health", self._health)
         app.router.add_get("/ready", self._ready)
@@ -124,11 +127,38 @@ class HttpServer:
     async def _records(self, request: web.Request) -> web.StreamResponse:
         """The name table as a JSON list, built and written in slices (``dnsd.slices``): at
         50,000 names it is about 9 MB and 0.3 s of work, which in one go would hold every
-        answer on the event loop.  Runs of rows are sorted as they come, then merged."""
+        answer on the event loop.  Runs of rows are sorted as they come, then merged.  At
+        most ``RECORDS_BUILDS`` at once (each holds the table's rows in memory): more get 503
+        with Retry-After; a build stops as soon as its client has gone."""
+        if self._records_building >= RECORDS_BUILDS:
+            _throttled.warning(
+                "records busy", "/records: %d builds running already, answered 503",
+                RECORDS_BUILDS,
+            )  # fmt: skip
+            return web.json_response(
+                {"error": f"{RECORDS_BUILDS} /records requests are being answered; retry"},
+                status=503,
+                headers={"Retry-After": str(RECORDS_RETRY_AFTER_S)},
+            )
+        self._records_building += 1
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        try:
+            await self._build_records(request, response)
+        except (ConnectionError, _ClientGone):
+            _throttled.warning("records gone", "/records: the client went away; build stopped")
+            if not response.prepared:  # aiohttp sends what is returned: to no one
+                return web.Response(status=400)
+        finally:
+            self._records_building -= 1
+        return response
+
+    async def _build_records(self, request: web.Request, response: web.StreamResponse) -> None:
         pattern, source = request.query.get("name", ""), request.query.get("source", "")
         runs: list[list[dict[str, Any]]] = []
         run: list[dict[str, Any]] = []
         async for row in in_slices(status.rows(self._view, pattern, source)):
+            if not run:
+                _still_there(request)
             run.append(row)
             if len(run) == SORTED_RUN_ROWS:
                 run.sort(key=status.sort_key)
@@ -136,12 +166,13 @@ class HttpServer:
                 run = []
         run.sort(key=status.sort_key)
         runs.append(run)
-        response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
         await response.write(b"[")
         batch: list[dict[str, Any]] = []
         separator = b""
         async for row in in_slices(heapq.merge(*runs, key=status.sort_key)):
+            if not batch:
+                _still_there(request)
             batch.append(row)
             if len(batch) == WRITTEN_ROWS:
                 await response.write(separator + json.dumps(batch)[1:-1].encode())
@@ -150,11 +181,20 @@ class HttpServer:
             await response.write(separator + json.dumps(batch)[1:-1].encode())
         await response.write(b"]")
         await response.write_eof()
-        return response
 
     async def _nodes(self, _request: web.Request) -> web.Response:
         cluster = self._view.cluster
         return web.json_response(cluster.nodes() if cluster is not None else [])
+
+
+class _ClientGone(Exception):
+    """The client of a request closed its connection."""
+
+
+def _still_there(request: web.Request) -> None:
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        raise _ClientGone
 
 
 def _expire(handler: Any) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import subprocess
 import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import DnsdFactory, StopAtEnd, eventually, free_port, query, start_dnsd
@@ -347,3 +349,68 @@ def test_records_at_50000_names_never_holds_serving(
     assert sorted(row["name"] for row in some) == sorted(
         [f"h4999{d}.docker." for d in range(10)] + ["h4999.docker."]
     )
+
+
+def _rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmRSS"))) / 1024
+
+
+def _records_request(http: int, read: bool = False) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client that reads slowly
+    sock.connect(("127.0.0.1", http))
+    sock.sendall(b"GET /records HTTP/1.1\r\nHost: x\r\n\r\n")
+    return sock
+
+
+def _abort(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST
+    sock.close()
+
+
+@pytest.fixture
+def big_table(dnsd_factory: DnsdFactory, tmp_path: Path) -> tuple[Any, int]:
+    count = 21_000
+    lines = [f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255} h{i}" for i in range(count)]
+    (tmp_path / "hosts").write_text("\n".join(lines) + "\n")
+    http = free_port()
+    server = dnsd_factory("--no-forward", "--http", f"127.0.0.1:{http}",
+                          config='[static]\nhosts = ["hosts"]\n')  # fmt: skip
+    eventually(lambda: query(server.port, f"h{count - 1}.docker").answer)
+    return server, http
+
+
+def test_records_builds_are_capped_and_stop_when_the_client_goes(
+    big_table: tuple[Any, int],
+) -> None:
+    """Two /records builds at once; a third request gets 503 with Retry-After.  A build
+    whose client went away stops (its slot is free again); no traceback is logged."""
+    server, http = big_table
+    slow = [_records_request(http) for _ in range(2)]  # built, then blocked writing
+    try:
+        eventually(lambda: get(http, "/records?name=h1")[0] == 503, timeout=10)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{http}/records?name=h2", timeout=5)
+        refused.value.close()
+        assert refused.value.code == 503 and refused.value.headers["Retry-After"] == "1"
+    finally:
+        for sock in slow:
+            _abort(sock)
+    _, body = eventually(lambda: (r := get(http, "/records?name=h7"))[0] == 200 and r)
+    assert [row["name"] for row in json.loads(body)] == ["h7.docker."]
+    assert "Traceback" not in server.log()
+
+
+def test_aborted_records_requests_leave_no_memory_behind(big_table: tuple[Any, int]) -> None:
+    """100 /records requests sent and reset at once (the issue's attack: RSS 101 MB -> 2.83
+    GB, 100 tracebacks): at most two builds run, each stops when its client is gone."""
+    server, http = big_table
+    assert get(http, "/records")[0] == 200  # one whole build: the baseline's memory
+    before = _rss_mb(server.proc.pid)
+    for _ in range(100):
+        _abort(_records_request(http))
+    eventually(lambda: get(http, "/records?name=h9")[0] == 200, timeout=10)
+    after = _rss_mb(server.proc.pid)
+    assert after - before < 25, (before, after)  # measured: +0.1 MB (before: +52 MB here)
+    assert "Traceback" not in server.log()
