@@ -111,6 +111,11 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     reg.add_argument("--proto", choices=["tcp", "udp"], default="tcp", help="default tcp")
     reg.add_argument("--ttl", type=int, help="record TTL (default: server.ttl)")
+    reg.add_argument(
+        "--wildcard", action="store_true",
+        help="NAME has a '*' label on purpose (it answers every name below that does not "
+        "exist); refused without this",
+    )  # fmt: skip
     _add_etcd_settings(reg)
 
     dereg = commands.add_parser(
@@ -250,8 +255,9 @@ def _registration(args: argparse.Namespace) -> int:
             print(f"deregistered {args.name}: {removed} key(s)")
             return EXIT_OK
         entry = register.registration(
-            config, args.name, args.address, args.port, args.service, args.proto, args.ttl
-        )
+            config, args.name, args.address, args.port, args.service, args.proto, args.ttl,
+            args.wildcard,
+        )  # fmt: skip
     except (ConfigError, ValueError) as exc:
         print(f"dnsd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -266,7 +272,14 @@ def _registration(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    register.register(config, entry, stop, lambda line: print(line, flush=True))
+    try:
+        register.register(config, entry, stop, lambda line: print(line, flush=True))
+    except register.RegistrationError as exc:
+        print(f"dnsd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except Exception as exc:  # etcd out of reach while checking the name
+        print(f"dnsd: etcd: {reason(exc)}", file=sys.stderr)
+        return EXIT_ERROR
     return EXIT_OK
 
 

@@ -7,6 +7,12 @@ another machine as it answers for a container.  The keys' instance label is
 ``<node>-r<digest of name and address>``: stable across runs, never mistaken for a
 container's (``<node>-<container id>``).  ``deregister`` revokes the registrations' leases
 (a running ``register`` then ends) and deletes their keys.
+
+Before it says "registered", ``register`` checks its keys exactly as every dnsd's mirror
+will (the mirror's own parser and admission: a scoped address, a misplaced ``*``, a node id
+that makes the key's labels too long are refused with the mirror's reason), refuses a
+wildcard name unless asked (``--wildcard``), and refuses a name a container publishes (from
+any node): a registration never adds an address to a container's name.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import ipaddress
+import json
 import logging
 import re
 import threading
@@ -21,18 +28,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dnsd.admission import name_problem
+from dnsd.admission import Admission, name_problem
 from dnsd.config import Config
-from dnsd.records import Record, SrvValue
+from dnsd.records import Record, RecordStore, SrvValue
 from dnsd.sources.docker_names import DEFAULT_PRIORITY, DEFAULT_WEIGHT, WELL_KNOWN_PORTS, dns_label
 from dnsd.sources.etcd_client import make_client
-from dnsd.sources.etcd_publish import Publisher, PublishSettings
-from dnsd.sources.skydns import name_to_key
+from dnsd.sources.etcd_mirror import Mirror
+from dnsd.sources.etcd_publish import Publisher, PublishSettings, desired_keys
+from dnsd.sources.skydns import NODE_FIELD, name_to_key
 from dnsd.stats import Stats
 
 logger = logging.getLogger(__name__)
 
 REGISTRATION_LABEL = re.compile(r".+-r[0-9a-f]{11}")
+CONTAINER_LABEL = re.compile(r".+-[0-9a-f]{12}(-[0-9]+)?")  # etcd_publish.instance_label
 JOIN_S = 5.0
 
 
@@ -88,9 +97,17 @@ def registration(
     service: str = "",
     proto: str = "tcp",
     ttl: int | None = None,
+    wildcard: bool = False,
 ) -> Registration:
-    """The records ``register`` publishes; raises RegistrationError."""
+    """The records ``register`` publishes, checked as every dnsd's mirror will check them;
+    raises RegistrationError.  ``wildcard``: a ``*`` label is meant (it answers every
+    name below that does not exist)."""
     fqdn = absolute_name(name, config.server.zones)
+    if "*" in fqdn.split(".") and not wildcard:
+        raise RegistrationError(
+            f"{fqdn}: a wildcard answers every name below it that does not exist (an "
+            "NXDOMAIN becomes this address); add --wildcard if that is meant"
+        )
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -113,7 +130,29 @@ def registration(
             raise RegistrationError(f"--service {service!r}: not a usable service name")
         srv = SrvValue(DEFAULT_PRIORITY, DEFAULT_WEIGHT, port, fqdn)
         served.append(Record(f"_{label}._{proto}.{fqdn}", "SRV", srv, ttl))
-    return Registration(fqdn, ip.compressed, served)
+    entry = Registration(fqdn, ip.compressed, served)
+    mirrored_problem(config, entry)
+    return entry
+
+
+def mirrored_problem(config: Config, entry: Registration) -> None:
+    """Raise RegistrationError when a dnsd's mirror would skip or refuse any key of
+    ``entry``: the keys are fed to a mirror of their own, as every server will read them."""
+    etcd, zones = config.etcd, config.server.zones
+    settings = PublishSettings(node_id=etcd.node_id, lease_ttl=etcd.lease_ttl)
+    keys = desired_keys({entry.instance: entry}, settings, etcd.prefix)
+    store = RecordStore(Admission(zones, outside_sources=("etcd",)))
+    mirror = Mirror(store, etcd.prefix, zones, config.server.ttl)
+    quiet = logging.getLogger(Mirror.__module__)
+    was, quiet.disabled = quiet.disabled, True  # its "key skipped" line is our error below
+    try:
+        mirror.apply([(key, value, etcd.lease_ttl) for key, value in keys.items()])
+    finally:
+        quiet.disabled = was
+    for key, why in mirror.bad_keys.items():
+        raise RegistrationError(f"every dnsd would skip the key {key}: {why}")
+    for (_, why), _count in store.rejections.items():
+        raise RegistrationError(f"every dnsd would refuse {entry.name}: {why}")
 
 
 def register(
@@ -128,6 +167,16 @@ def register(
     etcd = config.etcd
     settings = PublishSettings(node_id=etcd.node_id, lease_ttl=etcd.lease_ttl)
     factory = client_factory or (lambda: make_client(etcd.connection()))
+    client = factory()
+    try:
+        holder = container_holding(client, entry.name, etcd.prefix)
+    finally:
+        client.close()
+    if holder:
+        raise RegistrationError(
+            f"{entry.name} is a container's name ({holder}): a registration would add "
+            f"{entry.address} to its answers; register another name"
+        )
     publisher = Publisher(
         factory, etcd.prefix, settings, Stats(), remove_earlier_run=False, end_when_revoked=True
     )
@@ -147,6 +196,19 @@ def register(
         publisher.stop()
         publisher.join(JOIN_S)
     return False
+
+
+def container_holding(client: Any, fqdn: str, prefix: str) -> str:
+    """The key of a container's address at ``fqdn`` (published by any node), or ""."""
+    base = name_to_key(fqdn, prefix) + "/"
+    for value, meta in client.get_prefix(base):
+        label = meta.key.decode(errors="replace")[len(base) :]
+        if "/" in label or not CONTAINER_LABEL.fullmatch(label):
+            continue
+        with contextlib.suppress(ValueError, AttributeError):
+            if json.loads(value).get(NODE_FIELD):
+                return meta.key.decode(errors="replace")
+    return ""
 
 
 def deregister(

@@ -15,6 +15,7 @@ import pytest
 from conftest import Dnsd, StopAtEnd, eventually, query, rcode, start_dnsd
 from test_etcd import answers, host, zone
 from testbed.etcd import Etcd
+from testbed.fake_engine import container
 
 from dnsd.config import load
 from dnsd.register import RegistrationError, registration
@@ -149,6 +150,12 @@ def test_register_refuses_bad_input_with_a_clear_message(etcd: Etcd) -> None:
         ("db", "10.0.0.1", "--port", "70000"): "between 1 and 65535",
         ("-x-.docker.", "10.0.0.1"): "",
         ("db", "10.0.0.1", "--ttl", "-1"): "--ttl",
+        # What every dnsd's mirror would skip: refused before "registered".
+        ("db", "fe80::1%eth0"): "scoped address",
+        ("x.*.docker.", "10.0.0.1", "--wildcard"): "'*' label other than first",
+        ("db", "10.0.0.1", "--node-id", "n" * 300): "label longer than 63 bytes",
+        # A wildcard only when meant.
+        ("*.docker.", "10.0.0.8"): "--wildcard",
     }
     for args, message in cases.items():
         result = dnsd("register", *args, "--etcd", etcd.endpoints, timeout=10)
@@ -236,3 +243,28 @@ def test_a_revoked_lease_ends_a_registration_a_lapsed_one_is_granted_again(
     finally:
         publisher.stop()
         publisher.join(5)
+
+
+def test_a_wildcard_is_registered_when_asked(
+    etcd: Etcd, server: tuple[Dnsd, str], tmp_path: Path, stop_at_end: StopAtEnd
+) -> None:
+    served, z = server
+    registered = stop_at_end(Registered(tmp_path, etcd, f"*.{z}.", "10.0.0.8", "--wildcard"))
+    assert registered.first.startswith("registered"), registered.output()
+    eventually(lambda: answers(served.port, f"anything.{z}") == ["10.0.0.8"])
+
+
+def test_a_containers_name_cannot_be_registered(
+    etcd: Etcd, server: tuple[Dnsd, str], tmp_path: Path, stop_at_end: StopAtEnd
+) -> None:
+    """Another node's container holds web1: registering web1 would add an address to the
+    container's answers; refused, and the answers stay the container's."""
+    served, z = server
+    _, engine = host(stop_at_end, tmp_path, etcd, "other-node", z)
+    engine.containers["c" * 64] = container("c" * 64, "web1", "10.1.0.5")
+    engine.emit("start", "c" * 64)
+    eventually(lambda: answers(served.port, f"web1.{z}") == ["10.1.0.5"])
+    result = dnsd("register", f"web1.{z}.", "6.6.6.6", "--etcd", etcd.endpoints, timeout=20)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "a container's name" in result.stderr and "registered" not in result.stdout
+    assert answers(served.port, f"web1.{z}") == ["10.1.0.5"]
