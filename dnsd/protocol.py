@@ -30,6 +30,14 @@ HEADER_LEN = 12
 CLASSIC_UDP_SIZE = 512  # a reply to a query without EDNS fits this (RFC 1035)
 MAX_TCP_SIZE = 65535  # a TCP message's two-byte length
 
+# The fewest bytes one record takes in a message: a compressed owner name (2), type, class,
+# TTL and RDATA length (10): no more than limit // this many records can ever fit.
+MIN_RECORD_BYTES = 12
+# The most records of one RRset an answer is built from (a name holding more, from etcd or a
+# wildcard, is answered with a rotating window of this many): a TCP message holds at most
+# about 4,000 A records, a UDP one about 75, and each record built costs the event loop.
+MAX_ANSWER_RECORDS = 1000
+
 MAX_LABEL_BYTES = 63
 MAX_NAME_WIRE_BYTES = 255  # on the wire: length bytes and the root label included
 MAX_NAME_TEXT_LEN = 253  # the same limit in presentation form, without the trailing dot

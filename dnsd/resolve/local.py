@@ -10,6 +10,7 @@ caches or forwarding.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -19,7 +20,13 @@ from dnslib import AAAA, CNAME, MX, NS, PTR, QTYPE, RD, RR, SOA, SRV, TXT, A
 
 from dnsd import dns_sd
 from dnsd.names import ancestors, in_zone, label_of
-from dnsd.protocol import QTYPE_ANY, RCODE_NOERROR, RCODE_NXDOMAIN, RCODE_SERVFAIL
+from dnsd.protocol import (
+    MAX_ANSWER_RECORDS,
+    QTYPE_ANY,
+    RCODE_NOERROR,
+    RCODE_NXDOMAIN,
+    RCODE_SERVFAIL,
+)
 from dnsd.records import (
     WILDCARD_LABELS,
     MxValue,
@@ -83,12 +90,18 @@ def nearest(records: list[Record], client_ip: str) -> list[Record]:
     return near or records
 
 
+_windows = itertools.count()  # where the next capped RRset's window starts
+
+
 def _rrset(records: list[Record], qname: str | None = None) -> list[RR]:
     ttl = min(record.ttl for record in records)  # one TTL per RRset (RFC 2181 5.2)
     # The same data from several sources (local Docker and its etcd copy) is answered once.
     records = list({(r.rtype, r.value): r for r in records}.values())
     if records[0].rtype == "SRV":
         records = srv_weights(records)
+    if len(records) > MAX_ANSWER_RECORDS:  # no transport carries them all: a window of them
+        start = next(_windows) * MAX_ANSWER_RECORDS % len(records)
+        records = (records[start:] + records[:start])[:MAX_ANSWER_RECORDS]
     rrs = [to_rr(record, qname) for record in records]
     for rr in rrs:
         rr.ttl = ttl

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from dnsd.admission import name_problem, value_problem
 from dnsd.logs import Throttled, event
 from dnsd.names import ancestors, in_zone
+from dnsd.protocol import MAX_ANSWER_RECORDS
 from dnsd.records import WILDCARD_LABELS, Record, RecordStore, wildcard_parts
 from dnsd.sources.skydns import (
     Service,
@@ -328,12 +329,17 @@ class Mirror:
             if not nodes:
                 return []
         # A name the static zone holds brings none of its keys.
-        services = [
-            self.services[key]
-            for node in sorted(nodes)
-            if not self._store.held_by_static(node)
-            for key in self._keys_at(node)
-        ]
+        services = list(
+            itertools.islice(
+                (
+                    self.services[key]
+                    for node in sorted(nodes)
+                    if not self._store.held_by_static(node)
+                    for key in self._keys_at(node)
+                ),
+                MAX_ANSWER_RECORDS,  # each key is a record at least: the answer's cap
+            )
+        )
         return [
             record
             for record in records_for(pattern, services, self._ttl)

@@ -32,6 +32,7 @@ from dnsd.protocol import (
     FLAG_TC,
     HEADER_LEN,
     MAX_TCP_SIZE,
+    MIN_RECORD_BYTES,
     RCODE_FORMERR,
     RCODE_NOTIMP,
     RCODE_SERVFAIL,
@@ -280,25 +281,49 @@ class QueryHandler:
         """The reply, fitted to ``limit``: the additional section goes first (no TC, RFC 2181
         9); if the answer still does not fit, TC=1 with as many whole answer records as fit
         (dnsmasq does the same: stub resolvers that never retry over TCP, such as musl before
-        1.2.4 and busybox, still get addresses), the OPT record kept."""
+        1.2.4 and busybox, still get addresses), the OPT record kept.  Never more records are
+        packed than ``limit`` could hold, and the count that fits is found from the size of
+        one packing (records of one RRset are about the same size), so a big RRset costs a
+        few packings of what fits, not a search over all of it."""
         records: list[Any] = []
+        most = limit // MIN_RECORD_BYTES
         for rrset in answer.rrsets:
             shift = turn % len(rrset)
             records += [*rrset[shift:], *rrset[:shift]]
-        packed = self._sections(query, answer, records, answer.authority, answer.additional, edns)
-        if len(packed) <= limit:
-            return packed
-        packed = self._sections(query, answer, records, answer.authority, [], edns)
-        if len(packed) <= limit:
-            return packed
-        fits, short = 0, len(records)  # the most whole records that fit: a binary search
-        while fits < short:
-            middle = (fits + short + 1) // 2
-            if len(self._sections(query, answer, records[:middle], [], [], edns)) <= limit:
-                fits = middle
+            if len(records) > most:
+                break
+        if len(records) <= most:
+            packed = self._sections(
+                query, answer, records, answer.authority, answer.additional, edns
+            )
+            if len(packed) <= limit:
+                return packed
+            packed = self._sections(query, answer, records, answer.authority, [], edns)
+            if len(packed) <= limit:
+                return packed
+        del records[most:]
+
+        def fits(count: int) -> bool:
+            return len(self._sections(query, answer, records[:count], [], [], edns)) <= limit
+
+        bare = len(self._sections(query, answer, [], [], [], edns))
+        whole = len(self._sections(query, answer, records, [], [], edns))
+        per_record = max((whole - bare) / max(len(records), 1), 1.0)
+        low, high = 0, len(records)  # fits(low); not fits(high + 1)
+        guess = min(int((limit - bare) / per_record), high)
+        if guess > low and fits(guess):
+            low = guess
+            if guess < high and not fits(guess + 1):
+                high = guess
+        elif guess > low:
+            high = guess - 1
+        while low < high:  # only when the records' sizes differ: a binary search
+            middle = (low + high + 1) // 2
+            if fits(middle):
+                low = middle
             else:
-                short = middle - 1
-        return self._sections(query, answer, records[:fits], [], [], edns, truncated=True)
+                high = middle - 1
+        return self._sections(query, answer, records[:low], [], [], edns, truncated=True)
 
     def _sections(
         self,
