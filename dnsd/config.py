@@ -38,7 +38,11 @@ from dnsd.resolve.upstream_health import MAX_FAILS, POLICIES, PROBE_INTERVAL_S
 from dnsd.sources.etcd_client import EtcdConnection
 from dnsd.wire.answer_cache import ANSWER_CACHE_BYTES, ANSWER_CACHE_ENTRIES
 from dnsd.wire.codec import DEFAULT_MAX_UDP_SIZE
-from dnsd.wire.miss_rate import MISSES_PER_CLIENT_PER_SECOND
+from dnsd.wire.miss_rate import (
+    MISSES_PER_CLIENT_PER_SECOND,
+    MISSES_PER_PREFIX_PER_SECOND,
+    MISSES_PER_SECOND,
+)
 from dnsd.wire.query_log import DEFAULT_LINES_PER_SECOND
 from dnsd.wire.tcp import IDLE_TIMEOUT_S, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_CLIENT
 
@@ -74,6 +78,10 @@ class ServerConfig:
     tcp_max_connections: int = MAX_CONNECTIONS
     tcp_max_connections_per_client: int = MAX_CONNECTIONS_PER_CLIENT
     udp_miss_rate_per_client: int = MISSES_PER_CLIENT_PER_SECOND  # 0: no limit
+    # ... from one /24 (IPv4) or /56 (IPv6), and from everyone (past it, the heaviest
+    # networks are shed first); over a limit: TC=1 (ask over TCP); 0: no limit
+    udp_miss_rate_per_network: int = MISSES_PER_PREFIX_PER_SECOND
+    udp_miss_rate_total: int = MISSES_PER_SECOND
     answer_cache_size: int = ANSWER_CACHE_ENTRIES
     answer_cache_bytes: int = ANSWER_CACHE_BYTES
 
@@ -531,10 +539,8 @@ def _check_server(server: ServerConfig, check: _Checker) -> None:
         "answer_cache_bytes",
     ):  # fmt: skip
         check.at_least(f"server.{key}", getattr(server, key), 1, "must be positive")
-    check.at_least(
-        "server.udp_miss_rate_per_client", server.udp_miss_rate_per_client, 0,
-        "must be 0 (no limit) or positive",
-    )  # fmt: skip
+    for key in ("udp_miss_rate_per_client", "udp_miss_rate_per_network", "udp_miss_rate_total"):
+        check.at_least(f"server.{key}", getattr(server, key), 0, "must be 0 (no limit) or positive")
     if not server.tcp_idle_timeout > 0:
         check.fail("server.tcp_idle_timeout", "must be positive")
     if not 512 <= server.max_udp_size <= 65535:

@@ -230,6 +230,8 @@ class Daemon:
             udp = UdpServer(
                 udp_sock, handler, answer_cache, self.stats, rrl=rrl, query_log=query_log,
                 misses_per_client=server.udp_miss_rate_per_client,
+                misses_per_prefix=server.udp_miss_rate_per_network,
+                misses_total=server.udp_miss_rate_total,
             )  # fmt: skip
             tcp = TcpServer(
                 tcp_sock,

@@ -10,12 +10,14 @@ import struct
 import threading
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import dns.edns
 import dns.exception
 import dns.flags
 import dns.message
+import dns.query
 import dns.rdatatype
 import pytest
 from conftest import Dnsd, DnsdFactory, FakeUpstream, StopAtEnd, eventually, free_port, query, rcode
@@ -268,7 +270,15 @@ def test_misses_beyond_the_queue_bound_get_servfail_while_the_loop_is_busy() -> 
 
     async def main() -> None:
         # No miss rate limit: this is about the queue's bounds.
-        server = UdpServer(bind_udp("127.0.0.1", 0), handler, cache, stats, misses_per_client=0)
+        server = UdpServer(
+            bind_udp("127.0.0.1", 0),
+            handler,
+            cache,
+            stats,
+            misses_per_client=0,
+            misses_per_prefix=0,
+            misses_total=0,
+        )
         server.start()
         client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
@@ -695,7 +705,7 @@ def test_a_mutated_packet_flood_from_one_address_costs_other_clients_nothing(
     dnsd_factory: DnsdFactory,
 ) -> None:
     """One address sends ~76,000 fuzzed packets a second (most still questions: misses).  Its
-    misses beyond ``server.udp_miss_rate_per_client`` get SERVFAIL from the listener thread, so
+    misses beyond ``server.udp_miss_rate_per_client`` get TC=1 from the listener thread, so
     the event loop stays free and the listener keeps up.  Proven relatively, by the same flood
     against a dnsd without the limit in the same test: another client's questions on the
     loop's path are answered more than twice as often with it (measured: 144 against 19 in
@@ -707,7 +717,10 @@ def test_a_mutated_packet_flood_from_one_address_costs_other_clients_nothing(
     reason = "too many misses from one client"
     assert limited.metric("dnsd_dropped_packets_total", reason=reason) > 50_000
     limited.stop()
-    unlimited = dnsd_factory("--no-forward", config="[server]\nudp_miss_rate_per_client = 0\n")
+    no_limits = (
+        "udp_miss_rate_per_client = 0\nudp_miss_rate_per_network = 0\nudp_miss_rate_total = 0\n"
+    )
+    unlimited = dnsd_factory("--no-forward", config="[server]\n" + no_limits)
     sent_unlimited, answered_unlimited, summary_unlimited = _flooded(unlimited)
     assert sent_unlimited > 200_000, sent_unlimited
     assert unlimited.metric("dnsd_dropped_packets_total", reason=reason) == 0
@@ -756,3 +769,59 @@ def test_a_name_with_20000_addresses_is_answered_from_a_bounded_slice(
                 assert len(reply.answer[0]) == 1000 and not reply.flags & dns.flags.TC
     assert probe.lost == 0, probe.summary()
     assert len(probe.latencies) > 10, probe.summary()
+
+
+def test_many_addresses_of_one_network_cannot_flood_the_event_loop(
+    dnsd_factory: DnsdFactory,
+) -> None:
+    """The issue's bypass: random names from 249 addresses (127.0.0.2-250, 20 a second each:
+    far below the per-address limit).  Their network (127.0.0.0/24) is held to
+    ``udp_miss_rate_per_network`` misses a second; the rest get TC=1 from the listener
+    thread.  A probe from another network (127.1.0.1) asking new names loses nothing."""
+    import subprocess
+    import sys
+
+    from testbed import flood
+    from testbed.etcd_load import Probe
+
+    server = dnsd_factory("--no-forward", config="[server]\nudp_miss_rate_per_network = 1000\n")
+    seconds = 5.0
+    sender = subprocess.Popen(
+        [sys.executable, flood.__file__, str(server.port), "5000", str(seconds),
+         "127.0.0.2-250", "names"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    with Probe(server.port, "probe.docker", timeout=1.0, miss=True, source="127.1.0.1") as probe:
+        sent = int(sender.communicate(timeout=60)[0])
+    assert sent > 15_000, sent
+    shed = server.metric("dnsd_dropped_packets_total", reason="too many misses from one network")
+    resolved = server.metric("dnsd_queries_total", path="resolver", rcode="NXDOMAIN")
+    # The loop took at most 1,000 a second from the network (a second or two of making the
+    # packets first: the flood ran about ``seconds``), the probe's own on top.
+    assert shed > 0.3 * sent, (shed, sent)
+    assert resolved <= 1000 * (seconds + 3) + len(probe.latencies) + probe.lost, resolved
+    assert probe.lost == 0, probe.summary()
+    assert len(probe.latencies) > 20, probe.summary()
+
+
+def test_a_busy_client_behind_one_address_is_answered_over_tcp_not_refused(
+    dnsd_factory: DnsdFactory,
+) -> None:
+    """One address asking more distinct names a second than its share (a node-local cache, a
+    NATed host): over the share it gets TC=1 and asks again over TCP, as a stub resolver
+    does: every question is answered, none SERVFAIL (before: 46 % SERVFAIL)."""
+    server = dnsd_factory("--no-forward", config="[server]\nudp_miss_rate_per_client = 100\n")
+    rcodes, over_tcp = [], 0
+    for i in range(400):
+        message = dns.message.make_query(f"busy{i}.docker", "A")
+        reply, used_tcp = dns.query.udp_with_fallback(
+            message, "127.0.0.1", port=server.port, timeout=3, source="127.0.0.77"
+        )
+        rcodes.append(rcode(reply))
+        over_tcp += used_tcp
+    assert rcodes == ["NXDOMAIN"] * 400, Counter(rcodes)
+    assert over_tcp > 0  # the share was passed: those went over TCP
+    assert (
+        server.metric("dnsd_dropped_packets_total", reason="too many misses from one client")
+        == over_tcp
+    )

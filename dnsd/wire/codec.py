@@ -153,6 +153,18 @@ def options_well_formed(data: bytes, start: int) -> bool:
     return True
 
 
+def slip(query: bytes) -> bytes | None:
+    """A TC=1 reply to ``query`` made from its bytes (its ID, opcode, RD and question): "ask
+    again over TCP"; None when it is not a query with a readable header."""
+    if len(query) < HEADER_LEN or query[2] & 0x80:
+        return None
+    end = question_end(query)
+    flags = bytes((0x82 | (query[2] & 0x79), 0))  # QR, TC; the opcode and RD echoed
+    if end < 0 or query[4:6] != b"\x00\x01":
+        return query[:2] + flags + b"\x00" * 8
+    return query[:2] + flags + b"\x00\x01\x00\x00\x00\x00\x00\x00" + query[HEADER_LEN:end]
+
+
 def truncated(response: bytes) -> bytes:
     """The header and question of ``response`` with TC=1 and no records (a slip)."""
     end = question_end(response)

@@ -35,9 +35,14 @@ from dnsd.logs import Throttled
 from dnsd.protocol import HEADER_LEN, RCODE_NOERROR, RCODE_SERVFAIL
 from dnsd.stats import Durations, Stats
 from dnsd.wire.answer_cache import AnswerCache
-from dnsd.wire.codec import OPT_FIXED_BYTES, error_response, opt_well_formed, truncated
+from dnsd.wire.codec import OPT_FIXED_BYTES, error_response, opt_well_formed, slip, truncated
 from dnsd.wire.fair_queue import FairQueue
-from dnsd.wire.miss_rate import MISSES_PER_CLIENT_PER_SECOND, TOO_MANY_MISSES, MissRate
+from dnsd.wire.miss_rate import (
+    MISSES_PER_CLIENT_PER_SECOND,
+    MISSES_PER_PREFIX_PER_SECOND,
+    MISSES_PER_SECOND,
+    MissRate,
+)
 from dnsd.wire.query import QueryHandler
 from dnsd.wire.query_log import QueryLog
 from dnsd.wire.rrl import DROP, SLIP, ResponseRateLimit
@@ -96,9 +101,11 @@ class UdpServer:
         rrl: ResponseRateLimit | None = None,
         query_log: QueryLog | None = None,
         misses_per_client: int = MISSES_PER_CLIENT_PER_SECOND,
+        misses_per_prefix: int = MISSES_PER_PREFIX_PER_SECOND,
+        misses_total: int = MISSES_PER_SECOND,
     ) -> None:
         self._rrl = rrl
-        self._miss_rate = MissRate(misses_per_client)
+        self._miss_rate = MissRate(misses_per_client, misses_per_prefix, misses_total)
         self._rrl_lock = threading.Lock()  # the limiter is asked from the thread and the loop
         self._query_log = query_log
         self._sock = sock
@@ -232,6 +239,13 @@ class UdpServer:
     def _queue(self, data: bytes, addr: tuple[str, int]) -> None:
         """Hand a miss to the event loop (called on the listener thread); what is not a
         question to resolve is answered or dropped here (``dnsd.wire.screen``)."""
+        over = self._miss_rate.over(addr[0], self._clock())
+        if over is not None:  # "ask again over TCP", from the packet's bytes: no parsing
+            self._stats.drop(over)
+            reply = slip(data)
+            if reply is not None:
+                self._send(addr, reply)
+            return
         verdict = screened(data, self._stats)
         if verdict != PASS:
             if verdict is not None:
@@ -242,9 +256,6 @@ class UdpServer:
             reply = error_response(data, RCODE_NOERROR, echo_question=True)
             if reply is not None:
                 self._send(addr, truncated(reply))
-            return
-        if not self._miss_rate.allows(addr[0], self._clock()):
-            self._busy(data, addr, TOO_MANY_MISSES)
             return
         refused = self._queued.put(data, addr)
         if refused is not None:  # the loop is far behind: answer now, count it

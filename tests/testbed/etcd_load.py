@@ -76,9 +76,16 @@ class Probe:
     path) ``rate`` times a second over UDP; each question waits ``timeout`` at most."""
 
     def __init__(
-        self, port: int, name: str, rate: float = 50, timeout: float = 1.0, miss: bool = False
+        self,
+        port: int,
+        name: str,
+        rate: float = 50,
+        timeout: float = 1.0,
+        miss: bool = False,
+        source: str | None = None,
     ) -> None:
         self.port, self.name, self.rate, self.timeout, self.miss = port, name, rate, timeout, miss
+        self.source = source  # the probe's own address (another loopback one), if given
         self.latencies: list[float] = []
         self.lost = 0
         self._stop = threading.Event()
@@ -101,7 +108,7 @@ class Probe:
             try:
                 dns.query.udp(
                     dns.message.make_query(qname, "A"), "127.0.0.1", port=self.port,
-                    timeout=self.timeout,
+                    timeout=self.timeout, source=self.source,
                 )  # fmt: skip
                 self.latencies.append(time.monotonic() - started)
             except dns.exception.Timeout:
