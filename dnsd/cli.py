@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dnsd import __version__, logs, register, tools
-from dnsd.config import FLAGS, Config, ConfigError, Overrides, load
+from dnsd.config import FLAGS, Config, ConfigError, Layer, load, settings_text
 from dnsd.config import warnings as config_warnings
 from dnsd.daemon import SHUTDOWN_DEADLINE_S, Daemon, StartupError
 from dnsd.hostport import format_hostport, parse_hostport
@@ -60,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
         "hosts-file line.",
     )
     check.add_argument("file", nargs="?", help="TOML config file (same as --config)")
+    check.add_argument(
+        "--print", action="store_true",
+        help="print every setting in effect, as TOML, each with where it came from",
+    )  # fmt: skip
     _add_settings(check)
 
     records = commands.add_parser(
@@ -172,18 +176,20 @@ def _loopback(entry: str) -> str:
     return format_hostport(host, port)
 
 
-def _flag_overrides(args: argparse.Namespace) -> Overrides:
+def _flag_overrides(args: argparse.Namespace) -> Layer:
     """The settings flags the command was given (commands take all of them or a few)."""
-    overrides: Overrides = {}
+    layer = Layer()
     for flag in FLAGS:
         value = getattr(args, flag.name, None)
         if value is None:
             continue
-        overrides[(flag.section, flag.key)] = flag.switch if flag.switch is not None else value
+        value = flag.switch if flag.switch is not None else value
+        layer.set((flag.section, flag.key), value, f"flag {flag.option}")
     if getattr(args, "etcd", None):
-        overrides[("etcd", "endpoints")] = [e.strip() for e in args.etcd.split(",") if e.strip()]
-        overrides[("etcd", "enabled")] = True
-    return overrides
+        endpoints = [e.strip() for e in args.etcd.split(",") if e.strip()]
+        layer.set(("etcd", "endpoints"), endpoints, "flag --etcd")
+        layer.set(("etcd", "enabled"), True, "flag --etcd")
+    return layer
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -201,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             config = _settings(args)
         except ConfigError as exc:
-            print(f"dnsd: {exc}", file=sys.stderr)
+            _complain(exc)
             return EXIT_CONFIG
         if args.command == "records":
             args.http = _loopback(config.http.listen) if config.http.listen else DEFAULT_HTTP
@@ -216,6 +222,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _serve(args)
 
 
+def _complain(exc: BaseException) -> None:
+    """An error on stderr, "dnsd: " before each of its lines (a ConfigError lists them all)."""
+    for line in str(exc).splitlines() or [""]:
+        print(f"dnsd: {line}", file=sys.stderr)
+
+
 def _check_config(args: argparse.Namespace) -> int:
     path = args.file or args.config or os.environ.get("DNSD_CONFIG") or "defaults"
     try:
@@ -224,7 +236,7 @@ def _check_config(args: argparse.Namespace) -> int:
         static = StaticSource(RecordStore(), lambda: settings, settings)
         owners = static.build(settings)
     except ConfigError as exc:
-        print(f"dnsd: {exc}", file=sys.stderr)
+        _complain(exc)
         return EXIT_CONFIG
     if static.bad_lines:
         for example in static.bad_examples[:20]:
@@ -232,7 +244,9 @@ def _check_config(args: argparse.Namespace) -> int:
         print(f"dnsd: {path}: {static.bad_lines} bad hosts-file line(s)", file=sys.stderr)
         return EXIT_CONFIG
     count = sum(len(records) for records in owners.values())
-    print(f"{path}: ok ({count} static records)")
+    if args.print:
+        print(settings_text(config), end="")
+    print(f"{path}: ok ({count} static records)", file=sys.stderr if args.print else sys.stdout)
     for warning in config_warnings(config):
         print(f"{path}: warning: {warning}", file=sys.stderr)
     if config.static.outside_zones:
@@ -259,7 +273,7 @@ def _registration(args: argparse.Namespace) -> int:
             args.wildcard,
         )  # fmt: skip
     except (ConfigError, ValueError) as exc:
-        print(f"dnsd: {exc}", file=sys.stderr)
+        _complain(exc)
         return EXIT_CONFIG
     except Exception as exc:  # etcd out of reach
         print(f"dnsd: etcd: {reason(exc)}", file=sys.stderr)
@@ -275,7 +289,7 @@ def _registration(args: argparse.Namespace) -> int:
     try:
         register.register(config, entry, stop, lambda line: print(line, flush=True))
     except register.RegistrationError as exc:
-        print(f"dnsd: {exc}", file=sys.stderr)
+        _complain(exc)
         return EXIT_CONFIG
     except Exception as exc:  # etcd out of reach while checking the name
         print(f"dnsd: etcd: {reason(exc)}", file=sys.stderr)
@@ -293,7 +307,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config = load_config()
     except ConfigError as exc:
-        print(f"dnsd: {exc}", file=sys.stderr)
+        _complain(exc)
         return EXIT_CONFIG
     logs.setup(config.log.format, config.log.level)
     for warning in config_warnings(config):
@@ -307,7 +321,7 @@ def _serve(args: argparse.Namespace) -> int:
         asyncio.run(_run(Daemon(config, load_config)))
     except (StartupError, ConfigError) as exc:
         logger.error("%s", exc)
-        print(f"dnsd: {exc}", file=sys.stderr)
+        _complain(exc)
         return EXIT_CONFIG
     return EXIT_OK
 

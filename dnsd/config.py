@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import json
 import logging
+import re
 import socket
 import tomllib
 import typing
@@ -203,6 +205,9 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     log: LogConfig = field(default_factory=LogConfig)
     path: str | None = None  # the file it was read from, if any
+    # (section, key) -> where its value came from ("conf/dnsd.toml:12", "environment variable
+    # DNSD_LISTEN", "flag --listen"); keys left at their default are not in it.
+    origins: dict[tuple[str, str], str] = field(default_factory=dict, compare=False)
 
 
 SECTIONS: dict[str, type] = {
@@ -312,6 +317,27 @@ def flag_table() -> str:
 Overrides = dict[tuple[str, str], Any]
 
 
+class Layer(dict[tuple[str, str], Any]):
+    """One source of settings (the file, the environment, the flags): (section, key) ->
+    value, and for each key where it was written (``origins``), so an error names it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.origins: dict[tuple[str, str], str] = {}
+
+    def set(self, target: tuple[str, str], value: Any, origin: str) -> None:
+        self[target] = value
+        self.origins[target] = origin
+
+
+class Problems(list[str]):
+    """Every configuration error found, reported together (``raise_if_any``)."""
+
+    def raise_if_any(self) -> None:
+        if self:
+            raise ConfigError("\n".join(self))
+
+
 def _field_types(section: str) -> dict[str, Any]:
     hints = typing.get_type_hints(SECTIONS[section])
     return {f.name: hints[f.name] for f in dataclasses.fields(SECTIONS[section])}
@@ -339,8 +365,8 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
             return value
         return {str(k): _coerce(v, item, f"{where}.{k}") for k, v in value.items()}
     if kind is bool:
-        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false"):
-            return value.lower() in ("1", "true", "yes", "on")
+        if isinstance(value, str) and value.strip().lower() in TRUE_WORDS | FALSE_WORDS:
+            return value.strip().lower() in TRUE_WORDS
         if isinstance(value, bool):
             return value
     elif kind is int:
@@ -358,6 +384,10 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
     raise ConfigError(f"{where}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
 
 
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+
+
 def _parse_number(text: str, kind: type, where: str) -> Any:
     try:
         return kind(text)
@@ -365,30 +395,62 @@ def _parse_number(text: str, kind: type, where: str) -> Any:
         raise ConfigError(f"{where}: expected a number, got {text!r}") from None
 
 
-def read_file(path: str) -> Overrides:
+def read_file(path: str, problems: Problems | None = None) -> Layer:
+    """The file's settings, each with its FILE:LINE; a problem with one key is added to
+    ``problems`` (raised at once without it) and the rest are still read."""
+    found = Problems() if problems is None else problems
     try:
         with open(path, "rb") as handle:
-            document = tomllib.load(handle)
+            raw = handle.read()
+        document = tomllib.loads(raw.decode())
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    overrides: Overrides = {}
+    lines = _key_lines(raw.decode())
+    layer = Layer()
     for section, table in document.items():
         if section not in SECTIONS:
-            raise ConfigError(
-                f"{path}: unknown section [{section}]{_did_you_mean(section, SECTIONS)}"
-            )
+            found.append(f"{path}: unknown section [{section}]{_did_you_mean(section, SECTIONS)}")
+            continue
         if not isinstance(table, dict):
-            raise ConfigError(f"{path}: [{section}] must be a table")
+            found.append(f"{path}: [{section}] must be a table")
+            continue
         types = _field_types(section)
         for key, value in table.items():
+            where = f"{path}:{lines.get((section, key), lines.get((section, ''), 0))}"
             if key not in types:
                 hint = _did_you_mean(key, types)
-                raise ConfigError(f"{path}: unknown key '{section}.{key}'{hint}")
-            where = f"{path}: key '{section}.{key}'"
-            overrides[(section, key)] = _coerce(value, types[key], where)
-    return _relative_to(path, overrides)
+                found.append(f"{where}: unknown key '{section}.{key}'{hint}")
+                continue
+            try:
+                layer.set((section, key), _coerce(value, types[key], f"{where}: key "
+                          f"'{section}.{key}'"), where)  # fmt: skip
+            except ConfigError as exc:
+                found.append(str(exc))
+    if problems is None:
+        found.raise_if_any()
+    return _relative_to(path, layer)
+
+
+_TABLE = re.compile(r"\s*\[\[?\s*([A-Za-z0-9_-]+)")
+_KEY = re.compile(r"\s*([A-Za-z0-9_-]+)\s*=")
+
+
+def _key_lines(text: str) -> dict[tuple[str, str], int]:
+    """(section, key) -> the line it is first written on ((section, ""): the section's)."""
+    lines: dict[tuple[str, str], int] = {}
+    section = ""
+    for number, line in enumerate(text.splitlines(), 1):
+        table = _TABLE.match(line)
+        if table:
+            section = table.group(1)
+            lines.setdefault((section, ""), number)
+            continue
+        key = _KEY.match(line)
+        if key and section:
+            lines.setdefault((section, key.group(1)), number)
+    return lines
 
 
 def _did_you_mean(word: str, known: Iterable[str]) -> str:
@@ -396,52 +458,77 @@ def _did_you_mean(word: str, known: Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _relative_to(path: str, overrides: Overrides) -> Overrides:
+def _relative_to(path: str, layer: Layer) -> Layer:
     """Hosts files named in a config file are relative to that file's folder."""
     base = Path(path).resolve().parent
-    hosts = overrides.get(("static", "hosts"))
+    hosts = layer.get(("static", "hosts"))
     if hosts:
-        overrides[("static", "hosts")] = [str(base / h) for h in hosts]
-    return overrides
+        layer[("static", "hosts")] = [str(base / h) for h in hosts]
+    return layer
 
 
-def read_environment(environ: Mapping[str, str]) -> Overrides:
+def read_environment(environ: Mapping[str, str], problems: Problems | None = None) -> Layer:
+    """The ``DNSD_*`` variables' settings, each with its variable's name; problems as in
+    ``read_file``."""
+    found = Problems() if problems is None else problems
     long_names = {
         f"{ENV_PREFIX}{section}_{key}".upper(): (section, key)
         for section in SECTIONS
         for key in _field_types(section)
     }
     short = {f"{ENV_PREFIX}{name}".upper(): target for name, target in SHORT_NAMES.items()}
-    overrides: Overrides = {}
+    layer = Layer()
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX) or name in ("DNSD_CONFIG", *SWITCHES):
             continue
         target = short.get(name) or long_names.get(name)
+        where = f"environment variable {name}"
         if target is None:
             hint = _did_you_mean(name, [*short, *long_names, "DNSD_CONFIG", *SWITCHES])
-            raise ConfigError(f"environment: unknown variable {name}{hint}")
+            found.append(f"environment: unknown variable {name}{hint}")
+            continue
         section, key = target
         kind = _field_types(section)[key]
-        overrides[target] = _coerce(value, kind, f"environment: {name}")
+        try:
+            layer.set(target, _coerce(value, kind, where), where)
+        except ConfigError as exc:
+            found.append(str(exc))
     if environ.get("DNSD_ETCD"):
-        overrides[("etcd", "enabled")] = True
+        layer.set(("etcd", "enabled"), True, "environment variable DNSD_ETCD")
     for name, flag in SWITCHES.items():
-        if name in environ and _coerce(environ[name], bool, f"environment: {name}"):
-            overrides[(flag.section, flag.key)] = flag.switch
-    return overrides
+        if name not in environ:
+            continue
+        try:
+            on = _coerce(environ[name], bool, f"environment variable {name}")
+        except ConfigError as exc:
+            found.append(str(exc))
+            continue
+        if on:
+            layer.set((flag.section, flag.key), flag.switch, f"environment variable {name}")
+    if problems is None:
+        found.raise_if_any()
+    return layer
 
 
-def build(*layers: Overrides, path: str | None = None) -> Config:
-    """Apply override layers (later wins) to the defaults and validate the result."""
+def build(*layers: Overrides, path: str | None = None, problems: Problems | None = None) -> Config:
+    """Apply override layers (later wins) to the defaults and validate the result; every
+    problem (``problems``: found while reading the layers) raised together."""
     merged: Overrides = {}
+    origins: dict[tuple[str, str], str] = {}
     for layer in layers:
         merged.update(layer)
+        for target in layer:
+            origin = getattr(layer, "origins", {}).get(target)
+            if origin:
+                origins[target] = origin
+            else:
+                origins.pop(target, None)
     sections: dict[str, Any] = {}
     for section, cls in SECTIONS.items():
         values = {key: v for (sec, key), v in merged.items() if sec == section}
         sections[section] = cls(**values)
-    config = Config(**sections, path=path)
-    return validate(config, path or "flags/environment")
+    config = Config(**sections, path=path, origins=origins)
+    return validate(config, path or "flags/environment", problems)
 
 
 def load(
@@ -449,19 +536,27 @@ def load(
     environ: Mapping[str, str] | None = None,
     flags: Overrides | None = None,
 ) -> Config:
-    file_layer = read_file(path) if path else {}
-    env_layer = read_environment(environ or {})
-    return build(file_layer, env_layer, flags or {}, path=path)
+    """The settings from the file, the environment and the flags (later wins), validated;
+    ``ConfigError`` names every problem, each with where it was written."""
+    problems = Problems()
+    file_layer = read_file(path, problems) if path else Layer()
+    env_layer = read_environment(environ or {}, problems)
+    return build(file_layer, env_layer, flags or {}, path=path, problems=problems)
 
 
 class _Checker:
-    """Raises ``ConfigError`` naming the file (or the environment) and the key."""
+    """Collects every problem, each naming where the key was written (FILE:LINE, the
+    environment variable, the flag) and the key."""
 
-    def __init__(self, origin: str) -> None:
-        self.origin = origin
+    def __init__(self, origin: str, origins: Mapping[tuple[str, str], str]) -> None:
+        self.origin = origin  # for a key left at its default
+        self.origins = origins
+        self.problems: list[str] = []
 
-    def fail(self, key: str, message: str) -> typing.NoReturn:
-        raise ConfigError(f"{self.origin}: key '{key}': {message}")
+    def fail(self, key: str, message: str) -> None:
+        section, _, name = key.partition(".")
+        where = self.origins.get((section, name), self.origin)
+        self.problems.append(f"{where}: key '{key}': {message}")
 
     def at_least(self, key: str, value: float, least: float, message: str) -> None:
         if value < least:
@@ -486,10 +581,11 @@ class _Checker:
         return name
 
 
-def validate(config: Config, origin: str) -> Config:
-    """Every section checked by its own validator (each message names its key); the config
-    with names normalised."""
-    check = _Checker(origin)
+def validate(config: Config, origin: str, problems: Problems | None = None) -> Config:
+    """Every section checked by its own validator (each message names its key and where it
+    was written); the config with names normalised.  ``ConfigError`` holds every problem,
+    with ``problems`` (found before) first."""
+    check = _Checker(origin, config.origins)
     _check_server(config.server, check)
     domains, allowed = _check_forward(config.forward, config.server.zones, check)
     _check_rrl(config.rrl, check)
@@ -499,6 +595,9 @@ def validate(config: Config, origin: str) -> Config:
     _check_etcd(config.etcd, check)
     zones = [normalized(z) for z in config.server.zones]
     docker_zone = _check_docker(config.docker, zones, check)
+    found = Problems(problems or [])
+    found.extend(check.problems)
+    found.raise_if_any()
     etcd = config.etcd
     node_id = etcd.node_id or socket.gethostname()
     advertise = "host" if etcd.advertise_ip else etcd.advertise
@@ -642,7 +741,7 @@ def _check_docker(docker: DockerConfig, zones: list[str], check: _Checker) -> st
                        f"{docker.url!r}")  # fmt: skip
     if not docker.resync_interval > 0:
         check.fail("docker.resync_interval", "must be positive")
-    docker_zone = normalized(docker.zone) if docker.zone else zones[0]
+    docker_zone = normalized(docker.zone) if docker.zone else (zones or ["."])[0]
     if docker_zone not in zones:
         check.fail("docker.zone", f"{docker_zone!r} is not one of server.zones")
     return docker_zone
@@ -682,3 +781,40 @@ def warnings(config: Config) -> list[str]:
                 "amplification attacks); list the networks of your clients instead"
             )
     return found
+
+
+SECRET_KEYS = frozenset({("etcd", "password")})
+
+
+def settings_text(config: Config) -> str:
+    """Every setting in effect, as TOML (``check-config --print``, as ``unbound-checkconf
+    -o`` shows them): each key that was not left at its default says where it came from;
+    secrets are not shown."""
+    lines: list[str] = []
+    for section in SECTIONS:
+        lines.append(f"[{section}]")
+        values = getattr(config, section)
+        for item in dataclasses.fields(values):
+            value = getattr(values, item.name)
+            if (section, item.name) in SECRET_KEYS and value:
+                value = "(set, not shown)"
+            origin = config.origins.get((section, item.name))
+            comment = f"  # {origin}" if origin else ""
+            lines.append(f"{item.name} = {_toml_value(value)}{comment}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string: the same escapes
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        pairs = ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items())
+        return "{" + (f" {pairs} " if pairs else "") + "}"
+    return json.dumps(str(value))

@@ -308,3 +308,108 @@ def test_a_top_level_zone_is_never_silently_accepted(tmp_path: Path) -> None:
     config = load(write(tmp_path, '[server]\nzones = ["com"]\n'))
     assert any("top-level domain" in line and "never forwards" in line for line in warnings(config))
     assert warnings(load(write(tmp_path, '[server]\nzones = ["docker"]\n'))) == []
+
+
+def _check_config(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    import os
+
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DNSD_")}
+    return subprocess.run(
+        [sys.executable, "-m", "dnsd", "check-config", *args],
+        capture_output=True, text=True, timeout=30, env={**environ, **(env or {})}, cwd=ROOT,
+    )  # fmt: skip
+
+
+def test_a_bad_value_names_where_it_was_written() -> None:
+    """The variable, the flag, or FILE:LINE: never the file for a value that came from
+    elsewhere (the issue: both of these blamed conf/dnsd.toml)."""
+    from_env = _check_config("conf/dnsd.toml", env={"DNSD_LISTEN": "127.0.0.1:99999"})
+    assert from_env.returncode == 2
+    assert from_env.stderr.startswith(
+        "dnsd: environment variable DNSD_LISTEN: key 'server.listen': port out of range"
+    ), from_env.stderr
+    from_flag = _check_config("conf/dnsd.toml", "--listen", "127.0.0.1:99999")
+    assert from_flag.stderr.startswith("dnsd: flag --listen: key 'server.listen'"), from_flag.stderr
+    lines = (ROOT / "conf/dnsd.toml").read_text().splitlines()
+    ttl_line = next(n for n, line in enumerate(lines, 1) if line.startswith("ttl = "))
+    bad = "\n".join(line.replace("ttl = 5", "ttl = -1") if n == ttl_line else line
+                    for n, line in enumerate(lines, 1))  # fmt: skip
+    (ROOT / ".bad-ttl.toml").write_text(bad)
+    try:
+        from_file = _check_config(".bad-ttl.toml")
+    finally:
+        (ROOT / ".bad-ttl.toml").unlink()
+    assert from_file.stderr.startswith(f"dnsd: .bad-ttl.toml:{ttl_line}: key 'server.ttl'")
+
+
+def test_every_error_is_reported_at_once(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[server]\nttl = -3\nnope = 1\n[forward]\ntimeout = 0\nmax_ttl = "x"\n'
+        '[log]\nlevel = "LOUD"\n',
+    )
+    result = _check_config(path, "--zone", "bad zone", env={"DNSD_DOCKER_RESYNC_INTERVAL": "0"})
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    expected = [
+        f"{path}:3: unknown key 'server.nope'",
+        f"{path}:6: key 'forward.max_ttl': expected a number",
+        "flag --zone: key 'server.zones': not a domain name",
+        f"{path}:2: key 'server.ttl'",
+        f"{path}:5: key 'forward.timeout'",
+        f"{path}:8: key 'log.level'",
+        "environment variable DNSD_DOCKER_RESYNC_INTERVAL: key 'docker.resync_interval'",
+    ]
+    for text in expected:
+        assert any(text in line for line in lines), (text, lines)
+    assert all(line.startswith("dnsd: ") for line in lines)
+
+
+@pytest.mark.parametrize("word,value", [("yes", True), ("on", True), ("true", True),
+                                        ("1", True), ("no", False), ("off", False),
+                                        ("false", False), ("0", False)])  # fmt: skip
+def test_every_boolean_takes_yes_no_on_off_true_false_1_0(
+    tmp_path: Path, word: str, value: bool
+) -> None:
+    import dataclasses
+
+    from dnsd.config import SECTIONS
+
+    booleans = [
+        (section, f.name)
+        for section, cls in SECTIONS.items()
+        for f in dataclasses.fields(cls)
+        if f.type in (bool, "bool")
+    ]
+    assert len(booleans) >= 8
+    for section, key in booleans:
+        env = {f"DNSD_{section}_{key}".upper(): word}
+        from_env = load(None, env)
+        assert getattr(getattr(from_env, section), key) is value, (section, key, word)
+        path = write(tmp_path, f'[{section}]\n{key} = "{word}"\n')
+        if (section, key) == ("etcd", "enabled") and value:
+            continue  # etcd on needs nothing more, but stays off in the file test below
+        assert getattr(getattr(load(path), section), key) is value, (section, key, word)
+    switched = load(None, {"DNSD_NO_FORWARD": word})
+    assert switched.forward.enabled is (not value)
+
+
+def test_check_config_print_shows_the_settings_in_effect_and_where_they_came_from() -> None:
+    import tomllib
+
+    result = _check_config(
+        "conf/dnsd.toml", "--print", "--zone", "corp.", "--zone", "docker.",
+        env={"DNSD_SERVER_TTL": "17", "DNSD_ETCD_PASSWORD": "s3cret"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    printed = tomllib.loads(result.stdout)
+    expected = load(str(ROOT / "conf/dnsd.toml"), {"DNSD_SERVER_TTL": "17"},
+                    {("server", "zones"): ["corp.", "docker."]})  # fmt: skip
+    assert printed["server"]["ttl"] == 17 and printed["server"]["zones"] == ["corp.", "docker."]
+    assert printed["forward"]["timeout"] == expected.forward.timeout
+    assert printed["static"]["hosts"] == expected.static.hosts
+    assert "s3cret" not in result.stdout
+    assert "ttl = 17  # environment variable DNSD_SERVER_TTL" in result.stdout
+    assert "# flag --zone" in result.stdout and "# conf/dnsd.toml:" in result.stdout
