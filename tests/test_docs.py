@@ -87,3 +87,21 @@ def test_the_quickstart_questions_are_answered(dnsd_factory: DnsdFactory) -> Non
     assert ran >= 7
     with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/ready") as reply:
         assert reply.status == 200
+
+
+def test_the_documented_commands_run_as_written_in_a_new_shell() -> None:
+    """After the README's set-up (scripts/setup, which scripts/run and scripts/test call),
+    `dnsd ...` runs by name in a new login shell with a clean environment, and it is this
+    checkout's dnsd (the issue: `bash: dnsd: command not found`)."""
+    root = Path(__file__).resolve().parent.parent
+    shell = subprocess.run(
+        ["env", "-i", f"HOME={Path.home()}", "bash", "-lc",
+         "command -v dnsd && dnsd version && dnsd check-config conf/dnsd.toml"],
+        capture_output=True, text=True, timeout=60, cwd=root,
+    )  # fmt: skip
+    assert shell.returncode == 0, (shell.stdout, shell.stderr)
+    found, version, checked = shell.stdout.splitlines()[:3]
+    assert Path(found).resolve() == (root / ".venv/bin/dnsd").resolve(), (
+        f"{found} is another checkout's dnsd: run scripts/setup here"
+    )
+    assert version.startswith("dnsd ") and checked.startswith("conf/dnsd.toml: ok")
