@@ -251,6 +251,36 @@ def test_dnsdock_style_names(dnsd_factory: DnsdFactory, dockerd: Dockerd, dnsd: 
     eventually(lambda: addrs(dnsd.port, f"tenant1.{name}.docker") == [])
 
 
+def test_dnsdock_labels_and_environment_are_honoured(dockerd: Dockerd, dnsd: Dnsd) -> None:
+    """Users moving from dnsdock keep their labels and DNSDOCK_* variables: ignore, name,
+    image, region, tags and ttl (the issue: com.dnsdock.ignore=1 was answered and published);
+    a dnsd.* or com.dnsdock.* label dnsd does not know is one warning for the container."""
+    ignored = run(dockerd, "-l", "com.dnsdock.ignore=1")
+    ignored_env = run(dockerd, "-e", "DNSDOCK_IGNORE=1")
+    named = run(dockerd, "-l", "com.dnsdock.name=api", "-l", "com.dnsdock.image=shop",
+                "-l", "com.dnsdock.region=eu", "-l", "com.dnsdock.ttl=42")  # fmt: skip
+    from_env = run(dockerd, "-l", "com.dnsdock.name=not-this", "-e", "DNSDOCK_NAME=worker",
+                   "-e", "DNSDOCK_IMAGE=jobs")  # fmt: skip
+    tagged = run(dockerd, "-l", "com.dnsdock.tags=blue,green", "-l", "com.dnsdock.image=web")
+    odd = run(dockerd, "-l", "com.dnsdock.ip_addr=1.2.3.4", "-l", "dnsd.nmae=x")
+    eventually(lambda: addrs(dnsd.port, f"{odd}.docker") == [ip_of(dockerd, odd)])
+    for name in (ignored, ignored_env):  # started before the last one: decided already
+        assert rcode(query(dnsd.port, f"{name}.docker")) == "NXDOMAIN", name
+    assert addrs(dnsd.port, "api.shop.eu.docker") == [ip_of(dockerd, named)]
+    assert query(dnsd.port, "api.shop.eu.docker").answer[0].ttl == 42
+    assert query(dnsd.port, f"{named}.docker").answer[0].ttl == 42
+    assert addrs(dnsd.port, "worker.jobs.docker") == [ip_of(dockerd, from_env)]
+    assert rcode(query(dnsd.port, "not-this.jobs.docker")) == "NXDOMAIN"  # the variable wins
+    assert addrs(dnsd.port, "blue.web.docker") == [ip_of(dockerd, tagged)]
+    warning = (
+        f"container {odd}: labels dnsd does not know (ignored): com.dnsdock.ip_addr, dnsd.nmae"
+    )
+    log = eventually(lambda: dnsd.log() if warning in dnsd.log() else "")
+    assert log.count(warning) == 1
+    records = json.loads(dnsd._get("/records?name=" + ignored))
+    assert records and all(not r["served"] for r in records), records
+
+
 def test_bad_labels_are_counted_and_defaults_used(dockerd: Dockerd, dnsd: Dnsd) -> None:
     name = run(
         dockerd, "-l", "dnsd.ttl=soon", "-l", "dnsd.priority=-3", "-l", "dnsd.ignore=maybe",

@@ -354,3 +354,42 @@ def zone_free_dnsd(tmp_path: Path) -> Iterator[Dnsd]:
     server = start_dnsd(tmp_path, "--no-forward")
     yield server
     server.stop()
+
+
+def _with(
+    attrs: dict[str, Any], labels: dict[str, str], env: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    attrs["Config"]["Labels"] = labels
+    attrs["Config"]["Env"] = list(env)
+    attrs["Config"]["Image"] = "registry:5000/team/nginx:1.25"
+    return attrs
+
+
+def test_dnsdock_settings_from_labels_and_environment() -> None:
+    def built(labels: dict[str, str], env: tuple[str, ...] = ()) -> Any:
+        return container_records(
+            _with(container("c" * 64, "web1", "10.0.0.5"), labels, env), DockerNaming()
+        )
+
+    assert built({"com.dnsdock.ignore": "1"}).withheld == "com.dnsdock.ignore"
+    assert built({}, ("DNSDOCK_IGNORE=",)).withheld == "com.dnsdock.ignore"
+    assert built({}, ("SERVICE_IGNORE=true",)).withheld == "com.dnsdock.ignore"
+    names = {r.name for r in built({"com.dnsdock.region": "eu"}).records}
+    assert "web1.nginx.eu.docker." in names  # name and image default to the container's
+    assert "web1.nginx.docker." not in {r.name for r in built({}).records}  # only when asked
+    env = ("DNSDOCK_NAME=worker", "DNSDOCK_IMAGE=jobs", "SERVICE_REGION=us")
+    names = {r.name for r in built({"com.dnsdock.name": "api"}, env).records}
+    assert "worker.jobs.us.docker." in names and "api.jobs.us.docker." not in names
+    names = {r.name for r in built({"com.dnsdock.tags": "blue,green"}).records}
+    assert "blue.nginx.docker." in names
+    assert {r.ttl for r in built({"com.dnsdock.ttl": "42"}).records} == {42}
+    assert {r.ttl for r in built({"com.dnsdock.ttl": "42", "dnsd.ttl": "7"}).records} == {7}
+    assert {r.ttl for r in built({}, ("DNSDOCK_TTL=9",)).records} == {9}
+    names = {r.name for r in built({}, ("DNSDOCK_ALIAS=db.docker,sql",)).records}
+    assert {"db.docker.", "sql.docker."} <= names
+    odd = built({"com.dnsdock.ip_addr": "1.2.3.4", "dnsd.nmae": "x", "dnsd.txt.k": "v",
+                 "dnsd.srv.80": "web", "com.dnsdock.alias": "a"})  # fmt: skip
+    assert odd.problems[0] == (
+        "labels dnsd does not know (ignored): com.dnsdock.ip_addr, dnsd.nmae"
+    )
+    assert "web1.docker." in {r.name for r in odd.records}

@@ -11,12 +11,19 @@ container and writes the result to the store.  Names (zone ``docker.`` by defaul
   compose name and the ``dnsd.service`` name, targeting the container's own name; under the
   container name also a TXT of its ``dnsd.txt.<key>=<value>`` labels (``key=value`` strings),
   which makes it a DNS-SD instance (``dns_sd``) with that TXT;
-- ``com.dnsdock.alias`` names (as ``dnsd.name``); ``*.<name>`` with ``dnsd.wildcard=true``
-  (RFC 4592: any name below that does not exist); ``<name>.<image>`` when
-  ``DockerNaming.image_names`` is on (dnsdock style);
+- ``*.<name>`` with ``dnsd.wildcard=true`` (RFC 4592: any name below that does not exist);
+- dnsdock's labels and environment variables, for users moving from dnsdock: ``ignore``
+  (``com.dnsdock.ignore``, ``DNSDOCK_IGNORE``, ``SERVICE_IGNORE``: not served), ``alias``
+  (``DNSDOCK_ALIAS`` too: names, as ``dnsd.name``), ``ttl`` (``DNSDOCK_TTL``; ``dnsd.ttl``
+  wins), and ``<name>.<image>[.<region>]`` where ``name`` (``DNSDOCK_NAME``; the first of
+  ``tags``/``SERVICE_TAGS``), ``image`` (``DNSDOCK_IMAGE``, ``SERVICE_NAME``) and ``region``
+  (``SERVICE_REGION``) default to the container's name and image: given when any of them is
+  set, or for every container when ``DockerNaming.image_names`` is on; environment variables
+  win over labels, as in dnsdock;
 - the automatic PTR of every address points to ``<name>``.
 
-Bad labels are reported in ``Built.problems`` and the container is still served with defaults.
+Bad labels are reported in ``Built.problems`` and the container is still served with defaults;
+so are ``dnsd.*`` and ``com.dnsdock.*`` labels dnsd does not know (one line per container).
 """
 
 from __future__ import annotations
@@ -62,7 +69,50 @@ class DockerNaming:
     image_names: bool = False  # also <name>.<image> (dnsdock)
 
 
+DNSDOCK_PREFIX = "com.dnsdock."
 DNSDOCK_ALIAS = "com.dnsdock.alias"
+# dnsdock setting -> its label and the environment variables that say the same (later wins).
+DNSDOCK_SETTINGS = {
+    "ignore": ("com.dnsdock.ignore", ("DNSDOCK_IGNORE", "SERVICE_IGNORE")),
+    "alias": (DNSDOCK_ALIAS, ("DNSDOCK_ALIAS",)),
+    "name": ("com.dnsdock.name", ("DNSDOCK_NAME",)),
+    "tags": ("com.dnsdock.tags", ("SERVICE_TAGS",)),
+    "image": ("com.dnsdock.image", ("DNSDOCK_IMAGE", "SERVICE_NAME")),
+    "ttl": ("com.dnsdock.ttl", ("DNSDOCK_TTL",)),
+    "region": ("com.dnsdock.region", ("SERVICE_REGION",)),
+}
+KNOWN_LABELS = frozenset(
+    {"ignore", "ttl", "wildcard", "name", "service", "priority", "weight"}
+)  # dnsd.<these>; dnsd.srv.<port> and dnsd.txt.<key> too
+
+
+def unknown_labels(labels: dict[str, str]) -> list[str]:
+    """``dnsd.*`` and ``com.dnsdock.*`` labels that mean nothing to dnsd (a typo, or a
+    dnsdock setting dnsd does not take, such as ``com.dnsdock.ip_addr``)."""
+    dnsdock = {label for label, _ in DNSDOCK_SETTINGS.values()}
+    found = []
+    for key in sorted(labels):
+        if key.startswith(LABEL_PREFIX):
+            rest = key.removeprefix(LABEL_PREFIX)
+            if rest not in KNOWN_LABELS and not rest.startswith(("srv.", "txt.")):
+                found.append(key)
+        elif key.startswith(DNSDOCK_PREFIX) and key not in dnsdock:
+            found.append(key)
+    return found
+
+
+def dnsdock_settings(labels: dict[str, str], env: list[str]) -> dict[str, str]:
+    """dnsdock's settings of a container: its ``com.dnsdock.*`` labels, then its
+    ``DNSDOCK_*``/``SERVICE_*`` environment variables over them (dnsdock's order)."""
+    variables = dict(entry.partition("=")[::2] for entry in env if "=" in entry)
+    found: dict[str, str] = {}
+    for setting, (label, names) in DNSDOCK_SETTINGS.items():
+        if label in labels:
+            found[setting] = labels[label].strip()
+        for name in names:
+            if name in variables:
+                found[setting] = variables[name].strip()
+    return found
 
 
 def image_label(image: str) -> str:
@@ -205,22 +255,35 @@ def container_records(attrs: dict[str, Any], naming: DockerNaming) -> Built:
         built.problems.append(f"container name {attrs.get('Name')!r} has no DNS-safe letters")
         built.withheld = "no usable name"
         return built
+    unknown = unknown_labels(labels)
+    if unknown:
+        built.problems.append(f"labels dnsd does not know (ignored): {', '.join(unknown)}")
     if _flag(labels, LABEL_PREFIX + "ignore", built.problems):
         built.withheld = "dnsd.ignore"
+        return built
+    dnsdock = dnsdock_settings(labels, [str(e) for e in config.get("Env") or []])
+    if "ignore" in dnsdock:  # dnsdock ignores a container that carries it at all
+        built.withheld = "com.dnsdock.ignore"
         return built
     built.withheld = _withheld(attrs, naming)
     if built.withheld:
         return built
     zone = "" if naming.zone == "." else naming.zone
-    ttl = _number(labels, LABEL_PREFIX + "ttl", naming.ttl, 2**31 - 1, built.problems)
+    ttl = naming.ttl
+    if "ttl" in dnsdock:
+        ttl = _number({"com.dnsdock.ttl": dnsdock["ttl"]}, "com.dnsdock.ttl", ttl, 2**31 - 1,
+                      built.problems)  # fmt: skip
+    ttl = _number(labels, LABEL_PREFIX + "ttl", ttl, 2**31 - 1, built.problems)
     addresses = _addresses((attrs.get("NetworkSettings") or {}).get("Networks") or {})
+    if "alias" in dnsdock:
+        labels = {**labels, DNSDOCK_ALIAS: dnsdock["alias"]}
     group_names = _group_names(attrs, config, labels, name, built.problems, naming.zone)
     own_extra = []  # names only this container can have (under its name, or with it)
     if _flag(labels, LABEL_PREFIX + "wildcard", built.problems):
         own_extra.append(f"*.{name}")
-    image = image_label(str(config.get("Image") or ""))
-    if naming.image_names and image:
-        own_extra.append(f"{name}.{image}")
+    dnsdock_name = _dnsdock_name(dnsdock, name, str(config.get("Image") or ""), built.problems)
+    if dnsdock_name and (naming.image_names or {"name", "tags", "image", "region"} & set(dnsdock)):
+        own_extra.append(dnsdock_name)
     records: set[Record] = set()
     for address in addresses:
 
@@ -254,6 +317,19 @@ def container_records(attrs: dict[str, Any], naming: DockerNaming) -> Built:
     built.created = str(attrs.get("Created") or "")
     built.published = published_ports(attrs)
     return built
+
+
+def _dnsdock_name(dnsdock: dict[str, str], name: str, image: str, problems: list[str]) -> str:
+    """dnsdock's ``<name>.<image>[.<region>]`` (relative), or "" when a part is unusable."""
+    tags = [t for t in dnsdock.get("tags", "").split(",") if t.strip()]
+    own = dns_label(tags[0] if tags else dnsdock.get("name") or name)
+    kind = dns_name(dnsdock["image"]) if dnsdock.get("image") else image_label(image)
+    region = dns_name(dnsdock.get("region", ""))
+    if not own or not kind or (dnsdock.get("region") and not region):
+        if {"name", "tags", "image", "region"} & set(dnsdock):
+            problems.append(f"dnsdock name: unusable name, image or region in {dnsdock!r}")
+        return ""
+    return ".".join(part for part in (own, kind, region) if part)
 
 
 def published_ports(attrs: dict[str, Any]) -> dict[tuple[int, str], int]:
