@@ -132,6 +132,9 @@ class Daemon:
             loop_detector = LoopDetector(self.forwarder.probe, self.forwarder.drop)
         if forward is not None:
             answer_cache.on_popular = _prefetcher(forward)
+            forward.on_fresh = lambda qname: answer_cache.invalidate({qname})
+            if self.forwarder is not None:
+                self.forwarder.on_recovered = forward.upstreams_back
         chain = ResolverChain(local, forward, acl, budget, self.stats, loop_detector)
         handler = QueryHandler(
             chain,
@@ -289,6 +292,7 @@ class Daemon:
             stale_for_s=forward.stale_for,
             max_bytes=forward.cache_bytes,
             max_answer_bytes=forward.max_cached_answer,
+            recovered_at=lambda: forwarder.recovered_at,
         )
 
     def _upstreams(self) -> list[Upstream]:

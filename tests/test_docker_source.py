@@ -339,7 +339,16 @@ def test_socket_permission_error_says_how_to_fix_it() -> None:
     said = docker_reason(raw, "unix:///run/user-docker.sock")
     assert "permission denied on /run/user-docker.sock" in said
     assert 'group-add "$(stat -c %g /run/user-docker.sock)"' in said
-    assert docker_reason(OSError("connection refused"), "") == "connection refused"
+    refused = OSError("('Connection aborted.', ConnectionRefusedError(111, 'Connection refused'))")
+    assert docker_reason(refused, "unix:///x.sock") == (
+        "nothing answers at unix:///x.sock (is dockerd running?)"
+    )
+    missing = DockerException(
+        "Error while fetching server API version: ('Connection aborted.', "
+        "FileNotFoundError(2, 'No such file or directory'))"
+    )
+    assert docker_reason(missing, "") == "no Docker socket at unix:///var/run/docker.sock"
+    assert docker_reason(OSError("something else"), "") == "something else"
 
 
 def test_healthcheck_needs_a_dns_answer(zone_free_dnsd: Dnsd) -> None:

@@ -12,8 +12,12 @@ an expired name fails (the forwarder answers SERVFAIL: every upstream failed) or
 than ``STALE_CLIENT_TIMEOUT_S`` (RFC 8767's client response timer), the expired answer is
 served with TTL ``STALE_TTL_S`` — negative answers too — and the refresh goes on in the
 background.  For ``STALE_RETRY_S`` after a failed refresh (the failure recheck timer) the
-name's askers get the stale answer at once, while one refresh at a time keeps trying, so the
-first answer after the upstreams return is fresh.
+name's askers get the stale answer at once, while one refresh at a time keeps trying, unless
+an upstream has come back since that failure (``recovered_at``): then the asker waits for the
+refresh as usual, so the first answer after the upstreams return is fresh: when an upstream
+comes back (``upstreams_back``) and when a refresh succeeds after failures, the names served
+stale are dropped from the packed-answer cache (``on_fresh``), so their next askers reach
+this cache again.
 Prefetch: the packed-answer cache hands over a forwarded answer asked often near its expiry
 (``prefetch``), which is refreshed ahead of time, a bounded number at once.
 Knows nothing about upstreams, sockets or the local zone.
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -123,11 +128,16 @@ class ForwardCache:
         max_bytes: int = CACHE_BYTES,
         max_answer_bytes: int = MAX_ANSWER_BYTES,
         stale_for_s: float = STALE_FOR_S,
+        recovered_at: Callable[[], float] = lambda: -math.inf,
     ) -> None:
-        """``stale_for_s``: 0 turns serve-stale off."""
+        """``stale_for_s``: 0 turns serve-stale off.  ``recovered_at``: when an upstream that
+        was down last answered again (the forwarder's)."""
         self._next = next_stage
+        self._recovered_at = recovered_at
+        self.on_fresh: Callable[[str], None] = lambda _qname: None  # stale answers now stale
         self._stale_for_s = stale_for_s
         self._failed: dict[Key, float] = {}  # when a refresh of the name last failed
+        self._served_stale_names: set[str] = set()  # since the upstreams last came back
         self.serving_stale = False  # since the first stale answer of this outage
         self._prefetching = 0
         self._stats = stats
@@ -187,14 +197,15 @@ class ForwardCache:
             self._stats.forward_coalesced += 1
         if stale is None:
             return await asyncio.shield(task)
-        if self._clock() - self._failed.get(key, -STALE_RETRY_S) < STALE_RETRY_S:
-            return self._served_stale(stale)  # refreshing failed a moment ago: don't wait
+        failed_at = self._failed.get(key, -math.inf)
+        if self._clock() - failed_at < STALE_RETRY_S and self._recovered_at() < failed_at:
+            return self._served_stale(stale, qname)  # refreshing failed a moment ago: don't wait
         try:
             answer = await asyncio.wait_for(asyncio.shield(task), STALE_CLIENT_TIMEOUT_S)
         except TimeoutError:  # the refresh goes on in the background
             self._failed[key] = self._clock()
-            return self._served_stale(stale)
-        return self._served_stale(stale) if answer.rcode == RCODE_SERVFAIL else answer
+            return self._served_stale(stale, qname)
+        return self._served_stale(stale, qname) if answer.rcode == RCODE_SERVFAIL else answer
 
     def prefetch(self, qname: str, qtype: int, qclass: int) -> None:
         """Refresh a popular answer before it expires (its askers then never wait on an
@@ -216,8 +227,17 @@ class ForwardCache:
 
         task.add_done_callback(done)
 
-    def _served_stale(self, entry: _Entry) -> Answer:
+    def upstreams_back(self) -> None:
+        """An upstream that was down answers again: every name served stale since is
+        dropped from the packed-answer cache (its next asker gets the refresh)."""
+        for qname in self._served_stale_names:
+            self.on_fresh(qname)
+        self._served_stale_names.clear()
+
+    def _served_stale(self, entry: _Entry, qname: str) -> Answer:
         self._stats.forward_stale_answers += 1
+        if len(self._served_stale_names) < self._max_entries:
+            self._served_stale_names.add(qname)
         if not self.serving_stale:
             self.serving_stale = True
             logger.warning(
@@ -236,9 +256,11 @@ class ForwardCache:
             if len(self._failed) >= self._max_entries:
                 self._failed.clear()
             self._failed[key] = self._clock()
-        elif self._failed.pop(key, None) is not None and self.serving_stale:
-            self.serving_stale = False
-            logger.info("upstreams answer again: fresh answers")
+        elif self._failed.pop(key, None) is not None:
+            self.on_fresh(key[0])
+            if self.serving_stale:
+                self.serving_stale = False
+                logger.info("upstreams answer again: fresh answers")
         ttl = cache_ttl(answer)
         limit = self._max_ttl_s if answer.rrsets else self._max_negative_ttl_s
         ttl = min(ttl, limit)

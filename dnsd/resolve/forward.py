@@ -114,6 +114,8 @@ class Forwarder:
         self._zones = zones  # dnsd's own: no upstream record at a name in them is passed on
         self._rebind = rebind  # None: private addresses from upstream are passed on
         self._clock = clock
+        self.recovered_at = -math.inf  # when an upstream that was down last answered again
+        self.on_recovered: Callable[[], None] = lambda: None  # ... called then
         self._last_reply: dict[Upstream, float] = {}  # when each upstream last replied at all
         # (qname, qtype, qclass) -> the failure answered for it, until failure_ttl_s passed
         self._failures: TTLCache[tuple[str, int, int], Answer] | None = (
@@ -152,7 +154,7 @@ class Forwarder:
                 logger.debug("upstream %s failed for %s: %r", upstream, qname, exc)
                 continue
             if self.health.answered(upstream):
-                logger.info("upstream %s answers again", upstream)
+                self._back(upstream)
             if reply[0].header.rcode in (RCODE_SERVFAIL, RCODE_REFUSED):
                 self._failed(upstream, counts_against_health=False)  # the next may do better
                 refused = _to_answer(reply[0], qname, qtype, reply[1], self.owns)[0]
@@ -181,6 +183,15 @@ class Forwarder:
                 ", ".join(str(u) for u in upstreams),
             )
         return failure
+
+    def _back(self, upstream: Upstream) -> None:
+        """An upstream that was down answers again: names that failed meanwhile (likely for
+        that reason) are asked again at once, and the caches above are told."""
+        self.recovered_at = self._clock()
+        logger.info("upstream %s answers again", upstream)
+        if self._failures is not None:
+            self._failures.clear()
+        self.on_recovered()
 
     def _replied_since(self, upstream: Upstream, moment: float) -> bool:
         return self._last_reply.get(upstream, -math.inf) >= moment
@@ -211,7 +222,7 @@ class Forwarder:
             except (TimeoutError, OSError, UpstreamError):
                 continue
             if self.health.answered(upstream):
-                logger.info("upstream %s answers again", upstream)
+                self._back(upstream)
             return
 
     def upstream_states(self) -> dict[str, bool]:

@@ -87,10 +87,16 @@ class DockerSettings:
 
 
 def docker_reason(exc: BaseException, url: str) -> str:
-    """Why the Engine is unreachable, with the fix when it is the socket's permissions."""
+    """Why the Engine is unreachable, in words: no socket, nothing listening, the socket's
+    permissions (with the fix), else the error's own text."""
     text = reason(exc)
+    where = url or os.environ.get("DOCKER_HOST") or DEFAULT_URL
+    if "FileNotFoundError" in text or "No such file or directory" in text:
+        return f"no Docker socket at {where}"
+    if "ConnectionRefusedError" in text or "Connection refused" in text:
+        return f"nothing answers at {where} (is dockerd running?)"
     if "Permission denied" in text or isinstance(exc, PermissionError):
-        path = (url or os.environ.get("DOCKER_HOST") or DEFAULT_URL).removeprefix("unix://")
+        path = where.removeprefix("unix://")
         return (
             f"permission denied on {path}: dnsd's user needs the socket's group "
             f'(docker run --group-add "$(stat -c %g {path})", or SupplementaryGroups= in '
@@ -383,7 +389,13 @@ class DockerSource:
 
     # --- event loop: the only place that writes the store ---------------------------------
     def _set_down(self, reason: str) -> None:
-        if self.state != DOWN or self.reason == "not connected yet":
+        if (self.state != DOWN or self.reason == "not connected yet") and self.optional:
+            logger.info(  # Docker was not asked for: its absence is no failure
+                "docker: %s; watching for it (--no-docker or docker.enabled = false: not "
+                "at all)", reason.removeprefix("unreachable: "),
+                extra=event("docker_absent", SOURCE),
+            )  # fmt: skip
+        elif self.state != DOWN or self.reason == "not connected yet":
             serving = (
                 f"serving the last known {len(self._built)} containers"
                 if self._built
