@@ -26,7 +26,7 @@ from dnsd.hostport import format_hostport, parse_hostport
 from dnsd.records import RecordStore
 from dnsd.shutdown import ShutdownGuard, stop_soon
 from dnsd.source_setup import static_settings
-from dnsd.sources.errors import reason
+from dnsd.sources.errors import explain
 from dnsd.sources.static import StaticSource
 
 logger = logging.getLogger(__name__)
@@ -115,6 +115,11 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     reg.add_argument("--proto", choices=["tcp", "udp"], default="tcp", help="default tcp")
     reg.add_argument("--ttl", type=int, help="record TTL (default: server.ttl)")
+    reg.add_argument(
+        "--txt", action="append", default=[], metavar="KEY=VALUE",
+        help="a DNS-SD TXT string for the SRV record (repeatable; needs --port), as a "
+        "container's dnsd.txt.KEY labels",
+    )  # fmt: skip
     reg.add_argument(
         "--wildcard", action="store_true",
         help="NAME has a '*' label on purpose (it answers every name below that does not "
@@ -270,13 +275,13 @@ def _registration(args: argparse.Namespace) -> int:
             return EXIT_OK
         entry = register.registration(
             config, args.name, args.address, args.port, args.service, args.proto, args.ttl,
-            args.wildcard,
+            args.wildcard, args.txt,
         )  # fmt: skip
     except (ConfigError, ValueError) as exc:
         _complain(exc)
         return EXIT_CONFIG
     except Exception as exc:  # etcd out of reach
-        print(f"dnsd: etcd: {reason(exc)}", file=sys.stderr)
+        _etcd_unreachable(args, exc)
         return EXIT_ERROR
     logs.setup(config.log.format, config.log.level)
     if register.outside_zones(entry.name, config.server.zones):
@@ -292,9 +297,22 @@ def _registration(args: argparse.Namespace) -> int:
         _complain(exc)
         return EXIT_CONFIG
     except Exception as exc:  # etcd out of reach while checking the name
-        print(f"dnsd: etcd: {reason(exc)}", file=sys.stderr)
+        _etcd_unreachable(args, exc)
         return EXIT_ERROR
     return EXIT_OK
+
+
+def _etcd_unreachable(args: argparse.Namespace, exc: BaseException) -> None:
+    """Which etcd could not be reached, why, and where its endpoints were set."""
+    try:
+        config = _settings(args)
+    except ConfigError:
+        print(f"dnsd: etcd: {explain(exc)}", file=sys.stderr)
+        return
+    endpoints = ", ".join(config.etcd.endpoints)
+    origin = config.origins.get(("etcd", "endpoints"))
+    where = f"from {origin}" if origin else "the default: set them with --etcd HOST:PORT,..."
+    print(f"dnsd: etcd at {endpoints} ({where}): {explain(exc)}", file=sys.stderr)
 
 
 GIL_SWITCH_INTERVAL_S = 0.001

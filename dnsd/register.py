@@ -98,6 +98,7 @@ def registration(
     proto: str = "tcp",
     ttl: int | None = None,
     wildcard: bool = False,
+    txt: list[str] | None = None,
 ) -> Registration:
     """The records ``register`` publishes, checked as every dnsd's mirror will check them;
     raises RegistrationError.  ``wildcard``: a ``*`` label is meant (it answers every
@@ -122,6 +123,9 @@ def registration(
     served = [Record(fqdn, rtype, ip.compressed, ttl)]
     if service and not port:
         raise RegistrationError("--service needs --port")
+    if txt and not port:
+        raise RegistrationError("--txt needs --port (TXT data describes a service)")
+    strings = tuple(_txt_string(entry) for entry in txt or [])
     if port:
         if not 1 <= port <= 65535:
             raise RegistrationError(f"--port {port}: must be between 1 and 65535")
@@ -130,8 +134,21 @@ def registration(
             raise RegistrationError(f"--service {service!r}: not a usable service name")
         srv = SrvValue(DEFAULT_PRIORITY, DEFAULT_WEIGHT, port, fqdn)
         served.append(Record(f"_{label}._{proto}.{fqdn}", "SRV", srv, ttl))
+        if strings:
+            served.append(Record(f"_{label}._{proto}.{fqdn}", "TXT", tuple(sorted(strings)), ttl))
     entry = Registration(fqdn, ip.compressed, served)
     mirrored_problem(config, entry)
+    return entry
+
+
+def _txt_string(entry: str) -> str:
+    """``--txt KEY=VALUE`` as a DNS-SD TXT string (RFC 6763 6.3: a printable ASCII key
+    without '=', the whole at most 255 bytes)."""
+    key, sep, _ = entry.partition("=")
+    if not sep or not key or not all(" " <= c <= "~" for c in key):
+        raise RegistrationError(f"--txt {entry!r}: KEY=VALUE with a printable ASCII KEY")
+    if len(entry.encode()) > 255:
+        raise RegistrationError(f"--txt {entry[:40]!r}...: longer than 255 bytes")
     return entry
 
 

@@ -268,3 +268,26 @@ def test_a_containers_name_cannot_be_registered(
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert "a container's name" in result.stderr and "registered" not in result.stdout
     assert answers(served.port, f"web1.{z}") == ["10.1.0.5"]
+
+
+def test_a_registered_service_under_a_sub_name_is_browsable_with_its_txt(
+    etcd: Etcd, server: tuple[Dnsd, str], tmp_path: Path, stop_at_end: StopAtEnd
+) -> None:
+    """docs/etcd.md's example, db.prod.<zone> with --service postgresql: a DNS-SD instance of
+    the domain it is in (prod.<zone>), browsable there, with its --txt strings."""
+    served, z = server
+    registered = stop_at_end(Registered(
+        tmp_path, etcd, f"db.prod.{z}.", "10.9.0.6", "--port", "5432", "--service",
+        "postgresql", "--txt", "path=/main", "--txt", "tls=on",
+    ))  # fmt: skip
+    assert registered.first.startswith("registered"), registered.output()
+    types = f"_postgresql._tcp.prod.{z}."
+    eventually(lambda: answers(served.port, f"_services._dns-sd._udp.prod.{z}", "PTR") == [types])
+    instance = f"db._postgresql._tcp.prod.{z}."
+    assert answers(served.port, types, "PTR") == [instance]
+    assert answers(served.port, instance, "SRV") == [f"10 10 5432 db.prod.{z}."]
+    assert answers(served.port, instance, "TXT") == ['"path=/main" "tls=on"']
+    assert answers(served.port, f"_postgresql._tcp.db.prod.{z}", "TXT") == ['"path=/main" "tls=on"']
+    bad = dnsd("register", "db", "10.0.0.1", "--port", "80", "--txt", "novalue",
+               "--etcd", etcd.endpoints)  # fmt: skip
+    assert bad.returncode == 2 and "--txt 'novalue'" in bad.stderr
