@@ -195,7 +195,13 @@ def register(
             f"{entry.address} to its answers; register another name"
         )
     publisher = Publisher(
-        factory, etcd.prefix, settings, Stats(), remove_earlier_run=False, end_when_revoked=True
+        factory,
+        etcd.prefix,
+        settings,
+        Stats(),
+        remove_earlier_run=False,
+        end_when_revoked=True,
+        announce=False,
     )
     publisher.update({entry.instance: entry})
     publisher.start()

@@ -51,7 +51,7 @@ def _print_rows(http: str, path: str, columns: tuple[str, ...], what: str, as_js
     print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
     for row in table:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
-    print(f"{len(rows)} {what}", file=sys.stderr)
+    print(f"{len(rows)} {what if len(rows) != 1 else what.removesuffix('s')}", file=sys.stderr)
     return 0
 
 

@@ -327,18 +327,32 @@ def test_operators_see_the_publishing_nodes(
 
     def listed() -> list[dict[str, object]]:
         found = [n for n in json.loads(b._get("/nodes")) if n["node"] in ("nodea", "nodeb")]
-        return found if found and found[0]["lease_left_s"] is not None else []
+        return (
+            found if len(found) == 2 and all(n["lease_left_s"] is not None for n in found) else []
+        )
 
-    (node,) = eventually(listed, timeout=10)  # nodeb has no containers: no keys
+    # Both, nodeb with nothing to publish too (its presence key), and the lease time left
+    # read as soon as a node appears (not at the next 5 s poll).
+    node, empty = eventually(listed, timeout=4)
     assert node["node"] == "nodea" and node["keys"] == 2  # web A, _http._tcp.web SRV
+    assert empty["node"] == "nodeb" and empty["keys"] == 0
     assert 0 < float(node["lease_left_s"]) <= 3  # type: ignore[arg-type]
+    assert 0 < float(empty["lease_left_s"]) <= 3  # type: ignore[arg-type]
     printed = subprocess.run(
         [sys.executable, "-m", "dnsd", "records", "--nodes", "--http",
          f"127.0.0.1:{b.http_port}"],
         capture_output=True, text=True, timeout=10, check=True,
-    ).stdout  # fmt: skip
-    assert printed.splitlines()[0].split() == ["NODE", "KEYS", "LEASE", "LEASE_LEFT_S"]
-    assert any(line.split()[:2] == ["nodea", "2"] for line in printed.splitlines())
+    )  # fmt: skip
+    lines = printed.stdout.splitlines()
+    assert lines[0].split() == ["NODE", "KEYS", "LEASE", "LEASE_LEFT_S"]
+    assert any(line.split()[:2] == ["nodea", "2"] for line in lines)
+    assert any(line.split()[:2] == ["nodeb", "0"] for line in lines)
+    one = subprocess.run(
+        [sys.executable, "-m", "dnsd", "records", "--name", f"web.{z}", "--source", "docker",
+         "--http", f"127.0.0.1:{b.http_port}"],
+        capture_output=True, text=True, timeout=10, check=True,
+    )  # fmt: skip
+    assert one.stderr.strip() in ("0 records", "1 record"), one.stderr  # not "1 records"
 
 
 def test_earlier_run_leftovers_are_removed(

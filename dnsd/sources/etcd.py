@@ -9,12 +9,13 @@ again.  While etcd is unreachable the mirror keeps its last content (state ``deg
 answers go on.  etcd is never read on the query path.
 
 Who owns what: the watch thread writes ``revision`` (the newest revision it has read, not
-necessarily applied yet), ``reconnects``, ``_lease_ttls`` and ``_lease_left`` (replaced whole,
-never changed in place); the event loop writes everything else (the mirror and the store,
-``_backlog``, ``state``/``reason``/``listed``/``via``, ``_node_leases``, a frozenset replaced
-whole).  Each is written by one thread only, and read elsewhere as one attribute load (an int,
-or a reference to a value its writer no longer changes).  Work crosses from the thread to the
-loop only through ``_hand`` (``call_soon_threadsafe``), in order.
+necessarily applied yet), ``reconnects``, ``_lease_ttls``, ``_lease_left`` and ``_present``
+(replaced whole, never changed in place); the event loop writes everything else (the mirror
+and the store, ``_backlog``, ``state``/``reason``/``listed``/``via``, ``_node_leases``, a
+frozenset replaced whole).  Each is written by one thread only, and read elsewhere as one
+attribute load (an int, or a reference to a value its writer no longer changes).  Work
+crosses from the thread to the loop only through ``_hand`` (``call_soon_threadsafe``), in
+order.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from dnsd.sources.lifecycle import (
     SourceHealth,
     Threads,
 )
-from dnsd.sources.skydns import key_to_name
+from dnsd.sources.skydns import key_to_name, presence_prefix
 from dnsd.stats import Stats
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class EtcdSource:
         self._lease_ttls: dict[int, int] = {}
         self._node_leases: frozenset[int] = frozenset()  # for the watch thread to poll
         self._lease_left: dict[int, tuple[int, float]] = {}  # lease -> (TTL left, when read)
+        self._present: dict[str, int] = {}  # node -> lease of its presence key (polled)
         self._clock = time.monotonic
         self._backlog: deque[Change | Callable[[], None]] = deque()
         self._draining = False
@@ -218,7 +220,8 @@ class EtcdSource:
     def _consume(self, client: Any, events: queue.Queue[Any]) -> None:
         polled = 0.0
         while not self._stopping.is_set():
-            if self._clock() - polled >= LEASE_POLL_S:
+            unread = self._node_leases - self._lease_left.keys()  # new nodes: read them soon
+            if self._clock() - polled >= LEASE_POLL_S or unread:
                 polled = self._clock()
                 self._poll_leases(client)
             try:
@@ -251,11 +254,23 @@ class EtcdSource:
                 self._hand(self._enqueue, changes)
 
     def _poll_leases(self, client: Any) -> None:
-        """How long each publishing node's lease has left (for the nodes view)."""
+        """The publishing nodes, with nothing published too (their presence keys), and how
+        long each one's lease has left (for the nodes view).  A lease that cannot be read is
+        remembered as gone (-1), so it is not read again before the next poll."""
+        present: dict[str, int] = {}
+        with contextlib.suppress(Exception):
+            base = presence_prefix(self._prefix)
+            for _, meta in client.get_prefix(base, keys_only=True):
+                node = meta.key.decode(errors="replace")[len(base) :]
+                if node and meta.lease_id:
+                    present[node] = meta.lease_id
+        self._present = present
         left: dict[int, tuple[int, float]] = {}
-        for lease in self._node_leases:
-            with contextlib.suppress(Exception):
+        for lease in self._node_leases | set(present.values()):
+            try:
                 left[lease] = (int(client.get_lease_info(lease).TTL), self._clock())
+            except Exception:
+                left[lease] = (-1, self._clock())
         self._lease_left = left
 
     def _lease_ttl(self, client: Any, lease_id: int) -> int:
@@ -339,13 +354,16 @@ class EtcdSource:
         last read from etcd, counted down since; None before the first read or when the
         lease is gone)."""
         now, rows = self._clock(), []
-        for (node, _), held in sorted(self.mirror.nodes.items()):
-            known = self._lease_left.get(held.lease)
+        held_by = [(node, held.keys, held.lease) for (node, _), held in self.mirror.nodes.items()]
+        listed = {node for node, _, _ in held_by}
+        held_by += [(node, 0, lease) for node, lease in self._present.items() if node not in listed]
+        for node, keys, lease in sorted(held_by):
+            known = self._lease_left.get(lease)
             left = None
             if known is not None and known[0] >= 0:
                 left = round(max(known[0] - (now - known[1]), 0.0), 1)
-            rows.append({"node": node, "keys": held.keys,
-                         "lease": f"{held.lease:x}" if held.lease else None,
+            rows.append({"node": node, "keys": keys,
+                         "lease": f"{lease:x}" if lease else None,
                          "lease_left_s": left})  # fmt: skip
         return rows
 

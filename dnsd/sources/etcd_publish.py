@@ -36,7 +36,7 @@ from dnsd.records import Record, SrvValue
 from dnsd.sources.docker_names import dns_label
 from dnsd.sources.errors import reason
 from dnsd.sources.lifecycle import DEGRADED, DOWN, OK, SourceHealth, Threads
-from dnsd.sources.skydns import NODE_FIELD, TXT_FIELD, name_to_key
+from dnsd.sources.skydns import NODE_FIELD, TXT_FIELD, name_to_key, presence_prefix
 from dnsd.stats import Stats
 
 logger = logging.getLogger(__name__)
@@ -141,13 +141,22 @@ class Publisher:
         remove_earlier_run: bool = True,
         end_when_revoked: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        announce: bool = True,
     ) -> None:
         """``remove_earlier_run``: first delete the keys of this node's containers that an
         earlier run left.  A lease that lapses (etcd out of reach for its TTL) is granted
         again and everything republished; one revoked by someone else too, unless
         ``end_when_revoked``: then the publisher ends (``revoked``), as a registration does
-        when ``dnsd deregister`` revokes it."""
+        when ``dnsd deregister`` revokes it.  ``announce``: also hold the node's presence key
+        (``presence_prefix``), so ``/nodes`` lists it with nothing published (a
+        registration does not: it is not a node)."""
         self._client_factory = client_factory
+        self._presence: tuple[str, bytes] | None = None
+        if announce:
+            self._presence = (
+                presence_prefix(prefix) + settings.node_id,
+                json.dumps({"node": settings.node_id}).encode(),
+            )
         self._prefix = prefix.rstrip("/")
         self._settings = settings
         self._stats = stats
@@ -284,6 +293,8 @@ class Publisher:
     def _sync(self, client: Any, lease: Any) -> None:
         with self._lock:
             wanted = dict(self._wanted)
+        if self._presence is not None:
+            wanted[self._presence[0]] = self._presence[1]
         puts = [(k, v) for k, v in wanted.items() if self._published.get(k) != v]
         deletes = [k for k in self._published if k not in wanted]
         ops = [client.transactions.put(k, v, lease=lease) for k, v in puts]
@@ -295,7 +306,7 @@ class Publisher:
         for key in deletes:
             self._published.pop(key, None)
         if puts or deletes:
-            self._stats.etcd_published = len(self._published)
+            self._stats.etcd_published = len(self._published) - (self._presence is not None)
             logger.debug("etcd: published %d keys, withdrew %d", len(puts), len(deletes))
 
     def _set_state(self, state: str, reason: str) -> None:

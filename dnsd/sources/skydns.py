@@ -78,6 +78,12 @@ def key_to_name(key: str, prefix: str) -> str:
     return (".".join(reversed(labels)) + ".").lower() if labels else "."
 
 
+def presence_prefix(prefix: str) -> str:
+    """Where publishing dnsds say they are there (``<this>/<node>``, under their lease), even
+    with nothing to publish: beside the record prefix, never under it (never a DNS name)."""
+    return f"/dnsd-nodes{prefix.rstrip('/')}/"
+
+
 def name_to_key(name: str, prefix: str) -> str:
     """``web.prod.docker.`` -> ``/skydns/docker/prod/web``."""
     labels = [label for label in name.rstrip(".").split(".") if label]
