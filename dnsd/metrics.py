@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 
 from dnsd import __version__
 from dnsd.sources.lifecycle import ABSENT, DEGRADED, DOWN, OK
-from dnsd.stats import DURATION_BUCKETS_S, Durations, Stats
+from dnsd.stats import DROP_REASONS, DURATION_BUCKETS_S, UPSTREAM_RCODES, Durations, Stats
 
 SOURCE_STATES = (OK, DEGRADED, DOWN, ABSENT)
 
@@ -86,18 +86,20 @@ class StatsCollector(Collector):
         yield durations
         requests = CounterMetricFamily("dnsd_forward_requests", "Questions sent to each "
                                        "upstream.", labels=["to"])  # fmt: skip
-        for to, count in sorted(stats.upstream_requests.items()):
+        known = list(self.upstreams())  # each configured upstream's series from the start
+        for to, count in sorted({**dict.fromkeys(known, 0), **stats.upstream_requests}.items()):
             requests.add_metric([to], count)
         yield requests
         responses = CounterMetricFamily("dnsd_forward_responses", "Replies from each upstream, "
                                         "by rcode.", labels=["to", "rcode"])  # fmt: skip
-        for (to, rcode), count in sorted(stats.upstream_responses.items()):
+        started = {(to, rcode): 0 for to in known for rcode in UPSTREAM_RCODES}
+        for (to, rcode), count in sorted({**started, **stats.upstream_responses}.items()):
             responses.add_metric([to, rcode], count)
         yield responses
         failures = CounterMetricFamily("dnsd_forward_failures", "Questions an upstream did not "
                                        "answer usably (timeout, refused, bad reply).",
                                        labels=["to"])  # fmt: skip
-        for to, count in sorted(stats.upstream_failures.items()):
+        for to, count in sorted({**dict.fromkeys(known, 0), **stats.upstream_failures}.items()):
             failures.add_metric([to], count)
         yield failures
         upstream = HistogramMetricFamily("dnsd_forward_request_duration_seconds", "Time each "
@@ -157,7 +159,8 @@ class StatsCollector(Collector):
                        "question.", stats.upstream_mismatched)  # fmt: skip
         dropped = CounterMetricFamily("dnsd_dropped_packets", "Packets dropped, by reason.",
                                       labels=["reason"])  # fmt: skip
-        for reason, count in sorted(stats.dropped.items()):
+        counted = {**dict.fromkeys(DROP_REASONS, 0), **dict(stats.dropped.items())}
+        for reason, count in sorted(counted.items()):
             dropped.add_metric([reason], count)
         yield dropped
         yield _counter("dnsd_tcp_connections", "TCP connections accepted.",

@@ -70,6 +70,18 @@ class ThreadCounts:
         return self.totals().items()
 
 
+# Every reason a packet is dropped (or answered at once) for, so /metrics shows each one from
+# the start at 0: a first drop then shows in rate() and increase() (Prometheus' advice for
+# label values known in advance).  tests/test_prometheus.py checks the code uses no other.
+DROP_REASONS = (
+    "short", "not a query", "query too long for udp (TC sent)", "handler error",
+    "too many queued", "too many queued from one client", "too many pending",
+    "too many misses from one client", "too many misses from one network",
+    "too many misses in all (heaviest networks first)", "reply too big for the path (TC sent)",
+    "send failed",
+)  # fmt: skip
+UPSTREAM_RCODES = ("NOERROR", "NXDOMAIN", "SERVFAIL", "REFUSED")  # shown from the start
+
 FORMERR = "formerr"
 NOTIMP = "notimp"
 

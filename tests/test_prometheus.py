@@ -117,6 +117,59 @@ def test_dashboard_shape() -> None:
         assert topic in titles
 
 
+def test_the_dashboard_asks_for_its_data_source_on_import() -> None:
+    """Grafana's import asks for each of ``__inputs`` (the issue: it had none, so an import
+    did not ask for a Prometheus data source as the docs say)."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    (source,) = dashboard["__inputs"]
+    assert source["type"] == "datasource" and source["pluginId"] == "prometheus"
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["current"]["value"] == "${" + source["name"] + "}"
+    used = {
+        p["datasource"]["uid"]
+        for p in [
+            *dashboard["panels"],
+            *[t for p in dashboard["panels"] for t in p.get("targets", [])],
+        ]
+        if isinstance(p.get("datasource"), dict)
+    }
+    assert used == {"${datasource}"}, used
+
+
+def test_series_known_at_start_are_there_at_zero(stop_at_end: StopAtEnd, tmp_path: Path) -> None:
+    """Each upstream's request, reply and failure series and each drop reason exist from
+    the start at 0, so the first failure shows in rate()/increase() (Prometheus'
+    instrumentation advice); the code drops packets for no reason outside that list."""
+    from dnsd.stats import DROP_REASONS, UPSTREAM_RCODES
+    from dnsd.wire import fair_queue, miss_rate
+
+    upstream = stop_at_end(FakeUpstream().start())
+    to = f"127.0.0.1:{upstream.port}"
+    server = stop_at_end(start_dnsd(tmp_path, "--upstream", to))
+    text = server._get("/metrics")
+    for name in ("dnsd_forward_requests_total", "dnsd_forward_failures_total"):
+        assert f'{name}{{to="{to}"}} 0.0' in text, name
+    for rcode in UPSTREAM_RCODES:
+        assert f'dnsd_forward_responses_total{{rcode="{rcode}",to="{to}"}} 0.0' in text
+    for reason in DROP_REASONS:
+        assert f'dnsd_dropped_packets_total{{reason="{reason}"}} 0.0' in text, reason
+    constants = {
+        miss_rate.TOO_MANY_MISSES,
+        miss_rate.TOO_MANY_FROM_NETWORK,
+        miss_rate.OVER_TOTAL,
+        fair_queue.TOO_MANY,
+        fair_queue.TOO_MANY_FROM_ONE,
+    }
+    literals = {
+        m.group(1)
+        for path in (ROOT / "dnsd").rglob("*.py")
+        for m in re.finditer(r'(?:\.drop|_busy)\([^)]*?"([^"]+)"\)', path.read_text())
+    }
+    assert literals and (constants | literals) <= set(DROP_REASONS), (constants | literals) - set(
+        DROP_REASONS
+    )
+
+
 def dashboard_queries(dashboard: dict[str, Any]) -> list[str]:
     return [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
 
