@@ -18,6 +18,7 @@ from typing import Any
 
 from dnsd import dns_sd
 from dnsd.config import Config
+from dnsd.errors import DnsdError
 from dnsd.hostport import format_hostport, parse_hostport
 from dnsd.logs import Throttled, event
 from dnsd.metrics import Metrics
@@ -57,7 +58,7 @@ DRAIN_TIMEOUT_S = 1.0
 SHUTDOWN_DEADLINE_S = 3.0
 
 
-class StartupError(Exception):
+class StartupError(DnsdError):
     """dnsd cannot start as configured (the message says why)."""
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from dnsd.admission import Admission, name_problem
 from dnsd.config import Config
+from dnsd.errors import DnsdError
 from dnsd.records import Record, RecordStore, SrvValue
 from dnsd.sources.docker_names import DEFAULT_PRIORITY, DEFAULT_WEIGHT, WELL_KNOWN_PORTS, dns_label
 from dnsd.sources.etcd_client import make_client
@@ -45,7 +46,7 @@ CONTAINER_LABEL = re.compile(r".+-[0-9a-f]{12}(-[0-9]+)?")  # etcd_publish.insta
 JOIN_S = 5.0
 
 
-class RegistrationError(ValueError):
+class RegistrationError(DnsdError, ValueError):
     """A registration that cannot be written (the message says why)."""
 
 

@@ -51,3 +51,17 @@ def test_the_endpoint_is_named() -> None:
     assert describe(ConnectionRefusedError(111, "Connection refused"), None) == (
         "cannot connect: Connection refused"
     )
+
+
+def test_dnsd_errors_share_one_base() -> None:
+    from dnsd.config_error import ConfigError
+    from dnsd.daemon import StartupError
+    from dnsd.errors import DnsdError
+    from dnsd.register import RegistrationError
+    from dnsd.resolve.dot import DotError
+    from dnsd.resolve.forward import UpstreamError
+
+    for error in (ConfigError, StartupError, RegistrationError, DotError, UpstreamError):
+        assert issubclass(error, DnsdError), error
+    assert issubclass(RegistrationError, ValueError)  # callers catching ValueError still do
+    assert issubclass(DotError, ConnectionError)

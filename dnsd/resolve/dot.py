@@ -19,13 +19,15 @@ import logging
 import ssl
 import struct
 
+from dnsd.errors import DnsdError
+
 logger = logging.getLogger(__name__)
 
 IDLE_TIMEOUT_S = 10.0  # as CoreDNS's forward "expire" default
 _LENGTH = struct.Struct("!H")
 
 
-class DotError(ConnectionError):
+class DotError(DnsdError, ConnectionError):
     """The connection failed while a question waited on it."""
 
 

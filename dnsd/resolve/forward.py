@@ -41,6 +41,7 @@ from typing import Any
 from cachetools import TTLCache
 from dnslib import EDNS0, QTYPE, RCODE, DNSHeader, DNSQuestion, DNSRecord
 
+from dnsd.errors import DnsdError
 from dnsd.hostport import format_hostport, parse_hostport
 from dnsd.logs import Throttled
 from dnsd.names import in_zone, label_of, text_of
@@ -73,7 +74,7 @@ class Upstream:
         return f"tls://{address}#{self.tls_name}" if self.tls_name else address
 
 
-class UpstreamError(Exception):
+class UpstreamError(DnsdError):
     """An upstream did not give a usable reply."""
 
 

@@ -154,7 +154,9 @@ class EtcdSource:
                     with contextlib.suppress(Exception):
                         client.cancel_watch(watch_id)
             except Exception as exc:
-                if type(exc).__name__ == "RevisionCompactedError":
+                from pyetcd.exceptions import RevisionCompactedError  # with etcd on only
+
+                if isinstance(exc, RevisionCompactedError):
                     logger.info("etcd revision %d compacted: listing again", self.revision)
                     listed = False
                     continue
@@ -218,6 +220,8 @@ class EtcdSource:
         self._hand(self._relist, entries, revision)
 
     def _consume(self, client: Any, events: queue.Queue[Any]) -> None:
+        from pyetcd.events import DeleteEvent  # imported with etcd on only
+
         polled = 0.0
         while not self._stopping.is_set():
             unread = self._node_leases - self._lease_left.keys()  # new nodes: read them soon
@@ -243,7 +247,7 @@ class EtcdSource:
                     raise response
                 for change in response.events:
                     key = change.key.decode(errors="replace")
-                    if type(change).__name__ == "DeleteEvent":
+                    if isinstance(change, DeleteEvent):
                         changes.append((key, None, 0))
                     else:
                         lease = getattr(change, "lease", 0) or 0
