@@ -21,6 +21,8 @@ import random
 import resource
 import time
 
+from testbed.mirror import load_all
+
 from dnsd.admission import Admission
 from dnsd.heap import Settler
 from dnsd.records import RecordStore
@@ -69,7 +71,7 @@ def main() -> None:
     store = RecordStore(Admission(["docker."]))
     store.subscribe(lambda names: None)
     mirror = Mirror(store, PREFIX, ["docker."], 30)
-    mirror.replace_all([])
+    load_all(mirror, [])
     heap = Settler()  # as the etcd source does after each slice
     n, batch = args.keys, args.batch
 

@@ -17,6 +17,7 @@ import pytest
 from conftest import Dnsd, DnsdFactory, StopAtEnd, eventually, free_port, query, rcode, start_dnsd
 from testbed.etcd import Etcd, Member, available
 from testbed.fake_engine import FakeEngine, container
+from testbed.mirror import load_all
 from testbed.tcp_proxy import TcpProxy
 
 from dnsd.admission import Admission
@@ -597,10 +598,13 @@ def test_a_wildcard_answer_is_capped_in_records_not_only_names() -> None:
     cap (the 1,000-name cap alone let 4,000 records through, and the issue saw 1.7-4.1 s)."""
     store = RecordStore(Admission(["docker."]))
     mirror = Mirror(store, "/skydns", ["docker."], 5)
-    mirror.replace_all(
-        (f"/skydns/docker/wide/n{n}/k{k}", f'{{"host": "10.5.{n}.{k + 1}"}}'.encode(), 0)
-        for n in range(100)
-        for k in range(40)
+    load_all(
+        mirror,
+        [
+            (f"/skydns/docker/wide/n{n}/k{k}", f'{{"host": "10.5.{n}.{k + 1}"}}'.encode(), 0)
+            for n in range(100)
+            for k in range(40)
+        ],
     )
     found = mirror.wildcard("*.wide.docker.", "A")
     assert len(found) == MAX_ANSWER_RECORDS
@@ -617,7 +621,7 @@ def test_wildcards_walk_the_etcd_tree_only() -> None:
         for i in range(3)
     ]
     entries.append(("/skydns/docker/prod/web/a", b'{"host": "10.9.0.1"}', 0))
-    mirror.replace_all(entries)
+    load_all(mirror, entries)
     store.replace_owner("static", "hosts", [Record("a.static.docker.", "A", "10.8.0.1", 5)])
     store.replace_owner("docker", "c1", [Record("c1.region0.docker.", "A", "10.7.0.1", 5)])
     found = {str(r.value) for r in mirror.wildcard("x1.*.region1.docker.", "A")}

@@ -6,6 +6,7 @@ The same semantics run against a real etcd in tests/test_fidelity.py; here each 
 from __future__ import annotations
 
 import pytest
+from testbed.mirror import load_all
 
 from dnsd.admission import Admission
 from dnsd.records import RecordStore, srv_weights
@@ -17,7 +18,7 @@ P = "/skydns"
 def _mirror(keys: dict[str, str]) -> tuple[Mirror, RecordStore]:
     store = RecordStore(Admission(["docker."]))
     mirror = Mirror(store, P, ["docker."], 30)
-    mirror.replace_all((key, value.encode(), 0) for key, value in keys.items())
+    load_all(mirror, ((key, value.encode(), 0) for key, value in keys.items()))
     return mirror, store
 
 

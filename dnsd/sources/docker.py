@@ -165,7 +165,6 @@ class DockerSource:
         self.state = DOWN  # OK once the first resync after connecting has landed
         self.reason = "not connected yet"
         self.synced_at: float | None = None
-        self.events_applied = 0  # event-driven store updates (tests and benchmarks wait on it)
         # Called on the event loop after every change with all containers' records (publisher).
         self.subscribers: list[Callable[[dict[str, Built]], None]] = []
 
@@ -419,7 +418,6 @@ class DockerSource:
         for other in self._claims.claimants(changed) | ({container_id} if built else set()):
             owners[other] = self._serve(other)
         self._store.update_owners(SOURCE, owners)
-        self.events_applied += 1
         self._notify()
 
     def _serve(self, container_id: str) -> list[Record]:

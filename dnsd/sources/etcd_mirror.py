@@ -108,11 +108,6 @@ class Mirror:
             found.append(zone)
         return found
 
-    def replace_all(self, entries: Iterable[Change]) -> int:
-        """The whole prefix as listed: keys not in ``entries`` are deleted."""
-        self.apply(self.relist_changes(entries))
-        return len(self.services)
-
     def relist_changes(self, entries: Iterable[Change]) -> list[Change]:
         """The changes that make the mirror hold exactly ``entries``."""
         changes: list[Change] = list(entries)
