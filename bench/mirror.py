@@ -21,6 +21,7 @@ import random
 import resource
 import time
 
+from run import free_port as _free_port  # noqa: F401  (puts tests/, the testbed, on the path)
 from testbed.mirror import load_all
 
 from dnsd.admission import Admission
