@@ -390,3 +390,64 @@ def test_two_threads_restamping_one_entry_never_leave_the_older_ttls() -> None:
     assert answered is not None and dns.message.from_wire(answered).answer[0].ttl == 294
     tail = cache.tables.exact[packet[2:]][0]  # what the fast table serves until the next stamp
     assert dns.message.from_wire(packet[:2] + tail).answer[0].ttl == 294
+
+
+_label = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=12)
+_edns = st.one_of(st.none(), st.integers(min_value=0, max_value=65535))
+_cookie = st.one_of(st.none(), st.sampled_from([8, 16, 24, 40]))
+
+
+def _asked(name: str, rdtype: str, edns: int | None, cookie: int | None, ident: int) -> bytes:
+    options = [dns.edns.GenericOption(dns.edns.OptionType.COOKIE, b"c" * cookie)] if cookie else []
+    if edns is None:
+        message = dns.message.make_query(name, rdtype)
+    else:
+        message = dns.message.make_query(name, rdtype, use_edns=0, payload=edns, options=options)
+    message.id = ident
+    return message.to_wire()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    labels=st.lists(_label, min_size=1, max_size=3),
+    stored_case=st.integers(min_value=0, max_value=2**36 - 1),
+    asked_case=st.integers(min_value=0, max_value=2**36 - 1),
+    rdtype=st.sampled_from(["A", "AAAA", "TXT", "SRV"]),
+    stored_edns=_edns,
+    asked_edns=_edns,
+    cookie=_cookie,
+    ident=st.integers(min_value=0, max_value=65535),
+)
+def test_every_lookup_path_builds_the_key_the_store_builds(
+    labels: list[str], stored_case: int, asked_case: int, rdtype: str,
+    stored_edns: int | None, asked_edns: int | None, cookie: int | None, ident: int,
+) -> None:  # fmt: skip
+    """One key for storing and finding (``answer_key.normalised_key``), whatever the letter
+    case, the EDNS size offered (sizes fitted to the same reply size share an entry) and the
+    options (a cookie) of the question: the listener thread's inline lookups (exact bytes,
+    normalised key) and ``AnswerCache.answer`` find what ``put`` stored exactly when the keys
+    are equal, answer with the asker's ID and echo its spelling of the name."""
+
+    def spelled(mask: int) -> str:
+        text = ".".join(labels) + ".docker."
+        return "".join(c.upper() if mask >> (i % 36) & 1 else c for i, c in enumerate(text))
+
+    stored = _asked(spelled(stored_case), rdtype, stored_edns, None, 1)
+    asked = _asked(
+        spelled(asked_case), rdtype, asked_edns, cookie if asked_edns is not None else None, ident
+    )
+    cache = AnswerCache(lambda _ip: True)
+    reply = response_for(stored, b"")
+    cache.put(stored, [reply], float("inf"), False)
+    same_key = normalised_key(stored)[0] == normalised_key(asked)[0]
+    for path in ("listener", "answer"):
+        if path == "listener":
+            got = served(cache, asked, "10.0.0.1", 1.0)
+        else:
+            got = cache.answer(asked, "10.0.0.1", 1.0)
+        if not same_key:
+            assert got is None, path
+            continue
+        assert got is not None, path
+        end = question_end(asked)
+        assert got[:2] == asked[:2] and got[12:end] == asked[12:end], path
