@@ -13,3 +13,7 @@ from __future__ import annotations
 
 class DnsdError(Exception):
     """An error dnsd raises on purpose; its message is meant for the operator."""
+
+
+class StartupError(DnsdError):
+    """dnsd cannot start as configured (a busy port; the message says why)."""

@@ -17,7 +17,7 @@ from dnsd.sources.docker_names import DockerNaming
 from dnsd.sources.etcd import EtcdSource
 from dnsd.sources.etcd_client import make_client
 from dnsd.sources.etcd_publish import Publisher, PublishSettings
-from dnsd.sources.lifecycle import Source
+from dnsd.sources.lifecycle import ABSENT, Source
 from dnsd.sources.static import StaticSettings, StaticSource
 from dnsd.stats import Stats
 
@@ -90,3 +90,32 @@ def build_sources(
     etcd, publisher = build_etcd(config, store, stats, docker)
     ordered: list[Source] = [s for s in (static, docker, etcd, publisher) if s is not None]
     return Sources(static, docker, etcd, publisher, ordered)
+
+
+def first_loads(
+    docker: DockerSource | None, docker_zone: str, etcd: EtcdSource | None
+) -> Callable[[str], bool]:
+    """``loading(zone)`` for the local zone: whether the zone may still lack names, a source
+    that fills it (Docker its zone, etcd every zone) not having applied its first full load
+    and not being absent.  Once none is waiting, never again (later outages serve what was
+    loaded; a Docker absent then and started later is not waited for)."""
+    holders: list[tuple[Source, str | None]] = []  # None: every zone
+    if docker is not None:
+        holders.append((docker, docker_zone))
+    if etcd is not None:
+        holders.append((etcd, None))
+    loaded = not holders
+
+    def loading(zone: str) -> bool:
+        nonlocal loaded
+        if loaded:
+            return False
+        waiting = [
+            fills
+            for source, fills in holders
+            if not (health := source.health()).synced and health.state != ABSENT
+        ]
+        loaded = not waiting
+        return any(fills is None or fills == zone for fills in waiting)
+
+    return loading
