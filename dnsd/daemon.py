@@ -14,14 +14,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dnsd import dns_sd
+from dnsd import dns_sd, resolve_setup, wire_setup
 from dnsd.config import Config
 from dnsd.errors import StartupError
 from dnsd.hostport import parse_hostport
 from dnsd.logs import Throttled, event
 from dnsd.metrics import Metrics
 from dnsd.records import RecordStore
-from dnsd.resolve import setup as resolve_setup
 from dnsd.resolve.acl import Acl
 from dnsd.resolve.forward import Forwarder
 from dnsd.source_setup import build_sources, first_loads, static_settings
@@ -30,7 +29,6 @@ from dnsd.sources.etcd import EtcdSource
 from dnsd.sources.lifecycle import Source
 from dnsd.sources.static import admission
 from dnsd.stats import Stats
-from dnsd.wire import setup as wire_setup
 from dnsd.wire.answer_cache import SWEEP_S, AnswerCache
 from dnsd.wire.rrl import ResponseRateLimit
 from dnsd.wire.tcp import TcpServer
@@ -65,8 +63,8 @@ class Daemon:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        """Load the static zone, build the answer path (``resolve.setup``) and the wire
-        (``wire.setup``), serve HTTP, listen, then run the sources (each source's ``run``),
+        """Load the static zone, build the answer path (``resolve_setup``) and the wire
+        (``wire_setup``), serve HTTP, listen, then run the sources (each source's ``run``),
         in that order."""
         loaded = self.static.load()
         logger.info("static records loaded: %d", loaded, extra=event("static_loaded", "static"))

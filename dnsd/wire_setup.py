@@ -1,4 +1,4 @@
-"""The wire built from the settings, as ``source_setup`` and ``resolve.setup`` build theirs:
+"""The wire built from the settings, as ``source_setup`` and ``resolve_setup`` build theirs:
 the packed-answer cache (hooked to the record store and the forwarding cache), the handler
 that packs the resolver chain's answers, response rate limiting, and a UDP listener thread
 and a TCP server per ``server.listen`` address.  The daemon calls these and runs what they

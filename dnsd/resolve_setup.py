@@ -1,7 +1,7 @@
 """The resolver built from the settings, as ``source_setup`` builds the sources: the one place
 that turns ``Config`` into the stages of the answer path, in order — local zone -> forwarding
 cache -> forwarder — chained.  The daemon calls ``build``, hands the chain to the wire
-(``dnsd.wire.setup``) and runs what it returns; no stage imports the config.
+(``dnsd.wire_setup``) and runs what it returns; no stage imports the config.
 """
 
 from __future__ import annotations
