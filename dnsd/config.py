@@ -26,6 +26,7 @@ from dnsd.admission import name_problem
 from dnsd.config_error import ConfigError as ConfigError
 from dnsd.hostport import parse_hostport
 from dnsd.names import in_zone, normalized
+from dnsd.protocol import MAX_TTL
 from dnsd.resolve.acl import DEFAULT_ALLOW_RECURSION
 from dnsd.resolve.cache import (
     CACHE_BYTES,
@@ -37,6 +38,7 @@ from dnsd.resolve.cache import (
 )
 from dnsd.resolve.forward import FAILURE_TTL_S, UPSTREAM_TIMEOUT_S, parse_upstream
 from dnsd.resolve.upstream_health import MAX_FAILS, POLICIES, PROBE_INTERVAL_S
+from dnsd.sources.docker import RESYNC_INTERVAL_S
 from dnsd.sources.etcd_client import EtcdConnection
 from dnsd.wire.answer_cache import ANSWER_CACHE_BYTES, ANSWER_CACHE_ENTRIES
 from dnsd.wire.codec import DEFAULT_MAX_UDP_SIZE
@@ -55,7 +57,7 @@ ENV_PREFIX = "DNSD_"
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DOCKER_SCHEMES = ("unix", "tcp", "http", "https", "ssh")
-MAX_DNS_TTL = 2**31 - 1
+MAX_DNS_TTL = MAX_TTL
 # Top-level names no registry delegates (RFC 6761, 6762; ICANN's .internal; names in common
 # private use): a zone there cannot take a real domain's names.
 UNDELEGATED_TLDS = frozenset(
@@ -142,7 +144,7 @@ class DockerConfig:
     tls_cert: str = ""
     tls_key: str = ""
     zone: str = ""  # empty: the first of server.zones
-    resync_interval: float = 60.0
+    resync_interval: float = RESYNC_INTERVAL_S
     serve_starting: bool = True  # serve containers whose healthcheck is still "starting"
     image_names: bool = False  # also answer <name>.<image>.<zone> (dnsdock style)
 

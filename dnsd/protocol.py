@@ -38,6 +38,8 @@ MIN_RECORD_BYTES = 12
 # about 4,000 A records, a UDP one about 75, and each record built costs the event loop.
 MAX_ANSWER_RECORDS = 1000
 
+MAX_TTL = 2**31 - 1  # a TTL is 0 .. 2^31 - 1 seconds (RFC 2181 8)
+
 MAX_LABEL_BYTES = 63
 MAX_NAME_WIRE_BYTES = 255  # on the wire: length bytes and the root label included
 MAX_NAME_TEXT_LEN = 253  # the same limit in presentation form, without the trailing dot

@@ -31,6 +31,7 @@ from typing import Any
 from dnsd.admission import Admission, name_problem
 from dnsd.config import Config
 from dnsd.errors import DnsdError
+from dnsd.protocol import MAX_TTL
 from dnsd.records import Record, RecordStore, SrvValue
 from dnsd.sources.docker_names import DEFAULT_PRIORITY, DEFAULT_WEIGHT, WELL_KNOWN_PORTS, dns_label
 from dnsd.sources.etcd_client import make_client
@@ -118,7 +119,7 @@ def registration(
             "points elsewhere is a CNAME: write it to etcd or the static zone)"
         ) from None
     ttl = config.server.ttl if ttl is None else ttl
-    if not 0 <= ttl <= 2**31 - 1:
+    if not 0 <= ttl <= MAX_TTL:
         raise RegistrationError(f"--ttl {ttl}: must be between 0 and 2147483647")
     rtype = "A" if ip.version == 4 else "AAAA"
     served = [Record(fqdn, rtype, ip.compressed, ttl)]

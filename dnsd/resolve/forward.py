@@ -45,7 +45,7 @@ from dnsd.errors import DnsdError
 from dnsd.hostport import format_hostport, parse_hostport
 from dnsd.logs import Throttled
 from dnsd.names import in_zone, label_of, text_of
-from dnsd.protocol import RCODE_REFUSED, RCODE_SERVFAIL
+from dnsd.protocol import MAX_LABEL_BYTES, RCODE_REFUSED, RCODE_SERVFAIL
 from dnsd.resolve.answer import Answer
 from dnsd.resolve.dot import DotConnection
 from dnsd.resolve.rebind import RebindGuard
@@ -429,7 +429,7 @@ def parse_upstream(entry: str) -> Upstream:
     address, _, name = entry.removeprefix("tls://").partition("#")
     host, port = parse_hostport(address, DOT_PORT)
     name = name.strip().rstrip(".")
-    if name and not all(label and len(label) <= 63 for label in name.split(".")):
+    if name and not all(label and len(label) <= MAX_LABEL_BYTES for label in name.split(".")):
         raise ValueError(f"not a TLS server name: {name!r}")
     return Upstream(host, port, name or host)
 

@@ -475,7 +475,7 @@ class DockerSource:
             took_s * 1000,
             how,
         )
-        if self.state != "ok":
+        if self.state != OK:
             logger.info(
                 "docker connected: %d running containers (%d served), %d records, %.0f ms",
                 len(owners),

@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dnsd.names import in_zone
-from dnsd.protocol import MAX_LABEL_BYTES
+from dnsd.protocol import MAX_LABEL_BYTES, MAX_TTL
 from dnsd.records import Record, SrvValue
 from dnsd.resolve.scopes import scope_of
 
@@ -271,9 +271,9 @@ def container_records(attrs: dict[str, Any], naming: DockerNaming) -> Built:
     zone = "" if naming.zone == "." else naming.zone
     ttl = naming.ttl
     if "ttl" in dnsdock:
-        ttl = _number({"com.dnsdock.ttl": dnsdock["ttl"]}, "com.dnsdock.ttl", ttl, 2**31 - 1,
+        ttl = _number({"com.dnsdock.ttl": dnsdock["ttl"]}, "com.dnsdock.ttl", ttl, MAX_TTL,
                       built.problems)  # fmt: skip
-    ttl = _number(labels, LABEL_PREFIX + "ttl", ttl, 2**31 - 1, built.problems)
+    ttl = _number(labels, LABEL_PREFIX + "ttl", ttl, MAX_TTL, built.problems)
     addresses = _addresses((attrs.get("NetworkSettings") or {}).get("Networks") or {})
     if "alias" in dnsdock:
         labels = {**labels, DNSDOCK_ALIAS: dnsdock["alias"]}

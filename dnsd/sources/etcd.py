@@ -378,7 +378,7 @@ class EtcdSource:
 
     def _set_state(self, state: str, detail: str) -> None:
         """``detail``: for "ok" the member in use, otherwise why not."""
-        if state == "ok":
+        if state == OK:
             if state != self.state or detail != self.via:
                 logger.info(
                     "etcd watching %s from revision %d %s",

@@ -311,7 +311,7 @@ class Publisher:
 
     def _set_state(self, state: str, reason: str) -> None:
         if state != self.state:
-            if state == "ok":
+            if state == OK:
                 logger.info(
                     "etcd publishing as node %s",
                     self._settings.node_id,

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from dnsd.admission import name_problem
 from dnsd.names import IPV4, in_zone
+from dnsd.protocol import MAX_TTL
 from dnsd.records import MxValue, Record, SrvValue
 
 DEFAULT_PRIORITY = 10
@@ -113,7 +114,7 @@ def parse_value(key: str, name: str, raw: bytes, lease_ttl: int = 0, lease: int 
     for field in ("port", "priority", "weight"):
         if field in fields and not 0 <= fields[field] <= 65535:  # type: ignore[operator]
             raise ValueError(f"{field!r} out of range")
-    if "ttl" in fields and not 0 <= fields["ttl"] < 2**31:  # type: ignore[operator]
+    if "ttl" in fields and not 0 <= fields["ttl"] <= MAX_TTL:  # type: ignore[operator]
         raise ValueError("'ttl' out of range")
     labels = name.rstrip(".").count(".") + 1 if name != "." else 0
     if not 0 <= int(fields.get("targetstrip", 0)) < max(labels, 1):  # type: ignore[call-overload]

@@ -28,7 +28,7 @@ from dnsd.config_error import ConfigError
 from dnsd.heap import Settler
 from dnsd.logs import Throttled, event
 from dnsd.offload import on_daemon_thread
-from dnsd.protocol import MAX_LABEL_BYTES, MAX_NAME_TEXT_LEN
+from dnsd.protocol import MAX_LABEL_BYTES, MAX_NAME_TEXT_LEN, MAX_TTL
 from dnsd.records import MxValue, Record, RecordStore, SrvValue, Value
 from dnsd.slices import run_in_slices
 from dnsd.sources.lifecycle import JOIN_TIMEOUT_S, OK, SourceHealth
@@ -189,7 +189,7 @@ def config_records(
         try:
             rtype = str(spec["type"]).upper()
             ttl = spec.get("ttl", default_ttl)
-            if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 <= ttl < 2**31:
+            if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 <= ttl <= MAX_TTL:
                 raise ValueError(f"bad ttl {ttl!r}")
             name = names.absolute(str(spec["name"]), owner=True)
             record = Record(name, rtype, parse_value(rtype, spec["value"], names), ttl)
