@@ -91,8 +91,21 @@ def _kill_under(root: str) -> None:
                 os.kill(int(entry.name), signal.SIGKILL)
 
 
+OWNER = "owner.pid"  # in a daemon's folder: the test process that started it
+
+
 def stop_leftovers() -> None:
-    """Stop test daemons of earlier runs and remove what they left (mounts, bridges)."""
+    """Stop test daemons of earlier runs and remove what they left (mounts, bridges).  A
+    daemon whose test process still runs is another session's (they share one bridge, so only
+    one session at a time can have a daemon): RuntimeError saying so, that daemon untouched."""
+    for folder in glob.glob(BASE_GLOB):
+        with contextlib.suppress(OSError, ValueError):
+            owner = int((Path(folder) / OWNER).read_text().strip())
+            if owner != os.getpid() and _pid_alive(owner):
+                raise RuntimeError(
+                    f"another test session (pid {owner}) has a private dockerd in {folder}: "
+                    "run one session with Docker tests at a time"
+                )
     for folder in glob.glob(BASE_GLOB):
         for pidfile in (
             Path(folder) / "docker.pid",
@@ -116,6 +129,7 @@ class Dockerd:
         self.netns = netns  # run inside this network namespace (a separate "host")
         self.bip = bip
         self.root = Path(tempfile.mkdtemp(prefix="dnsd-dockerd-", dir="/tmp"))
+        (self.root / OWNER).write_text(str(os.getpid()))
         self.socket = self.root / "docker.sock"
         self.url = f"unix://{self.socket}"
         self.extra_args = extra_args or []
