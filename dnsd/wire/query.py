@@ -1,9 +1,12 @@
 """The miss path: one query packet in, one response packet out (or None: drop).
 
-Parses with dnslib, checks the message (FORMERR / NOTIMP / BADVERS / drop are decided here and
-only here), asks the resolver chain, and packs the answer: RRsets rotated, EDNS0 echoed, TC=1
-when a UDP answer does not fit the client's size.  UDP answers are put in the packed-answer
-cache so the next identical question takes the hot path.  Knows nothing about sockets.
+Parses with dnslib, checks the message (after ``screen``, which answers what can be answered
+from the bytes alone — FORMERR for an unreadable question, NOTIMP for another opcode, a drop —
+on the listener thread and here alike: the rest — FORMERR for a bad OPT record or option,
+NOTIMP for zone transfers, BADVERS — is decided here), asks the resolver chain, and packs the
+answer: RRsets rotated, EDNS0 echoed, TC=1 when a UDP answer does not fit the client's size.
+UDP answers are put in the packed-answer cache so the next identical question takes the hot
+path.  Knows nothing about sockets.
 """
 
 from __future__ import annotations
