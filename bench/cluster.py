@@ -25,6 +25,7 @@ import argparse
 import json
 import random
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -335,8 +336,15 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=15, help="propagation samples")
     parser.add_argument("--moved", type=int, default=1000, help="mass reschedule size")
     args = parser.parse_args()
+    began = time.monotonic()
+
+    def say(text: str) -> None:  # a line per phase as it goes: a run takes minutes
+        print(f"[{time.monotonic() - began:6.1f} s] {text}", file=sys.stderr, flush=True)
+
     with tempfile.TemporaryDirectory(prefix="dnsd-cluster-") as tmp:
+        say(f"starting a 3-member etcd and {args.hosts} dnsd hosts with scripted Engines")
         cluster = Cluster(args.hosts, args.containers, Path(tmp))
+        say("started")
         report: dict[str, Any] = {"hosts": args.hosts, "containers_per_host": args.containers}
         try:
             for label, step in (
@@ -348,8 +356,10 @@ def main() -> None:
                 ("cut_off", lambda: cut_off(cluster)),
                 ("rss_at_end", lambda: memory(cluster)),
             ):
+                say(f"{label}: running")
                 report[label] = step()
                 print(label, json.dumps(report[label]), flush=True)
+                say(f"{label}: done")
         finally:
             cluster.stop()
         print(json.dumps(report, indent=2))
