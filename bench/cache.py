@@ -29,7 +29,8 @@ import dns.message
 from run import CLIENT_CORE, Servers, dnsperf, free_port, rss_mb, warm
 from testbed import etcd as testbed_etcd
 
-from dnsd.records import Record, RecordStore
+from dnsd.record import Record
+from dnsd.records import RecordStore
 from dnsd.resolve.acl import Acl
 from dnsd.resolve.chain import ResolverChain
 from dnsd.resolve.local import LocalZone

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 
 from dnsd.protocol import MAX_LABEL_BYTES, MAX_NAME_WIRE_BYTES
-from dnsd.records import MxValue, Record, SrvValue
+from dnsd.record import MxValue, Record, SrvValue
 
 MAX_TXT_STRING_BYTES = 255
 MAX_TXT_BYTES = 4000  # one record's strings together: fits a TCP answer many times over

@@ -19,7 +19,7 @@ are.  Pure functions, no I/O.
 
 from __future__ import annotations
 
-from dnsd.records import Record, SrvValue
+from dnsd.record import Record, SrvValue
 
 PROTOCOLS = ("_tcp", "_udp")
 SERVICES = "_services._dns-sd._udp."

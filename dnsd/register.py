@@ -32,7 +32,8 @@ from dnsd.admission import Admission, name_problem
 from dnsd.config import Config
 from dnsd.errors import DnsdError
 from dnsd.protocol import MAX_TTL
-from dnsd.records import Record, RecordStore, SrvValue
+from dnsd.record import Record, SrvValue
+from dnsd.records import RecordStore
 from dnsd.sources.docker_names import DEFAULT_PRIORITY, DEFAULT_WEIGHT, WELL_KNOWN_PORTS, dns_label
 from dnsd.sources.etcd_client import make_client
 from dnsd.sources.etcd_mirror import Mirror

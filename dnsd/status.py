@@ -9,7 +9,8 @@ import fnmatch
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
-from dnsd.records import MxValue, RecordStore, SrvValue, Value
+from dnsd.record import MxValue, SrvValue, Value
+from dnsd.records import RecordStore
 from dnsd.sources.lifecycle import DOWN, OK, Source
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dnsd.admission import Admission, name_problem
-from dnsd.records import MxValue, Record, SrvValue
+from dnsd.record import MxValue, Record, SrvValue
 
 RULES = Admission(["docker.", "svc.local."])
 

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from testbed.listener import served
 
 from dnsd.admission import Admission
-from dnsd.records import Record, RecordStore, SrvValue
+from dnsd.record import Record, SrvValue
+from dnsd.records import RecordStore
 from dnsd.resolve.acl import Acl
 from dnsd.resolve.chain import ResolverChain
 from dnsd.resolve.local import LocalZone

@@ -18,7 +18,8 @@ from testbed.etcd import Etcd
 
 from dnsd import dns_sd
 from dnsd.admission import Admission
-from dnsd.records import Record, RecordStore, SrvValue
+from dnsd.record import Record, SrvValue
+from dnsd.records import RecordStore
 from dnsd.resolve.local import LocalZone
 from dnsd.sources.docker_names import DockerNaming, container_records
 from dnsd.sources.etcd_publish import PublishSettings, desired_keys

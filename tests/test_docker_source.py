@@ -11,7 +11,7 @@ import pytest
 from conftest import Dnsd, DnsdFactory, eventually, free_port, query, rcode, start_dnsd
 from testbed.fake_engine import FakeEngine, container
 
-from dnsd.records import SrvValue
+from dnsd.record import SrvValue
 from dnsd.sources.docker import docker_reason
 from dnsd.sources.docker_claims import NameClaims, claims_of
 from dnsd.sources.docker_names import (

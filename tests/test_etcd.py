@@ -22,7 +22,8 @@ from testbed.tcp_proxy import TcpProxy
 
 from dnsd.admission import Admission
 from dnsd.protocol import MAX_ANSWER_RECORDS
-from dnsd.records import Record, RecordStore
+from dnsd.record import Record
+from dnsd.records import RecordStore
 from dnsd.sources.etcd_mirror import Mirror
 from dnsd.sources.skydns import Service, group_filter, key_to_name, name_to_key, parse_value
 

@@ -13,7 +13,8 @@ from dnslib import DNSRecord
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dnsd.records import Record, RecordStore
+from dnsd.record import Record
+from dnsd.records import RecordStore
 from dnsd.resolve.acl import Acl
 from dnsd.resolve.chain import ResolverChain
 from dnsd.resolve.local import LocalZone

@@ -363,7 +363,7 @@ def test_replies_carry_df_and_one_too_big_for_the_path_gets_tc() -> None:
     import asyncio
     import errno
 
-    from dnsd.records import Record
+    from dnsd.record import Record
     from dnsd.wire.udp import IP_MTU_DISCOVER, IP_PMTUDISC_DO, UdpServer, bind_udp
 
     class NarrowPath(socket.socket):

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from testbed.mirror import load_all
 
 from dnsd.admission import Admission
-from dnsd.records import Record, RecordStore
+from dnsd.record import Record
+from dnsd.records import RecordStore
 from dnsd.sources.etcd_mirror import Mirror
 
 P = "/skydns"

@@ -9,7 +9,8 @@ import pytest
 from testbed.mirror import load_all
 
 from dnsd.admission import Admission
-from dnsd.records import RecordStore, srv_weights
+from dnsd.record import srv_weights
+from dnsd.records import RecordStore
 from dnsd.sources.etcd_mirror import Mirror
 
 P = "/skydns"

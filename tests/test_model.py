@@ -22,7 +22,8 @@ from robustness.model import (
 )
 
 from dnsd.protocol import RCODE_NOERROR
-from dnsd.records import Record, RecordStore
+from dnsd.record import Record
+from dnsd.records import RecordStore
 from dnsd.resolve.acl import Acl
 from dnsd.resolve.answer import Answer
 from dnsd.resolve.cache import ForwardCache

@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dnsd.names import ancestors, reverse_name
-from dnsd.records import Record, RecordStore, SrvValue, srv_weights
+from dnsd.record import Record, SrvValue, srv_weights
+from dnsd.records import RecordStore
 
 
 def a(name: str, ip: str, ttl: int = 5) -> Record:

@@ -10,7 +10,8 @@ import pytest
 from dnslib import QTYPE, RR, SOA, A
 
 from dnsd.protocol import RCODE_NOERROR, RCODE_NXDOMAIN, RCODE_REFUSED, RCODE_SERVFAIL
-from dnsd.records import MxValue, Record, RecordStore, SrvValue
+from dnsd.record import MxValue, Record, SrvValue
+from dnsd.records import RecordStore
 from dnsd.resolve.acl import Acl
 from dnsd.resolve.answer import Answer
 from dnsd.resolve.cache import ForwardCache

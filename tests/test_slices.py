@@ -71,7 +71,8 @@ def test_steps_pause_with_a_partial_publish_and_end_with_the_same_store() -> Non
     of each part before a pause, and the store ends exactly as one synchronous call leaves it
     (the static zone's precedence over another source included)."""
     from dnsd.admission import Admission
-    from dnsd.records import STATIC, Record, RecordStore
+    from dnsd.record import Record
+    from dnsd.records import STATIC, RecordStore
     from dnsd.slices import drive, run_in_slices
 
     def records(count: int, last: int) -> list[Record]:

@@ -9,7 +9,8 @@ from conftest import DnsdFactory, eventually
 
 from dnsd.cli import main
 from dnsd.config import ConfigError, load
-from dnsd.records import MxValue, Record, RecordStore, SrvValue
+from dnsd.record import MxValue, Record, SrvValue
+from dnsd.records import RecordStore
 from dnsd.source_setup import static_settings
 from dnsd.sources.static import AbsoluteNames, admission, config_records, parse_hosts
 

@@ -27,15 +27,8 @@ from dnsd.protocol import (
     RCODE_NXDOMAIN,
     RCODE_SERVFAIL,
 )
-from dnsd.records import (
-    WILDCARD_LABELS,
-    MxValue,
-    Record,
-    RecordStore,
-    SrvValue,
-    srv_weights,
-    wildcard_parts,
-)
+from dnsd.record import WILDCARD_LABELS, MxValue, Record, SrvValue, srv_weights, wildcard_parts
+from dnsd.records import RecordStore
 from dnsd.resolve.answer import FOREVER, UNREAD, Answer
 from dnsd.resolve.scopes import inside
 

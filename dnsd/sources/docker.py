@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from dnsd.logs import event
-from dnsd.records import Record, RecordStore, Value
+from dnsd.record import Record, Value
+from dnsd.records import RecordStore
 from dnsd.sources.docker_claims import NameClaims, claims_of
 from dnsd.sources.docker_names import (
     Built,

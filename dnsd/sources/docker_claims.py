@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from dnsd.names import in_zone
-from dnsd.records import Record
+from dnsd.record import Record
 from dnsd.sources.docker_names import Built
 
 

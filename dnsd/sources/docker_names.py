@@ -36,7 +36,7 @@ from typing import Any
 
 from dnsd.names import in_zone
 from dnsd.protocol import MAX_LABEL_BYTES, MAX_TTL
-from dnsd.records import Record, SrvValue
+from dnsd.record import Record, SrvValue
 from dnsd.resolve.scopes import scope_of
 
 LABEL_PREFIX = "dnsd."

@@ -19,7 +19,8 @@ from dnsd.admission import name_problem, value_problem
 from dnsd.logs import Throttled, event
 from dnsd.names import ancestors, in_zone
 from dnsd.protocol import MAX_ANSWER_RECORDS
-from dnsd.records import WILDCARD_LABELS, Record, RecordStore, wildcard_parts
+from dnsd.record import WILDCARD_LABELS, Record, wildcard_parts
+from dnsd.records import RecordStore
 from dnsd.sources.skydns import (
     Service,
     apex_service_records,

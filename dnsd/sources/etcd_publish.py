@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from dnsd.logs import event
-from dnsd.records import Record, SrvValue
+from dnsd.record import Record, SrvValue
 from dnsd.sources.docker_names import dns_label
 from dnsd.sources.errors import reason
 from dnsd.sources.lifecycle import DEGRADED, DOWN, OK, SourceHealth, Threads

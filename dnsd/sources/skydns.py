@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from dnsd.admission import name_problem
 from dnsd.names import IPV4, in_zone
 from dnsd.protocol import MAX_TTL
-from dnsd.records import MxValue, Record, SrvValue
+from dnsd.record import MxValue, Record, SrvValue
 
 DEFAULT_PRIORITY = 10
 DEFAULT_WEIGHT = 100

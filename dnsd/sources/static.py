@@ -29,7 +29,8 @@ from dnsd.heap import Settler
 from dnsd.logs import Throttled, event
 from dnsd.offload import on_daemon_thread
 from dnsd.protocol import MAX_LABEL_BYTES, MAX_NAME_TEXT_LEN, MAX_TTL
-from dnsd.records import MxValue, Record, RecordStore, SrvValue, Value
+from dnsd.record import MxValue, Record, SrvValue, Value
+from dnsd.records import RecordStore
 from dnsd.slices import run_in_slices
 from dnsd.sources.lifecycle import JOIN_TIMEOUT_S, OK, SourceHealth
 from dnsd.stats import Stats

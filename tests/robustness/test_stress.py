@@ -21,7 +21,7 @@ from testbed.upstream import FakeUpstream
 
 from dnsd.config import load
 from dnsd.daemon import Daemon
-from dnsd.records import Record
+from dnsd.record import Record
 from robustness.harness import READER_ADDRESSES, ask
 from robustness.history import History
 from robustness.model import OUTSIDE, TYPES, ZONE, Value, random_value, upstream_zone_lines
