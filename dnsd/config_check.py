@@ -18,8 +18,8 @@ from dnsd.config_error import ConfigError
 from dnsd.hostport import parse_hostport
 from dnsd.names import in_zone, normalized
 from dnsd.protocol import MAX_TTL
-from dnsd.resolve.forward import parse_upstream
 from dnsd.resolve.upstream_health import POLICIES
+from dnsd.resolve.upstreams import parse_upstream
 
 if TYPE_CHECKING:
     from dnsd.config_sections import (

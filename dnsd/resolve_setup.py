@@ -17,10 +17,11 @@ from dnsd.resolve.acl import Acl
 from dnsd.resolve.budget import UpstreamBudget, limit_from_nofile
 from dnsd.resolve.cache import ForwardCache
 from dnsd.resolve.chain import ResolverChain
-from dnsd.resolve.forward import Forwarder, Upstream, parse_upstreams, resolv_conf_upstreams
+from dnsd.resolve.forward import Forwarder
 from dnsd.resolve.local import LocalZone
 from dnsd.resolve.loop_detector import LoopDetector
 from dnsd.resolve.rebind import RebindGuard
+from dnsd.resolve.upstreams import Upstream, parse_upstreams, resolv_conf_upstreams
 from dnsd.stats import Stats
 
 logger = logging.getLogger(__name__)

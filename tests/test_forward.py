@@ -159,7 +159,7 @@ def test_other_types_are_forwarded(upstream: FakeUpstream, dnsd_factory, rdtype:
 def test_default_upstreams_come_from_resolv_conf(
     upstream: FakeUpstream, tmp_path, dnsd_factory
 ) -> None:  # type: ignore[no-untyped-def]
-    from dnsd.resolve.forward import Upstream, resolv_conf_upstreams
+    from dnsd.resolve.upstreams import Upstream, resolv_conf_upstreams
 
     text = (
         "# x\nnameserver 127.0.0.1\nnameserver 10.0.0.53\nsearch local\nnameserver fe80::1%eth0\n"
@@ -281,7 +281,7 @@ def test_a_lone_loop_refuses_instead_of_timing_out(dnsd_factory) -> None:  # typ
 
 
 def test_wildcard_listen_owns_loopback_nameservers() -> None:
-    from dnsd.resolve.forward import Upstream, resolv_conf_upstreams
+    from dnsd.resolve.upstreams import Upstream, resolv_conf_upstreams
 
     text = "nameserver 127.0.0.1\nnameserver 127.0.0.53\nnameserver 10.0.0.53\n"
     assert resolv_conf_upstreams(text, {("0.0.0.0", 53)}) == [Upstream("10.0.0.53")]

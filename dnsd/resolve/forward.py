@@ -2,11 +2,9 @@
 
 Each upstream query gets a fresh random ID and a fresh socket (so a fresh random source port);
 replies are accepted only from the upstream asked, with the ID and question sent; anything else is
-dropped and counted.  A reply is scrubbed before anyone sees it: only the records for the name
-asked and its CNAME/DNAME chain stay in the answer, only an SOA above them in the authority
-section (for negative caching); everything else (NS, additional, out-of-bailiwick) is dropped,
-and so is every record at a name in dnsd's own zones: a chain that enters them is cut there
-(``Answer.enters``) and completed from the local zone by the resolver chain.
+dropped and counted.  A reply is scrubbed before anyone sees it (``scrub``: the name's records
+and its chain, an SOA above them, nothing at a name in dnsd's own zones: a chain that enters
+them is cut there, ``Answer.enters``, and completed from the local zone by the resolver chain).
 Upstreams are tried in the order of ``upstream_health`` (healthy ones only; one that keeps
 failing is probed in the background until it answers) with a per-upstream timeout; when
 every one fails, or none is healthy, the answer is SERVFAIL at once (the forwarding cache then
@@ -16,17 +14,16 @@ reply, or one name that never gets an answer while others do, is that name's fai
 upstream's (a recursive upstream answers SERVFAIL for every domain with broken DNSSEC).  A
 name that failed at every upstream asked gets SERVFAIL at once for ``failure_ttl_s`` without
 asking again (RFC 9520: resolution failures are cached), so one broken name cannot hammer the
-upstreams.  A name under a configured domain goes to that
-domain's upstreams only (the longest domain wins, dnsmasq ``server=/domain/addr`` style); other
-names to the default upstreams, or REFUSED when there are none.  An upstream written
-``tls://ADDR[:PORT][#name]`` is asked over DNS-over-TLS (RFC 7858, port 853), its certificate
+upstreams.  A name under a configured domain goes to that domain's upstreams only (the longest
+domain wins, dnsmasq ``server=/domain/addr`` style); other names to the default upstreams, or
+REFUSED when there are none.  An upstream written ``tls://ADDR[:PORT][#name]``
+(``upstreams``) is asked over DNS-over-TLS (RFC 7858, port 853, ``dot``), its certificate
 checked against ``name`` (else the address).  Knows nothing about caching or the local zone.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import math
 import random
@@ -35,43 +32,30 @@ import ssl
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 from cachetools import TTLCache
 from dnslib import EDNS0, QTYPE, RCODE, DNSHeader, DNSQuestion, DNSRecord
 
 from dnsd.errors import DnsdError
-from dnsd.hostport import format_hostport, parse_hostport
 from dnsd.logs import Throttled
-from dnsd.names import in_zone, label_of, text_of
-from dnsd.protocol import MAX_LABEL_BYTES, RCODE_REFUSED, RCODE_SERVFAIL
+from dnsd.names import in_zone, label_of
+from dnsd.protocol import RCODE_REFUSED, RCODE_SERVFAIL
 from dnsd.resolve.answer import Answer
 from dnsd.resolve.dot import DotConnection
 from dnsd.resolve.rebind import RebindGuard
+from dnsd.resolve.scrub import matching_reply, to_answer
 from dnsd.resolve.upstream_health import MAX_FAILS, PROBE_INTERVAL_S, UpstreamHealth
+from dnsd.resolve.upstreams import Upstream
 from dnsd.stats import Stats
 
 logger = logging.getLogger(__name__)
 throttled = Throttled(logger, interval_s=60.0)
 
 UPSTREAM_TIMEOUT_S = 2.0
-DOT_PORT = 853
 UPSTREAM_UDP_SIZE = 1232
 MAX_REPLY_BYTES = 65535
 FAILURE_TTL_S = 5.0  # a name that failed everywhere gets SERVFAIL at once for this long
 FAILURES_KEPT = 10_000
-
-
-@dataclass(frozen=True, slots=True)
-class Upstream:
-    host: str
-    port: int = 53
-    tls_name: str = ""  # DNS-over-TLS when set: the name its certificate must carry
-
-    def __str__(self) -> str:
-        address = format_hostport(self.host, self.port)
-        return f"tls://{address}#{self.tls_name}" if self.tls_name else address
 
 
 class UpstreamError(DnsdError):
@@ -158,9 +142,9 @@ class Forwarder:
                 self._back(upstream)
             if reply[0].header.rcode in (RCODE_SERVFAIL, RCODE_REFUSED):
                 self._failed(upstream, counts_against_health=False)  # the next may do better
-                refused = _to_answer(reply[0], qname, qtype, reply[1], self.owns)[0]
+                refused = to_answer(reply[0], qname, qtype, reply[1], self.owns)[0]
                 continue
-            answer, scrubbed = _to_answer(reply[0], qname, qtype, reply[1], self.owns)
+            answer, scrubbed = to_answer(reply[0], qname, qtype, reply[1], self.owns)
             self._stats.upstream_scrubbed += scrubbed
             records = [rr for rrset in answer.rrsets for rr in rrset]
             if self._rebind is not None and not self._rebind.allows(qname, records):
@@ -273,7 +257,7 @@ class Forwarder:
         async with asyncio.timeout(self._timeout_s):
             if connection is not None:
                 data = await connection.ask(packet, ident)
-                matched = _matching_reply(data, ident, qname, qtype, qclass)
+                matched = matching_reply(data, ident, qname, qtype, qclass)
                 if matched is None:
                     self._stats.upstream_mismatched += 1
                     raise UpstreamError("DoT reply does not match the query")
@@ -301,7 +285,7 @@ class Forwarder:
             await loop.sock_sendall(sock, packet)
             while True:
                 data = await loop.sock_recv(sock, MAX_REPLY_BYTES)
-                reply = _matching_reply(data, ident, qname, qtype, qclass)
+                reply = matching_reply(data, ident, qname, qtype, qclass)
                 if reply is not None:
                     return reply, len(data)
                 self._stats.upstream_mismatched += 1
@@ -320,7 +304,7 @@ class Forwarder:
             raise UpstreamError("connection closed mid-reply") from exc
         finally:
             writer.close()
-        reply = _matching_reply(data, ident, qname, qtype, qclass)
+        reply = matching_reply(data, ident, qname, qtype, qclass)
         if reply is None:
             self._stats.upstream_mismatched += 1
             raise UpstreamError("TCP reply does not match the query")
@@ -330,133 +314,3 @@ class Forwarder:
         if self._tls is None:  # certificates and names checked; the system CAs unless given
             self._tls = ssl.create_default_context(cafile=self._tls_ca or None)
         return self._tls
-
-
-def _matching_reply(
-    data: bytes, ident: int, qname: str, qtype: int, qclass: int
-) -> DNSRecord | None:
-    try:
-        reply = DNSRecord.parse(data)
-    except Exception:
-        return None
-    if reply.header.id != ident or not reply.header.qr or len(reply.questions) != 1:
-        return None
-    question = reply.q
-    if text_of(question.qname).lower() != qname or question.qtype != qtype:
-        return None
-    return reply if question.qclass == qclass else None
-
-
-@dataclass(slots=True)
-class Scrubbed:
-    """What of an upstream reply may be passed on."""
-
-    answer: list[Any]
-    authority: list[Any]
-    dropped: int
-    # The chain's first name inside dnsd's own zones (a CNAME pointing in): the upstream's
-    # word ends there, and the rest of the answer is the local zone's.
-    enters: str | None = None
-
-
-def scrub(
-    reply: DNSRecord, qname: str, qtype: int, owned: Callable[[str], bool] = lambda _: False
-) -> Scrubbed:
-    """The records for the question asked and its CNAME/DNAME chain, and an SOA above them;
-    never a record at a name ``owned`` (dnsd's own zones): an upstream has no say there, so a
-    chain that enters them is cut where it enters."""
-    chain = {qname}
-    enters: str | None = None
-    owners = [text_of(rr.rname).lower() for rr in reply.rr]
-    keep = [False] * len(reply.rr)
-    grew = True
-    while grew:  # CNAMEs may come in any order: follow the chain until it stops growing
-        grew = False
-        for index, rr in enumerate(reply.rr):
-            owner = owners[index]
-            if keep[index] or owned(owner):
-                continue
-            if rr.rtype == QTYPE.DNAME:
-                keep[index] = any(in_zone(n, owner) and n != owner for n in chain)
-                continue
-            if owner not in chain:
-                continue
-            keep[index] = True
-            if rr.rtype == QTYPE.CNAME and qtype != QTYPE.CNAME:
-                target = text_of(rr.rdata.label).lower()
-                if owned(target):
-                    enters = enters or target
-                    continue
-                chain.add(target)
-                grew = True
-    kept = [rr for rr, wanted in zip(reply.rr, keep, strict=True) if wanted]
-    authority = [
-        rr
-        for rr in reply.auth
-        if rr.rtype == QTYPE.SOA
-        and not owned(text_of(rr.rname).lower())
-        and any(in_zone(n, text_of(rr.rname).lower()) for n in chain)
-    ]
-    additional = [rr for rr in reply.ar if rr.rtype != QTYPE.OPT]
-    dropped = len(reply.rr) - len(kept) + len(reply.auth) - len(authority) + len(additional)
-    return Scrubbed(kept, authority, dropped, enters)
-
-
-def _to_answer(
-    reply: DNSRecord, qname: str, qtype: int, size: int, owned: Callable[[str], bool]
-) -> tuple[Answer, int]:
-    scrubbed = scrub(reply, qname, qtype, owned)
-    # Each upstream RR is its own "RRset" so rotation never reorders a CNAME chain.
-    answer = Answer(
-        rcode=reply.header.rcode,
-        authoritative=False,
-        rrsets=[[rr] for rr in scrubbed.answer],
-        authority=scrubbed.authority,
-        recursive=True,
-        wire_size=size,
-        enters=scrubbed.enters,
-    )
-    return answer, scrubbed.dropped
-
-
-def parse_upstream(entry: str) -> Upstream:
-    """``ADDR[:PORT]`` (plain DNS, port 53) or ``tls://ADDR[:PORT][#name]`` (DoT, port 853);
-    raises ValueError."""
-
-    entry = entry.strip()
-    if not entry.startswith("tls://"):
-        return Upstream(*parse_hostport(entry, 53))
-    address, _, name = entry.removeprefix("tls://").partition("#")
-    host, port = parse_hostport(address, DOT_PORT)
-    name = name.strip().rstrip(".")
-    if name and not all(label and len(label) <= MAX_LABEL_BYTES for label in name.split(".")):
-        raise ValueError(f"not a TLS server name: {name!r}")
-    return Upstream(host, port, name or host)
-
-
-def parse_upstreams(entries: list[str]) -> list[Upstream]:
-    return [parse_upstream(entry) for entry in entries]
-
-
-def resolv_conf_upstreams(text: str, own: set[tuple[str, int]]) -> list[Upstream]:
-    """``nameserver`` lines of a resolv.conf, minus dnsd's own listen addresses (a listen on
-    0.0.0.0 or :: owns every loopback address on its port)."""
-    wildcard_ports = {port for host, port in own if host in ("0.0.0.0", "::")}
-    found = []
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) >= 2 and fields[0] == "nameserver":
-            upstream = Upstream(fields[1].split("%", 1)[0], 53)
-            if (upstream.host, upstream.port) in own:
-                continue
-            if upstream.port in wildcard_ports and _is_loopback(upstream.host):
-                continue
-            found.append(upstream)
-    return found
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -15,7 +15,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 
-from dnsd.resolve.forward import Upstream
+from dnsd.resolve.upstreams import Upstream
 
 logger = logging.getLogger(__name__)
 
