@@ -39,30 +39,34 @@ Knows nothing about resolving; ``QueryHandler`` fills it.
 from __future__ import annotations
 
 import functools
-import heapq
 import itertools
 import math
-import struct
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Concatenate, ParamSpec, TypeVar
 
 from dnsd.protocol import CLASSIC_UDP_SIZE, HEADER_LEN
 from dnsd.resolve.scopes import scope_key
+from dnsd.wire.answer_entries import (
+    Entry,
+    FastTables,
+    NetworkEntry,
+    Question,
+    SharedEntry,
+    aging_of,
+    restamp,
+)
 from dnsd.wire.answer_key import clamped, normalised_key
 from dnsd.wire.codec import (
     DEFAULT_MAX_UDP_SIZE,
     OPT_FIXED_BYTES,
     opt_well_formed,
     question_end,
-    ttl_offsets,
 )
 
 ANSWER_CACHE_ENTRIES = 100_000
 EVICT_FRACTION = 10  # when full, the oldest 1/EVICT_FRACTION of the entries go
 ANSWER_CACHE_BYTES = 64 * 1024 * 1024  # packed bytes held (rotations and per-client copies)
-FORWARDED_REFRESH_S = 1.0
 SWEEP_S = 0.25  # how often forwarded entries due for a refresh leave the fast tables
 # Prefetch: a forwarded entry asked in PREFETCH_ASKS different seconds within the last tenth of
 # its lifetime (at least PREFETCH_WINDOW_S) is handed to ``on_popular`` once, to be refreshed
@@ -74,157 +78,6 @@ PREFETCH_WINDOW_S = 2.0
 MAX_CLIENTS_PER_ENTRY = 1024
 HIT_SLOTS = 64  # per hit cell: one per listener thread (more threads share slots, modulo)
 MAX_SIZE_KEYS = 4  # per entry: keys of other UDP sizes that clamp to its own
-
-
-_TTL = struct.Struct("!I")
-FastHit = tuple[bytes, list[int], Callable[[str], bool | None] | None]
-Question = tuple[str, int, int]  # (name, type, class) as the resolver takes them
-NormalisedHit = tuple[bytes, bytes, list[int], Callable[[str], bool | None] | None]
-
-
-@dataclass(slots=True)
-class _Aging:
-    """How to count a forwarded answer's TTLs down without the resolver."""
-
-    template: bytes
-    offsets: list[int]
-    ttls: list[int]  # as packed at ``born``
-    born: float
-    final: float  # the forwarding cache drops the answer then: stop re-stamping
-    late_asks: int = 0  # re-stamps (seconds it was asked in) within the prefetch window
-
-
-class _Entry:
-    """What every entry has: where it is found (``keys``: the normalised key, and the exact
-    alias if any; ``sizes``: keys of other UDP sizes with the same answer), when it stops
-    being served as it is, who may have it, what it depends on and what it costs."""
-
-    __slots__ = (
-        "alias", "cell", "depends", "expires", "keys", "qend", "question", "recursive", "size",
-        "sizes",
-    )  # fmt: skip
-    # Read on the hot path for either kind: one answer for every asker (``variants``), or
-    # per network (``clients``); a forwarded answer counts its TTLs down (``aging``).
-    clients: dict[str, Iterator[bytes]] | None = None
-    aging: _Aging | None = None
-    variants: Iterator[bytes]  # a _SharedEntry's (read only where ``clients`` is None)
-
-    def __init__(self, expires: float, recursive: bool, cell: list[int]) -> None:
-        self.cell = cell  # hit counter shared by every entry with the same (type, rcode)
-        self.expires = expires
-        self.recursive = recursive
-        self.keys: tuple[bytes, ...] = ()
-        self.alias: bytes | None = None
-        self.sizes: tuple[bytes, ...] = ()
-        self.qend = 0  # where the question ends in the packets
-        self.depends: tuple[str, ...] = ()
-        self.size = 0
-        self.question: Question | None = None  # a forwarded answer's, for prefetching
-
-
-class _SharedEntry(_Entry):
-    """One answer for every asker: its rotations, served in turn."""
-
-    __slots__ = ("aging", "variants")
-
-    def __init__(
-        self,
-        variants: Iterator[bytes],
-        expires: float,
-        recursive: bool,
-        cell: list[int],
-        aging: _Aging | None = None,
-    ) -> None:
-        super().__init__(expires, recursive, cell)
-        self.variants = variants
-        self.aging = aging
-
-
-class _NetworkEntry(_Entry):
-    """A network-aware answer: rotations per scope key (the networks among ``scopes`` that
-    hold the asker), found through a per-client memo."""
-
-    __slots__ = ("clients", "memo", "scopes")
-
-    def __init__(
-        self, scopes: tuple[str, ...], expires: float, recursive: bool, cell: list[int]
-    ) -> None:
-        super().__init__(expires, recursive, cell)
-        self.clients: dict[str, Iterator[bytes]] = {}
-        self.scopes = scopes
-        self.memo: dict[str, str] = {}
-
-
-def _aging_of(template: bytes, born: float, lifetime_s: float) -> _Aging | None:
-    offsets = ttl_offsets(template)
-    if offsets is None:
-        return None
-    ttls = [_TTL.unpack_from(template, offset)[0] for offset in offsets]
-    return _Aging(template, offsets, ttls, born, born + lifetime_s)
-
-
-def _restamp(entry: _Entry, now: float) -> bool:
-    """Count a forwarded entry's TTLs down in place (no resolver, no dnslib); False when it
-    cannot be (a local entry, or the forwarded answer itself has expired)."""
-    aging = entry.aging
-    if aging is None or now >= aging.final or not isinstance(entry, _SharedEntry):
-        return False
-    elapsed = int(now - aging.born)
-    packet = bytearray(aging.template)
-    for offset, ttl in zip(aging.offsets, aging.ttls, strict=True):
-        _TTL.pack_into(packet, offset, max(ttl - elapsed, 0))
-    entry.variants = itertools.cycle([bytes(packet)])
-    entry.expires = min(aging.born + elapsed + FORWARDED_REFRESH_S, aging.final)
-    return True
-
-
-class FastTables:
-    """The rows the UDP listener threads serve inline (``UdpServer._serve``): entries with
-    one packed answer for every asker (local, or forwarded and re-stamped in time).
-    ``exact``: the query's bytes without its ID -> (response without its ID, hit cell,
-    recursion check or None); ``normalised``: normalised key -> (header without its ID, what
-    follows the question, cell, check).  A forwarded row is due for a refresh at its entry's
-    expiry (``take_due``).  Changed only under the cache's lock."""
-
-    def __init__(self) -> None:
-        self.exact: dict[bytes, FastHit] = {}
-        self.normalised: dict[bytes, NormalisedHit] = {}
-        self._due: list[tuple[float, bytes]] = []  # (refresh time, key) of forwarded rows
-
-    def add(
-        self, entry: _Entry, template: bytes, allowed: Callable[[str], bool | None] | None
-    ) -> None:
-        key, qend = entry.keys[0], entry.qend
-        if entry.alias is not None:
-            self.exact[entry.alias] = (template[2:], entry.cell, allowed)
-        row = (template[2:HEADER_LEN], template[qend:], entry.cell, allowed)
-        for k in (key, *entry.sizes):
-            self.normalised[k] = row
-        if not math.isinf(entry.expires):
-            heapq.heappush(self._due, (entry.expires, key))
-
-    def add_size_key(self, canonical: bytes, key: bytes) -> None:
-        """``key`` (another UDP size of ``canonical``) serves ``canonical``'s row too."""
-        row = self.normalised.get(canonical)
-        if row is not None:
-            self.normalised[key] = row
-
-    def remove(self, entry: _Entry) -> None:
-        if entry.alias is not None:
-            self.exact.pop(entry.alias, None)
-        for key in (entry.keys[0], *entry.sizes):
-            self.normalised.pop(key, None)
-
-    def take_due(self, now: float) -> Iterator[bytes]:
-        """The keys of rows due for a refresh by ``now`` (each once)."""
-        due = self._due
-        while due and due[0][0] <= now:
-            yield heapq.heappop(due)[1]
-
-    def clear(self) -> None:
-        self.exact.clear()
-        self.normalised.clear()
-        self._due.clear()
 
 
 _P = ParamSpec("_P")
@@ -244,10 +97,10 @@ def _locked(
     return locked
 
 
-def _for_client(entry: _Entry, client_ip: str, lock: threading.Lock) -> Iterator[bytes] | None:
+def _for_client(entry: Entry, client_ip: str, lock: threading.Lock) -> Iterator[bytes] | None:
     """A network-aware entry's rotations for this asker (None: not known for its networks);
     the memo is read without ``lock`` and written under it."""
-    assert isinstance(entry, _NetworkEntry)
+    assert isinstance(entry, NetworkEntry)
     key = entry.memo.get(client_ip)
     if key is None:
         key = scope_key(client_ip, entry.scopes)
@@ -268,7 +121,7 @@ class AnswerCache:
         max_udp_size: int = DEFAULT_MAX_UDP_SIZE,
     ) -> None:
         self._max_udp_size = max(max_udp_size, CLASSIC_UDP_SIZE)
-        self._entries: dict[bytes, _Entry] = {}  # normalised keys and exact aliases
+        self._entries: dict[bytes, Entry] = {}  # normalised keys and exact aliases
         self.tables = FastTables()
         self._lock = threading.Lock()
         self._dependents: dict[str, set[bytes]] = {}  # name -> normalised keys
@@ -375,7 +228,7 @@ class AnswerCache:
         template = next(variants)
         return data[:2] + template[2:HEADER_LEN] + data[HEADER_LEN:qend] + template[qend:]
 
-    def _count_late_ask(self, entry: _Entry, now: float) -> None:
+    def _count_late_ask(self, entry: Entry, now: float) -> None:
         aging = entry.aging
         if aging is None or entry.question is None or self.on_popular is None:
             return
@@ -387,7 +240,7 @@ class AnswerCache:
             self.on_popular(entry.question)
 
     @_locked
-    def _add_size_key(self, entry: _Entry, key: bytes) -> None:
+    def _add_size_key(self, entry: Entry, key: bytes) -> None:
         """Find ``entry`` by ``key`` (its key with another UDP size) from now on, in the fast
         table too (a UDP thread; at most ``MAX_SIZE_KEYS`` per entry)."""
         canonical = entry.keys[0]
@@ -402,7 +255,7 @@ class AnswerCache:
         self.tables.add_size_key(canonical, key)
 
     @_locked
-    def _restamp(self, entry: _Entry, now: float) -> bool:
+    def _restamp(self, entry: Entry, now: float) -> bool:
         """Re-stamp a forwarded entry and put it back in the fast tables (a UDP thread, once
         a second per entry).  Under the lock, and only if no one did meanwhile: with two
         listen addresses, two threads can find the entry due at once, and the one that read
@@ -410,10 +263,10 @@ class AnswerCache:
         higher TTLs over the other's."""
         if entry.expires >= now:
             return True  # another thread re-stamped it since this one found it due
-        if not _restamp(entry, now):
+        if not restamp(entry, now):
             return False
         self._count_late_ask(entry, now)
-        if isinstance(entry, _SharedEntry) and self._entries.get(entry.keys[0]) is entry:
+        if isinstance(entry, SharedEntry) and self._entries.get(entry.keys[0]) is entry:
             self._make_fast(entry, next(entry.variants))  # not dropped meanwhile
         return True
 
@@ -448,8 +301,8 @@ class AnswerCache:
         alias = None if has_options else data[2:HEADER_LEN] + lower + data[qend:]
         size = len(key) + sum(len(t) for t in templates)
         if client_ip is None:
-            aged = _aging_of(templates[0], *aging) if aging and len(templates) == 1 else None
-            entry = _SharedEntry(cycle, expires, recursive, cell, aging=aged)
+            aged = aging_of(templates[0], *aging) if aging and len(templates) == 1 else None
+            entry = SharedEntry(cycle, expires, recursive, cell, aging=aged)
             entry.qend = qend
             entry.question = question
             self._store(key, alias, entry, depends)
@@ -458,11 +311,11 @@ class AnswerCache:
         else:
             shared = self._entries.get(key)
             if (
-                not isinstance(shared, _NetworkEntry)
+                not isinstance(shared, NetworkEntry)
                 or shared.scopes != scopes
                 or len(shared.clients) >= MAX_CLIENTS_PER_ENTRY
             ):
-                shared = _NetworkEntry(scopes, expires, recursive, cell)
+                shared = NetworkEntry(scopes, expires, recursive, cell)
                 self._store(key, alias, shared, depends)
             shared.clients[scope_key(client_ip, scopes)] = cycle
         self._entries[key].size += size
@@ -473,7 +326,7 @@ class AnswerCache:
         return data[:2] + first[2:HEADER_LEN] + data[HEADER_LEN:qend] + first[qend:]
 
     def _store(
-        self, key: bytes, alias: bytes | None, entry: _Entry, depends: tuple[str, ...]
+        self, key: bytes, alias: bytes | None, entry: Entry, depends: tuple[str, ...]
     ) -> None:
         self._drop(key)
         entry.keys = (key,) if alias is None or alias == key else (key, alias)
@@ -502,7 +355,7 @@ class AnswerCache:
         self.bytes -= entry.size
         return 1
 
-    def _make_fast(self, entry: _Entry, template: bytes) -> None:
+    def _make_fast(self, entry: Entry, template: bytes) -> None:
         self.tables.add(entry, template, self._recursion_check if entry.recursive else None)
 
     def _evict(self) -> None:

@@ -43,7 +43,8 @@ from dnsd.protocol import (
 from dnsd.resolve.answer import Answer
 from dnsd.resolve.chain import ResolverChain
 from dnsd.stats import FORMERR, NOTIMP, Stats
-from dnsd.wire.answer_cache import FORWARDED_REFRESH_S, AnswerCache
+from dnsd.wire.answer_cache import AnswerCache
+from dnsd.wire.answer_entries import FORWARDED_REFRESH_S
 from dnsd.wire.answer_key import udp_reply_limit
 from dnsd.wire.codec import (
     DEFAULT_MAX_UDP_SIZE,
