@@ -55,6 +55,7 @@ BATCH_WAIT_S = 0.005  # gather a burst of watch events into one hand-over to the
 SLICE_S = 0.003  # the longest the event loop applies changes before serving again
 SLICE_KEYS = 64  # changes per store update within a slice
 LEASE_POLL_S = 5.0  # how often the publishing nodes' lease time left is read
+PRESENCE_POLL_S = 1.0  # how often the publishing nodes' presence keys are read
 PAGE_KEYS = 1000  # keys per page of a list (fewer while a page is over gRPC's limit)
 
 
@@ -222,12 +223,16 @@ class EtcdSource:
     def _consume(self, client: Any, events: queue.Queue[Any]) -> None:
         from pyetcd.events import DeleteEvent  # imported with etcd on only
 
-        polled = 0.0
+        polled = present_polled = 0.0
         while not self._stopping.is_set():
-            unread = self._node_leases - self._lease_left.keys()  # new nodes: read them soon
+            if self._clock() - present_polled >= PRESENCE_POLL_S:
+                present_polled = self._clock()
+                self._poll_presence(client)
+            leases = self._node_leases | set(self._present.values())
+            unread = leases - self._lease_left.keys()  # new nodes: read them at once
             if self._clock() - polled >= LEASE_POLL_S or unread:
                 polled = self._clock()
-                self._poll_leases(client)
+                self._poll_leases(client, leases)
             try:
                 first = events.get(timeout=1.0)
             except queue.Empty:
@@ -257,10 +262,8 @@ class EtcdSource:
             if changes:
                 self._hand(self._enqueue, changes)
 
-    def _poll_leases(self, client: Any) -> None:
-        """The publishing nodes, with nothing published too (their presence keys), and how
-        long each one's lease has left (for the nodes view).  A lease that cannot be read is
-        remembered as gone (-1), so it is not read again before the next poll."""
+    def _poll_presence(self, client: Any) -> None:
+        """The publishing nodes' presence keys (nodes with nothing published are listed)."""
         present: dict[str, int] = {}
         with contextlib.suppress(Exception):
             base = presence_prefix(self._prefix)
@@ -268,9 +271,14 @@ class EtcdSource:
                 node = meta.key.decode(errors="replace")[len(base) :]
                 if node and meta.lease_id:
                     present[node] = meta.lease_id
-        self._present = present
+            self._present = present
+
+    def _poll_leases(self, client: Any, leases: set[int] | frozenset[int]) -> None:
+        """How long each publishing node's lease has left (for the nodes view).  A lease that
+        cannot be read is remembered as gone (-1), so it is not read again before the next
+        poll."""
         left: dict[int, tuple[int, float]] = {}
-        for lease in self._node_leases | set(present.values()):
+        for lease in leases:
             try:
                 left[lease] = (int(client.get_lease_info(lease).TTL), self._clock())
             except Exception:
