@@ -324,7 +324,7 @@ def _check_config(
 
 def test_a_bad_value_names_where_it_was_written() -> None:
     """The variable, the flag, or FILE:LINE: never the file for a value that came from
-    elsewhere (the issue: both of these blamed conf/dnsd.toml)."""
+    elsewhere."""
     from_env = _check_config("conf/dnsd.toml", env={"DNSD_LISTEN": "127.0.0.1:99999"})
     assert from_env.returncode == 2
     assert from_env.stderr.startswith(

@@ -253,7 +253,7 @@ def test_dnsdock_style_names(dnsd_factory: DnsdFactory, dockerd: Dockerd, dnsd: 
 
 def test_dnsdock_labels_and_environment_are_honoured(dockerd: Dockerd, dnsd: Dnsd) -> None:
     """Users moving from dnsdock keep their labels and DNSDOCK_* variables: ignore, name,
-    image, region, tags and ttl (the issue: com.dnsdock.ignore=1 was answered and published);
+    image, region, tags and ttl (an ignored container is neither answered nor published);
     a dnsd.* or com.dnsdock.* label dnsd does not know is one warning for the container."""
     ignored = run(dockerd, "-l", "com.dnsdock.ignore=1")
     ignored_env = run(dockerd, "-e", "DNSDOCK_IGNORE=1")

@@ -92,7 +92,7 @@ def test_the_quickstart_questions_are_answered(dnsd_factory: DnsdFactory) -> Non
 def test_the_documented_commands_run_as_written_in_a_new_shell() -> None:
     """After the README's set-up (scripts/setup, which scripts/run and scripts/test call),
     `dnsd ...` runs by name in a new login shell with a clean environment, and it is this
-    checkout's dnsd (the issue: `bash: dnsd: command not found`)."""
+    checkout's dnsd."""
     root = Path(__file__).resolve().parent.parent
     shell = subprocess.run(
         ["env", "-i", f"HOME={Path.home()}", "bash", "-lc",

@@ -118,8 +118,8 @@ def test_dashboard_shape() -> None:
 
 
 def test_the_dashboard_asks_for_its_data_source_on_import() -> None:
-    """Grafana's import asks for each of ``__inputs`` (the issue: it had none, so an import
-    did not ask for a Prometheus data source as the docs say)."""
+    """Grafana's import asks for each of ``__inputs``: the Prometheus data source the docs
+    say it asks for."""
     dashboard = json.loads(DASHBOARD.read_text())
     (source,) = dashboard["__inputs"]
     assert source["type"] == "datasource" and source["pluginId"] == "prometheus"
