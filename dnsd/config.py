@@ -230,13 +230,13 @@ def read_file(path: str, problems: Problems | None = None) -> Layer:
     found = Problems() if problems is None else problems
     try:
         with open(path, "rb") as handle:
-            raw = handle.read()
-        document = tomllib.loads(raw.decode())
+            text = handle.read().decode()
+        document = tomllib.loads(text)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    lines = _key_lines(raw.decode())
+    lines = _key_lines(text)
     layer = Layer()
     for section, table in document.items():
         if section not in SECTIONS:

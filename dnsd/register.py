@@ -34,17 +34,23 @@ from dnsd.errors import DnsdError
 from dnsd.protocol import MAX_TTL
 from dnsd.record import Record, SrvValue
 from dnsd.records import RecordStore
-from dnsd.sources.docker_names import DEFAULT_PRIORITY, DEFAULT_WEIGHT, WELL_KNOWN_PORTS, dns_label
+from dnsd.sources.docker_names import (
+    DEFAULT_PRIORITY,
+    DEFAULT_WEIGHT,
+    WELL_KNOWN_PORTS,
+    dns_label,
+    txt_problem,
+)
 from dnsd.sources.etcd_client import make_client
 from dnsd.sources.etcd_mirror import Mirror
-from dnsd.sources.etcd_publish import Publisher, PublishSettings, desired_keys
+from dnsd.sources.etcd_publish import Publisher, PublishSettings, container_label, desired_keys
 from dnsd.sources.skydns import NODE_FIELD, name_to_key
 from dnsd.stats import Stats
 
 logger = logging.getLogger(__name__)
 
 REGISTRATION_LABEL = re.compile(r".+-r[0-9a-f]{11}")
-CONTAINER_LABEL = re.compile(r".+-[0-9a-f]{12}(-[0-9]+)?")  # etcd_publish.instance_label
+CONTAINER_LABEL = container_label()  # any node's container keys
 JOIN_S = 5.0
 
 
@@ -148,10 +154,9 @@ def _txt_string(entry: str) -> str:
     """``--txt KEY=VALUE`` as a DNS-SD TXT string (RFC 6763 6.3: a printable ASCII key
     without '=', the whole at most 255 bytes)."""
     key, sep, _ = entry.partition("=")
-    if not sep or not key or not all(" " <= c <= "~" for c in key):
-        raise RegistrationError(f"--txt {entry!r}: KEY=VALUE with a printable ASCII KEY")
-    if len(entry.encode()) > 255:
-        raise RegistrationError(f"--txt {entry[:40]!r}...: longer than 255 bytes")
+    problem = txt_problem(key, entry) if sep else "not KEY=VALUE"
+    if problem is not None:
+        raise RegistrationError(f"--txt {entry[:40]!r}: {problem}")
     return entry
 
 

@@ -19,6 +19,8 @@ domain wins, dnsmasq ``server=/domain/addr`` style); other names to the default 
 REFUSED when there are none.  An upstream written ``tls://ADDR[:PORT][#name]``
 (``upstreams``) is asked over DNS-over-TLS (RFC 7858, port 853, ``dot``), its certificate
 checked against ``name`` (else the address).  Knows nothing about caching or the local zone.
+Event-loop only: health, the failure cache, ``recovered_at`` and the kept DoT connections are
+read and written on the loop.
 """
 
 from __future__ import annotations

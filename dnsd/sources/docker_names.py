@@ -436,6 +436,16 @@ def _srv_records(
     return records
 
 
+def txt_problem(key: str, entry: str) -> str | None:
+    """Why ``entry`` (``key=value``) cannot be a DNS-SD TXT string (RFC 6763 6.3: a printable
+    ASCII key without ``=``, the whole at most 255 bytes), or None."""
+    if not key or "=" in key or not all(" " <= c <= "~" for c in key):
+        return "a TXT key must be printable ASCII without '='"
+    if len(entry.encode()) > 255:
+        return "'key=value' is longer than 255 bytes"
+    return None
+
+
 def _txt_strings(labels: dict[str, str], problems: list[str]) -> tuple[str, ...] | None:
     """``dnsd.txt.<key>=<value>`` labels as DNS-SD TXT strings ``key=value`` (RFC 6763 6.3),
     sorted by key; None without any.  A key must be printable ASCII without ``=``, and each
@@ -445,10 +455,9 @@ def _txt_strings(labels: dict[str, str], problems: list[str]) -> tuple[str, ...]
     for key in sorted(k for k in labels if k.startswith(prefix)):
         name = key.removeprefix(prefix)
         entry = f"{name}={labels[key]}"
-        if not name or "=" in name or not all(" " <= c <= "~" for c in name):
-            problems.append(f"label {key}: a TXT key must be printable ASCII without '='")
-        elif len(entry.encode()) > 255:
-            problems.append(f"label {key}: 'key=value' is longer than 255 bytes")
+        problem = txt_problem(name, entry)
+        if problem is not None:
+            problems.append(f"label {key}: {problem}")
         else:
             strings.append(entry)
     return tuple(strings) if strings else None

@@ -73,10 +73,13 @@ def instance_label(node: str, container_id: str, index: int) -> str:
     return f"{label}-{index}" if index else label
 
 
-def container_label(node: str) -> re.Pattern[str]:
+CONTAINER_SUFFIX = r"-[0-9a-f]{12}(-[0-9]+)?"  # after the node: a container ID prefix, index
+
+
+def container_label(node: str = "") -> re.Pattern[str]:
     """The instance labels of ``node``'s containers (a container ID is hex), not those of
-    names registered with ``dnsd register`` on the same node."""
-    return re.compile(re.escape(dns_label(node)) + r"-[0-9a-f]{12}(-[0-9]+)?")
+    names registered with ``dnsd register`` on the same node; without a node, any node's."""
+    return re.compile((re.escape(dns_label(node)) if node else ".+") + CONTAINER_SUFFIX)
 
 
 def desired_keys(
