@@ -329,6 +329,56 @@ def test_first_sync_answers_from_the_list_then_inspects(
     assert len(inspected) >= 40  # and every container was inspected after all
 
 
+def test_a_slow_inspection_holds_back_no_other_container(
+    dnsd_factory: DnsdFactory, engine: FakeEngine
+) -> None:
+    """Start events are inspected several at a time, and each container is served (and handed
+    to the publisher) as soon as its own inspection is back, not after the others'."""
+    server = dnsd_factory("--no-forward", docker=engine.url)
+    server.wait_source("docker")
+    slow = "5" * 64
+    engine.containers[slow] = container(slow, "slow", "10.4.0.99")
+    engine.held.add(slow)
+    engine.emit("start", slow)
+    for i in range(6):
+        cid = f"{i:064x}"
+        engine.containers[cid] = container(cid, f"quick{i}", f"10.4.0.{i + 1}")
+        engine.emit("start", cid)
+    for i in range(6):
+        eventually(lambda i=i: a_records(server, f"quick{i}.docker") == [f"10.4.0.{i + 1}"])
+    assert a_records(server, "slow.docker") == []  # still being inspected
+    assert engine.most_in_flight >= 2
+    engine.released.set()
+    eventually(lambda: a_records(server, "slow.docker") == ["10.4.0.99"])
+
+
+def test_a_burst_is_answered_from_one_list_while_inspections_are_slow(
+    dnsd_factory: DnsdFactory, engine: FakeEngine
+) -> None:
+    """Hundreds of start events at once (a deployment, a node drain): one list call serves
+    them all while their inspections (hostnames, aliases) are still on the way; events for
+    the same container are not inspected once per event."""
+    server = dnsd_factory("--no-forward", "--log-level", "DEBUG", docker=engine.url)
+    server.wait_source("docker")
+    burst = [f"{i:064x}" for i in range(200)]
+    for i, cid in enumerate(burst):
+        engine.containers[cid] = container(cid, f"box{i}", f"10.5.{i // 250}.{i % 250 + 1}")
+        engine.held.add(cid)
+    for cid in burst:
+        engine.emit("start", cid)
+        engine.emit("connect", cid, kind="network")
+    for i in (0, 57, 199):
+        eventually(lambda i=i: a_records(server, f"box{i}.docker") == [f"10.5.0.{i + 1}"])
+    assert engine.in_flight > 0  # inspections still held: the list answered
+    engine.released.set()
+    eventually(lambda: engine.in_flight == 0 and "(inspected)" in server.log().split(
+        "(from the list)")[-1])  # fmt: skip
+    inspections = sum(r.startswith("/containers/0") for r in engine.requests)
+    assert inspections < 2 * len(burst)  # not one per event (400)
+    for i in (0, 57, 199):
+        assert a_records(server, f"box{i}.docker") == [f"10.5.0.{i + 1}"]
+
+
 def test_socket_permission_error_says_how_to_fix_it() -> None:
     from docker.errors import DockerException
 

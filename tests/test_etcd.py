@@ -269,6 +269,29 @@ def test_two_hosts_share_containers_and_a_crash_withdraws(
     eventually(lambda: answers(b.port, f"web.{z}") == [], timeout=2)
 
 
+def test_each_container_of_a_burst_is_published_when_it_is_ready(
+    stop_at_end: StopAtEnd, etcd: Etcd, tmp_path: Path
+) -> None:
+    """One container's inspection hangs (a slow Engine): the others started with it are
+    answered by the other host meanwhile, not after it."""
+    z = zone()
+    a, engine_a = host(stop_at_end, tmp_path, etcd, "hosta", z)
+    b, _ = host(stop_at_end, tmp_path, etcd, "hostb", z)
+    slow = "5" * 64
+    engine_a.containers[slow] = container(slow, "slow", "10.8.0.99")
+    engine_a.held.add(slow)
+    engine_a.emit("start", slow)
+    for i in range(5):
+        cid = f"{i:064x}"
+        engine_a.containers[cid] = container(cid, f"quick{i}", f"10.8.0.{i + 1}")
+        engine_a.emit("start", cid)
+    for i in range(5):
+        eventually(lambda i=i: answers(b.port, f"quick{i}.{z}") == [f"10.8.0.{i + 1}"])
+    assert answers(b.port, f"slow.{z}") == [] and engine_a.in_flight == 1
+    engine_a.released.set()
+    eventually(lambda: answers(b.port, f"slow.{z}") == ["10.8.0.99"])
+
+
 def test_every_host_gives_the_same_srv_answer(
     stop_at_end: StopAtEnd, etcd: Etcd, tmp_path: Path
 ) -> None:

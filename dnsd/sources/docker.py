@@ -1,24 +1,31 @@
 """The Docker source: keeps the store's ``docker`` records in step with the running containers.
 
-Two threads keep the blocking Docker SDK off the event loop:
+Threads keep the blocking Docker SDK off the event loop:
 - the *reader* subscribes to container and network events, then asks for a full resync (so
   nothing is lost between subscribing and listing), and queues every event; when the stream
   ends or Docker is unreachable it reconnects with backoff;
-- the *worker* takes queued jobs in order (resync, event), inspects containers, turns them into
-  records (``docker_names``) and hands the result to the event loop, which writes the store.
+- the *worker* takes queued jobs in order (resync, event, inspection result).  An event that
+  needs an inspection hands it to a pool of ``INSPECT_WORKERS`` threads, whose result comes
+  back through the same queue; each container is handed to the event loop as soon as its own
+  inspection is back (a later event for it makes an earlier inspection stale).  When
+  ``QUICK_SYNC_MIN`` inspections are on their way (a deployment, a node drain), one list call
+  replaces them: everything it shows is served at once, then inspected for what the list
+  lacks (hostnames, aliases).  Container records come from ``docker_names``; the event loop
+  writes the store.
 A periodic resync (default 60 s) heals anything missed.  While Docker is away the last known
 records stay; the resync after reconnecting adds what started and drops what went away.
 
-Who owns what: the event loop owns ``_built``, ``_claims``, ``_warned``, ``state``/``reason``/
-``synced_at`` and the store writes (``_hand`` carries every result over, in order).  The
-worker owns ``_known`` (what it last inspected or listed, by container id: a resync keeps what
-did not change without asking the loop) and ``_fingerprints``.  A ``Built`` crosses from the
-worker to the loop and is never changed by the worker again (the loop sets its ``served`` and
-``conflicts``).  ``_resync_queued`` is set by the reader, the loop and the worker: under
-``_resync_lock``.  ``_stream`` is set by the reader and closed from any thread
-(``_close_stream`` swaps it out under the same lock, so it is closed once).  Each counter of
-``Stats`` has one writer thread: ``docker_events`` the worker, ``docker_reconnects`` the
-reader, ``docker_resyncs`` the loop.
+Who owns what: the event loop owns ``_built``, ``_claims``, ``_warned``, ``_notify_due``,
+``state``/``reason``/``synced_at`` and the store writes (``_hand`` carries every result over,
+in order).  The worker owns ``_known`` (what it last inspected or listed, by container id: a
+resync keeps what did not change without asking the loop), ``_fingerprints``, ``_pending``,
+``_ticket`` and ``_changes``; the inspecting threads only call the Engine and queue the result.
+A ``Built`` crosses from the worker to the loop and is never changed by the worker again (the
+loop sets its ``served`` and ``conflicts``).  ``_resync_queued`` is set by the reader, the
+loop and the worker: under ``_resync_lock``.  ``_stream`` is set by the reader and closed from
+any thread (``_close_stream`` swaps it out under the same lock, so it is closed once).  Each
+counter of ``Stats`` has one writer thread: ``docker_events`` the worker,
+``docker_reconnects`` the reader, ``docker_resyncs`` the loop.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +77,7 @@ RESYNC_INTERVAL_S = 60.0
 INSPECT_WORKERS = 8
 QUICK_SYNC_MIN = 32  # with more unknown containers, answer from the list before inspecting
 QUICK_APPLY_WAIT_S = 30.0
+HAND_BATCH = 256  # changes handed to the loop at once while more jobs are queued
 
 # Event actions that change what a container publishes (inspect it again) ...
 INSPECT_ACTIONS = frozenset({"start", "unpause", "rename", "restart", "update"})
@@ -163,6 +171,11 @@ class DockerSource:
         self._claims = NameClaims()
         self._warned: dict[str, set[str]] = {}
         self._resync_queued = False
+        # The worker's: container id -> the ticket and future of its inspection on the way.
+        self._pending: dict[str, tuple[int, Future[Any]]] = {}
+        self._ticket = 0
+        self._changes: dict[str, Built | None] = {}  # the worker's, not yet handed to the loop
+        self._notify_due = False  # the loop's
         self.state = DOWN  # OK once the first resync after connecting has landed
         self.reason = "not connected yet"
         self.synced_at: float | None = None
@@ -272,27 +285,37 @@ class DockerSource:
     # --- worker thread -----------------------------------------------------------------------
     def _work(self) -> None:
         client = None
-        while True:
-            kind, payload = self._jobs.get()
-            if kind == "stop":
-                return
-            try:
-                client = client or self._client_factory()
-                if kind == "resync":
-                    with self._resync_lock:
-                        self._resync_queued = False
-                    self._resync(client)
-                else:
-                    self._on_event(client, payload)
-            except Exception as exc:
-                client = None
-                if kind == "resync":
-                    self._lost(f"resync failed: {reason(exc)}")
-                    self._close_stream()  # a hung stream (frozen daemon) reconnects too
-                else:
-                    logger.debug("docker event %s not handled: %r", payload, exc)
+        pool = ThreadPoolExecutor(INSPECT_WORKERS, thread_name_prefix="docker-inspect")
+        try:
+            while True:
+                kind, payload = self._jobs.get()
+                if kind == "stop":
+                    return
+                # A resync asked for, or a burst (many inspections on their way): one list
+                # call serves them all at once.
+                sync = kind == "resync" or len(self._pending) >= QUICK_SYNC_MIN
+                try:
+                    client = client or self._client_factory()
+                    if sync:
+                        self._resync(client, pool, also=kind)
+                    elif kind == "event":
+                        self._on_event(client, pool, payload)
+                    else:
+                        self._on_inspected(*payload)
+                except Exception as exc:
+                    client = None
+                    if sync:
+                        self._lost(f"resync failed: {reason(exc)}")
+                        self._close_stream()  # a hung stream (frozen daemon) reconnects too
+                    else:
+                        logger.debug("docker %s %s not handled: %r", kind, payload, exc)
+                if self._changes and (len(self._changes) >= HAND_BATCH or self._jobs.empty()):
+                    self._hand(self._apply_changes, self._changes)
+                    self._changes = {}
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
-    def _on_event(self, client: Any, event: dict[str, Any]) -> None:
+    def _on_event(self, client: Any, pool: ThreadPoolExecutor, event: dict[str, Any]) -> None:
         self._stats.docker_events += 1
         kind = event.get("Type")
         action = str(event.get("Action") or event.get("status") or "")
@@ -309,15 +332,47 @@ class DockerSource:
             return
         verb = action.split(":", 1)[0]
         if kind == "container" and verb in REMOVE_ACTIONS:
+            self._forget_pending(container_id)  # an inspection on its way is now stale
             self._known.pop(container_id, None)
-            self._hand(self._apply_one, container_id, None, verb)
+            self._changes[container_id] = None
         elif kind == "network" or verb in INSPECT_ACTIONS or verb == "health_status":
-            built = self._inspect(client, container_id)
-            if built is None:
-                self._known.pop(container_id, None)
-            else:
-                self._known[container_id] = built
-            self._hand(self._apply_one, container_id, built, verb)
+            self._forget_pending(container_id)
+            self._ticket += 1
+            ticket = self._ticket
+            future = pool.submit(self._try_inspect, client, container_id)
+            self._pending[container_id] = (ticket, future)
+            future.add_done_callback(lambda done: self._inspected(container_id, ticket, done))
+
+    def _forget_pending(self, container_id: str | None = None) -> None:
+        """The inspection on its way for one container (None: for all) is stale: not started,
+        it is cancelled; started, its result is ignored."""
+        for cid in [container_id] if container_id else list(self._pending):
+            entry = self._pending.pop(cid, None)
+            if entry is not None:
+                entry[1].cancel()
+
+    def _inspected(self, container_id: str, ticket: int, done: Future[Any]) -> None:
+        """In the inspecting thread: the result goes back to the worker through the queue."""
+        if not done.cancelled():
+            self._jobs.put(("inspected", (container_id, ticket, done.result())))
+
+    def _on_inspected(
+        self, container_id: str, ticket: int, result: Built | Exception | None
+    ) -> None:
+        """An inspection is back: applied only if it is the latest asked for that container
+        (a later event, removal or resync makes it stale)."""
+        entry = self._pending.get(container_id)
+        if entry is None or entry[0] != ticket:
+            return
+        del self._pending[container_id]
+        if isinstance(result, Exception):
+            logger.debug("docker inspect %s failed: %r", container_id, result)
+            return  # what was known stays; the next resync inspects it again
+        if result is None:
+            self._known.pop(container_id, None)
+        else:
+            self._known[container_id] = result
+        self._changes[container_id] = result
 
     def _inspect(self, client: Any, container_id: str) -> Built | None:
         import docker.errors
@@ -328,8 +383,34 @@ class DockerSource:
             return None
         return container_records(attrs, self._naming)
 
-    def _resync(self, client: Any) -> None:
+    def _drain(self) -> None:
+        """Before a list call: the events queued so far are shown by the list; inspections
+        already back are applied first (the start of a burst is served before the list call
+        ends), those still on their way are stale.  A stop is put back."""
+        while True:
+            try:
+                kind, payload = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "stop":
+                self._jobs.put(("stop", None))
+                return
+            if kind == "event":
+                self._stats.docker_events += 1
+            elif kind == "inspected":
+                self._on_inspected(*payload)
+
+    def _resync(self, client: Any, pool: ThreadPoolExecutor, also: str = "resync") -> None:
         started = time.monotonic()
+        with self._resync_lock:
+            self._resync_queued = False
+        if also == "event":
+            self._stats.docker_events += 1
+        self._drain()
+        self._forget_pending()
+        if self._changes:  # removals decided before the list go first, in order
+            self._hand(self._apply_changes, self._changes)
+            self._changes = {}
         entries = client.api.containers()  # running containers only
         owners: dict[str, Built] = {}
         fingerprints = {entry["Id"]: list_fingerprint(entry) for entry in entries}
@@ -354,8 +435,7 @@ class DockerSource:
             self._hand(self._apply_quick, quick, took_s, applied)
             applied.wait(QUICK_APPLY_WAIT_S)  # inspecting meanwhile would only slow it down
         # Inspect what changed, several at a time (the Engine serves them concurrently).
-        with ThreadPoolExecutor(INSPECT_WORKERS, thread_name_prefix="docker-inspect") as pool:
-            results = list(pool.map(lambda cid: self._try_inspect(client, cid), stale))
+        results = list(pool.map(lambda cid: self._try_inspect(client, cid), stale))
         failed = 0
         for container_id, result in zip(stale, results, strict=True):
             if isinstance(result, Exception):
@@ -406,18 +486,25 @@ class DockerSource:
             )
         self.state, self.reason = DOWN, reason
 
-    def _apply_one(self, container_id: str, built: Built | None, reason: str) -> None:
+    def _apply_changes(self, changes: dict[str, Built | None]) -> None:
+        """Containers inspected again (a ``Built``) or gone (None), in the order decided."""
         owners: dict[str, list[Record]] = {}
-        if built is None:
-            self._built.pop(container_id, None)
-            owners[container_id] = []
-        else:
-            self._built[container_id] = built
-            self._report(container_id, built)
-        changed = self._claims.claim(container_id, claims_of(built) if built else {})
-        # Every container claiming a name whose claimants changed may win or lose it.
-        for other in self._claims.claimants(changed) | ({container_id} if built else set()):
-            owners[other] = self._serve(other)
+        affected: set[str] = set()
+        for container_id, built in changes.items():
+            if built is None:
+                self._built.pop(container_id, None)
+                affected.discard(container_id)
+                owners[container_id] = []
+            else:
+                self._built[container_id] = built
+                self._report(container_id, built)
+                affected.add(container_id)
+            changed = self._claims.claim(container_id, claims_of(built) if built else {})
+            # Every container claiming a name whose claimants changed may win or lose it.
+            affected |= self._claims.claimants(changed)
+        for container_id in affected:
+            if container_id in self._built:
+                owners[container_id] = self._serve(container_id)
         self._store.update_owners(SOURCE, owners)
         self._notify()
 
@@ -495,6 +582,19 @@ class DockerSource:
         self.state, self.reason = OK, ""
 
     def _notify(self) -> None:
+        """Subscribers hear of the changes once per turn of the loop, however many came."""
+        if self._notify_due:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._notify_now()
+            return
+        self._notify_due = True
+        loop.call_soon(self._notify_now)
+
+    def _notify_now(self) -> None:
+        self._notify_due = False
         for subscriber in self.subscribers:
             try:
                 subscriber(self._built)

@@ -13,10 +13,11 @@ container addresses (routed/overlay networks); ``host`` publishes ``advertise_ip
 host ports of published (-p) ports.
 
 Threads: the event loop hands the desired keys over in ``update`` (``_wanted``, swapped under
-``_lock``, then ``_wake``); everything else is the publisher thread's: ``_published``, the
-lease, ``_lease_until``, ``state``/``reason``/``synced``/``revoked`` and its ``Stats`` counters
-(one writer each).  The loop reads those as single attribute loads (/ready, /metrics): a
-reader may see a new ``state`` with the previous ``reason`` for an instant.
+``_lock``, then ``_wake``; ``_keys_of`` is the loop's); everything else is the publisher
+thread's: ``_published``, the lease, ``_lease_until``, ``state``/``reason``/``synced``/
+``revoked`` and its ``Stats`` counters (one writer each).  The loop reads those as single
+attribute loads (/ready, /metrics): a reader may see a new ``state`` with the previous
+``reason`` for an instant.
 """
 
 from __future__ import annotations
@@ -169,6 +170,7 @@ class Publisher:
         self._lease_until = 0.0  # when the lease runs out unless renewed (our clock; 0: none yet)
         self.revoked = False
         self._wanted: dict[str, bytes] = {}
+        self._keys_of: dict[str, tuple[LocalService, list[Record], dict[str, bytes]]] = {}
         self._published: dict[str, bytes] = {}
         self._wake = threading.Event()
         self._threads = Threads()
@@ -179,8 +181,20 @@ class Publisher:
         self.synced = False  # published at least once
 
     def update(self, built: Mapping[str, LocalService]) -> None:
-        """New desired state (event loop thread); the publisher thread writes the difference."""
-        wanted = desired_keys(built, self._settings, self._prefix)
+        """New desired state (event loop thread); the publisher thread writes the difference.
+        A container's keys are worked out again only when its served records changed (a new
+        list), so a burst of changes costs per change, not per container known."""
+        wanted: dict[str, bytes] = {}
+        keys_of: dict[str, tuple[LocalService, list[Record], dict[str, bytes]]] = {}
+        for container_id, box in built.items():
+            cached = self._keys_of.get(container_id)
+            if cached is not None and cached[0] is box and cached[1] is box.served:
+                keys = cached[2]
+            else:
+                keys = desired_keys({container_id: box}, self._settings, self._prefix)
+            keys_of[container_id] = (box, box.served, keys)
+            wanted.update(keys)
+        self._keys_of = keys_of
         with self._lock:
             self._wanted = wanted
         self._wake.set()

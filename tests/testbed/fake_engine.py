@@ -9,6 +9,7 @@ tests live in test_docker.py; this is the seam for the rest.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -16,6 +17,7 @@ import re
 import socketserver
 import threading
 from http.server import BaseHTTPRequestHandler
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlparse
 
@@ -92,7 +94,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, [engine.list_entry(c) for c in engine.running()])
         elif path.startswith("/containers/") and path.endswith("/json"):
             cid = path.split("/")[2]
-            found = engine.containers.get(cid)
+            with engine.inspecting(cid):
+                found = engine.containers.get(cid)
             if found is None:
                 self._json(404, {"message": f"No such container: {cid}"})
             else:
@@ -140,6 +143,11 @@ class FakeEngine:
         self.requests: list[str] = []
         self.lock = threading.Lock()
         self._server: _Server | None = None
+        # Inspections of these containers wait until ``released`` is set (a slow Engine).
+        self.held: set[str] = set()
+        self.released = threading.Event()
+        self.in_flight = 0  # inspections being answered now, and the most at once
+        self.most_in_flight = 0
 
     def start(self) -> FakeEngine:
         if os.path.exists(self.socket_path):
@@ -150,6 +158,7 @@ class FakeEngine:
         return self
 
     def stop(self) -> None:
+        self.released.set()
         self.end_streams()
         if self._server is not None:
             self._server.shutdown()
@@ -157,6 +166,19 @@ class FakeEngine:
             self._server = None
         if os.path.exists(self.socket_path):
             os.unlink(self.socket_path)
+
+    @contextlib.contextmanager
+    def inspecting(self, cid: str) -> Iterator[None]:
+        with self.lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if cid in self.held:
+                self.released.wait(30)
+            yield
+        finally:
+            with self.lock:
+                self.in_flight -= 1
 
     def running(self) -> list[dict[str, Any]]:
         return [c for c in self.containers.values() if (c.get("State") or {}).get("Running")]
