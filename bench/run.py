@@ -1,12 +1,14 @@
-"""Side-by-side benchmark: dnsd vs dnsmasq, same names, same dnsperf query files, one run.
+"""Side-by-side benchmark: dnsd vs a peer, same names, same dnsperf query files, one run.
 
-Servers are pinned to core 0 and dnsperf to core 1; each case alternates dnsd and dnsmasq in
+Servers are pinned to core 0 and dnsperf to core 1; each case alternates dnsd and the peer in
 three slices of a third of ``--duration`` each and sums them.  Prints, for both servers:
 queries/s, server CPU microseconds per query (from /proc), p99 latency at a fixed 5,000
-queries/s, and the ratios dnsd/dnsmasq; for these mixes: local A, local SRV, A with 10 %
+queries/s, and the ratios dnsd/peer; for these mixes: local A, local SRV, A with 10 %
 NXDOMAIN, a forwarded name (both forwarding to the same local upstream, warm caches), A with
-EDNS, A with an EDNS cookie option, and A over TCP.  Also dnsd's RSS holding 10,000 names.
-Only loopback is used.  Usage: python bench/run.py [--duration S]
+EDNS, A with an EDNS cookie option (peer: dnsmasq), and A over TCP, 10 connections
+pipelining (peer: unbound, with the same names as local data: dnsmasq forks a process per
+TCP connection).  Also dnsd's RSS holding 10,000 names.  Only loopback is used.
+Usage: python bench/run.py [--duration S]
 """
 
 from __future__ import annotations
@@ -169,6 +171,24 @@ class Servers:
         ]
         return self.start(argv, port)
 
+    def unbound(self, port: int, hosts: Path) -> subprocess.Popen[bytes]:
+        """unbound answering the names of ``hosts`` as local data, refusing every other name
+        (it never asks anyone)."""
+        data = "".join(
+            f'  local-data: "{name}. 300 IN A {address}"\n'
+            for address, name in (line.split() for line in hosts.read_text().splitlines())
+        )
+        config = self.work / f"unbound-{port}.conf"
+        config.write_text(
+            f"server:\n  interface: 127.0.0.1@{port}\n  do-ip6: no\n  num-threads: 1\n"
+            '  do-daemonize: no\n  chroot: ""\n  username: ""\n  pidfile: ""\n'
+            f'  directory: "{self.work}"\n  use-syslog: no\n  verbosity: 0\n'
+            "  access-control: 127.0.0.0/8 allow\n  incoming-num-tcp: 256\n"
+            '  module-config: "iterator"\n  local-zone: "." refuse\n'
+            f'  local-zone: "docker." static\n{data}'
+        )  # fmt: skip
+        return self.start(["unbound", "-d", "-c", str(config)], port)
+
     def stop_all(self) -> None:
         for proc in self.procs:
             proc.send_signal(signal.SIGTERM)
@@ -233,8 +253,9 @@ def warm(port: int, queries: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per dnsperf run")
+    parser.add_argument("--only", default="", help="comma-separated cases (default: all)")
     args = parser.parse_args()
-    for tool in ("dnsperf", "dnsmasq", "taskset"):
+    for tool in ("dnsperf", "dnsmasq", "unbound", "taskset"):
         if not shutil.which(tool):
             print(f"bench: {tool} is missing (scripts/setup --system installs it)", file=sys.stderr)
             return 2
@@ -243,12 +264,12 @@ def main() -> int:
         paths = write_inputs(work)
         servers = Servers(work)
         try:
-            return run(servers, paths, args.duration)
+            return run(servers, paths, args.duration, [c for c in args.only.split(",") if c])
         finally:
             servers.stop_all()
 
 
-def run(servers: Servers, paths: dict[str, Path], duration: float) -> int:
+def run(servers: Servers, paths: dict[str, Path], duration: float, only: list[str]) -> int:
     upstream = free_port()
     servers.dnsmasq(
         upstream, f"--addn-hosts={paths['upstream_hosts']}", "--local=/example/", "--local-ttl=300"
@@ -266,9 +287,11 @@ def run(servers: Servers, paths: dict[str, Path], duration: float) -> int:
     peer = servers.dnsmasq(peer_port, *peer_args)
     srv_flags = [f"--srv-host=_http._tcp.n{i}.docker,n{i}.docker,80,10,10" for i in range(NAMES)]
     srv_peer = servers.dnsmasq(srv_peer_port, *peer_args, *srv_flags)
+    tcp_peer_port = free_port()
+    tcp_peer = servers.unbound(tcp_peer_port, paths["hosts"])
     print(
-        f"{'case':<22}{'dnsd q/s':>12}{'dnsmasq q/s':>13}{'ratio':>8}"
-        f"{'dnsd µs/q':>11}{'dnsmasq µs/q':>14}{'ratio':>8}"
+        f"{'case':<14}{'peer':<9}{'dnsd q/s':>10}{'peer q/s':>10}{'ratio':>8}"
+        f"{'dnsd µs/q':>11}{'peer µs/q':>11}{'ratio':>8}"
     )
     # An EDNS cookie option on every query (dnsperf sends the same bytes each time; dnsd's
     # normalised key ignores options, so the cost is that of a fresh cookie per query).
@@ -277,9 +300,13 @@ def run(servers: Servers, paths: dict[str, Path], duration: float) -> int:
              ("A+EDNS", "A", ("-e",)), ("A+cookie", "A", cookie),
              ("A over TCP", "A", ("-m", "tcp"))]  # fmt: skip
     for mix, queries, options in cases:
-        their_port, their_pid = (
-            (srv_peer_port, srv_peer.pid) if mix == "SRV" else (peer_port, peer.pid)
-        )
+        if only and mix not in only:
+            continue
+        name, their_port, their_pid = "dnsmasq", peer_port, peer.pid
+        if mix == "SRV":
+            their_port, their_pid = srv_peer_port, srv_peer.pid
+        elif "TCP" in mix:
+            name, their_port, their_pid = "unbound", tcp_peer_port, tcp_peer.pid
         warm(dnsd_port, paths[queries])
         warm(their_port, paths[queries])
         ours, theirs = side_by_side(
@@ -287,8 +314,9 @@ def run(servers: Servers, paths: dict[str, Path], duration: float) -> int:
         )
         cpu_ratio = f"{ours.cpu_us / theirs.cpu_us:>8.2f}" if theirs.cpu_us else f"{'n/a':>8}"
         print(
-            f"{mix:<22}{ours.qps:>12.0f}{theirs.qps:>13.0f}{ours.qps / theirs.qps:>8.2f}"
-            f"{ours.cpu_us:>11.2f}{theirs.cpu_us:>14.2f}{cpu_ratio}"
+            f"{mix:<14}{name:<9}{ours.qps:>10.0f}{theirs.qps:>10.0f}{ours.qps / theirs.qps:>8.2f}"
+            f"{ours.cpu_us:>11.2f}{theirs.cpu_us:>11.2f}{cpu_ratio}",
+            flush=True,
         )
     ours_p99 = p99_latency_ms(dnsd_port, paths["A"], min(duration, 5.0))
     theirs_p99 = p99_latency_ms(peer_port, paths["A"], min(duration, 5.0))

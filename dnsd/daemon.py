@@ -97,7 +97,7 @@ class Daemon:
     def _collect(self, answer_cache: AnswerCache) -> None:
         """What /metrics reads besides the counters in ``Stats``."""
         collector = self.metrics.collector
-        collector.answer_cells = lambda: answer_cache.cells
+        collector.answer_hits = answer_cache.hits_by_label
         collector.records_by_source = self.store.counts
         collector.rejections = lambda: self.store.rejections
         if self.etcd is not None:

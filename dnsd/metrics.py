@@ -48,7 +48,8 @@ class StatsCollector(Collector):
 
     def __init__(self, stats: Stats) -> None:
         self.stats = stats
-        self.answer_cells: Callable[[], dict[tuple[str, str, str], list[int]]] = dict
+        # (zone, type, rcode, transport) -> packed-answer cache hits
+        self.answer_hits: Callable[[], dict[tuple[str, str, str, str], int]] = dict
         self.before_collect: Callable[[], None] = lambda: None  # e.g. time the cache hits
         self.records_by_source: Callable[[], dict[str, int]] = dict
         self.rejections: Callable[[], Mapping[tuple[str, str], int]] = dict
@@ -72,8 +73,8 @@ class StatsCollector(Collector):
         )  # fmt: skip
         for (zone, qtype, rcode, transport), count in sorted(stats.answers.items()):
             queries.add_metric([zone, qtype, rcode, transport, "resolver"], count)
-        for (zone, qtype, rcode), cell in sorted(self.answer_cells().items()):
-            queries.add_metric([zone, qtype, rcode, "udp", "cache"], sum(cell))
+        for (zone, qtype, rcode, transport), count in sorted(self.answer_hits().items()):
+            queries.add_metric([zone, qtype, rcode, transport, "cache"], count)
         yield queries
         durations = HistogramMetricFamily(
             "dnsd_request_duration_seconds", "Time to answer a query, by transport and path "
@@ -107,8 +108,8 @@ class StatsCollector(Collector):
         for to, histogram in sorted(stats.upstream_durations.items()):
             upstream.add_metric([to], *_buckets(histogram))
         yield upstream
-        yield _counter("dnsd_answer_cache_hits", "UDP queries answered from the packed-answer "
-                       "cache.", sum(sum(c) for c in self.answer_cells().values()))  # fmt: skip
+        yield _counter("dnsd_answer_cache_hits", "Queries (UDP and TCP) answered from the "
+                       "packed-answer cache.", sum(self.answer_hits().values()))  # fmt: skip
         yield _counter("dnsd_answer_cache_misses", "Queries that went through the resolver.",
                        stats.queries_slow)  # fmt: skip
         yield _counter("dnsd_forward_cache_hits", "Forwarded questions answered from the "

@@ -115,6 +115,7 @@ async def listen(
             tcp_sock,
             handler,
             stats,
+            answer_cache=None if query_log is not None else answer_cache,  # log every answer
             idle_timeout_s=server.tcp_idle_timeout,
             max_connections=server.tcp_max_connections,
             max_per_client=server.tcp_max_connections_per_client,

@@ -113,6 +113,47 @@ def test_several_queries_on_one_tcp_connection(zone_dnsd: Dnsd) -> None:
     assert addresses(replies[2]) == ["10.0.0.20"]
 
 
+def test_pipelined_tcp_questions_are_answered_from_the_packed_answer_cache(
+    zone_dnsd: Dnsd,
+) -> None:
+    """A batch of pipelined TCP questions whose answers are cached is answered from the
+    packed answers (counted as such), each with its own ID and letter case; a name first asked
+    over TCP is cached too; an answer truncated for UDP is never served over TCP."""
+    port = zone_dnsd.port
+    names = ["web.docker", "api.docker", "nope.docker", "WeB.DoCkEr"]
+    for name in names[:3]:
+        query(port, name, "A", tcp=True)  # misses, over TCP only: cached from here on
+    resolved = zone_dnsd.metric_total("dnsd_queries_total", transport="tcp", path="resolver")
+    assert resolved == 3
+    batch = 200
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        wires = b""
+        for ident in range(batch):
+            message = dns.message.make_query(names[ident % len(names)], "A")
+            message.id = ident
+            wire = message.to_wire()
+            wires += struct.pack("!H", len(wire)) + wire
+        conn.sendall(wires)  # one write: the server reads them in one go
+        replies = {}
+        for _ in range(batch):
+            (length,) = struct.unpack("!H", _recv_exact(conn, 2))
+            reply = dns.message.from_wire(_recv_exact(conn, length))
+            replies[reply.id] = reply
+    assert sorted(replies) == list(range(batch))
+    for ident, reply in replies.items():
+        name = names[ident % len(names)]
+        assert reply.question[0].name.to_text() == name + "."  # the asker's letter case
+        if name.lower() == "web.docker":
+            assert sorted(addresses(reply)) == ["10.0.0.10", "10.0.0.11", "10.0.0.12"]
+        elif name == "api.docker":
+            assert addresses(reply) == ["10.0.0.20"]
+        else:
+            assert rcode(reply) == "NXDOMAIN"
+    cached = zone_dnsd.metric_total("dnsd_queries_total", transport="tcp", path="cache")
+    assert cached == batch
+    assert zone_dnsd.metric_total("dnsd_queries_total", transport="tcp", path="resolver") == 3
+
+
 def _recv_exact(conn: socket.socket, size: int) -> bytes:
     data = b""
     while len(data) < size:
@@ -267,6 +308,30 @@ def _raw_udp(port: int, packet: bytes, timeout: float = 2.0) -> bytes:
             raise
         except OSError as exc:  # socket.timeout is TimeoutError on 3.11
             raise TimeoutError from exc
+
+
+def test_tcp_never_gets_an_answer_cut_to_fit_udp(tmp_path: Path, dnsd_factory) -> None:  # type: ignore[no-untyped-def]
+    """SRV records that fit 512 bytes without their targets' addresses: UDP gets them without
+    the additional section (no TC, RFC 2181 9) and caches that; TCP askers, first or later,
+    get every address."""
+    lines = [f"10.2.0.{i + 1} t{i}" for i in range(14)]
+    (tmp_path / "hosts").write_text("\n".join(lines))
+    records = "".join(
+        f'[[static.records]]\nname = "_db._tcp.mid"\ntype = "SRV"\n'
+        f'value = "10 10 {5000 + i} t{i}"\n'
+        for i in range(14)
+    )
+    dnsd = dnsd_factory("--no-forward", config=f'[static]\nhosts = ["hosts"]\n{records}')
+    for _ in range(2):
+        small = query(dnsd.port, "_db._tcp.mid.docker", "SRV")
+        assert not small.flags & dns.flags.TC and len(small.answer[0]) == 14
+        assert sum(len(rrset) for rrset in small.additional) < 14  # cut to fit
+    for _ in range(3):
+        full = query(dnsd.port, "_db._tcp.mid.docker", "SRV", tcp=True)
+        assert len(full.answer[0]) == 14
+        assert sum(len(rrset) for rrset in full.additional) == 14
+    assert dnsd.metric_total("dnsd_queries_total", transport="tcp", path="cache") == 0
+    assert dnsd.metric_total("dnsd_queries_total", transport="udp", path="cache") == 1
 
 
 def test_big_answer_truncated_then_full_over_tcp(tmp_path: Path, dnsd_factory) -> None:  # type: ignore[no-untyped-def]

@@ -77,6 +77,7 @@ PREFETCH_WINDOW_S = 2.0
 
 MAX_CLIENTS_PER_ENTRY = 1024
 HIT_SLOTS = 64  # per hit cell: one per listener thread (more threads share slots, modulo)
+TCP_SLOT = 0  # the TCP listeners' (the event loop's) slot; UDP listener threads get the others
 MAX_SIZE_KEYS = 4  # per entry: keys of other UDP sizes that clamp to its own
 
 
@@ -145,12 +146,23 @@ class AnswerCache:
 
     @property
     def hits(self) -> int:
-        return sum(sum(cell) for cell in list(self.cells.values()))
+        """UDP hits (every slot but ``TCP_SLOT``)."""
+        return sum(sum(cell) - cell[TCP_SLOT] for cell in list(self.cells.values()))
+
+    def hits_by_label(self) -> dict[tuple[str, str, str, str], int]:
+        """(zone, type, rcode, transport) -> hits, for /metrics (series with hits only for
+        TCP)."""
+        counts: dict[tuple[str, str, str, str], int] = {}
+        for label, cell in list(self.cells.items()):
+            counts[(*label, "udp")] = sum(cell) - cell[TCP_SLOT]
+            if cell[TCP_SLOT]:
+                counts[(*label, "tcp")] = cell[TCP_SLOT]
+        return counts
 
     def listener_slot(self) -> int:
-        """The hit-cell slot a new listener thread counts its hits in."""
+        """The hit-cell slot a new UDP listener thread counts its hits in."""
         with self._lock:
-            return next(self._slots) % HIT_SLOTS
+            return 1 + next(self._slots) % (HIT_SLOTS - 1)
 
     def __len__(self) -> int:
         return self._count
@@ -180,8 +192,11 @@ class AnswerCache:
             if entry is not None and entry.keys[0] == key and entry.expires <= now:
                 self.tables.remove(entry)
 
-    def answer(self, data: bytes, client_ip: str, now: float, slot: int = 0) -> bytes | None:
+    def answer(
+        self, data: bytes, client_ip: str, now: float, slot: int = 1, tcp: bool = False
+    ) -> bytes | None:
         """The response to ``data`` if known, else None (the caller takes the slow path).
+        Over TCP (``tcp``), an answer cut to fit UDP is not known.
 
         The two lookups below repeat their checks on purpose: a shared helper would cost a
         function call per packet on the hot path.  Only a packet that ends like an option-less
@@ -198,7 +213,7 @@ class AnswerCache:
                 if entry.clients is None
                 else _for_client(entry, client_ip, self._lock)
             )
-            if variants is None:
+            if variants is None or (tcp and entry.partial):
                 return None
             entry.cell[slot] += 1
             return data[:2] + next(variants)[2:]
@@ -222,7 +237,7 @@ class AnswerCache:
         variants = (
             entry.variants if entry.clients is None else _for_client(entry, client_ip, self._lock)
         )
-        if variants is None:
+        if variants is None or (tcp and entry.partial):
             return None
         entry.cell[slot] += 1
         template = next(variants)
@@ -283,10 +298,11 @@ class AnswerCache:
         depends: tuple[str, ...] = (),
         scopes: tuple[str, ...] = (),
         question: Question | None = None,
+        whole: bool = True,
     ) -> bytes:
         """Remember the responses to ``data`` (for ``client_ip`` only, when given), to be
         dropped when a name in ``depends`` changes; returns the first one to send, as
-        ``answer`` would."""
+        ``answer`` would.  Not ``whole`` (cut to fit UDP): never answered over TCP."""
         key, qend, has_options = normalised_key(data, self._max_udp_size)
         lower = data[HEADER_LEN:qend].lower()
         if (
@@ -318,7 +334,9 @@ class AnswerCache:
                 shared = NetworkEntry(scopes, expires, recursive, cell)
                 self._store(key, alias, shared, depends)
             shared.clients[scope_key(client_ip, scopes)] = cycle
-        self._entries[key].size += size
+        stored = self._entries[key]
+        stored.size += size
+        stored.partial |= not whole  # per-network variants may differ: any cut one counts
         self.bytes += size
         while self._count > self._max_entries or (self.bytes > self._max_bytes and self._count):
             self._evict()

@@ -43,8 +43,8 @@ class Entry:
     being served as it is, who may have it, what it depends on and what it costs."""
 
     __slots__ = (
-        "alias", "cell", "depends", "expires", "keys", "qend", "question", "recursive", "size",
-        "sizes",
+        "alias", "cell", "depends", "expires", "keys", "partial", "qend", "question", "recursive",
+        "size", "sizes",
     )  # fmt: skip
     # Read on the hot path for either kind: one answer for every asker (``variants``), or
     # per network (``clients``); a forwarded answer counts its TTLs down (``aging``).
@@ -63,6 +63,7 @@ class Entry:
         self.depends: tuple[str, ...] = ()
         self.size = 0
         self.question: Question | None = None  # a forwarded answer's, for prefetching
+        self.partial = False  # cut to fit UDP (TC=1, or additional records left out): UDP only
 
 
 class SharedEntry(Entry):

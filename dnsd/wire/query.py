@@ -84,6 +84,7 @@ def rcode_label(rcode: int) -> str:
 
 Response = bytes | None | Coroutine[Any, Any, bytes | None]
 _QUESTION_TAIL = struct.Struct("!HH")
+_COUNTS = struct.Struct("!HHH")  # a header's answer, authority and additional counts
 
 
 class QueryHandler:
@@ -178,11 +179,11 @@ class QueryHandler:
         if query.q.qtype in UNSERVED_QTYPES:  # zone transfers, TKEY, MAILA/MAILB: never upstream
             self._stats.refused_packets.add(NOTIMP)
             return error_response(data, RCODE_NOTIMP, echo_question=True)
-        limit = MAX_TCP_SIZE
-        if udp:
-            limit = CLASSIC_UDP_SIZE
-            if edns_size is not None:
-                limit = udp_reply_limit(edns_size, self._max_udp_size)
+        # What a UDP reply may hold: the limit over UDP, and the packed answers cached (for
+        # either transport) are fitted to it.
+        udp_limit = CLASSIC_UDP_SIZE
+        if edns_size is not None:
+            udp_limit = udp_reply_limit(edns_size, self._max_udp_size)
         question = query.q
         spelled = text_of(question.qname)
         if udp:  # a question the packed-answer cache did not have (not TCP, not a drop)
@@ -191,8 +192,8 @@ class QueryHandler:
             spelled.lower(), question.qtype, question.qclass, spelled, client_ip
         )
         if isinstance(result, Answer):
-            return self._respond(data, query, result, edns, limit, udp, client_ip)
-        return self._respond_later(data, query, result, edns, limit, udp, client_ip)
+            return self._respond(data, query, result, edns, udp_limit, udp, client_ip)
+        return self._respond_later(data, query, result, edns, udp_limit, udp, client_ip)
 
     async def _respond_later(
         self,
@@ -200,7 +201,7 @@ class QueryHandler:
         query: DNSRecord,
         pending: Awaitable[Answer],
         edns: bool,
-        limit: int,
+        udp_limit: int,
         udp: bool,
         client_ip: str,
     ) -> bytes | None:
@@ -210,7 +211,7 @@ class QueryHandler:
         except Exception as exc:
             throttled.warning("resolve", "resolving %s failed: %r", query.q.qname, exc)
             answer = Answer(RCODE_SERVFAIL)
-        response = self._respond(data, query, answer, edns, limit, udp, client_ip)
+        response = self._respond(data, query, answer, edns, udp_limit, udp, client_ip)
         self._stats.durations[(_proto(udp), "resolver")].observe(self._clock() - started)
         return response
 
@@ -220,10 +221,13 @@ class QueryHandler:
         query: DNSRecord,
         answer: Answer,
         edns: bool,
-        limit: int,
+        udp_limit: int,
         udp: bool,
         client_ip: str,
     ) -> bytes | None:
+        """The reply; a cacheable answer is packed for UDP and remembered (TCP questions fill
+        the cache too), and a TCP asker gets the UDP packing only when it is the whole answer
+        (nothing cut to fit)."""
         self._turn += 1
         if answer.recursive:
             self._answered_by = "upstream"
@@ -232,17 +236,20 @@ class QueryHandler:
         response: bytes | None
         try:
             if (
-                udp
-                and self._answer_cache is not None
+                self._answer_cache is not None
                 and answer.expires_in > 0
                 and not self._chain.changed_since(answer)  # never keep what is overtaken
             ):
                 rotations = min(answer.rotations(), MAX_ROTATIONS)
                 # Start where the last answer left off, so uncached askers see the order rotate.
                 turns = range(self._turn, self._turn + rotations)
-                variants = [self._fitted(query, answer, edns, limit, turn) for turn in turns]
-                response = self._remember(data, query, answer, variants, label, client_ip)
+                variants = [self._fitted(query, answer, edns, udp_limit, turn) for turn in turns]
+                whole = all(_whole(variant, answer, edns) for variant in variants)
+                response = self._remember(data, query, answer, variants, label, client_ip, whole)
+                if not udp and not whole:
+                    response = self._fitted(query, answer, edns, MAX_TCP_SIZE, self._turn)
             else:
+                limit = udp_limit if udp else MAX_TCP_SIZE
                 response = self._fitted(query, answer, edns, limit, self._turn)
         except Exception as exc:  # an answer dnslib cannot pack: the asker still gets a reply
             throttled.warning("pack", "cannot pack the answer to %s: %r", query.q.qname, exc)
@@ -259,8 +266,10 @@ class QueryHandler:
         variants: list[bytes],
         label: tuple[str, str, str],
         client_ip: str,
+        whole: bool,
     ) -> bytes:
-        """Put the packed rotations in the packed-answer cache; the first one to send."""
+        """Put the packed rotations in the packed-answer cache (``whole``: nothing was cut to
+        fit UDP, so TCP askers may have them too); the first one to send."""
         assert self._answer_cache is not None
         now = self._clock()
         expires = now + answer.expires_in
@@ -278,7 +287,7 @@ class QueryHandler:
             question = (qname, query.q.qtype, query.q.qclass)
         return self._answer_cache.put(
             data, variants, expires, answer.recursive, client, label, aging, depends,
-            answer.scopes, question,
+            answer.scopes, question, whole,
         )  # fmt: skip
 
     def _fitted(self, query: DNSRecord, answer: Answer, edns: bool, limit: int, turn: int) -> bytes:
@@ -358,6 +367,16 @@ class QueryHandler:
         reply = DNSRecord(header, q=query.q)
         reply.add_ar(EDNS0(udp_len=self._max_udp_size, ext_rcode=EDNS_BADVERS >> 4))
         return bytes(reply.pack())
+
+
+def _whole(packed: bytes, answer: Answer, edns: bool) -> bool:
+    """``packed`` holds every record of ``answer`` (its counts say so): not cut to fit."""
+    records, authority, additional = _COUNTS.unpack_from(packed, 6)
+    return (
+        records == sum(len(rrset) for rrset in answer.rrsets)
+        and authority == len(answer.authority)
+        and additional == len(answer.additional) + edns
+    )
 
 
 def pack_reply(

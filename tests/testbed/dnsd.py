@@ -120,6 +120,14 @@ class Dnsd:
 
         eventually(reached, timeout=timeout)
 
+    def metric_total(self, name: str, **labels: str) -> float:
+        """The sum of every series of ``name`` with these labels (whatever their others)."""
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in self._get("/metrics").splitlines()
+            if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items())
+        )
+
     def metric(self, name: str, **labels: str) -> float:
         """One sample of /metrics (0 when the series does not exist yet)."""
         for line in self._get("/metrics").splitlines():
