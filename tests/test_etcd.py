@@ -275,7 +275,7 @@ def test_each_container_of_a_burst_is_published_when_it_is_ready(
     """One container's inspection hangs (a slow Engine): the others started with it are
     answered by the other host meanwhile, not after it."""
     z = zone()
-    a, engine_a = host(stop_at_end, tmp_path, etcd, "hosta", z)
+    _, engine_a = host(stop_at_end, tmp_path, etcd, "hosta", z)
     b, _ = host(stop_at_end, tmp_path, etcd, "hostb", z)
     slow = "5" * 64
     engine_a.containers[slow] = container(slow, "slow", "10.8.0.99")

@@ -16,8 +16,8 @@ import queue
 import re
 import socketserver
 import threading
-from http.server import BaseHTTPRequestHandler
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlparse
 
