@@ -17,6 +17,7 @@ from typing import Any
 from dnsd import dns_sd, resolve_setup, wire_setup
 from dnsd.config import Config
 from dnsd.errors import StartupError
+from dnsd.heap import settle_after_start
 from dnsd.hostport import parse_hostport
 from dnsd.logs import Throttled, event
 from dnsd.metrics import Metrics
@@ -26,7 +27,7 @@ from dnsd.resolve.forward import Forwarder
 from dnsd.source_setup import build_sources, first_loads, static_settings
 from dnsd.sources.docker import DockerSource
 from dnsd.sources.etcd import EtcdSource
-from dnsd.sources.lifecycle import Source
+from dnsd.sources.lifecycle import ABSENT, Source
 from dnsd.sources.static import admission
 from dnsd.stats import Stats
 from dnsd.wire.answer_cache import SWEEP_S, AnswerCache
@@ -93,6 +94,14 @@ class Daemon:
             self._tasks.append(asyncio.create_task(detector.probe(list(forwarder.upstreams))))
         for source in self.sources:
             self._tasks.append(asyncio.create_task(source.run(), name=f"source {source.name}"))
+        first = [s for s in (self.docker, self.etcd) if s is not None]
+        self._tasks.append(
+            asyncio.create_task(
+                settle_after_start(
+                    lambda: all(s.health().synced or s.health().state == ABSENT for s in first)
+                )
+            )
+        )
 
     def _collect(self, answer_cache: AnswerCache) -> None:
         """What /metrics reads besides the counters in ``Stats``."""
