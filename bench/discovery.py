@@ -2,7 +2,8 @@
 
 Freshness (needs root, docker.io, busybox-static): a private dockerd (tests/testbed), dnsd
 watching it; for each of N containers, the time from dockerd's start event to dnsd answering
-the name, and from the die event to the name being gone (p50, p99).
+the name, and from the die event to the name being gone (p50, p99); then N more started at
+once (a burst): the spread of dockerd's own start events, and what dnsd adds after them.
 
 Scale: a scripted Engine API (tests/testbed/fake_engine.py) holding 1,000 and then 10,000
 containers of the same shape; dnsd's initial sync and periodic resync times (from its DEBUG
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -126,18 +128,48 @@ def freshness(count: int) -> None:
             boxes = create_boxes(client, "fresh", count)
             appear = delays(boxes, "start", port, "fresh", events)
             vanish = delays(boxes, "kill", port, "fresh", events)
-            stream.close()
             print(
                 f"freshness over {count} containers: start event -> answered "
                 f"p50 {statistics.median(appear):.1f} ms, p99 {percentile(appear, 0.99):.1f} ms; "
                 f"die event -> gone p50 {statistics.median(vanish):.1f} ms, "
-                f"p99 {percentile(vanish, 0.99):.1f} ms"
+                f"p99 {percentile(vanish, 0.99):.1f} ms",
+                flush=True,
             )
+            print(burst(client, port, events, count), flush=True)
+            stream.close()
         finally:
             dnsd.terminate()
             dnsd.wait()
             log.close()
             daemon.stop()
+
+
+def burst(client: Any, port: int, events: dict[tuple[str, str], int], count: int) -> str:
+    """``count`` containers started at once (16 ``docker start`` calls at a time, as a
+    deployment does): how long dockerd's own start events spread, and what dnsd adds."""
+    boxes = create_boxes(client, "burst", count)
+    first: list[int] = []
+    watcher = threading.Thread(
+        target=lambda: first.append(poll_until(port, "burst0.docker", True, timeout=120)),
+        daemon=True,
+    )
+    watcher.start()
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda box: box.start(), boxes))
+    last_answered = max(
+        poll_until(port, f"burst{i}.docker", want_answer=True, timeout=120) for i in range(count)
+    )
+    watcher.join()
+    time.sleep(0.2)  # let the event recorder see the last events
+    starts = [events[("start", box.id)] for box in boxes]
+    for box in boxes:
+        box.kill()
+    return (
+        f"burst of {count} started at once: dockerd's start events spread over "
+        f"{(max(starts) - min(starts)) / 1e6:.0f} ms; dnsd answered the first "
+        f"{(first[0] - events[('start', boxes[0].id)]) / 1e6:.1f} ms after its start event, "
+        f"and every one {(last_answered - max(starts)) / 1e6:.1f} ms after the last start event"
+    )
 
 
 def synthetic(count: int) -> list[dict[str, Any]]:
