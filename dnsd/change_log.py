@@ -13,7 +13,10 @@ from collections import deque
 from collections.abc import Iterable, Set
 
 MAX_CHANGES = 4096  # changes remembered
-MAX_NAMES = 200_000  # names remembered over all of them (a bulk change can touch many)
+# Names remembered over all of them (a bulk change can touch many): 50,000 cover the changes
+# of the few seconds an answer may wait for an upstream, even during a bulk change of 100,000
+# keys; beyond them an answer built before is built again, never kept stale.
+MAX_NAMES = 50_000
 
 
 class ChangeLog:

@@ -120,7 +120,7 @@ def parse_value(key: str, name: str, raw: bytes, lease_ttl: int = 0, lease: int 
     if not 0 <= int(fields.get("targetstrip", 0)) < max(labels, 1):  # type: ignore[call-overload]
         raise ValueError(f"'targetstrip' must leave at least one label of {name}")
     if NODE_FIELD in fields:
-        fields["node"] = fields.pop(NODE_FIELD)
+        fields["node"] = sys.intern(str(fields.pop(NODE_FIELD)))  # one string per node
     if TXT_FIELD in fields:
         fields["txt"] = _txt(fields.pop(TXT_FIELD))  # type: ignore[arg-type]
     fields["host"], fields["family"] = _host(str(fields.get("host", "")))
@@ -238,7 +238,7 @@ def stands_for(service: Service) -> str:
     the instance label; other keys for their own name (and its ancestors)."""
     if not service.node:
         return service.name
-    return service.name.partition(".")[2] or "."
+    return sys.intern(service.name.partition(".")[2] or ".")  # the mirror's owner name too
 
 
 def published_records(service: Service, default_ttl: int) -> list[Record]:
