@@ -20,7 +20,7 @@ from dnsd.resolve.cache import (
 )
 from dnsd.resolve.forward import FAILURE_TTL_S, UPSTREAM_TIMEOUT_S
 from dnsd.resolve.upstream_health import MAX_FAILS, PROBE_INTERVAL_S
-from dnsd.sources.docker import RESYNC_INTERVAL_S
+from dnsd.sources.docker_engine import RESYNC_INTERVAL_S
 from dnsd.sources.etcd_client import EtcdConnection
 from dnsd.wire.answer_cache import ANSWER_CACHE_BYTES, ANSWER_CACHE_ENTRIES
 from dnsd.wire.codec import DEFAULT_MAX_UDP_SIZE

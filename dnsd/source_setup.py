@@ -12,7 +12,8 @@ from typing import Any
 
 from dnsd.config import Config
 from dnsd.records import RecordStore
-from dnsd.sources.docker import DockerSettings, DockerSource
+from dnsd.sources.docker import DockerSource
+from dnsd.sources.docker_engine import DockerSettings
 from dnsd.sources.docker_names import DockerNaming
 from dnsd.sources.etcd import EtcdSource
 from dnsd.sources.etcd_client import make_client

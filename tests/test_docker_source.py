@@ -12,8 +12,8 @@ from conftest import Dnsd, DnsdFactory, eventually, free_port, query, rcode, sta
 from testbed.fake_engine import FakeEngine, container
 
 from dnsd.record import SrvValue
-from dnsd.sources.docker import docker_reason
 from dnsd.sources.docker_claims import NameClaims, claims_of
+from dnsd.sources.docker_engine import docker_reason
 from dnsd.sources.docker_names import (
     DockerNaming,
     attrs_from_list,
