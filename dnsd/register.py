@@ -34,7 +34,7 @@ from dnsd.errors import DnsdError
 from dnsd.protocol import MAX_TTL
 from dnsd.record import Record, SrvValue
 from dnsd.records import RecordStore
-from dnsd.sources.docker_names import (
+from dnsd.sources.docker_labels import (
     DEFAULT_PRIORITY,
     DEFAULT_WEIGHT,
     WELL_KNOWN_PORTS,

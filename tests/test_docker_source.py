@@ -14,15 +14,9 @@ from testbed.fake_engine import FakeEngine, container
 from dnsd.record import SrvValue
 from dnsd.sources.docker_claims import NameClaims, claims_of
 from dnsd.sources.docker_engine import docker_reason
-from dnsd.sources.docker_names import (
-    DockerNaming,
-    attrs_from_list,
-    container_records,
-    dns_label,
-    dns_name,
-    exposed_ports,
-    list_fingerprint,
-)
+from dnsd.sources.docker_labels import dns_label, dns_name
+from dnsd.sources.docker_list import attrs_from_list, list_fingerprint
+from dnsd.sources.docker_names import DockerNaming, container_records, exposed_ports
 
 
 def names_of(attrs: dict[str, Any], naming: DockerNaming | None = None) -> dict[str, set[str]]:

@@ -36,13 +36,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from dnsd.sources.docker_names import (
-    Built,
-    DockerNaming,
-    attrs_from_list,
-    container_records,
-    list_fingerprint,
-)
+from dnsd.sources.docker_list import attrs_from_list, list_fingerprint
+from dnsd.sources.docker_names import Built, DockerNaming, container_records
 from dnsd.sources.errors import reason
 from dnsd.sources.lifecycle import Backoff, LoopHand, Threads
 from dnsd.stats import Stats

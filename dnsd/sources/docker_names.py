@@ -29,36 +29,28 @@ so are ``dnsd.*`` and ``com.dnsdock.*`` labels dnsd does not know (one line per 
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from dnsd.names import in_zone
-from dnsd.protocol import MAX_LABEL_BYTES, MAX_TTL
+from dnsd.protocol import MAX_TTL
 from dnsd.record import Record, SrvValue
 from dnsd.resolve.scopes import scope_of
-
-LABEL_PREFIX = "dnsd."
-DEFAULT_PRIORITY = 10
-DEFAULT_WEIGHT = 10
-
-# Port -> SRV service name (IANA service names) for the ports containers commonly expose.
-WELL_KNOWN_PORTS = {
-    21: "ftp", 22: "ssh", 25: "smtp", 53: "domain", 80: "http", 110: "pop3", 119: "nntp",
-    123: "ntp", 143: "imap", 161: "snmp", 389: "ldap", 443: "https", 465: "submissions",
-    514: "syslog", 587: "submission", 636: "ldaps", 873: "rsync", 993: "imaps", 995: "pop3s",
-    1433: "ms-sql-s", 1883: "mqtt", 2181: "zookeeper", 2379: "etcd-client",
-    2380: "etcd-server", 3306: "mysql", 3389: "ms-wbt-server", 4222: "nats", 5060: "sip",
-    5222: "xmpp-client", 5432: "postgresql", 5671: "amqps", 5672: "amqp", 5984: "couchdb",
-    6379: "redis", 6443: "sun-sr-https", 8883: "secure-mqtt", 9042: "cql", 9092: "kafka",
-    9200: "elasticsearch", 11211: "memcache", 27017: "mongodb",
-}  # fmt: skip
-
-_INVALID = re.compile(r"[^a-z0-9_-]+")
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off", "")
-_HEALTH = re.compile(r"\((healthy|unhealthy|health: starting)\)")
+from dnsd.sources.docker_labels import (
+    DEFAULT_PRIORITY,
+    DEFAULT_WEIGHT,
+    DNSDOCK_ALIAS,
+    LABEL_PREFIX,
+    WELL_KNOWN_PORTS,
+    dns_label,
+    dns_name,
+    dnsdock_settings,
+    image_label,
+    label_flag,
+    label_number,
+    txt_strings,
+    unknown_labels,
+)
 
 
 @dataclass(frozen=True)
@@ -67,58 +59,6 @@ class DockerNaming:
     ttl: int = 5
     serve_starting: bool = True
     image_names: bool = False  # also <name>.<image> (dnsdock)
-
-
-DNSDOCK_PREFIX = "com.dnsdock."
-DNSDOCK_ALIAS = "com.dnsdock.alias"
-# dnsdock setting -> its label and the environment variables that say the same (later wins).
-DNSDOCK_SETTINGS = {
-    "ignore": ("com.dnsdock.ignore", ("DNSDOCK_IGNORE", "SERVICE_IGNORE")),
-    "alias": (DNSDOCK_ALIAS, ("DNSDOCK_ALIAS",)),
-    "name": ("com.dnsdock.name", ("DNSDOCK_NAME",)),
-    "tags": ("com.dnsdock.tags", ("SERVICE_TAGS",)),
-    "image": ("com.dnsdock.image", ("DNSDOCK_IMAGE", "SERVICE_NAME")),
-    "ttl": ("com.dnsdock.ttl", ("DNSDOCK_TTL",)),
-    "region": ("com.dnsdock.region", ("SERVICE_REGION",)),
-}
-KNOWN_LABELS = frozenset(
-    {"ignore", "ttl", "wildcard", "name", "service", "priority", "weight"}
-)  # dnsd.<these>; dnsd.srv.<port> and dnsd.txt.<key> too
-
-
-def unknown_labels(labels: dict[str, str]) -> list[str]:
-    """``dnsd.*`` and ``com.dnsdock.*`` labels that mean nothing to dnsd (a typo, or a
-    dnsdock setting dnsd does not take, such as ``com.dnsdock.ip_addr``)."""
-    dnsdock = {label for label, _ in DNSDOCK_SETTINGS.values()}
-    found = []
-    for key in sorted(labels):
-        if key.startswith(LABEL_PREFIX):
-            rest = key.removeprefix(LABEL_PREFIX)
-            if rest not in KNOWN_LABELS and not rest.startswith(("srv.", "txt.")):
-                found.append(key)
-        elif key.startswith(DNSDOCK_PREFIX) and key not in dnsdock:
-            found.append(key)
-    return found
-
-
-def dnsdock_settings(labels: dict[str, str], env: list[str]) -> dict[str, str]:
-    """dnsdock's settings of a container: its ``com.dnsdock.*`` labels, then its
-    ``DNSDOCK_*``/``SERVICE_*`` environment variables over them (dnsdock's order)."""
-    variables = dict(entry.partition("=")[::2] for entry in env if "=" in entry)
-    found: dict[str, str] = {}
-    for setting, (label, names) in DNSDOCK_SETTINGS.items():
-        if label in labels:
-            found[setting] = labels[label].strip()
-        for name in names:
-            if name in variables:
-                found[setting] = variables[name].strip()
-    return found
-
-
-def image_label(image: str) -> str:
-    """``registry:5000/team/nginx:1.25@sha256:...`` -> ``nginx``."""
-    path = image.split("@", 1)[0].rsplit("/", 1)[-1]
-    return dns_label(path.split(":", 1)[0])
 
 
 @dataclass
@@ -146,43 +86,6 @@ class Built:
     # name not served, the names of the container(s) holding it.
     served: list[Record] = field(default_factory=list)
     conflicts: dict[str, str] = field(default_factory=dict)
-
-
-def dns_label(text: str) -> str:
-    """A DNS-safe label: lower case, runs of other characters become '-', at most 63."""
-    label = _INVALID.sub("-", text.strip().lower()).strip("-")
-    return label[:MAX_LABEL_BYTES].rstrip("-")
-
-
-def dns_name(text: str) -> str:
-    """A relative multi-label name ("api.prod"), each label made DNS-safe; "" if unusable."""
-    labels = [dns_label(part) for part in text.strip().strip(".").split(".")]
-    return "" if not labels or not all(labels) else ".".join(labels)
-
-
-def _flag(labels: dict[str, str], key: str, problems: list[str]) -> bool:
-    value = labels.get(key)
-    if value is None:
-        return False
-    if value.strip().lower() in _TRUE:
-        return True
-    if value.strip().lower() not in _FALSE:
-        problems.append(f"label {key}: not a boolean: {value!r}")
-    return False
-
-
-def _number(labels: dict[str, str], key: str, default: int, top: int, problems: list[str]) -> int:
-    value = labels.get(key)
-    if value is None:
-        return default
-    try:
-        number = int(value.strip())
-    except ValueError:
-        number = -1
-    if not 0 <= number <= top:
-        problems.append(f"label {key}: not a number in 0..{top}: {value!r}")
-        return default
-    return number
 
 
 @dataclass
@@ -258,7 +161,7 @@ def container_records(attrs: dict[str, Any], naming: DockerNaming) -> Built:
     unknown = unknown_labels(labels)
     if unknown:
         built.problems.append(f"labels dnsd does not know (ignored): {', '.join(unknown)}")
-    if _flag(labels, LABEL_PREFIX + "ignore", built.problems):
+    if label_flag(labels, LABEL_PREFIX + "ignore", built.problems):
         built.withheld = "dnsd.ignore"
         return built
     dnsdock = dnsdock_settings(labels, [str(e) for e in config.get("Env") or []])
@@ -271,15 +174,15 @@ def container_records(attrs: dict[str, Any], naming: DockerNaming) -> Built:
     zone = "" if naming.zone == "." else naming.zone
     ttl = naming.ttl
     if "ttl" in dnsdock:
-        ttl = _number({"com.dnsdock.ttl": dnsdock["ttl"]}, "com.dnsdock.ttl", ttl, MAX_TTL,
+        ttl = label_number({"com.dnsdock.ttl": dnsdock["ttl"]}, "com.dnsdock.ttl", ttl, MAX_TTL,
                       built.problems)  # fmt: skip
-    ttl = _number(labels, LABEL_PREFIX + "ttl", ttl, MAX_TTL, built.problems)
+    ttl = label_number(labels, LABEL_PREFIX + "ttl", ttl, MAX_TTL, built.problems)
     addresses = _addresses((attrs.get("NetworkSettings") or {}).get("Networks") or {})
     if "alias" in dnsdock:
         labels = {**labels, DNSDOCK_ALIAS: dnsdock["alias"]}
     group_names = _group_names(attrs, config, labels, name, built.problems, naming.zone)
     own_extra = []  # names only this container can have (under its name, or with it)
-    if _flag(labels, LABEL_PREFIX + "wildcard", built.problems):
+    if label_flag(labels, LABEL_PREFIX + "wildcard", built.problems):
         own_extra.append(f"*.{name}")
     dnsdock_name = _dnsdock_name(dnsdock, name, str(config.get("Image") or ""), built.problems)
     if dnsdock_name and (naming.image_names or {"name", "tags", "image", "region"} & set(dnsdock)):
@@ -407,10 +310,10 @@ def _srv_records(
     ttl: int,
     problems: list[str],
 ) -> list[Record]:
-    priority = _number(labels, LABEL_PREFIX + "priority", DEFAULT_PRIORITY, 65535, problems)
-    weight = _number(labels, LABEL_PREFIX + "weight", DEFAULT_WEIGHT, 65535, problems)
+    priority = label_number(labels, LABEL_PREFIX + "priority", DEFAULT_PRIORITY, 65535, problems)
+    weight = label_number(labels, LABEL_PREFIX + "weight", DEFAULT_WEIGHT, 65535, problems)
     records = []
-    text = _txt_strings(labels, problems)
+    text = txt_strings(labels, problems)
     if text is not None and not exposed_ports(attrs):
         problems.append("labels dnsd.txt.*: the container exposes no port (no service to describe)")
     for port, proto in exposed_ports(attrs):
@@ -434,92 +337,3 @@ def _srv_records(
             if not port_text.isdigit() or all(p != int(port_text) for p, _ in exposed_ports(attrs)):
                 problems.append(f"label {key}: no such exposed port")
     return records
-
-
-def txt_problem(key: str, entry: str) -> str | None:
-    """Why ``entry`` (``key=value``) cannot be a DNS-SD TXT string (RFC 6763 6.3: a printable
-    ASCII key without ``=``, the whole at most 255 bytes), or None."""
-    if not key or "=" in key or not all(" " <= c <= "~" for c in key):
-        return "a TXT key must be printable ASCII without '='"
-    if len(entry.encode()) > 255:
-        return "'key=value' is longer than 255 bytes"
-    return None
-
-
-def _txt_strings(labels: dict[str, str], problems: list[str]) -> tuple[str, ...] | None:
-    """``dnsd.txt.<key>=<value>`` labels as DNS-SD TXT strings ``key=value`` (RFC 6763 6.3),
-    sorted by key; None without any.  A key must be printable ASCII without ``=``, and each
-    string at most 255 bytes: others are reported and left out."""
-    prefix = LABEL_PREFIX + "txt."
-    strings = []
-    for key in sorted(k for k in labels if k.startswith(prefix)):
-        name = key.removeprefix(prefix)
-        entry = f"{name}={labels[key]}"
-        problem = txt_problem(name, entry)
-        if problem is not None:
-            problems.append(f"label {key}: {problem}")
-        else:
-            strings.append(entry)
-    return tuple(strings) if strings else None
-
-
-def list_fingerprint(entry: dict[str, Any]) -> tuple[Any, ...]:
-    """What /containers/json shows of a container: if it is unchanged, so are its records
-    (changes it cannot show, like aliases, come with events that re-inspect)."""
-    networks = (entry.get("NetworkSettings") or {}).get("Networks") or {}
-    health = _HEALTH.search(str(entry.get("Status", "")))
-    return (
-        tuple(entry.get("Names") or ()),
-        entry.get("State"),
-        health.group(1) if health else None,
-        tuple(sorted((entry.get("Labels") or {}).items())),
-        tuple(
-            sorted(
-                (net, s.get("EndpointID"), s.get("IPAddress"), s.get("GlobalIPv6Address"))
-                for net, s in networks.items()
-                if s
-            )
-        ),
-    )
-
-
-def attrs_from_list(entry: dict[str, Any]) -> dict[str, Any]:
-    """An inspect-shaped document from a /containers/json entry, with what the list carries:
-    names, labels, state and health, networks and addresses, exposed and published ports,
-    creation time.  It lacks the hostname (left unset) and, on some Engines, network aliases:
-    an inspect fills those in later."""
-    cid = str(entry.get("Id", ""))
-    state = str(entry.get("State", ""))
-    health = _HEALTH.search(str(entry.get("Status", "")))
-    exposed: dict[str, Any] = {}
-    published: dict[str, Any] = {}
-    for port in entry.get("Ports") or []:
-        key = f"{port.get('PrivatePort')}/{port.get('Type') or 'tcp'}"
-        exposed[key] = {}
-        if port.get("PublicPort"):
-            binding = {"HostIp": port.get("IP", ""), "HostPort": str(port["PublicPort"])}
-            published.setdefault(key, []).append(binding)
-        else:
-            published.setdefault(key, None)
-    created = entry.get("Created")
-    names = entry.get("Names") or [""]
-    return {
-        "Id": cid,
-        "Name": names[0],
-        "Created": (
-            datetime.fromtimestamp(created, UTC).strftime("%Y-%m-%dT%H:%M:%S.000000000Z")
-            if isinstance(created, int | float)
-            else ""
-        ),
-        "Config": {"Hostname": cid[:12], "Labels": entry.get("Labels") or {},
-                   "ExposedPorts": exposed, "Image": entry.get("Image") or ""},
-        "State": {
-            "Running": state in ("running", "paused"),
-            "Paused": state == "paused",
-            "Health": {"Status": health.group(1).replace("health: ", "")} if health else None,
-        },
-        "NetworkSettings": {
-            "Networks": (entry.get("NetworkSettings") or {}).get("Networks") or {},
-            "Ports": published,
-        },
-    }  # fmt: skip

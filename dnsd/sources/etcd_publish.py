@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from dnsd.logs import event
 from dnsd.record import Record, SrvValue
-from dnsd.sources.docker_names import dns_label
+from dnsd.sources.docker_labels import dns_label
 from dnsd.sources.errors import reason
 from dnsd.sources.lifecycle import DEGRADED, DOWN, OK, SourceHealth, Threads
 from dnsd.sources.skydns import NODE_FIELD, TXT_FIELD, name_to_key, presence_prefix
