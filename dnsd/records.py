@@ -26,12 +26,23 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import NamedTuple, Protocol
 
+from dnsd.bag import Bag, bag_add, bag_items, bag_remove, count_down, count_up
 from dnsd.change_log import ChangeLog
 from dnsd.logs import Throttled
 from dnsd.names import reverse_name
 from dnsd.record import Record
+from dnsd.record_steps import (
+    STEP,
+    Key,
+    Records,
+    equal_steps,
+    keep,
+    set_steps,
+    unique,
+    unique_steps,
+)
 from dnsd.slices import Steps, drive
 
 logger = logging.getLogger(__name__)
@@ -59,106 +70,6 @@ class Rejected(NamedTuple):
     source: str
     owner: str
     reason: str
-
-
-Item = TypeVar("Item", Record, str)
-V = TypeVar("V")
-# key -> its one item, or each item with how many times it was added.  Most keys hold one
-# item (a name's one record of a type, an address's one name): no dict for them.
-Bag = dict[Any, "Item | dict[Item, int]"]
-
-
-def _bag_add(table: Bag[Item], key: Any, item: Item) -> None:
-    found = table.get(key)
-    if found is None:
-        table[key] = item
-        return
-    if not isinstance(found, dict):
-        found = table[key] = {found: 1}
-    found[item] = found.get(item, 0) + 1
-
-
-def _bag_remove(table: Bag[Item], key: Any, item: Item) -> None:
-    found = table[key]
-    if not isinstance(found, dict):
-        del table[key]
-        return
-    count = found.pop(item)
-    if count > 1:
-        found[item] = count - 1
-    elif len(found) == 1:
-        ((last, left),) = found.items()
-        if left == 1:
-            table[key] = last
-
-
-def _bag_items(found: Item | dict[Item, int] | None) -> list[Item]:
-    if found is None:
-        return []
-    return list(found) if isinstance(found, dict) else [found]
-
-
-def _inc(counter: dict[str, int], key: str) -> None:
-    counter[key] = counter.get(key, 0) + 1
-
-
-def _dec(counter: dict[str, int], key: str) -> None:
-    left = counter[key] - 1
-    if left:
-        counter[key] = left
-    else:
-        del counter[key]
-
-
-Key = tuple[str, str]  # (source, owner)
-Records = tuple[Record, ...]
-# Records handled between two points where a long change may pause (``replace_source_steps``).
-STEP = 128
-
-
-def _unique(records: list[Record] | tuple[Record, ...]) -> Records:
-    """The records in their order, each once."""
-    return tuple(records) if len(records) < 2 else tuple(dict.fromkeys(records))
-
-
-def _unique_steps(records: Iterable[Record]) -> Steps[Records]:
-    """``_unique`` in steps, for any iterable."""
-    items = records if isinstance(records, (list, tuple)) else list(records)
-    if len(items) <= STEP:
-        return _unique(items)
-    seen: dict[Record, None] = {}
-    for start in range(0, len(items), STEP):
-        seen.update(dict.fromkeys(items[start : start + STEP]))
-        yield
-    return tuple(seen)
-
-
-def _equal_steps(old: Records, new: Records) -> Steps[bool]:
-    if old is new:
-        return True
-    if len(old) != len(new):
-        return False
-    for start in range(0, len(old), STEP):
-        if old[start : start + STEP] != new[start : start + STEP]:
-            return False
-        yield
-    return True
-
-
-def _keep(table: dict[Key, V], key: Key, value: V) -> None:
-    """``table[key] = value``, or no entry at all when ``value`` is empty."""
-    if value:
-        table[key] = value
-    else:
-        table.pop(key, None)
-
-
-def _set_steps(records: Records) -> Steps[set[Record]]:
-    found: set[Record] = set()
-    for start in range(0, len(records), STEP):
-        found.update(records[start : start + STEP])
-        yield
-    return found
 
 
 class AdmissionRules(Protocol):
@@ -204,7 +115,7 @@ class RecordStore:
 
     # --- reading -------------------------------------------------------------------------
     def lookup(self, name: str, rtype: str) -> list[Record]:
-        return _bag_items(self._index.get((name, rtype)))
+        return bag_items(self._index.get((name, rtype)))
 
     def holds(self, record: Record) -> bool:
         """Whether ``record`` is served (offered and admitted)."""
@@ -223,7 +134,7 @@ class RecordStore:
 
     def reverse(self, ptr_name: str) -> list[str]:
         """Target names for an automatic PTR (``4.3.2.1.in-addr.arpa.``)."""
-        return _bag_items(self._reverse.get(ptr_name))
+        return bag_items(self._reverse.get(ptr_name))
 
     def owned(self) -> Iterator[Owned]:
         """Every served record with its owner, from a snapshot taken at the first step (each
@@ -323,10 +234,10 @@ class RecordStore:
 
     def _set(self, key: Key, records: Iterable[Record]) -> bool:
         """One owner's records, in one go (most owners hold a few records)."""
-        offered = _unique(records if isinstance(records, (list, tuple)) else list(records))
+        offered = unique(records if isinstance(records, (list, tuple)) else list(records))
         if self._offered.get(key, ()) == offered:
             return False
-        _keep(self._offered, key, offered)
+        keep(self._offered, key, offered)
         return self._admit(key, offered, trust_current=True)
 
     def _set_steps(self, key: Key, records: Iterable[Record]) -> Steps[bool]:
@@ -336,21 +247,21 @@ class RecordStore:
             changed = self._set(key, items)
             yield
             return changed
-        offered = yield from _unique_steps(items)
-        if (yield from _equal_steps(self._offered.get(key, ()), offered)):
+        offered = yield from unique_steps(items)
+        if (yield from equal_steps(self._offered.get(key, ()), offered)):
             return False
-        _keep(self._offered, key, offered)
+        keep(self._offered, key, offered)
         held = self._owned.get(key, ())
-        current = (yield from _set_steps(held)) if held else None
+        current = (yield from set_steps(held)) if held else None
         admitted: list[Record] = []
         rejected: dict[Record, str] = {}
         reformed = False
         for start in range(0, len(offered), STEP):
             reformed |= self._judge(key, offered[start : start + STEP], current, admitted, rejected)
             yield
-        _keep(self._rejected, key, rejected)
+        keep(self._rejected, key, rejected)
         if rejected or reformed:
-            offered = yield from _unique_steps(admitted)
+            offered = yield from unique_steps(admitted)
         return (yield from self._index_owner_steps(key, offered, current))
 
     def _admit(self, key: Key, offered: Records, trust_current: bool) -> bool:
@@ -360,10 +271,10 @@ class RecordStore:
         admitted: list[Record] = []
         rejected: dict[Record, str] = {}
         reformed = self._judge(key, offered, current, admitted, rejected)
-        _keep(self._rejected, key, rejected)
+        keep(self._rejected, key, rejected)
         # The common case (everything admitted as offered) shares the offered tuple: no copy.
         same = not rejected and not reformed
-        return self._index_owner(key, offered if same else _unique(admitted), current)
+        return self._index_owner(key, offered if same else unique(admitted), current)
 
     def _judge(
         self,
@@ -437,7 +348,7 @@ class RecordStore:
         held = self._owned.get(key, ())
         if held == records:
             return False
-        _keep(self._owned, key, records)
+        keep(self._owned, key, records)
         if not held or not records:  # an owner that comes or goes: no sets to compare
             self._reindex(key, held, records)
             return True
@@ -454,14 +365,14 @@ class RecordStore:
     ) -> Steps[bool]:
         """``_index_owner`` in steps, for a big owner."""
         held = self._owned.get(key, ())
-        if (yield from _equal_steps(held, records)):
+        if (yield from equal_steps(held, records)):
             return False
-        _keep(self._owned, key, records)
+        keep(self._owned, key, records)
         removed, added = held, records
         if held and records:
-            new = yield from _set_steps(records)
+            new = yield from set_steps(records)
             if old is None:
-                old = yield from _set_steps(held)
+                old = yield from set_steps(held)
             removed_list: list[Record] = []
             added_list: list[Record] = []
             for start in range(0, len(held), STEP):
@@ -493,9 +404,9 @@ class RecordStore:
         for record in new - old:
             if record.name not in self._static_names:
                 self._static_dirty.add(record.name)
-            _inc(self._static_names, record.name)
+            count_up(self._static_names, record.name)
         for record in old - new:
-            _dec(self._static_names, record.name)
+            count_down(self._static_names, record.name)
             if record.name not in self._static_names:
                 self._static_dirty.add(record.name)
 
@@ -530,30 +441,30 @@ class RecordStore:
 
     def _indexed(self, record: Record) -> None:
         self._touched.add(record.name)
-        _bag_add(self._index, (record.name, record.rtype), record)
+        bag_add(self._index, (record.name, record.rtype), record)
         self._add_name(record.name)
         if record.reverse and record.rtype in ("A", "AAAA"):
             ptr = reverse_name(str(record.value))
             self._touched.add(ptr)
-            _bag_add(self._reverse, ptr, record.name)
+            bag_add(self._reverse, ptr, record.name)
         if self._derive is not None and record.name[0] == "_":
             for extra in self._derived(record):
                 self._touched.add(extra.name)
-                _bag_add(self._index, (extra.name, extra.rtype), extra)
+                bag_add(self._index, (extra.name, extra.rtype), extra)
                 self._add_name(extra.name)
 
     def _unindex(self, record: Record) -> None:
         self._touched.add(record.name)
-        _bag_remove(self._index, (record.name, record.rtype), record)
+        bag_remove(self._index, (record.name, record.rtype), record)
         self._drop_name(record.name)
         if record.reverse and record.rtype in ("A", "AAAA"):
             ptr = reverse_name(str(record.value))
             self._touched.add(ptr)
-            _bag_remove(self._reverse, ptr, record.name)
+            bag_remove(self._reverse, ptr, record.name)
         if self._derive is not None and record.name[0] == "_":
             for extra in self._derived(record):
                 self._touched.add(extra.name)
-                _bag_remove(self._index, (extra.name, extra.rtype), extra)
+                bag_remove(self._index, (extra.name, extra.rtype), extra)
                 self._drop_name(extra.name)
 
     def _derived(self, record: Record) -> list[Record]:
