@@ -77,7 +77,9 @@ DROP_REASONS = (
     "short", "not a query", "query too long for udp (TC sent)", "handler error",
     "too many queued", "too many queued from one client", "too many pending",
     "too many misses from one client", "too many misses from one network",
-    "too many misses in all (heaviest networks first)", "reply too big for the path (TC sent)",
+    "too many misses in all (heaviest networks first)",
+    "too many misses from one client, past its TC replies (no reply)",
+    "reply too big for the path (TC sent)",
     "send failed",
 )  # fmt: skip
 UPSTREAM_RCODES = ("NOERROR", "NXDOMAIN", "SERVFAIL", "REFUSED")  # shown from the start

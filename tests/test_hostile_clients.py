@@ -3,6 +3,7 @@ nothing grows without bound."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import resource
 import socket
@@ -824,3 +825,47 @@ def test_a_busy_client_behind_one_address_is_answered_over_tcp_not_refused(
         server.metric("dnsd_dropped_packets_total", reason="too many misses from one client")
         == over_tcp
     )
+
+
+def test_a_flooding_address_past_its_tc_budget_gets_no_reply() -> None:
+    """Over its miss limit an address gets TC=1 replies, up to ``SLIP_PER_LIMIT`` times the
+    limit each second; past that its misses are shed unanswered, on the listener thread,
+    before the lookups a miss otherwise costs: a flood costs less than the cache hits it
+    mimics.  Other addresses are not shed, and the next second starts afresh."""
+    from dnsd.wire.miss_rate import SHED, SLIP_PER_LIMIT, TOO_MANY_MISSES, MissRate
+
+    rate = MissRate(per_client=10, per_prefix=0, total=0)
+    verdicts = [rate.over("10.0.0.1", 100.0) for _ in range(10 + 10 * SLIP_PER_LIMIT + 5)]
+    assert verdicts[:10] == [None] * 10
+    assert verdicts[10 : 10 + 10 * SLIP_PER_LIMIT] == [TOO_MANY_MISSES] * 10 * SLIP_PER_LIMIT
+    assert verdicts[-5:] == [SHED] * 5
+    assert "10.0.0.1" in rate.shed and rate.shedding("10.0.0.1", 100.5)
+    assert rate.over("10.0.0.2", 100.5) is None  # another address
+    assert not rate.shedding("10.0.0.1", 101.0)  # a new second
+    assert rate.over("10.0.0.1", 101.0) is None and "10.0.0.1" not in rate.shed
+
+
+def test_a_flood_from_one_address_is_shed_by_count(dnsd_factory: DnsdFactory) -> None:
+    """Against a running dnsd: one address sending far more misses than its TC budget; the
+    packets past it are counted as shed and get no reply."""
+    from dnsd.wire.miss_rate import SHED as SHED_REASON
+
+    server = dnsd_factory("--no-forward", config="[server]\nudp_miss_rate_per_client = 20\n")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.88", 0))
+        sock.settimeout(0.5)
+        started = time.monotonic()
+        for i in range(3000):
+            sock.sendto(dns.message.make_query(f"f{i}.docker", "A").to_wire(),
+                        ("127.0.0.1", server.port))  # fmt: skip
+        sent_s = time.monotonic() - started
+        replies = 0
+        with contextlib.suppress(TimeoutError):
+            while True:
+                sock.recv(512)
+                replies += 1
+    shed = server.metric("dnsd_dropped_packets_total", reason=SHED_REASON)
+    seconds = int(sent_s) + 2  # the counts start afresh each second
+    assert shed > 0
+    assert replies + shed <= 3000  # nothing shed was answered
+    assert replies <= seconds * 20 * (1 + 10), (replies, sent_s)  # misses + TC budget

@@ -10,8 +10,11 @@ where no queue order can help them.  Each second (a fresh count each second) an 
 hand over ``per_client`` misses, a network ``per_prefix``, and all clients together
 ``total``: past the total, only networks below their equal share of it still pass, so the
 heaviest are shed first.  A miss over a limit is answered TC=1 at once (``slip``, from the
-packet's own bytes: cheaper than a cache hit), as RRL's slip does: a real client asks again
-over TCP and is answered; a flood costs the listener one small reply per packet.
+packet's own bytes), as RRL's slip does: a real client asks again over TCP and is answered.
+An address gets at most ``SLIP_PER_LIMIT`` times its limit of such replies a second (a busy
+client behind one address asks again over TCP long before); past them it is a flood: its
+address joins ``shed`` for the rest of the second, and the listener drops its misses
+unanswered before looking them up (``shedding``), cheaper than a cache hit.
 Counted on the listener thread only (no lock).
 """
 
@@ -24,6 +27,8 @@ from typing import Final
 TOO_MANY_MISSES: Final = "too many misses from one client"
 TOO_MANY_FROM_NETWORK: Final = "too many misses from one network"
 OVER_TOTAL: Final = "too many misses in all (heaviest networks first)"
+SHED: Final = "too many misses from one client, past its TC replies (no reply)"
+SLIP_PER_LIMIT: Final = 10  # TC replies a second to one address, in multiples of its limit
 MISSES_PER_CLIENT_PER_SECOND: Final = 500
 MISSES_PER_PREFIX_PER_SECOND: Final = 2_000
 MISSES_PER_SECOND: Final = 10_000
@@ -62,6 +67,8 @@ class MissRate:
         self._second = -1
         self._counts: dict[str, int] = {}
         self._networks: dict[str, int] = {}
+        self._slipped: dict[str, int] = {}  # TC replies this second, by address
+        self.shed: set[str] = set()  # addresses past their TC replies this second
         self._all = 0
 
     def over(self, client: str, now: float) -> str | None:
@@ -71,11 +78,14 @@ class MissRate:
         second = int(now)
         if second != self._second:
             self._second = second
-            self._counts.clear()
-            self._networks.clear()
-            self._all = 0
+            self._new_second()
         count = self._counts.get(client, 0)
         if self.per_client and count >= self.per_client:
+            slipped = self._slipped.get(client, 0)
+            if slipped >= self.per_client * SLIP_PER_LIMIT:
+                self.shed.add(client)
+                return SHED
+            self._slipped[client] = slipped + 1
             return TOO_MANY_MISSES
         network = network_of(client)
         in_network = self._networks.get(network, 0)
@@ -93,6 +103,22 @@ class MissRate:
             self._networks[network] = in_network + 1
         self._all += 1
         return None
+
+    def shedding(self, client: str, now: float) -> bool:
+        """For an address in ``shed``: True while the second it was shed in lasts (its miss
+        is dropped unanswered, counted by the caller)."""
+        if int(now) == self._second:
+            return True
+        self._second = int(now)
+        self._new_second()
+        return False
+
+    def _new_second(self) -> None:
+        self._counts.clear()
+        self._networks.clear()
+        self._slipped.clear()
+        self.shed.clear()
+        self._all = 0
 
     def allows(self, client: str, now: float) -> bool:
         return self.over(client, now) is None

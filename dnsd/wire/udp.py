@@ -41,6 +41,7 @@ from dnsd.wire.miss_rate import (
     MISSES_PER_CLIENT_PER_SECOND,
     MISSES_PER_PREFIX_PER_SECOND,
     MISSES_PER_SECOND,
+    SHED,
     MissRate,
 )
 from dnsd.wire.query import QueryHandler
@@ -161,6 +162,7 @@ class UdpServer:
         fast, normalised = self._cache.tables.exact.get, self._cache.tables.normalised.get
         answer, clock = self._cache.answer, self._clock
         slot = self._cache.listener_slot()  # this thread's hit counts: none lost to another's
+        shed, shedding, drop = self._miss_rate.shed, self._miss_rate.shedding, self._stats.drop
         while True:
             try:
                 data, addr = recvfrom(READ_BYTES)
@@ -180,6 +182,9 @@ class UdpServer:
                     except OSError as exc:
                         self._unsent(exc, data[:2] + tail, addr)
                     continue
+            if shed and addr[0] in shed and shedding(addr[0], clock()):
+                drop(SHED)  # a flooding address: not even looked up
+                continue
             qend = data.find(b"\x00", HEADER_LEN) + 5
             found = normalised(data[2:qend].lower() + data[qend : qend + OPT_FIXED_BYTES])
             if found is not None and (len(data) == qend or opt_well_formed(data, qend)):
@@ -213,6 +218,7 @@ class UdpServer:
         query_log = self._query_log
         recvfrom, answer, clock = self._sock.recvfrom, self._cache.answer, self._clock
         slot = self._cache.listener_slot()
+        shed, shedding = self._miss_rate.shed, self._miss_rate.shedding
         while True:
             try:
                 data, addr = recvfrom(READ_BYTES)
@@ -223,6 +229,9 @@ class UdpServer:
                 continue
             if not data and self._stopping:
                 return
+            if shed and addr[0] in shed and shedding(addr[0], clock()):
+                self._stats.drop(SHED)
+                continue
             started = query_log.clock() if query_log is not None else 0.0
             try:
                 response = answer(data, addr[0], clock(), slot)
@@ -242,6 +251,8 @@ class UdpServer:
         over = self._miss_rate.over(addr[0], self._clock())
         if over is not None:  # "ask again over TCP", from the packet's bytes: no parsing
             self._stats.drop(over)
+            if over == SHED:
+                return  # a flood: past its TC replies, no reply at all
             reply = slip(data)
             if reply is not None:
                 self._send(addr, reply)
