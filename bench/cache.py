@@ -32,7 +32,7 @@ from testbed import etcd as testbed_etcd
 from dnsd.record import Record
 from dnsd.records import RecordStore
 from dnsd.resolve.acl import Acl
-from dnsd.resolve.chain import ResolverChain
+from dnsd.resolve.chain import standard_chain
 from dnsd.resolve.local import LocalZone
 from dnsd.stats import Stats
 from dnsd.wire.query import QueryHandler
@@ -114,7 +114,7 @@ def miss_timer(count: int, asked: int = 20_000, distinct: int = 1000) -> Callabl
         "static", "hosts", [Record(f"n{i}.docker.", "A", "10.0.0.1", 5) for i in range(count)]
     )
     acl = Acl(["127.0.0.0/8"])
-    handler = QueryHandler(ResolverChain(LocalZone(store, ["docker."]), None, acl), Stats(), None)
+    handler = QueryHandler(standard_chain(LocalZone(store, ["docker."]), None, acl), Stats(), None)
     step = count // distinct
     packets = [
         dns.message.make_query(f"n{i % distinct * step}.docker", "A").to_wire()

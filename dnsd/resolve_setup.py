@@ -16,7 +16,7 @@ from dnsd.records import RecordStore
 from dnsd.resolve.acl import Acl
 from dnsd.resolve.budget import UpstreamBudget, limit_from_nofile
 from dnsd.resolve.cache import ForwardCache
-from dnsd.resolve.chain import ResolverChain
+from dnsd.resolve.chain import ResolverChain, standard_chain
 from dnsd.resolve.forward import Forwarder
 from dnsd.resolve.local import LocalZone
 from dnsd.resolve.loop_detector import LoopDetector
@@ -58,7 +58,7 @@ def build(
     if forwarder is not None and forward is not None:
         loop_detector = LoopDetector(forwarder.probe, forwarder.drop)
         forwarder.on_recovered = forward.upstreams_back
-    chain = ResolverChain(local, forward, acl, budget, stats, loop_detector)
+    chain = standard_chain(local, forward, acl, budget, stats, loop_detector)
     return Resolver(chain, forwarder, forward, loop_detector)
 
 

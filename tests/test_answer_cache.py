@@ -17,7 +17,7 @@ from dnsd.admission import Admission
 from dnsd.record import Record, SrvValue
 from dnsd.records import RecordStore
 from dnsd.resolve.acl import Acl
-from dnsd.resolve.chain import ResolverChain
+from dnsd.resolve.chain import standard_chain
 from dnsd.resolve.local import LocalZone
 from dnsd.stats import Stats
 from dnsd.wire.answer_cache import AnswerCache
@@ -325,7 +325,7 @@ def test_cached_answers_equal_fresh_ones(steps: list[tuple[object, ...]]) -> Non
     acl = Acl(["127.0.0.0/8"])
     cache = AnswerCache(acl.allows)
     store.subscribe(cache.invalidate)
-    chain = ResolverChain(LocalZone(store, ["docker."]), None, acl)
+    chain = standard_chain(LocalZone(store, ["docker."]), None, acl)
     cached = QueryHandler(chain, Stats(), cache)
     fresh = QueryHandler(chain, Stats(), None)
     for ident, step in enumerate(steps):
@@ -347,7 +347,7 @@ def test_network_aware_entries_are_kept_per_network_not_per_client() -> None:
     acl = Acl(["127.0.0.0/8"])
     cache = AnswerCache(acl.allows)
     store.subscribe(cache.invalidate)
-    handler = QueryHandler(ResolverChain(LocalZone(store, ["docker."]), None, acl), Stats(), cache)
+    handler = QueryHandler(standard_chain(LocalZone(store, ["docker."]), None, acl), Stats(), cache)
     store.replace_owner("docker", "c1", [POOL[0], POOL[1]])  # web on two networks
     store.replace_owner("etcd", "k1", [Record("db.docker.", "A", "10.0.0.2", 5, "10.0.0.0/24")])
     store.replace_owner("etcd", "k2", [Record("db.docker.", "A", "10.0.0.2", 5)])  # its copy

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from dnsd.record import Record
 from dnsd.records import RecordStore
 from dnsd.resolve.acl import Acl
-from dnsd.resolve.chain import ResolverChain
+from dnsd.resolve.chain import standard_chain
 from dnsd.resolve.local import LocalZone
 from dnsd.stats import Stats
 from dnsd.wire.answer_cache import AnswerCache
@@ -52,7 +52,7 @@ def make_handler() -> tuple[QueryHandler, AnswerCache]:
     store.replace_owner("static", "t", [Record("web.docker.", "A", "10.0.0.1", 5)])
     acl = Acl(["127.0.0.0/8"])
     cache = AnswerCache(acl.allows)
-    chain = ResolverChain(LocalZone(store, ["docker."]), None, acl)
+    chain = standard_chain(LocalZone(store, ["docker."]), None, acl)
     return QueryHandler(chain, Stats(), cache), cache
 
 

@@ -27,7 +27,7 @@ from dnsd.records import RecordStore
 from dnsd.resolve.acl import Acl
 from dnsd.resolve.answer import Answer
 from dnsd.resolve.cache import ForwardCache
-from dnsd.resolve.chain import ResolverChain
+from dnsd.resolve.chain import standard_chain
 from dnsd.resolve.local import LocalZone
 from dnsd.stats import Stats
 
@@ -92,7 +92,7 @@ def test_every_answer_is_the_models(writes: list[tuple[str, Value | None]]) -> N
     store = RecordStore()
     acl = Acl(["127.0.0.0/8"])
     forward = ForwardCache(ScriptedUpstream(), Stats())
-    chain = ResolverChain(LocalZone(store, [ZONE]), forward, acl)
+    chain = standard_chain(LocalZone(store, [ZONE]), forward, acl)
     state: dict[str, Value] = {}
 
     async def ask(name: str, qtype: str) -> Answer:
@@ -123,7 +123,7 @@ def test_an_answer_completed_after_a_change_is_the_changed_states(
     upstream wait: those answer as the state after the change, the others (local, or in the
     forwarding cache) as before it."""
     store = RecordStore()
-    chain = ResolverChain(
+    chain = standard_chain(
         LocalZone(store, [ZONE]), ForwardCache(ScriptedUpstream(), Stats()), Acl(["127.0.0.0/8"])
     )
     state: dict[str, Value] = {}

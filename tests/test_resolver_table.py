@@ -15,7 +15,7 @@ from dnsd.records import RecordStore
 from dnsd.resolve.acl import Acl
 from dnsd.resolve.answer import Answer
 from dnsd.resolve.cache import ForwardCache
-from dnsd.resolve.chain import ResolverChain
+from dnsd.resolve.chain import ResolverChain, standard_chain
 from dnsd.resolve.local import LocalZone
 from dnsd.stats import Stats
 
@@ -77,7 +77,7 @@ def _chain() -> tuple[ResolverChain, ScriptedUpstream]:
     upstream = ScriptedUpstream(UPSTREAM)
     cache = ForwardCache(upstream, Stats(), clock=FakeClock())
     acl = Acl(["127.0.0.0/8", "10.0.0.0/8"])
-    return ResolverChain(LocalZone(store, ["docker."]), cache, acl), upstream
+    return standard_chain(LocalZone(store, ["docker."]), cache, acl), upstream
 
 
 def _run(result: Answer | Awaitable[Answer]) -> Answer:
