@@ -21,7 +21,8 @@ from dnsd.resolve.local import LocalZone
 from dnsd.stats import Stats
 from dnsd.wire.answer_cache import AnswerCache
 from dnsd.wire.codec import question_end
-from dnsd.wire.query import QueryHandler, _parse_plain
+from dnsd.wire.message import parse_plain
+from dnsd.wire.query import QueryHandler
 
 VALID = [
     dns.message.make_query(name, rdtype).to_wire()
@@ -110,7 +111,7 @@ def test_plain_query_parse_matches_dnslib(
     packet = header + wire + struct.pack("!HH", qtype, qclass)
     if edns is not None:
         packet += b"\x00\x00\x29" + struct.pack("!HIH", edns, 0, 0)
-    plain = _parse_plain(packet, question_end(packet))
+    plain = parse_plain(packet, question_end(packet))
     if plain is None:  # only names dnslib must judge (bytes outside ASCII) leave the fast path
         assert not all(label.isascii() for label in name)
         return

@@ -707,8 +707,9 @@ def test_a_mutated_packet_flood_from_one_address_costs_other_clients_nothing(
 ) -> None:
     """One address sends ~76,000 fuzzed packets a second (most still questions: misses).  Its
     misses beyond ``server.udp_miss_rate_per_client`` get TC=1 from the listener thread (then,
-    past its TC budget, nothing), so the event loop stays free and the listener keeps up.  Proven relatively, by the same flood
-    against a dnsd without the limit in the same test: another client's questions on the
+    past its TC budget, nothing), so the event loop stays free and the listener keeps up.
+    Proven relatively, by the same flood against a dnsd without the limit in the same test:
+    another client's questions on the
     loop's path are answered more than twice as often with it (measured: 144 against 19 in
     4 s, with another process keeping a core busy; without the limit they are lost in the
     kernel's full receive queue or ~100-260 ms late)."""

@@ -21,7 +21,7 @@ from dnslib import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dnsd.wire.query import pack_reply
+from dnsd.wire.message import pack_reply
 
 POOL = [
     RR("web.docker.", QTYPE.A, ttl=5, rdata=A("10.0.0.1")),

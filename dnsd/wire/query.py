@@ -1,12 +1,13 @@
 """The miss path: one query packet in, one response packet out (or None: drop).
 
-Parses with dnslib, checks the message (after ``screen``, which answers what can be answered
+Reads the query (``message.read_query``, after ``screen``, which answers what can be answered
 from the bytes alone — FORMERR for an unreadable question, NOTIMP for another opcode, a drop —
-on the listener thread and here alike: the rest — FORMERR for a bad OPT record or option,
-NOTIMP for zone transfers, BADVERS — is decided here), asks the resolver chain, and packs the
-answer: RRsets rotated, EDNS0 echoed, TC=1 when a UDP answer does not fit the client's size.
-UDP answers are put in the packed-answer cache so the next identical question takes the hot
-path.  Knows nothing about sockets.
+on the listener thread and here alike; ``read_query`` refuses a bad OPT record or option, or
+EDNS of a later version; question types never served are refused here: NOTIMP for zone
+transfers, FORMERR for meta types), asks the resolver chain, and packs the answer
+(``message.pack_reply``): RRsets rotated, EDNS0 echoed, TC=1 when a UDP answer does not fit
+the client's size.  Cacheable answers are put in the packed-answer cache so the next identical
+question takes a hot path.  Knows nothing about sockets.
 """
 
 from __future__ import annotations
@@ -18,22 +19,18 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
-from dnslib import EDNS0, QTYPE, RCODE, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
-from dnslib.label import DNSBuffer
+from dnslib import EDNS0, QTYPE, RCODE, DNSHeader, DNSRecord
 
 from dnsd.logs import Throttled
 from dnsd.names import text_of
 from dnsd.protocol import (
     CLASSIC_UDP_SIZE,
-    COOKIE_LENGTHS,
     EDNS_BADVERS,
-    EDNS_OPTION_COOKIE,
     FLAG_AA,
     FLAG_QR,
     FLAG_RA,
     FLAG_RD,
     FLAG_TC,
-    HEADER_LEN,
     MAX_TCP_SIZE,
     MIN_RECORD_BYTES,
     RCODE_FORMERR,
@@ -49,9 +46,14 @@ from dnsd.wire.answer_key import udp_reply_limit
 from dnsd.wire.codec import (
     DEFAULT_MAX_UDP_SIZE,
     error_response,
-    opt_well_formed,
-    plain_shape,
-    question_end,
+)
+from dnsd.wire.message import (
+    BADVERS,
+    FORMERR_ECHO,
+    NOTIMP_ECHO,
+    Refusal,
+    pack_reply,
+    read_query,
 )
 from dnsd.wire.query_log import QueryLog
 from dnsd.wire.screen import PASS, screened
@@ -146,32 +148,10 @@ class QueryHandler:
         verdict = screened(data, self._stats)  # as the UDP listener thread does for misses
         if verdict != PASS:
             return verdict
-        qend = question_end(data)
-        plain = _parse_plain(data, qend)
-        if plain is not None:  # the common case, read straight from the bytes
-            query, edns_size = plain
-            if edns_size is not None and not opt_well_formed(data, qend):  # a bad option
-                self._stats.refused_packets.add(FORMERR)
-                return error_response(data, RCODE_FORMERR, echo_question=True)
-        else:
-            try:
-                query = DNSRecord.parse(data)
-            except Exception:  # dnslib raises more than DNSError on hostile input
-                self._stats.refused_packets.add(FORMERR)
-                return error_response(data, RCODE_FORMERR)
-            if query.header.opcode != 0:
-                self._stats.refused_packets.add(NOTIMP)
-                return error_response(data, RCODE_NOTIMP, echo_question=True)
-            options = [rr for rr in query.ar if rr.rtype == QTYPE.OPT]
-            if len(query.questions) != 1 or len(options) > 1:
-                self._stats.refused_packets.add(FORMERR)
-                return error_response(data, RCODE_FORMERR)
-            edns_size = options[0].rclass if options else None
-            if options and (options[0].ttl >> 16) & 0xFF != 0:
-                return self._badvers(query)
-            if options and not all(_option_well_formed(o) for o in options[0].rdata):
-                self._stats.refused_packets.add(FORMERR)
-                return error_response(data, RCODE_FORMERR, echo_question=True)
+        parsed = read_query(data)
+        if isinstance(parsed, Refusal):
+            return self._refused(data, parsed)
+        query, edns_size = parsed
         edns = edns_size is not None
         if query.q.qtype in MALFORMED_QTYPES:
             self._stats.refused_packets.add(FORMERR)
@@ -362,6 +342,16 @@ class QueryHandler:
         opt = self._opt if edns else None
         return pack_reply(query.header.id, flags, query.q, records, authority, additional, opt)
 
+    def _refused(self, data: bytes, refusal: Refusal) -> bytes | None:
+        """The reply to a query ``read_query`` refused, counted."""
+        if refusal.kind == BADVERS:
+            return self._badvers(refusal.query)
+        if refusal.kind == NOTIMP_ECHO:
+            self._stats.refused_packets.add(NOTIMP)
+            return error_response(data, RCODE_NOTIMP, echo_question=True)
+        self._stats.refused_packets.add(FORMERR)
+        return error_response(data, RCODE_FORMERR, echo_question=refusal.kind == FORMERR_ECHO)
+
     def _badvers(self, query: DNSRecord) -> bytes:
         header = DNSHeader(id=query.header.id, qr=1, rd=query.header.rd, rcode=0)
         reply = DNSRecord(header, q=query.q)
@@ -379,75 +369,5 @@ def _whole(packed: bytes, answer: Answer, edns: bool) -> bool:
     )
 
 
-def pack_reply(
-    ident: int,
-    flags: int,
-    question: DNSQuestion,
-    answer: Sequence[Any],
-    authority: Sequence[Any],
-    additional: Sequence[Any],
-    opt: Any = None,
-) -> bytes:
-    """A reply packed as ``DNSRecord.pack`` does (header, question, sections, an OPT record
-    last when given), with one ``DNSBuffer`` and no ``DNSRecord``/``DNSHeader`` objects."""
-    buffer = DNSBuffer()
-    extra = 0 if opt is None else 1
-    buffer.pack("!HHHHHH", ident, flags, 1, len(answer), len(authority), len(additional) + extra)
-    question.pack(buffer)
-    for rr in answer:
-        rr.pack(buffer)
-    for rr in authority:
-        rr.pack(buffer)
-    for rr in additional:
-        rr.pack(buffer)
-    if opt is not None:
-        opt.pack(buffer)
-    return bytes(buffer.data)
-
-
 def _proto(udp: bool) -> str:
     return "udp" if udp else "tcp"
-
-
-class _Header:
-    __slots__ = ("id", "rd")
-
-    def __init__(self, ident: int, rd: int) -> None:
-        self.id = ident
-        self.rd = rd
-
-
-class _Plain:
-    """What the miss path needs of a plain query (header ID and RD, the question), in the
-    shape of a dnslib ``DNSRecord``."""
-
-    __slots__ = ("header", "q")
-
-    def __init__(self, header: _Header, question: DNSQuestion) -> None:
-        self.header = header
-        self.q = question
-
-
-def _option_well_formed(option: Any) -> bool:
-    """A dnslib ``EDNSOption`` of a length its code allows (a COOKIE: RFC 7873 4)."""
-    return option.code != EDNS_OPTION_COOKIE or len(option.data) in COOKIE_LENGTHS
-
-
-def _parse_plain(data: bytes, qend: int) -> tuple[Any, int | None] | None:
-    """(query, EDNS UDP size or None) for a plain query (``plain_shape``) of opcode 0 whose
-    well-formed question ends at ``qend``; None for anything else (dnslib parses it)."""
-    if plain_shape(data)[0] != qend or data[2] & 0x78:
-        return None
-    labels = []
-    pos = HEADER_LEN
-    while data[pos]:
-        length = data[pos]
-        label = data[pos + 1 : pos + 1 + length]
-        if not label.isascii():  # dnslib's rules for other bytes apply (it may refuse them)
-            return None
-        labels.append(label)
-        pos += length + 1
-    qtype, qclass = _QUESTION_TAIL.unpack_from(data, qend - 4)
-    header = _Header((data[0] << 8) | data[1], data[2] & 0x01)
-    edns_size = int.from_bytes(data[qend + 3 : qend + 5], "big") if data[11] else None
-    return _Plain(header, DNSQuestion(DNSLabel(labels), qtype, qclass)), edns_size
