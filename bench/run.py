@@ -230,9 +230,18 @@ def write_inputs(work: Path) -> dict[str, Path]:
         path = work / f"queries-{mix}.txt"
         path.write_text(text)
         paths[mix] = path
+    # dnsperf is one address asking as fast as it can: no per-client miss limit (flood
+    # protection, bench/flood.py) while the caches warm, as dnsmasq has none.
+    unlimited = (
+        "[server]\nudp_miss_rate_per_client = 0\nudp_miss_rate_per_network = 0\n"
+        "udp_miss_rate_total = 0\n"
+    )
+    paths["unlimited"] = work / "unlimited.toml"
+    paths["unlimited"].write_text(unlimited)
     srv_config = work / "dnsd.toml"
     srv_config.write_text(
-        '[static]\nhosts = ["hosts"]\n'
+        unlimited
+        + '[static]\nhosts = ["hosts"]\n'
         + "".join(
             f'[[static.records]]\nname = "_http._tcp.n{i}"\ntype = "SRV"\nvalue = "10 10 80 n{i}"\n'
             for i in range(NAMES)
@@ -323,7 +332,9 @@ def run(servers: Servers, paths: dict[str, Path], duration: float, only: list[st
     print(f"p99 latency at {LATENCY_QPS} q/s: dnsd {ours_p99:.3f} ms, dnsmasq {theirs_p99:.3f} ms")
     servers.stop_all()
     big_port = free_port()
-    big = servers.dnsd(big_port, "--hosts", str(paths["big"]), "--no-forward")
+    big = servers.dnsd(
+        big_port, "--hosts", str(paths["big"]), "--no-forward", "--config", str(paths["unlimited"])
+    )
     big_queries = paths["big"].with_suffix(".queries")
     big_queries.write_text("".join(f"b{i}.docker A\n" for i in range(BIG_NAMES)))
     warm(big_port, big_queries)
