@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 # Run as a script, bench/ is on the path; importing run puts tests/ (the testbed) there too.
-from run import dnsperf, free_port, wait_port
+from run import UNLIMITED_MISSES, dnsperf, free_port, wait_port
 from testbed import dockerd as testbed
 from testbed import etcd as testbed_etcd
 from testbed.fake_engine import FakeEngine, container
@@ -187,7 +187,7 @@ def start_dnsd(
     port = free_port()
     log_path = work / f"dnsd-{port}.log"
     config = work / f"dnsd-{port}.toml"
-    config.write_text(f"[docker]\nresync_interval = {resync_s}\n")
+    config.write_text(f"{UNLIMITED_MISSES}[docker]\nresync_interval = {resync_s}\n")
     with open(log_path, "wb") as log:
         dnsd = subprocess.Popen(
             ["taskset", "-c", "0", sys.executable, "-m", "dnsd", "serve", "--config", str(config),
@@ -261,6 +261,9 @@ def scale(duration: float) -> None:
 
 def serve(work: Path, name: str, *args: str) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
+    unlimited = work / "unlimited.toml"  # dnsperf is one address: no miss limits
+    unlimited.write_text(UNLIMITED_MISSES)
+    args = (*args, "--config", str(unlimited))
     log = open(work / f"{name}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         ["taskset", "-c", "0", sys.executable, "-m", "dnsd", "serve", "--listen",

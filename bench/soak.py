@@ -31,7 +31,7 @@ from pathlib import Path
 from dnslib import QTYPE, RR, A, DNSRecord
 
 # Run as a script, bench/ is on the path; importing run puts tests/ (the testbed) there too.
-from run import Servers, free_port, rss_mb, run_dnsperf
+from run import UNLIMITED_MISSES, Servers, free_port, rss_mb, run_dnsperf
 from testbed import etcd as testbed_etcd
 
 LOCAL_NAMES = 1000
@@ -86,7 +86,9 @@ def write_inputs(work: Path) -> tuple[Path, Path, Path]:
         for i in range(SRV_NAMES)
     )
     config = work / "dnsd.toml"
-    config.write_text(f'[static]\nhosts = ["{hosts}"]\nwatch_interval = 1.0\n{records}')
+    config.write_text(  # dnsperf is one address: no miss limits (run.UNLIMITED_MISSES)
+        f'{UNLIMITED_MISSES}[static]\nhosts = ["{hosts}"]\nwatch_interval = 1.0\n{records}'
+    )
     mix = (
         [f"web{i}.docker A" for i in range(LOCAL_NAMES)] * 4
         + [f"_http._tcp.svc{i % SRV_NAMES}.docker SRV" for i in range(1500)]
