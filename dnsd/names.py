@@ -1,7 +1,8 @@
 """Names as text, and where they stand: the name helpers every stage uses.
 
 ``normalized`` (lower-case, absolute), ``in_zone`` (a zone's apex or below it), ``ancestors``
-(a name up to the root), ``reverse_name`` (an address's PTR name).
+(a name up to the root), ``reverse_name`` (an address's PTR name) and back
+(``reverse_address``).
 
 Names as text without losing a label: a ``.`` or ``\\`` byte inside a label is escaped
 (RFC 1035 5.1), so ``a\\.b.example.org.`` (labels ``a.b``, ``example``, ``org``) never
@@ -55,6 +56,39 @@ def reverse_name(address: str) -> str:
 @lru_cache(maxsize=16384)  # bounded: hosts reloads with new addresses must not grow it
 def _reverse_name(address: str) -> str:
     return ipaddress.ip_address(address).reverse_pointer + "."
+
+
+def address_key(address: str) -> str:
+    """The text an address is known by (``reverse_address`` gives it back from the reverse
+    name): a canonical dotted quad as it is, any other address in its canonical form."""
+    if IPV4.fullmatch(address):
+        return address
+    return _canonical(address)
+
+
+@lru_cache(maxsize=16384)
+def _canonical(address: str) -> str:
+    return str(ipaddress.ip_address(address))
+
+
+def reverse_address(name: str) -> str | None:
+    """``1.0.0.10.in-addr.arpa.`` -> ``10.0.0.1``, an ``ip6.arpa.`` name of 32 nibbles -> its
+    address (``address_key``'s form); None for any other name."""
+    if name.endswith(".in-addr.arpa."):
+        labels = name[: -len(".in-addr.arpa.")].split(".")
+        if len(labels) != 4:
+            return None
+        address = ".".join(reversed(labels))
+        return address if IPV4.fullmatch(address) else None
+    if name.endswith(".ip6.arpa."):
+        nibbles = name[: -len(".ip6.arpa.")].split(".")
+        if len(nibbles) != 32 or any(len(n) != 1 for n in nibbles):
+            return None
+        try:
+            return str(ipaddress.IPv6Address(int("".join(reversed(nibbles)), 16)))
+        except ValueError:
+            return None
+    return None
 
 
 def text_of(label: Any) -> str:

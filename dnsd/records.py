@@ -31,7 +31,7 @@ from typing import NamedTuple, Protocol
 from dnsd.bag import Bag, bag_add, bag_items, bag_remove, count_down, count_up
 from dnsd.change_log import ChangeLog
 from dnsd.logs import Throttled
-from dnsd.names import reverse_name
+from dnsd.names import address_key, reverse_address, reverse_name
 from dnsd.record import Record
 from dnsd.record_steps import (
     STEP,
@@ -103,10 +103,13 @@ class RecordStore:
         self._logged_kinds: Counter[tuple[str, str]] = Counter()
         self.rejections: Counter[tuple[str, str]] = Counter()  # (source, reason) -> records
         self._owned: dict[Key, Records] = {}  # as admitted
-        # (name, type) -> its records, each with the number of owners holding it
-        self._index: Bag[Record] = {}
+        # type -> name -> its records, each with the number of owners holding it (a table per
+        # type: no (name, type) tuple per name)
+        self._index: dict[str, Bag[Record]] = {}
         self._names: dict[str, int] = {}
-        self._reverse: Bag[str] = {}  # automatic PTR name -> the names of its address
+        # address (``address_key``) -> the names of its automatic PTR: keyed by the address
+        # text the record already holds, not by a reverse name of its own
+        self._reverse: Bag[str] = {}
         self._listeners: list[Callable[[set[str]], None]] = []
         self._touched: set[str] = set()  # names whose records changed in this change
         self._patterns: list[Callable[[str, str], list[Record]]] = []
@@ -115,18 +118,23 @@ class RecordStore:
 
     # --- reading -------------------------------------------------------------------------
     def lookup(self, name: str, rtype: str) -> list[Record]:
-        return bag_items(self._index.get((name, rtype)))
+        table = self._index.get(rtype)
+        return bag_items(table.get(name)) if table is not None else []
 
     def holds(self, record: Record) -> bool:
         """Whether ``record`` is served (offered and admitted)."""
-        found = self._index.get((record.name, record.rtype))
+        table = self._index.get(record.rtype)
+        found = table.get(record.name) if table is not None else None
         if isinstance(found, dict):
             return record in found
         return found == record
 
     def exists(self, name: str) -> bool:
         """True when the name holds records or is an ancestor of a name that does."""
-        return name in self._names or name in self._reverse
+        if name in self._names:
+            return True
+        address = reverse_address(name) if name.endswith(".arpa.") else None
+        return address is not None and address in self._reverse
 
     def held_by_static(self, name: str) -> bool:
         """Whether the operator's static zone holds ``name`` (no other source may join it)."""
@@ -134,7 +142,8 @@ class RecordStore:
 
     def reverse(self, ptr_name: str) -> list[str]:
         """Target names for an automatic PTR (``4.3.2.1.in-addr.arpa.``)."""
-        return bag_items(self._reverse.get(ptr_name))
+        address = reverse_address(ptr_name)
+        return bag_items(self._reverse.get(address)) if address is not None else []
 
     def owned(self) -> Iterator[Owned]:
         """Every served record with its owner, from a snapshot taken at the first step (each
@@ -439,32 +448,38 @@ class RecordStore:
                 return
             name = name.partition(".")[2] or "."
 
+    def _table(self, rtype: str) -> Bag[Record]:
+        table = self._index.get(rtype)
+        if table is None:
+            table = self._index[rtype] = {}
+        return table
+
     def _indexed(self, record: Record) -> None:
         self._touched.add(record.name)
-        bag_add(self._index, (record.name, record.rtype), record)
+        bag_add(self._table(record.rtype), record.name, record)
         self._add_name(record.name)
         if record.reverse and record.rtype in ("A", "AAAA"):
-            ptr = reverse_name(str(record.value))
-            self._touched.add(ptr)
-            bag_add(self._reverse, ptr, record.name)
+            address = str(record.value)
+            self._touched.add(reverse_name(address))
+            bag_add(self._reverse, address_key(address), record.name)
         if self._derive is not None and record.name[0] == "_":
             for extra in self._derived(record):
                 self._touched.add(extra.name)
-                bag_add(self._index, (extra.name, extra.rtype), extra)
+                bag_add(self._table(extra.rtype), extra.name, extra)
                 self._add_name(extra.name)
 
     def _unindex(self, record: Record) -> None:
         self._touched.add(record.name)
-        bag_remove(self._index, (record.name, record.rtype), record)
+        bag_remove(self._index[record.rtype], record.name, record)
         self._drop_name(record.name)
         if record.reverse and record.rtype in ("A", "AAAA"):
-            ptr = reverse_name(str(record.value))
-            self._touched.add(ptr)
-            bag_remove(self._reverse, ptr, record.name)
+            address = str(record.value)
+            self._touched.add(reverse_name(address))
+            bag_remove(self._reverse, address_key(address), record.name)
         if self._derive is not None and record.name[0] == "_":
             for extra in self._derived(record):
                 self._touched.add(extra.name)
-                bag_remove(self._index, (extra.name, extra.rtype), extra)
+                bag_remove(self._index[extra.rtype], extra.name, extra)
                 self._drop_name(extra.name)
 
     def _derived(self, record: Record) -> list[Record]:

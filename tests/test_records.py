@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dnsd.names import ancestors, reverse_name
+from dnsd.names import address_key, ancestors, reverse_address, reverse_name
 from dnsd.record import Record, SrvValue, srv_weights
 from dnsd.records import RecordStore
 
@@ -164,3 +164,22 @@ def test_srv_shares_become_percent_per_priority(
     assert got == answered
     plain = [Record("s.docker.", "SRV", SrvValue(10, 70, 80, "a.docker."), 5)]
     assert srv_weights(plain) == plain  # Docker and static weights are answered as given
+
+
+@given(st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)))
+def test_an_address_is_found_again_from_its_reverse_name(address: object) -> None:
+    """The reverse index is keyed by address: every PTR name leads back to the same key."""
+    text = str(address)
+    assert reverse_address(reverse_name(text)) == address_key(text)
+
+
+def test_reverse_address_refuses_other_names() -> None:
+    for name in (
+        "web.docker.",
+        "1.0.10.in-addr.arpa.",
+        "x.1.0.0.10.in-addr.arpa.",
+        "01.0.0.10.in-addr.arpa.",
+        "1.2.ip6.arpa.",
+        "g" + ".0" * 31 + ".ip6.arpa.",
+    ):
+        assert reverse_address(name) is None, name
