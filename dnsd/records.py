@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from dnsd.bag import Bag, bag_add, bag_items, bag_remove, count_down, count_up
 from dnsd.change_log import ChangeLog
-from dnsd.logs import Throttled
 from dnsd.names import address_key, reverse_address, reverse_name
 from dnsd.record import Record
 from dnsd.record_steps import (
@@ -43,15 +41,13 @@ from dnsd.record_steps import (
     unique,
     unique_steps,
 )
+from dnsd.refusals import RefusalLog
 from dnsd.slices import Steps, drive
 
 logger = logging.getLogger(__name__)
-_throttled = Throttled(logger, interval_s=60.0)
 
 STATIC = "static"  # the operator's source: its names cannot be joined by any other source
 OWNED_BY_STATIC = "name held by the static zone"
-_LOGGED_REJECTIONS = 10_000  # remembered (source, owner, name, reason) lines, then forgotten
-_LOGGED_PER_KIND = 10  # refusals of one source and kind logged one by one; then a summary line
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +95,8 @@ class RecordStore:
         self._rejected: dict[Key, dict[Record, str]] = {}
         self._static_names: dict[str, int] = {}
         self._static_dirty: set[str] = set()  # static names that came or went in this change
-        self._logged: set[tuple[str, str, str, str]] = set()
-        self._logged_kinds: Counter[tuple[str, str]] = Counter()
-        self.rejections: Counter[tuple[str, str]] = Counter()  # (source, reason) -> records
+        self._refusals = RefusalLog(OWNED_BY_STATIC)
+        self.rejections = self._refusals.counts  # (source, reason kind) -> records refused
         self._owned: dict[Key, Records] = {}  # as admitted
         # type -> name -> its records, each with the number of owners holding it (a table per
         # type: no (name, type) tuple per name)
@@ -321,36 +316,7 @@ class RecordStore:
         return record
 
     def _reject(self, key: Key, record: Record, why: str) -> None:
-        source, owner = key
-        kind = _reason_kind(why)
-        self.rejections[(source, kind)] += 1
-        line = (source, owner, record.name, kind)
-        if line in self._logged:
-            return
-        if len(self._logged) >= _LOGGED_REJECTIONS:
-            self._logged.clear()
-        self._logged.add(line)
-        self._logged_kinds[(source, kind)] += 1
-        if self._logged_kinds[(source, kind)] > _LOGGED_PER_KIND:
-            _throttled.warning(
-                f"{source} {kind}",
-                "%s records refused (%s), e.g. %s from %s: %s; all of them in /records",
-                source,
-                kind,
-                record.name,
-                owner,
-                why,
-            )
-            return
-        logger.warning(
-            "%s record %s %s from %s refused: %s",
-            source,
-            record.name,
-            record.rtype,
-            owner,
-            why,
-            extra={"event": "record_refused", "source": source, "dns_name": record.name},
-        )
+        self._refusals.refused(key[0], key[1], record, why)
 
     def _index_owner(self, key: Key, records: Records, old: set[Record] | None = None) -> bool:
         """``old``: the owner's records as a set, when the caller has it."""
@@ -506,12 +472,3 @@ class RecordStore:
         self.changes.add(self.generation, names)
         for listener in self._listeners:
             listener(names)
-
-
-def _reason_kind(why: str) -> str:
-    """A bounded metric label for a refusal reason."""
-    if why == OWNED_BY_STATIC:
-        return "static name"
-    if "outside the zones" in why:
-        return "outside zones"
-    return "invalid"

@@ -187,24 +187,7 @@ def container_records(attrs: dict[str, Any], naming: DockerNaming) -> Built:
     dnsdock_name = _dnsdock_name(dnsdock, name, str(config.get("Image") or ""), built.problems)
     if dnsdock_name and (naming.image_names or {"name", "tags", "image", "region"} & set(dnsdock)):
         own_extra.append(dnsdock_name)
-    records: set[Record] = set()
-    for address in addresses:
-
-        def add(owner: str, reverse: bool = False, address: _Address = address) -> None:
-            records.add(
-                Record(f"{owner}.{zone}", address.rtype, address.ip, ttl, address.scope, reverse)
-            )
-
-        add(name, reverse=True)
-        for group in [*group_names, *own_extra]:
-            add(group)
-        if address.network:
-            add(f"{name}.{address.network}")
-            built.local_names.add(f"{name}.{address.network}.{zone}")
-            for alias in address.aliases:
-                add(alias)
-                add(f"{alias}.{address.network}")
-                built.local_names.add(f"{alias}.{address.network}.{zone}")
+    records = _address_records(addresses, name, [*group_names, *own_extra], zone, ttl, built)
     canonical = f"{name}.{zone}"
     if addresses:
         owners = [name, *_srv_owners(attrs, labels)]
@@ -220,6 +203,32 @@ def container_records(attrs: dict[str, Any], naming: DockerNaming) -> Built:
     built.created = str(attrs.get("Created") or "")
     built.published = published_ports(attrs)
     return built
+
+
+def _address_records(
+    addresses: list[_Address], name: str, extra: list[str], zone: str, ttl: int, built: Built
+) -> set[Record]:
+    """Each address at the container's name (with its PTR), at its extra names, and on its
+    network at ``<name>.<network>`` and its aliases (host-local names, noted in ``built``)."""
+    records: set[Record] = set()
+    for address in addresses:
+
+        def add(owner: str, reverse: bool = False, address: _Address = address) -> None:
+            records.add(
+                Record(f"{owner}.{zone}", address.rtype, address.ip, ttl, address.scope, reverse)
+            )
+
+        add(name, reverse=True)
+        for group in extra:
+            add(group)
+        if address.network:
+            add(f"{name}.{address.network}")
+            built.local_names.add(f"{name}.{address.network}.{zone}")
+            for alias in address.aliases:
+                add(alias)
+                add(f"{alias}.{address.network}")
+                built.local_names.add(f"{alias}.{address.network}.{zone}")
+    return records
 
 
 def _dnsdock_name(dnsdock: dict[str, str], name: str, image: str, problems: list[str]) -> str:
