@@ -436,6 +436,35 @@ def test_burst_of_containers(dockerd: Dockerd, dnsd: Dnsd) -> None:
         eventually(lambda name=name: addrs(dnsd.port, f"{name}.docker") == [])
 
 
+def test_containers_started_at_once_are_each_answered(
+    dockerd: Dockerd, dnsd: Dnsd, net: str
+) -> None:
+    """Containers created first, then started together from 8 threads (a deployment): each is
+    answered, the one with an explicit hostname and a network alias under those names too
+    (its own inspection), and all are gone after ``rm -f``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    special = "c" + uuid.uuid4().hex[:8]
+    dockerd.docker(
+        "create", "--pull", "never", "--name", special, "--hostname", "burst-host",
+        "--network", net, "--network-alias", "burst-alias", IMAGE, "sleep", "1000",
+    )  # fmt: skip
+    names = [special]
+    for _ in range(15):
+        names.append("c" + uuid.uuid4().hex[:8])
+        dockerd.docker("create", "--pull", "never", "--name", names[-1], IMAGE, "sleep", "1000")
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda name: dockerd.docker("start", name), names))
+    for name in names:
+        eventually(lambda name=name: addrs(dnsd.port, f"{name}.docker") != [], timeout=20)
+    ip = ip_of(dockerd, special, net)
+    eventually(lambda: addrs(dnsd.port, "burst-host.docker") == [ip], timeout=20)
+    eventually(lambda: addrs(dnsd.port, "burst-alias.docker") == [ip], timeout=20)
+    dockerd.docker("rm", "-f", *names)
+    for name in names:
+        eventually(lambda name=name: addrs(dnsd.port, f"{name}.docker") == [])
+
+
 def test_tls_engine(
     stop_at_end: StopAtEnd, dnsd_factory: DnsdFactory, dockerd: Dockerd, tmp_path: Path
 ) -> None:
