@@ -330,14 +330,7 @@ def test_a_slow_inspection_holds_back_no_other_container(
     to the publisher) as soon as its own inspection is back, not after the others'."""
     server = dnsd_factory("--no-forward", docker=engine.url)
     server.wait_source("docker")
-    slow = "5" * 64
-    engine.containers[slow] = container(slow, "slow", "10.4.0.99")
-    engine.held.add(slow)
-    engine.emit("start", slow)
-    for i in range(6):
-        cid = f"{i:064x}"
-        engine.containers[cid] = container(cid, f"quick{i}", f"10.4.0.{i + 1}")
-        engine.emit("start", cid)
+    engine.start_slow_then_quick("10.4.0", quick=6)
     for i in range(6):
         eventually(lambda i=i: a_records(server, f"quick{i}.docker") == [f"10.4.0.{i + 1}"])
     assert a_records(server, "slow.docker") == []  # still being inspected

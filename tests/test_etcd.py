@@ -277,14 +277,7 @@ def test_each_container_of_a_burst_is_published_when_it_is_ready(
     z = zone()
     _, engine_a = host(stop_at_end, tmp_path, etcd, "hosta", z)
     b, _ = host(stop_at_end, tmp_path, etcd, "hostb", z)
-    slow = "5" * 64
-    engine_a.containers[slow] = container(slow, "slow", "10.8.0.99")
-    engine_a.held.add(slow)
-    engine_a.emit("start", slow)
-    for i in range(5):
-        cid = f"{i:064x}"
-        engine_a.containers[cid] = container(cid, f"quick{i}", f"10.8.0.{i + 1}")
-        engine_a.emit("start", cid)
+    engine_a.start_slow_then_quick("10.8.0", quick=5)
     for i in range(5):
         eventually(lambda i=i: answers(b.port, f"quick{i}.{z}") == [f"10.8.0.{i + 1}"])
     assert answers(b.port, f"slow.{z}") == [] and engine_a.in_flight == 1

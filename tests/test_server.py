@@ -310,18 +310,24 @@ def _raw_udp(port: int, packet: bytes, timeout: float = 2.0) -> bytes:
             raise TimeoutError from exc
 
 
+def _srv_targets(tmp_path: Path, dnsd_factory, name: str, target: str, count: int) -> Dnsd:  # type: ignore[no-untyped-def]
+    """A dnsd whose ``_db._tcp.<name>.docker`` has ``count`` SRV records, each target
+    (``<target><i>``) with an address of its own."""
+    lines = [f"10.1.{i // 250}.{i % 250 + 1} {target}{i}" for i in range(count)]
+    (tmp_path / "hosts").write_text("\n".join(lines))
+    records = "".join(
+        f'[[static.records]]\nname = "_db._tcp.{name}"\ntype = "SRV"\n'
+        f'value = "10 10 {5000 + i} {target}{i}"\n'
+        for i in range(count)
+    )
+    return dnsd_factory("--no-forward", config=f'[static]\nhosts = ["hosts"]\n{records}')  # type: ignore[no-any-return]
+
+
 def test_tcp_never_gets_an_answer_cut_to_fit_udp(tmp_path: Path, dnsd_factory) -> None:  # type: ignore[no-untyped-def]
     """SRV records that fit 512 bytes without their targets' addresses: UDP gets them without
     the additional section (no TC, RFC 2181 9) and caches that; TCP askers, first or later,
     get every address."""
-    lines = [f"10.2.0.{i + 1} t{i}" for i in range(14)]
-    (tmp_path / "hosts").write_text("\n".join(lines))
-    records = "".join(
-        f'[[static.records]]\nname = "_db._tcp.mid"\ntype = "SRV"\n'
-        f'value = "10 10 {5000 + i} t{i}"\n'
-        for i in range(14)
-    )
-    dnsd = dnsd_factory("--no-forward", config=f'[static]\nhosts = ["hosts"]\n{records}')
+    dnsd = _srv_targets(tmp_path, dnsd_factory, "mid", "t", 14)
     for _ in range(2):
         small = query(dnsd.port, "_db._tcp.mid.docker", "SRV")
         assert not small.flags & dns.flags.TC and len(small.answer[0]) == 14
@@ -335,14 +341,7 @@ def test_tcp_never_gets_an_answer_cut_to_fit_udp(tmp_path: Path, dnsd_factory) -
 
 
 def test_big_answer_truncated_then_full_over_tcp(tmp_path: Path, dnsd_factory) -> None:  # type: ignore[no-untyped-def]
-    lines = [f"10.1.{i // 250}.{i % 250 + 1} host{i}" for i in range(60)]
-    (tmp_path / "hosts").write_text("\n".join(lines))
-    records = "".join(
-        f'[[static.records]]\nname = "_db._tcp.big"\ntype = "SRV"\n'
-        f'value = "10 10 {5000 + i} host{i}"\n'
-        for i in range(60)
-    )
-    dnsd = dnsd_factory("--no-forward", config=f'[static]\nhosts = ["hosts"]\n{records}')
+    dnsd = _srv_targets(tmp_path, dnsd_factory, "big", "host", 60)
     small = query(dnsd.port, "_db._tcp.big.docker", "SRV")
     assert small.flags & dns.flags.TC and 0 < len(small.answer[0]) < 60  # whole records that fit
     full = query(dnsd.port, "_db._tcp.big.docker", "SRV", tcp=True)

@@ -180,6 +180,18 @@ class FakeEngine:
             with self.lock:
                 self.in_flight -= 1
 
+    def start_slow_then_quick(self, network: str, quick: int) -> None:
+        """Start ``slow`` (``<network>.99``), whose inspection is held until ``released``,
+        then ``quick0``... (``<network>.1``...), each inspected at once."""
+        slow = "5" * 64
+        self.containers[slow] = container(slow, "slow", f"{network}.99")
+        self.held.add(slow)
+        self.emit("start", slow)
+        for i in range(quick):
+            cid = f"{i:064x}"
+            self.containers[cid] = container(cid, f"quick{i}", f"{network}.{i + 1}")
+            self.emit("start", cid)
+
     def running(self) -> list[dict[str, Any]]:
         return [c for c in self.containers.values() if (c.get("State") or {}).get("Running")]
 
