@@ -3,6 +3,7 @@ nothing grows without bound."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 import resource
@@ -878,3 +879,70 @@ def test_a_flood_from_one_address_is_shed_by_count(dnsd_factory: DnsdFactory) ->
     resolved, slipped, shed = eventually(accounted)
     assert shed > 0 and slipped >= 10 * 20  # the TC replies came first, then the shedding
     assert replies <= resolved + slipped  # nothing shed was answered
+
+
+class _Transport(asyncio.Transport):
+    """Just enough of an asyncio transport for one ``tcp.Connection``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+        self.aborted = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 40000) if name == "peername" else None
+
+    def is_closing(self) -> bool:
+        return self.aborted
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def close(self) -> None:
+        self.aborted = True
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+def test_the_tcp_idle_timeout_counts_from_the_last_question() -> None:
+    """A connection that asks now and then is idle from its last question, not from when it
+    opened; one that sends half a question and nothing more is closed on time."""
+    from dnsd.wire.tcp import Connection, TcpServer
+
+    now = [100.0]
+    acl = Acl(["127.0.0.0/8"])
+    handler = QueryHandler(
+        standard_chain(LocalZone(RecordStore(), ["docker."]), None, acl), Stats()
+    )
+    wire = dns.message.make_query("x.docker", "A").to_wire()
+    framed = struct.pack("!H", len(wire)) + wire
+
+    async def scenario() -> tuple[bool, bool, bool, bool]:
+        sock = socket.socket()
+        sock.close()  # never listened on: the connection is driven by hand
+        server = TcpServer(sock, handler, Stats(), idle_timeout_s=10.0, clock=lambda: now[0])
+        asking, transport = Connection(server), _Transport()
+        asking.connection_made(transport)
+        now[0] = 109.0
+        asking.data_received(framed)
+        answered = len(transport.written) == 1
+        now[0] = 112.0
+        asking._check_time()
+        kept = not transport.aborted  # 3 s after its last question
+        asking.data_received(framed[:5])  # half a question: still waiting since 109 s
+        now[0] = 118.5
+        asking._check_time()
+        still = not transport.aborted
+        now[0] = 119.0  # 10 s after the last whole question
+        asking._check_time()
+        return answered, kept, still, transport.aborted
+
+    assert asyncio.run(scenario()) == (True, True, True, True)

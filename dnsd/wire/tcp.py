@@ -255,7 +255,10 @@ class Connection(asyncio.Protocol):
         self._write(out)
         if self._turn_due:
             asyncio.get_running_loop().call_soon(self._take_turn)
-        self.waiting_since = None if self._whole_question_left() else (self.waiting_since or now)
+        if self._whole_question_left():
+            self.waiting_since = None
+        elif answered or self.waiting_since is None:
+            self.waiting_since = now  # idle from the last whole question (a part is not one)
         self._flow()
         self._end_if_done()
 
